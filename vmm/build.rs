@@ -14,12 +14,15 @@ const TARGET: &str = "x86_64-unknown-none";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let guest_dir = manifest_dir.join("../guest-kernel");
+    let shared_dir = manifest_dir.join("../guest-kernel");
+    let guest_dir = shared_dir.join("kernel");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
 
     println!("cargo:rerun-if-changed={}", guest_dir.join("src").display());
+    println!("cargo:rerun-if-changed={}", shared_dir.join("src").display());
+    println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.lock").display());
     println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", guest_dir.join("build.rs").display());
     println!("cargo:rerun-if-changed={}", guest_dir.join("linker.ld").display());
@@ -35,7 +38,7 @@ fn main() {
 
     let target_dir = out_dir.join("guest");
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--bin", "kjump-guest", "--features", "kernel", "--profile", "guest"])
+    cmd.args(["build", "--bin", "kjump-guest", "--profile", "guest"])
         .args(["--target", TARGET])
         .arg("--manifest-path")
         .arg(guest_dir.join("Cargo.toml"))

@@ -123,6 +123,8 @@ impl KimageArgs {
     /// First byte and end of the RAM the peer is given (B's region).
     pub const PEER_START: usize = 5;
     pub const PEER_END: usize = 6;
+    /// Backup mode only: head of the second list (see [`crate::control::DATA_HEAD2`]).
+    pub const HEAD2: usize = 7;
 }
 
 /// One message on the harness port. 88 bytes, little endian.

@@ -38,6 +38,34 @@ pub fn parse_size(s: &str) -> Option<u64> {
     parse_u64(num)?.checked_mul(1u64 << shift)
 }
 
+/// Why the bytes at `cmd_line_ptr` are not a usable command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// No NUL within this many bytes.
+    NotTerminated(usize),
+    /// Not UTF-8: the first bad byte is at this offset.
+    NotUtf8(usize),
+}
+
+impl core::fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotTerminated(n) => write!(f, "command line has no NUL within {n} bytes"),
+            Self::NotUtf8(o) => write!(f, "command line is not UTF-8 (bad byte at offset {o})"),
+        }
+    }
+}
+
+/// The command line in `buf` up to its NUL (the zero page points at a
+/// NUL-terminated string; `buf` is the most the kernel is willing to read).
+pub fn from_nul_terminated(buf: &[u8]) -> Result<&str, CmdlineError> {
+    let len = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(CmdlineError::NotTerminated(buf.len()))?;
+    core::str::from_utf8(&buf[..len]).map_err(|e| CmdlineError::NotUtf8(e.valid_up_to()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +91,22 @@ mod tests {
         assert_eq!(parse_size("M"), None);
         assert_eq!(parse_size(""), None);
         assert_eq!(parse_size("99999999999999G"), None);
+    }
+
+    #[test]
+    fn reads_nul_terminated_utf8() {
+        assert_eq!(
+            from_nul_terminated(b"kjump.role=b\0garbage"),
+            Ok("kjump.role=b")
+        );
+        assert_eq!(from_nul_terminated(b"\0"), Ok(""));
+        assert_eq!(
+            from_nul_terminated(b"abc"),
+            Err(CmdlineError::NotTerminated(3))
+        );
+        assert_eq!(
+            from_nul_terminated(b"ab\xffc\0"),
+            Err(CmdlineError::NotUtf8(2))
+        );
     }
 }

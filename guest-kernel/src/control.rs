@@ -40,6 +40,10 @@ pub const DATA_PEER_ARG: u64 = 0x630;
 pub const DATA_PEER_BOOTED: u64 = 0x638;
 /// Number of page pairs swapped by the last transfer (for self-checks).
 pub const DATA_PAIRS: u64 = 0x640;
+/// Backup mode only: head of the list of (destination, peer's backup page).
+pub const DATA_HEAD2: u64 = 0x648;
+/// 16 bytes of scratch for `sgdt`/`lgdt` (limit and base, packed).
+pub const DATA_SCRATCH: u64 = 0x650;
 
 pub const MODE_SWAP: u64 = 0;
 pub const MODE_BACKUP: u64 = 1;
@@ -132,7 +136,7 @@ mod tests {
         assert_eq!(slot_by_name("r15"), Some(Slot::R15 as u64));
         assert_eq!(slot_by_name("uart"), Some(Slot::Uart as u64));
         assert_eq!(slot_by_name("xmm0"), None);
-        assert!(DATA_PAIRS + 8 <= CONTEXT);
+        assert!(DATA_SCRATCH + 16 <= CONTEXT);
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
     }
 

@@ -46,6 +46,11 @@ pub const MAX_RAM: u64 = (BOOT_MAX_GIB << 30) - (MMIO_HOLE_END - MMIO_HOLE_START
 /// Default size of the RAM kernel A gives kernel B.
 pub const DEFAULT_PEER_MEM: u64 = 8 << 20;
 
+/// The initramfs file that holds kernel B's ELF image (kernel A loads it).
+pub const KERNEL_B_PATH: &str = "kjump/kernel-b";
+/// The optional initramfs file with the run's configuration (text).
+pub const CONFIG_PATH: &str = "kjump/config";
+
 /// The RAM ranges `(start, len)` of a VM with `ram` bytes: below the 32-bit
 /// hole, and above 4 GiB what did not fit below it.
 pub fn ram_ranges(ram: u64) -> ([(u64, u64); 2], usize) {

@@ -11,5 +11,8 @@ pub mod bootparams;
 pub mod cmdline;
 pub mod control;
 pub mod cpio;
+pub mod elf;
+pub mod frames;
 pub mod kimage;
 pub mod layout;
+pub mod textbuf;

@@ -1,1 +1,91 @@
-fn main(){}
+//! `kjump`: parses the command line, runs, and turns the result into one
+//! line and an exit code (0 pass, 1 a check failed, 2 could not run).
+
+use std::error::Error;
+use std::io::Write;
+use std::process::ExitCode;
+
+use kjump::cli::{Cli, Command};
+use kjump::scenario::{self, RunOptions};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    init_logging(cli.log_level());
+    match cli.into_command() {
+        Command::Run(args) => {
+            let opts = RunOptions {
+                handle_signals: true,
+                ..Default::default()
+            };
+            match scenario::run_scenario_with(&args, &opts) {
+                Ok(outcome) => {
+                    println!("{}", outcome.summary());
+                    ExitCode::from(outcome.exit_code())
+                }
+                Err(e) => {
+                    report_error(&e, e.regs().map(ToString::to_string));
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: log::LevelFilter) {
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env(env_logger::Env::new().filter("RUST_LOG"))
+        .format(|buf, rec| {
+            writeln!(
+                buf,
+                "kjump: {}: {}",
+                rec.level().as_str().to_lowercase(),
+                rec.args()
+            )
+        })
+        .init();
+}
+
+/// `kjump: error: <message>: <cause>: ...` on one line (causes whose text
+/// the message already holds are left out), then the register dump.
+fn report_error(e: &dyn Error, dump: Option<String>) {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    eprintln!("kjump: error: {line}");
+    if let Some(dump) = dump {
+        eprint!("{dump}");
+    }
+}
+
+/// clap's help and version go to stdout as usual; a usage error becomes one
+/// line with exit code 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("kjump: error: {line}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,98 @@
+//! The physical frame allocator: e820 RAM minus what is in use at boot,
+//! handed out in contiguous, zeroed 4 KiB pages from the top of memory down
+//! (so that low memory, where kernel B's region is by default, stays free
+//! the longest). The range logic is `kjump_guest::frames` (host-tested);
+//! this module owns the one global instance.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kjump_guest::bootparams::E820_RAM;
+use kjump_guest::frames::FrameSet;
+use kjump_guest::layout::{HIGH_RAM_START, PAGE_SIZE};
+
+use super::bootinfo::BootInfo;
+use super::sync::Exclusive;
+
+/// Room for every e820 entry plus the holes cut at boot and by `reserve`.
+const MAX_RANGES: usize = 256;
+
+static FREE: Exclusive<FrameSet<MAX_RANGES>> = Exclusive::new(FrameSet::new());
+static RAM_TOP: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" {
+    // Linker symbols (linker.ld): only their addresses mean something.
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+/// The kernel image `[start, end)` (text, data, bss and the boot stack).
+pub fn kernel_image() -> (u64, u64) {
+    (
+        &raw const __kernel_start as u64,
+        &raw const __kernel_end as u64,
+    )
+}
+
+/// Builds the free set: usable e820 RAM minus low memory (the VMM's boot
+/// structures below 1 MiB), the kernel image, the initramfs, the zero page
+/// and the command line.
+pub fn init(boot: &BootInfo) {
+    let mut set = FrameSet::<MAX_RANGES>::new();
+    let mut top = 0;
+    for e in boot.e820().iter().filter(|e| e.kind == E820_RAM) {
+        let end = e.addr.saturating_add(e.size);
+        set.add(e.addr, end)
+            .expect("fewer e820 entries than MAX_RANGES");
+        top = top.max(end);
+    }
+    let (kstart, kend) = kernel_image();
+    let holes = [
+        (0, HIGH_RAM_START),
+        (kstart, kend),
+        (
+            boot.initramfs_addr,
+            boot.initramfs_addr + boot.initramfs.len() as u64,
+        ),
+        (boot.zero_page, boot.zero_page + PAGE_SIZE),
+        (boot.cmdline_addr, boot.cmdline_end()),
+    ];
+    for (start, end) in holes {
+        set.remove(start, end).expect("room for the boot holes");
+    }
+    RAM_TOP.store(top, Ordering::Relaxed);
+    FREE.with(|f| *f = set);
+}
+
+/// `count` contiguous zeroed pages, all below `max_end`, not overlapping the
+/// half-open range `avoid` (`(0, 0)` for none); the highest such block.
+pub fn alloc_pages(count: u64, max_end: u64, avoid: (u64, u64)) -> Option<u64> {
+    let size = count.checked_mul(PAGE_SIZE)?;
+    let start = FREE.with(|f| f.alloc_top(size, PAGE_SIZE, max_end, avoid))?;
+    // SAFETY: the block was free RAM and is now ours alone; all RAM is
+    // identity-mapped (boot map, then the kernel's own map of [0, ram_top)).
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, size as usize) };
+    Some(start)
+}
+
+/// Takes `[start, end)` (widened to whole pages) out of the free set, e.g.
+/// the peer's region. Panics when the range list is full.
+#[allow(dead_code, reason = "API for the kexec scenarios (kernel/kexec.rs)")]
+pub fn reserve(start: u64, end: u64) {
+    FREE.with(|f| f.remove(start, end))
+        .expect("free-range list has room to reserve a range");
+}
+
+/// The free ranges `[start, end)`, sorted (a copy: allocation may go on).
+pub fn free_ranges() -> impl Iterator<Item = (u64, u64)> {
+    FREE.with(|f| *f).into_ranges()
+}
+
+/// Free bytes in total.
+pub fn free_bytes() -> u64 {
+    FREE.with(|f| f.total())
+}
+
+/// End of the highest usable e820 RAM.
+pub fn ram_top() -> u64 {
+    RAM_TOP.load(Ordering::Relaxed)
+}

@@ -1,0 +1,121 @@
+//! The kernel's own identity map, replacing the VMM's boot page tables (in
+//! low memory the kernel does not own): `[0, max(4 GiB, ram_top))` with
+//! 2 MiB pages, in frames from the allocator. The kexec code builds the
+//! control-page tables with the same [`build_identity_map`].
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kjump_guest::layout::PAGE_SIZE;
+
+use super::{cpu, mem};
+
+/// A 2 MiB page.
+pub const LARGE_PAGE: u64 = 2 << 20;
+/// What one page directory maps (512 large pages).
+pub const PD_SPAN: u64 = 1 << 30;
+/// What one PDPT maps; the kernel maps at most this much (one PML4 entry).
+pub const PDPT_SPAN: u64 = 512 << 30;
+/// The kernel maps at least the 32-bit address space.
+const MIN_TOP: u64 = 4 << 30;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+/// PS in a PD entry: the entry maps a 2 MiB page.
+const HUGE: u64 = 1 << 7;
+const ENTRIES: usize = 512;
+
+static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
+static MAPPED_TOP: AtomicU64 = AtomicU64::new(0);
+
+/// Number of page directories [`build_identity_map`] fills for `top`.
+pub const fn pd_pages(top: u64) -> u64 {
+    let n = top.div_ceil(PD_SPAN);
+    if n == 0 { 1 } else { n }
+}
+
+/// Writes an identity map of `[0, top)` (rounded up to 2 MiB) with 2 MiB
+/// pages: the PML4 at `pml4_page`, one PDPT at `pdpt_page`, and
+/// [`pd_pages`]`(top)` page directories from `pd_pages_start` on. Every
+/// entry of every table is written (unused ones zero), so the pages need not
+/// be zeroed first. Returns the CR3 value (`pml4_page`).
+///
+/// Contract (not checkable here, hence on the caller): the table pages are
+/// the caller's own, from [`mem::alloc_pages`], and mapped at their physical
+/// address: they are overwritten. Alignment, overlap and `top` (at most
+/// [`PDPT_SPAN`]) are checked.
+pub fn build_identity_map(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, top: u64) -> u64 {
+    assert!(
+        top <= PDPT_SPAN,
+        "identity map top {top:#x} beyond one PDPT"
+    );
+    assert!(
+        [pml4_page, pdpt_page, pd_pages_start]
+            .iter()
+            .all(|p| p.is_multiple_of(PAGE_SIZE)),
+        "page-table pages must be page-aligned"
+    );
+    let top = top.next_multiple_of(LARGE_PAGE);
+    let pds = pd_pages(top);
+    let pd_end = pd_pages_start + pds * PAGE_SIZE;
+    let outside_pds = |p: u64| p < pd_pages_start || pd_end <= p;
+    assert!(
+        pml4_page != pdpt_page && outside_pds(pml4_page) && outside_pds(pdpt_page),
+        "page-table pages overlap"
+    );
+    // SAFETY: the pages are the caller's own and identity-mapped (the
+    // contract above), page-aligned and distinct (checked above); each table
+    // is one page of 512 entries.
+    let table = |page: u64| unsafe { &mut *(page as *mut [u64; ENTRIES]) };
+
+    let pml4 = table(pml4_page);
+    pml4.fill(0);
+    pml4[0] = pdpt_page | PRESENT | WRITABLE;
+
+    let pdpt = table(pdpt_page);
+    pdpt.fill(0);
+    for (i, e) in pdpt.iter_mut().take(pds as usize).enumerate() {
+        *e = (pd_pages_start + i as u64 * PAGE_SIZE) | PRESENT | WRITABLE;
+    }
+
+    for d in 0..pds {
+        let pd = table(pd_pages_start + d * PAGE_SIZE);
+        for (i, e) in pd.iter_mut().enumerate() {
+            let addr = d * PD_SPAN + i as u64 * LARGE_PAGE;
+            *e = if addr < top {
+                addr | PRESENT | WRITABLE | HUGE
+            } else {
+                0
+            };
+        }
+    }
+    pml4_page
+}
+
+/// Builds the kernel's map in freshly allocated frames and switches to it.
+/// Needs [`mem::init`].
+pub fn init() {
+    let top = mem::ram_top().max(MIN_TOP).next_multiple_of(LARGE_PAGE);
+    let pds = pd_pages(top);
+    let pages = 2 + pds;
+    let base =
+        mem::alloc_pages(pages, u64::MAX, (0, 0)).expect("memory for the kernel's page tables");
+    // The pages were just allocated (ours alone) and are mapped by the boot
+    // page tables, which cover all RAM.
+    let cr3 = build_identity_map(base, base + PAGE_SIZE, base + 2 * PAGE_SIZE, top);
+    // SAFETY: the new map is an identity map of all RAM (and more), a
+    // superset of what the boot tables map, so code, stack and data stay
+    // where they are.
+    unsafe { cpu::write_cr3(cr3) };
+    KERNEL_CR3.store(cr3, Ordering::Relaxed);
+    MAPPED_TOP.store(top, Ordering::Relaxed);
+}
+
+/// The kernel's CR3 (its PML4), once [`init`] ran.
+pub fn kernel_cr3() -> u64 {
+    KERNEL_CR3.load(Ordering::Relaxed)
+}
+
+/// End of the kernel's identity map: the first unmapped address.
+pub fn mapped_top() -> u64 {
+    MAPPED_TOP.load(Ordering::Relaxed)
+}

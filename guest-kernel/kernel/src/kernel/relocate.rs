@@ -1,0 +1,463 @@
+//! The assembly of kexec jump: the jump routine with its checkpoint, the
+//! re-entry routine, and the relocation code copied into the control page.
+//!
+//! The flow mirrors Linux's `relocate_kernel_64.S` with preserved context:
+//!
+//! 1. `kjump_jump(cp)` (kernel text) saves every register of the kernel into
+//!    the control page's context, puts back the few it used to do so, and
+//!    runs the checkpoint instruction `kjump_checkpoint: in eax, dx`. The VMM
+//!    answers JUMP; from here the kernel writes nothing but the control page.
+//! 2. It switches to the control page's stack and enters the relocation code
+//!    at `cp + 0` (`relocate_entry`), which loads the control page tables,
+//!    swaps every source page with its destination page and `call`s the
+//!    peer: B's ELF entry the first time, later the peer's own re-entry point.
+//! 3. The peer comes back by `call`ing our `relocate_peer_returned` (that is
+//!    the `kexec_jump_back_entry` B is given): we pop the peer's return
+//!    address (its re-entry point for the next jump), swap the pages back and
+//!    jump to `kjump_reentry` (kernel text), which restores every register
+//!    and runs the *same* checkpoint instruction. The VMM answers BACK and
+//!    `kjump_jump` returns to its caller as if it had been a function call.
+
+use core::arch::global_asm;
+
+use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
+use kjump_guest::control::{self, Slot, slot_offset};
+use kjump_guest::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const COM1: u16 = 0x3f8;
+
+unsafe extern "sysv64" {
+    /// Saves the context into control page `cp`, checkpoints, and jumps to
+    /// the peer; returns once this kernel has been resumed.
+    pub fn kjump_jump(cp: u64);
+    /// First byte of the relocation code (copied to `cp + control::CODE`).
+    pub static relocate_start: u8;
+    /// Where a peer enters this kernel's control page to come back.
+    pub static relocate_peer_returned: u8;
+    /// End of the relocation code.
+    pub static relocate_end: u8;
+    /// The checkpoint instruction (for reports and self-checks).
+    pub static kjump_checkpoint: u8;
+    /// The re-entry routine.
+    pub static kjump_reentry: u8;
+}
+
+global_asm!(
+    // ---------------------------------------------------------------------
+    // kjump_jump(rdi = control page). Interrupts are off (the caller did
+    // cli). Saves all GPRs, rflags, CR0/3/4, EFER, FS/GS/KERNEL_GS bases,
+    // GDTR, IDTR, TR, segment selectors and the FXSAVE state; the UART slot
+    // was filled by the caller. Leaves every GPR and rflags as they were
+    // when saved, with rdx = the checkpoint port.
+    // ---------------------------------------------------------------------
+    ".section .text.kjump, \"ax\"",
+    ".global kjump_jump",
+    "kjump_jump:",
+    "mov edx, {port}",
+    "mov [rdi + {rax}], rax",
+    "mov [rdi + {rbx}], rbx",
+    "mov [rdi + {rcx}], rcx",
+    "mov [rdi + {rdx}], rdx",
+    "mov [rdi + {rsi}], rsi",
+    "mov [rdi + {rdi}], rdi",
+    "mov [rdi + {rbp}], rbp",
+    "mov [rdi + {rsp}], rsp",
+    "mov [rdi + {r8}], r8",
+    "mov [rdi + {r9}], r9",
+    "mov [rdi + {r10}], r10",
+    "mov [rdi + {r11}], r11",
+    "mov [rdi + {r12}], r12",
+    "mov [rdi + {r13}], r13",
+    "mov [rdi + {r14}], r14",
+    "mov [rdi + {r15}], r15",
+    "pushfq",
+    "pop qword ptr [rdi + {rflags}]",
+    "mov rax, cr0",
+    "mov [rdi + {cr0}], rax",
+    "mov rax, cr3",
+    "mov [rdi + {cr3}], rax",
+    "mov rax, cr4",
+    "mov [rdi + {cr4}], rax",
+    "mov ecx, {efer_msr}",
+    "rdmsr",
+    "shl rdx, 32",
+    "or rax, rdx",
+    "mov [rdi + {efer}], rax",
+    "mov ecx, {fs_msr}",
+    "rdmsr",
+    "shl rdx, 32",
+    "or rax, rdx",
+    "mov [rdi + {fs_base}], rax",
+    "mov ecx, {gs_msr}",
+    "rdmsr",
+    "shl rdx, 32",
+    "or rax, rdx",
+    "mov [rdi + {gs_base}], rax",
+    "mov ecx, {kgs_msr}",
+    "rdmsr",
+    "shl rdx, 32",
+    "or rax, rdx",
+    "mov [rdi + {kgs_base}], rax",
+    "sgdt [rdi + {scratch}]",
+    "movzx eax, word ptr [rdi + {scratch}]",
+    "mov [rdi + {gdtr_limit}], rax",
+    "mov rax, [rdi + {scratch} + 2]",
+    "mov [rdi + {gdtr_base}], rax",
+    "sidt [rdi + {scratch}]",
+    "movzx eax, word ptr [rdi + {scratch}]",
+    "mov [rdi + {idtr_limit}], rax",
+    "mov rax, [rdi + {scratch} + 2]",
+    "mov [rdi + {idtr_base}], rax",
+    "xor eax, eax",
+    "str ax",
+    "mov [rdi + {tr}], rax",
+    "mov ax, cs",
+    "mov [rdi + {cs}], rax",
+    "mov ax, ds",
+    "mov [rdi + {ds}], rax",
+    "mov ax, es",
+    "mov [rdi + {es}], rax",
+    "mov ax, fs",
+    "mov [rdi + {fs}], rax",
+    "mov ax, gs",
+    "mov [rdi + {gs}], rax",
+    "mov ax, ss",
+    "mov [rdi + {ss}], rax",
+    "fxsave64 [rdi + {fxsave}]",
+    // Put back what the saving used: rax, rcx, rdx and the flags. The push
+    // writes the saved flags to the stack slot pushfq wrote: same bytes.
+    "mov rax, [rdi + {rax}]",
+    "mov rcx, [rdi + {rcx}]",
+    "mov rdx, [rdi + {rdx}]",
+    "push qword ptr [rdi + {rflags}]",
+    "popfq",
+    // ---------------------------------------------------------------------
+    // The checkpoint: reached with the same registers on the way out and on
+    // the way back in. The VMM answers in eax.
+    // ---------------------------------------------------------------------
+    ".global kjump_checkpoint",
+    "kjump_checkpoint:",
+    "in eax, dx",
+    "cmp eax, {back}",
+    "je 2f",
+    "cmp eax, {jump}",
+    "jne 3f",
+    // Leaving: from here on only the control page is written. Run the
+    // relocation code on the control page's own stack.
+    "lea rsp, [rdi + {stack_top}]",
+    "jmp rdi",
+    "2:",
+    "ret",
+    "3:",
+    "ud2",
+    // ---------------------------------------------------------------------
+    // kjump_reentry(rdi = control page): entered from the relocation code
+    // after the swap-back, on the control page stack and page tables, with
+    // the peer's GDT still loaded. Restores the saved context (control
+    // registers, descriptor tables, segments, MSRs, FPU, UART, then the
+    // GPRs and flags) and runs the checkpoint again.
+    // ---------------------------------------------------------------------
+    ".global kjump_reentry",
+    "kjump_reentry:",
+    "mov rax, [rdi + {cr4}]",
+    "mov cr4, rax",
+    "mov rax, [rdi + {cr3}]",
+    "mov cr3, rax",
+    "mov rax, [rdi + {cr0}]",
+    "mov cr0, rax",
+    "mov ecx, {efer_msr}",
+    "mov rax, [rdi + {efer}]",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "wrmsr",
+    "mov rax, [rdi + {gdtr_limit}]",
+    "mov [rdi + {scratch}], ax",
+    "mov rax, [rdi + {gdtr_base}]",
+    "mov [rdi + {scratch} + 2], rax",
+    "lgdt [rdi + {scratch}]",
+    "mov rax, [rdi + {idtr_limit}]",
+    "mov [rdi + {scratch}], ax",
+    "mov rax, [rdi + {idtr_base}]",
+    "mov [rdi + {scratch} + 2], rax",
+    "lidt [rdi + {scratch}]",
+    // Reload CS with a far return, then the data segments.
+    "push qword ptr [rdi + {cs}]",
+    "lea rax, [rip + 4f]",
+    "push rax",
+    "retfq",
+    "4:",
+    "mov rax, [rdi + {ss}]",
+    "mov ss, ax",
+    "mov rax, [rdi + {ds}]",
+    "mov ds, ax",
+    "mov rax, [rdi + {es}]",
+    "mov es, ax",
+    "mov rax, [rdi + {fs}]",
+    "mov fs, ax",
+    "mov rax, [rdi + {gs}]",
+    "mov gs, ax",
+    // TR: ltr faults on a busy TSS descriptor; clear the busy bit first
+    // (ltr sets it again, so the GDT ends as it was).
+    "mov rax, [rdi + {tr}]",
+    "test eax, eax",
+    "jz 5f",
+    "and eax, 0xfff8",
+    "add rax, [rdi + {gdtr_base}]",
+    "and byte ptr [rax + 5], 0xfd",
+    "mov rax, [rdi + {tr}]",
+    "ltr ax",
+    "5:",
+    // Bases after the selector loads (a selector load resets them).
+    "mov ecx, {fs_msr}",
+    "mov rax, [rdi + {fs_base}]",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "wrmsr",
+    "mov ecx, {gs_msr}",
+    "mov rax, [rdi + {gs_base}]",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "wrmsr",
+    "mov ecx, {kgs_msr}",
+    "mov rax, [rdi + {kgs_base}]",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "wrmsr",
+    "fxrstor64 [rdi + {fxsave}]",
+    // UART: IER, LCR, MCR, SCR, DLL, DLM in bytes 0..6 of the slot. The
+    // divisor goes through DLAB, then LCR as saved.
+    "mov dx, {com1} + 3",
+    "mov al, 0x80",
+    "out dx, al",
+    "mov dx, {com1}",
+    "mov al, [rdi + {uart} + 4]",
+    "out dx, al",
+    "mov dx, {com1} + 1",
+    "mov al, [rdi + {uart} + 5]",
+    "out dx, al",
+    "mov dx, {com1} + 3",
+    "mov al, [rdi + {uart} + 1]",
+    "out dx, al",
+    "mov dx, {com1} + 1",
+    "mov al, [rdi + {uart}]",
+    "out dx, al",
+    "mov dx, {com1} + 4",
+    "mov al, [rdi + {uart} + 2]",
+    "out dx, al",
+    "mov dx, {com1} + 7",
+    "mov al, [rdi + {uart} + 3]",
+    "out dx, al",
+    // Back onto the kernel's stack, flags (the push rewrites the very slot
+    // kjump_jump's pushfq wrote), then every GPR, rdi last.
+    "mov rsp, [rdi + {rsp}]",
+    "push qword ptr [rdi + {rflags}]",
+    "popfq",
+    "mov rax, [rdi + {rax}]",
+    "mov rbx, [rdi + {rbx}]",
+    "mov rcx, [rdi + {rcx}]",
+    "mov rdx, [rdi + {rdx}]",
+    "mov rsi, [rdi + {rsi}]",
+    "mov rbp, [rdi + {rbp}]",
+    "mov r8, [rdi + {r8}]",
+    "mov r9, [rdi + {r9}]",
+    "mov r10, [rdi + {r10}]",
+    "mov r11, [rdi + {r11}]",
+    "mov r12, [rdi + {r12}]",
+    "mov r13, [rdi + {r13}]",
+    "mov r14, [rdi + {r14}]",
+    "mov r15, [rdi + {r15}]",
+    "mov rdi, [rdi + {rdi}]",
+    "jmp kjump_checkpoint",
+    // ---------------------------------------------------------------------
+    // The relocation code. Position independent: it runs from its copy at
+    // cp + 0, identity-mapped, interrupts off, and finds its control page
+    // from its own rip.
+    // ---------------------------------------------------------------------
+    ".balign 16",
+    ".global relocate_start",
+    "relocate_start:",
+    // relocate_entry(rdi = cp), rsp = cp's stack.
+    "mov rbx, rdi",
+    "mov rax, [rbx + {page_table}]",
+    "mov cr3, rax",
+    "xor esi, esi", // direction: 0 = outbound
+    "call 10f",
+    "mov qword ptr [rbx + {peer_booted}], 1",
+    "mov rsi, [rbx + {peer_arg}]",
+    "mov rax, [rbx + {peer_entry}]",
+    "call rax",
+    // The peer called us back: its return address, on its stack, is where
+    // it wants to be entered next time.
+    ".global relocate_peer_returned",
+    "relocate_peer_returned:",
+    "pop rcx",
+    "lea rbx, [rip + relocate_start]",
+    "mov [rbx + {peer_entry}], rcx",
+    "lea rsp, [rbx + {stack_top}]",
+    "mov rax, [rbx + {page_table}]",
+    "mov cr3, rax",
+    "mov esi, 1", // direction: 1 = inbound
+    "call 10f",
+    "mov rdi, rbx",
+    "jmp qword ptr [rbx + {reentry}]",
+    // transfer(rbx = cp, esi = direction): walks the indirection list. Swap
+    // mode exchanges each source page with its destination through the swap
+    // page (both directions alike). Backup mode copies: outbound, each
+    // destination is saved to its page of list 1 and loaded from its page
+    // of list 2; inbound, saved to list 2 and loaded from list 1.
+    "10:",
+    "cld",
+    "mov qword ptr [rbx + {pairs}], 0",
+    "mov r12d, esi",
+    "cmp qword ptr [rbx + {mode}], {mode_backup}",
+    "je 20f",
+    "mov r8, [rbx + {head}]",
+    "mov r13d, 0", // op 0: swap
+    "jmp 30f",
+    "20:",
+    // Backup: first save (op 1) with the list that receives our content,
+    // then load (op 2) from the other one.
+    "mov r8, [rbx + {head}]",
+    "test r12d, r12d",
+    "jz 21f",
+    "mov r8, [rbx + {head2}]",
+    "21:",
+    "mov r13d, 1",
+    "call 30f",
+    "mov r8, [rbx + {head2}]",
+    "test r12d, r12d",
+    "jz 22f",
+    "mov r8, [rbx + {head}]",
+    "22:",
+    "mov r13d, 2",
+    "jmp 30f",
+    // walk(r8 = head, r13 = op): r9 = destination, r10 = next entry, r11 =
+    // swap page.
+    "30:",
+    "xor r9d, r9d",
+    "xor r10d, r10d",
+    "mov r11, [rbx + {swap_page}]",
+    "31:",
+    "mov rax, r8",
+    "and rax, -4096",
+    "test r8, {ind_done}",
+    "jnz 39f",
+    "test r8, {ind_indirection}",
+    "jz 32f",
+    "mov r10, rax",
+    "jmp 38f",
+    "32:",
+    "test r8, {ind_destination}",
+    "jz 33f",
+    "mov r9, rax",
+    "jmp 38f",
+    "33:",
+    "test r8, {ind_source}",
+    "jz 38f",
+    "cmp r13d, 1",
+    "je 34f",
+    "ja 35f",
+    // swap: src -> swap page, dest -> src, swap page -> dest
+    "mov rsi, rax",
+    "mov rdi, r11",
+    "mov ecx, 512",
+    "rep movsq",
+    "mov rsi, r9",
+    "mov rdi, rax",
+    "mov ecx, 512",
+    "rep movsq",
+    "mov rsi, r11",
+    "mov rdi, r9",
+    "mov ecx, 512",
+    "rep movsq",
+    "jmp 36f",
+    "34:", // save: dest -> src
+    "mov rsi, r9",
+    "mov rdi, rax",
+    "mov ecx, 512",
+    "rep movsq",
+    "jmp 36f",
+    "35:", // load: src -> dest
+    "mov rsi, rax",
+    "mov rdi, r9",
+    "mov ecx, 512",
+    "rep movsq",
+    "36:",
+    "inc qword ptr [rbx + {pairs}]",
+    "add r9, 4096",
+    "38:",
+    "mov r8, [r10]",
+    "add r10, 8",
+    "jmp 31b",
+    "39:",
+    "ret",
+    ".global relocate_end",
+    "relocate_end:",
+    ".previous",
+    port = const CHECKPOINT_PORT,
+    back = const ANSWER_BACK,
+    jump = const ANSWER_JUMP,
+    rax = const slot_offset(Slot::Rax),
+    rbx = const slot_offset(Slot::Rbx),
+    rcx = const slot_offset(Slot::Rcx),
+    rdx = const slot_offset(Slot::Rdx),
+    rsi = const slot_offset(Slot::Rsi),
+    rdi = const slot_offset(Slot::Rdi),
+    rbp = const slot_offset(Slot::Rbp),
+    rsp = const slot_offset(Slot::Rsp),
+    r8 = const slot_offset(Slot::R8),
+    r9 = const slot_offset(Slot::R9),
+    r10 = const slot_offset(Slot::R10),
+    r11 = const slot_offset(Slot::R11),
+    r12 = const slot_offset(Slot::R12),
+    r13 = const slot_offset(Slot::R13),
+    r14 = const slot_offset(Slot::R14),
+    r15 = const slot_offset(Slot::R15),
+    rflags = const slot_offset(Slot::Rflags),
+    cr0 = const slot_offset(Slot::Cr0),
+    cr3 = const slot_offset(Slot::Cr3),
+    cr4 = const slot_offset(Slot::Cr4),
+    efer = const slot_offset(Slot::Efer),
+    fs_base = const slot_offset(Slot::FsBase),
+    gs_base = const slot_offset(Slot::GsBase),
+    kgs_base = const slot_offset(Slot::KernelGsBase),
+    gdtr_limit = const slot_offset(Slot::GdtrLimit),
+    gdtr_base = const slot_offset(Slot::GdtrBase),
+    idtr_limit = const slot_offset(Slot::IdtrLimit),
+    idtr_base = const slot_offset(Slot::IdtrBase),
+    tr = const slot_offset(Slot::Tr),
+    cs = const slot_offset(Slot::Cs),
+    ds = const slot_offset(Slot::Ds),
+    es = const slot_offset(Slot::Es),
+    fs = const slot_offset(Slot::Fs),
+    gs = const slot_offset(Slot::Gs),
+    ss = const slot_offset(Slot::Ss),
+    uart = const slot_offset(Slot::Uart),
+    fxsave = const control::FXSAVE,
+    scratch = const control::DATA_SCRATCH,
+    stack_top = const control::STACK_TOP,
+    page_table = const control::DATA_PAGE_TABLE,
+    peer_entry = const control::DATA_PEER_ENTRY,
+    peer_arg = const control::DATA_PEER_ARG,
+    peer_booted = const control::DATA_PEER_BOOTED,
+    reentry = const control::DATA_REENTRY,
+    head = const control::DATA_HEAD,
+    head2 = const control::DATA_HEAD2,
+    swap_page = const control::DATA_SWAP_PAGE,
+    mode = const control::DATA_MODE,
+    mode_backup = const control::MODE_BACKUP,
+    pairs = const control::DATA_PAIRS,
+    efer_msr = const MSR_EFER,
+    fs_msr = const MSR_FS_BASE,
+    gs_msr = const MSR_GS_BASE,
+    kgs_msr = const MSR_KERNEL_GS_BASE,
+    com1 = const COM1,
+    ind_done = const IND_DONE,
+    ind_indirection = const IND_INDIRECTION,
+    ind_destination = const IND_DESTINATION,
+    ind_source = const IND_SOURCE,
+);

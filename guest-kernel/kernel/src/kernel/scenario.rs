@@ -1,0 +1,198 @@
+//! Scenario dispatch on `kjump.scenario=`. Every scenario ends with a
+//! verdict on the harness port (the VMM ends the run there); the kernel then
+//! halts.
+
+use core::fmt;
+
+use kjump_guest::abi::Role;
+use kjump_guest::bootparams::{E820_RAM, E820_RESERVED};
+use kjump_guest::cpio::{CpioError, Reader};
+use kjump_guest::layout::{CONFIG_PATH, KERNEL_B_PATH};
+
+use super::bootinfo::BootInfo;
+use super::{cpu, gdt, harness, kexec, mem, paging, serial};
+use crate::println;
+
+/// Runs the scenario the command line names, then halts.
+pub fn run(boot: &'static BootInfo) -> ! {
+    match boot.scenario {
+        "boot" => match boot_scenario(boot) {
+            Ok(s) => harness::verdict_fmt(
+                true,
+                format_args!(
+                    "boot: {} e820 entries, {} initramfs entries, {KERNEL_B_PATH} {} bytes",
+                    s.e820_entries, s.initramfs_entries, s.kernel_b_size
+                ),
+            ),
+            Err(why) => harness::verdict_fmt(false, format_args!("boot: {why}")),
+        },
+        // kexec jump with preserved context (kernel/kexec.rs): A loads B and
+        // they jump to each other; B is booted by A with the same scenario.
+        "ping-pong" => match boot.role {
+            Role::A => kexec::run_a(boot),
+            Role::B => kexec::run_b(boot),
+        },
+        name @ "hibernate" => harness::verdict_fmt(
+            false,
+            format_args!("scenario {name} is not built in this kernel"),
+        ),
+        "" => harness::verdict(false, "no kjump.scenario= on the command line"),
+        other => harness::verdict_fmt(false, format_args!("unknown scenario {other:?}")),
+    }
+    cpu::halt_forever()
+}
+
+/// Why the `boot` scenario failed.
+#[derive(Debug)]
+enum BootError {
+    NoInitramfs,
+    Initramfs(CpioError),
+    NoKernelB,
+    KernelBTooSmall(usize),
+    KernelBNotElf,
+    ConfigNotUtf8(core::str::Utf8Error),
+    WrongTr(u16),
+    WrongCr3 { found: u64, expected: u64 },
+    WrongUart { found: [u8; 6], expected: [u8; 6] },
+    UartRestore { found: [u8; 6], expected: [u8; 6] },
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoInitramfs => write!(f, "no initramfs"),
+            Self::Initramfs(e) => write!(f, "initramfs: {e}"),
+            Self::NoKernelB => write!(f, "{KERNEL_B_PATH} is not in the initramfs"),
+            Self::KernelBTooSmall(n) => write!(f, "{KERNEL_B_PATH} is only {n} bytes"),
+            Self::KernelBNotElf => write!(f, "{KERNEL_B_PATH} is not an ELF file"),
+            Self::ConfigNotUtf8(e) => write!(f, "{CONFIG_PATH} is not UTF-8: {e}"),
+            Self::WrongTr(tr) => write!(f, "TR is {tr:#x}, expected {:#x}", gdt::TSS_SELECTOR),
+            Self::WrongCr3 { found, expected } => {
+                write!(f, "CR3 is {found:#x}, expected {expected:#x}")
+            }
+            Self::WrongUart { found, expected } => {
+                write!(f, "UART registers {found:02x?}, expected {expected:02x?}")
+            }
+            Self::UartRestore { found, expected } => {
+                write!(
+                    f,
+                    "UART restore gave {found:02x?}, expected {expected:02x?}"
+                )
+            }
+        }
+    }
+}
+
+/// What the `boot` scenario found.
+struct BootSummary {
+    e820_entries: usize,
+    initramfs_entries: usize,
+    kernel_b_size: usize,
+}
+
+/// `boot`: the kernel came up; show what it was given, check its own
+/// setup, and check that the initramfs carries kernel B.
+fn boot_scenario(boot: &BootInfo) -> Result<BootSummary, BootError> {
+    println!("e820 map ({} entries):", boot.e820().len());
+    for e in boot.e820() {
+        let kind = match e.kind {
+            E820_RAM => "usable",
+            E820_RESERVED => "reserved",
+            _ => "other",
+        };
+        let end = e.addr.saturating_add(e.size);
+        println!("  [{:#014x}-{end:#014x}) {kind} ({})", e.addr, e.kind);
+    }
+    let (kstart, kend) = mem::kernel_image();
+    println!(
+        "kernel [{kstart:#x}-{kend:#x}), page tables at {:#x} mapping [0-{:#x}), ram top {:#x}, {} KiB free:",
+        paging::kernel_cr3(),
+        paging::mapped_top(),
+        mem::ram_top(),
+        mem::free_bytes() >> 10
+    );
+    for (start, end) in mem::free_ranges() {
+        println!("  free [{start:#014x}-{end:#014x})");
+    }
+    self_checks(boot)?;
+
+    let initramfs = boot.initramfs;
+    if initramfs.is_empty() {
+        return Err(BootError::NoInitramfs);
+    }
+    println!(
+        "initramfs at {:#x}, {} bytes:",
+        boot.initramfs_addr,
+        initramfs.len()
+    );
+    let mut initramfs_entries = 0;
+    for entry in Reader::new(initramfs) {
+        let e = entry.map_err(BootError::Initramfs)?;
+        println!("  {:06o} {:>10} {}", e.mode, e.data.len(), e.name);
+        initramfs_entries += 1;
+    }
+
+    let kernel_b = find(initramfs, KERNEL_B_PATH)?.ok_or(BootError::NoKernelB)?;
+    if kernel_b.len() <= 64 {
+        return Err(BootError::KernelBTooSmall(kernel_b.len()));
+    }
+    if !kernel_b.starts_with(b"\x7fELF") {
+        return Err(BootError::KernelBNotElf);
+    }
+    println!("{KERNEL_B_PATH}: ELF, {} bytes", kernel_b.len());
+
+    if let Some(config) = find(initramfs, CONFIG_PATH)? {
+        let text = core::str::from_utf8(config).map_err(BootError::ConfigNotUtf8)?;
+        println!("{CONFIG_PATH}:");
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    }
+    Ok(BootSummary {
+        e820_entries: boot.e820().len(),
+        initramfs_entries,
+        kernel_b_size: kernel_b.len(),
+    })
+}
+
+/// What the kernel set up at boot is what the CPU and the UART hold, and
+/// the UART's save/restore (which the kexec code relies on) round-trips.
+fn self_checks(boot: &BootInfo) -> Result<(), BootError> {
+    let tr = gdt::current_tr();
+    if tr != gdt::TSS_SELECTOR {
+        return Err(BootError::WrongTr(tr));
+    }
+    let cr3 = cpu::read_cr3();
+    if cr3 != paging::kernel_cr3() {
+        return Err(BootError::WrongCr3 {
+            found: cr3,
+            expected: paging::kernel_cr3(),
+        });
+    }
+    // IER, LCR, MCR, SCR, DLL, DLM as serial::init programmed them.
+    let expected = [0, 0x03, 0x0b, serial::scratch(boot.role), 1, 0];
+    let uart = serial::save();
+    if uart != expected {
+        return Err(BootError::WrongUart {
+            found: uart,
+            expected,
+        });
+    }
+    serial::restore(&uart);
+    let again = serial::save();
+    if again != uart {
+        return Err(BootError::UartRestore {
+            found: again,
+            expected: uart,
+        });
+    }
+    println!("self-checks: tr {tr:#x}, cr3 {cr3:#x}, uart {uart:02x?}");
+    Ok(())
+}
+
+/// The data of the regular file `name` in the archive, if present.
+fn find<'a>(archive: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, BootError> {
+    Reader::find(archive, name)
+        .map(|e| e.map(|e| e.data))
+        .map_err(BootError::Initramfs)
+}

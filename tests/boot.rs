@@ -1,0 +1,124 @@
+//! The boot spine on real KVM: the `boot` scenario passes, and every kind of
+//! guest failure or bad input ends with the right exit code and one clear
+//! line.
+
+mod common;
+use common::{assert_exit, kjump, kvm_or_skip, scratch};
+
+#[test]
+fn boot_scenario_passes() {
+    if !kvm_or_skip("boot_scenario_passes") {
+        return;
+    }
+    let (out, err) = assert_exit(&kjump(&["--scenario", "boot"]), 0);
+    // The guest printed its memory map and the initramfs listing, prefixed
+    // with its name, and found kernel B's image.
+    assert!(out.contains("[a] "), "no guest console lines:\n{out}");
+    assert!(out.contains("kjump/kernel-b"), "no initramfs listing:\n{out}");
+    assert!(out.to_lowercase().contains("e820"), "no memory map:\n{out}");
+    assert!(err.contains("boot: pass") || out.contains("boot: pass"), "no summary:\n{out}\n{err}");
+}
+
+#[test]
+fn boot_with_large_memory_leaves_the_32bit_hole() {
+    if !kvm_or_skip("boot_with_large_memory_leaves_the_32bit_hole") {
+        return;
+    }
+    let (out, _) = assert_exit(&kjump(&["--scenario", "boot", "--mem", "4G"]), 0);
+    assert!(out.contains("0x100000000"), "no RAM above 4 GiB in the guest's map:\n{out}");
+}
+
+#[test]
+fn guest_panic_is_reported_with_exit_2() {
+    if !kvm_or_skip("guest_panic_is_reported_with_exit_2") {
+        return;
+    }
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=panic"]), 2);
+    assert!(err.contains("panicked") && err.contains("injected panic"), "{err}");
+}
+
+#[test]
+fn guest_exception_names_vector_and_rip() {
+    if !kvm_or_skip("guest_exception_names_vector_and_rip") {
+        return;
+    }
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=ud2"]), 2);
+    assert!(err.contains("#UD"), "{err}");
+    assert!(err.contains("rip=0x"), "{err}");
+}
+
+#[test]
+fn guest_page_fault_names_cr2() {
+    if !kvm_or_skip("guest_page_fault_names_cr2") {
+        return;
+    }
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=pf"]), 2);
+    assert!(err.contains("#PF") && err.contains("cr2="), "{err}");
+}
+
+#[test]
+fn guest_triple_fault_is_an_error() {
+    if !kvm_or_skip("guest_triple_fault_is_an_error") {
+        return;
+    }
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=triple"]), 2);
+    assert!(err.contains("triple fault"), "{err}");
+}
+
+#[test]
+fn hung_guest_is_stopped_by_the_watchdog() {
+    if !kvm_or_skip("hung_guest_is_stopped_by_the_watchdog") {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let (_, err) =
+        assert_exit(&kjump(&["--scenario", "boot", "--timeout", "2", "--append", "kjump.fault=hang"]), 2);
+    assert!(err.contains("watchdog") && err.contains("rip=0x"), "{err}");
+    assert!(t.elapsed().as_secs() < 60, "the watchdog took {:?}", t.elapsed());
+}
+
+#[test]
+fn wild_guest_pointer_is_a_protocol_error() {
+    if !kvm_or_skip("wild_guest_pointer_is_a_protocol_error") {
+        return;
+    }
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=wild-pointer"]), 2);
+    assert!(err.contains("outside guest RAM"), "{err}");
+}
+
+#[test]
+fn kernel_that_is_not_an_elf_is_refused() {
+    let d = scratch("not-elf");
+    let k = d.join("kernel");
+    std::fs::write(&k, b"this is not a kernel").unwrap();
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--kernel", k.to_str().unwrap()]), 2);
+    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{err}");
+    assert!(err.to_lowercase().contains("elf"), "{err}");
+}
+
+#[test]
+fn truncated_initramfs_is_refused_by_the_guest() {
+    if !kvm_or_skip("truncated_initramfs_is_refused_by_the_guest") {
+        return;
+    }
+    let d = scratch("truncated-initramfs");
+    let full = kjump_initramfs::scenario_initramfs(kjump::DEFAULT_KERNEL, "x=1").unwrap();
+    let p = d.join("initramfs.cpio");
+    std::fs::write(&p, &full[..full.len() / 2]).unwrap();
+    let o = kjump(&["--scenario", "boot", "--initramfs", p.to_str().unwrap()]);
+    let (out, err) = common::text(&o);
+    assert_ne!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(err.contains("truncated") || out.contains("truncated"), "{out}\n{err}");
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--mem", "1M"]), 2);
+    assert!(err.contains("mem"), "{err}");
+}
+
+#[test]
+fn unknown_scenario_is_refused() {
+    let (_, err) = assert_exit(&kjump(&["--scenario", "no-such-thing"]), 2);
+    assert!(err.contains("no-such-thing"), "{err}");
+}

@@ -1,0 +1,392 @@
+//! The command line: `kjump [run] [--scenario NAME] [options]`.
+//!
+//! Running a scenario is the default; other subcommands (`inspect`, `diff`,
+//! `resume` on dumps) take their place beside `run` in [`Command`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::scenario::Scenario;
+
+/// A KVM harness that proves kexec jump right.
+#[derive(Debug, Parser)]
+#[command(name = "kjump", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Run options, when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first). Run options belong either
+    /// before no subcommand or after `run`; `-v`/`-q` go anywhere.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Self::command();
+        let m = cmd.try_get_matches_from_mut(args)?;
+        if let Some((sub, _)) = m.subcommand() {
+            let run_ids = RunArgs::augment_args(clap::Command::new("run"));
+            for arg in run_ids.get_arguments() {
+                if m.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+                    return Err(cmd.error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("--{} must come after the subcommand `{sub}`", arg.get_id()),
+                    ));
+                }
+            }
+        }
+        Self::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))
+    }
+
+    /// The subcommand to carry out (`run` when none was named).
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+
+    /// The log level that -v/-q ask for (default: warnings).
+    pub fn log_level(&self) -> log::LevelFilter {
+        if self.quiet {
+            return log::LevelFilter::Error;
+        }
+        match self.verbose {
+            0 => log::LevelFilter::Warn,
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario (the default).
+    Run(RunArgs),
+}
+
+/// Options of a scenario run.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// The scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::Boot)]
+    pub scenario: Scenario,
+
+    /// A→B→A cycles.
+    #[arg(long, default_value_t = 10)]
+    pub cycles: u64,
+
+    /// Guest RAM: bytes, or with a K/M/G suffix (512M, 2G, 0x...).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub mem: u64,
+
+    /// Guest kernel ELF (default: the embedded kjump guest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs (default: built from the kernel and the run's settings).
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Wall-clock limit of the whole run, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
+    pub timeout: u64,
+
+    /// Extra words for the guest command line (repeatable).
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub append: Vec<String>,
+
+    /// Write a JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Where ELF core dumps go.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+
+    /// When to write dumps.
+    #[arg(long, value_enum, default_value_t = DumpPolicy::OnMismatch)]
+    pub dump: DumpPolicy,
+
+    /// How memory is compared at a resume.
+    #[arg(long, value_enum, default_value_t = CompareMode::Dirty)]
+    pub compare: CompareMode,
+
+    /// How kexec keeps the jumping kernel's memory.
+    #[arg(long, value_enum, default_value_t = JumpMode::Swap)]
+    pub mode: JumpMode,
+
+    /// RAM kernel A gives kernel B.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    pub peer_mem: u64,
+
+    /// Inject a fault to show the oracle catches it: KIND, or KIND@CYCLE.
+    #[arg(long, value_name = "KIND[@CYCLE]")]
+    pub inject: Option<Inject>,
+}
+
+impl RunArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+impl Default for RunArgs {
+    /// The defaults of `kjump` with no options.
+    fn default() -> Self {
+        Cli::try_parse_args(["kjump"])
+            .expect("no arguments parse")
+            .run
+    }
+}
+
+/// `--dump`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DumpPolicy {
+    Never,
+    OnMismatch,
+    EveryJump,
+}
+
+/// `--compare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompareMode {
+    /// Only the pages the dirty log reports.
+    Dirty,
+    /// All of RAM, cross-checking the dirty log.
+    Full,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JumpMode {
+    /// Swap source and destination pages (Linux's `relocate_kernel`).
+    Swap,
+    /// Back up the peer's region instead.
+    Backup,
+}
+
+impl JumpMode {
+    /// As written on the guest command line (`kjump.mode=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Swap => "swap",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+/// `--inject KIND[@CYCLE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inject {
+    pub kind: String,
+    /// The cycle to inject at (the scenario's default when absent).
+    pub cycle: Option<u64>,
+}
+
+impl FromStr for Inject {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, cycle) = match s.split_once('@') {
+            Some((k, c)) => {
+                let c = kjump_guest::cmdline::parse_u64(c)
+                    .ok_or_else(|| format!("{c:?} is not a cycle number"))?;
+                (k, Some(c))
+            }
+            None => (s, None),
+        };
+        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if kind.is_empty() || !kind.chars().all(valid) {
+            return Err(format!(
+                "{kind:?} is not a fault kind (lowercase letters, digits, '-')"
+            ));
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            cycle,
+        })
+    }
+}
+
+/// Parses `--mem`-style sizes (`512M`, `2G`, `0x1000`, `1048576`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    kjump_guest::cmdline::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (use bytes, or a K/M/G suffix: 512M, 2G)"))
+}
+
+/// Formats a size the way [`parse_size`] reads it back, as short as exact.
+pub fn format_size(n: u64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n % (1 << 30) == 0 => format!("{}G", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_args(std::iter::once("kjump").chain(args.iter().copied()))
+    }
+
+    fn run(args: &[&str]) -> RunArgs {
+        match parse(args).unwrap().into_command() {
+            Command::Run(r) => r,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let r = run(&[]);
+        assert_eq!(r.scenario, Scenario::Boot);
+        assert_eq!(
+            (r.cycles, r.mem, r.timeout, r.peer_mem),
+            (10, 256 << 20, 300, 8 << 20)
+        );
+        assert_eq!(
+            (r.dump, r.compare, r.mode),
+            (DumpPolicy::OnMismatch, CompareMode::Dirty, JumpMode::Swap)
+        );
+        assert!(r.kernel.is_none() && r.initramfs.is_none() && r.inject.is_none());
+        assert!(r.append.is_empty());
+        assert_eq!(RunArgs::default().mem, 256 << 20);
+        assert_eq!(parse(&[]).unwrap().log_level(), log::LevelFilter::Warn);
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let r = run(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "100",
+            "--mem",
+            "2G",
+            "--kernel",
+            "/k",
+            "--initramfs",
+            "/i",
+            "--timeout",
+            "5",
+            "--append",
+            "kjump.fault=ud2",
+            "--append",
+            "-x",
+            "--report",
+            "r.json",
+            "--dump-dir",
+            "d",
+            "--dump",
+            "every-jump",
+            "--compare",
+            "full",
+            "--mode",
+            "backup",
+            "--peer-mem",
+            "0x1000000",
+            "--inject",
+            "flip-page@3",
+        ]);
+        assert_eq!(r.scenario, Scenario::PingPong);
+        assert_eq!(
+            (r.cycles, r.mem, r.timeout, r.peer_mem),
+            (100, 2 << 30, 5, 16 << 20)
+        );
+        assert_eq!(r.kernel.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(r.append, ["kjump.fault=ud2", "-x"]);
+        assert_eq!(
+            (r.dump, r.compare, r.mode),
+            (DumpPolicy::EveryJump, CompareMode::Full, JumpMode::Backup)
+        );
+        assert_eq!(
+            r.inject,
+            Some(Inject {
+                kind: "flip-page".into(),
+                cycle: Some(3)
+            })
+        );
+        assert_eq!(r.timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn run_subcommand_is_the_same_as_none() {
+        let a = run(&["run", "--cycles", "7", "--mem", "512M"]);
+        assert_eq!((a.cycles, a.mem), (7, 512 << 20));
+        // Run flags and a subcommand do not mix.
+        assert!(parse(&["--cycles", "7", "run"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["--scenario", "no-such-thing"][..],
+            &["--mem", "lots"],
+            &["--mem", "99999999999999G"],
+            &["--cycles", "-1"],
+            &["--timeout", "0"],
+            &["--dump", "sometimes"],
+            &["--inject", ""],
+            &["--inject", "Flip"],
+            &["--inject", "flip@x"],
+            &["--frobnicate"],
+            &["-v", "-q"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        let e = parse(&["--scenario", "no-such-thing"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no-such-thing") && e.contains("ping-pong"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn verbosity() {
+        assert_eq!(parse(&["-v"]).unwrap().log_level(), log::LevelFilter::Info);
+        assert_eq!(
+            parse(&["-vv", "run"]).unwrap().log_level(),
+            log::LevelFilter::Debug
+        );
+        assert_eq!(
+            parse(&["run", "-v"]).unwrap().log_level(),
+            log::LevelFilter::Info
+        );
+        assert_eq!(parse(&["-q"]).unwrap().log_level(), log::LevelFilter::Error);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("0x1000"), Ok(4096));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("1.5G").is_err());
+        for n in [0, 1, 4096, 8 << 20, 3 << 30, (1 << 20) + 1024, 12345] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
+        }
+        assert_eq!(format_size(8 << 20), "8M");
+    }
+}

@@ -1,0 +1,219 @@
+//! The kimage a kernel reported before jumping, read back from guest memory
+//! and checked: the VMM walks the indirection list itself (the guest is
+//! untrusted; every entry is bounds-checked through vm-memory) to learn
+//! where each kernel's pages are parked while its peer runs.
+
+use std::collections::BTreeMap;
+
+use kjump_guest::abi::{KimageArgs, Role};
+use kjump_guest::control::{self, MODE_BACKUP, MODE_SWAP};
+use kjump_guest::kimage::{self, Pair, WalkError};
+use kjump_guest::layout::PAGE_SIZE;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::GuestMem;
+
+/// Longest list the VMM walks: every page of a 64 GiB guest, twice.
+pub const MAX_ENTRIES: usize = 1 << 25;
+
+/// Why a reported kimage is not acceptable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KimageError {
+    /// The list is unreadable, loops or is malformed.
+    #[error("guest protocol error: kimage indirection list: {0}")]
+    Walk(String),
+    /// A page named by the report or the list lies outside guest RAM.
+    #[error("guest protocol error: kimage {what} {addr:#x} is outside guest RAM")]
+    OutsideRam { what: &'static str, addr: u64 },
+    /// Mode is not swap or backup, role is not a or b, or sizes are absurd.
+    #[error("guest protocol error: kimage report: {0}")]
+    Bad(&'static str),
+}
+
+/// A kimage as the VMM understands it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kimage {
+    pub role: Role,
+    pub head: u64,
+    pub head2: u64,
+    pub backup: bool,
+    /// First control page and count.
+    pub control: u64,
+    pub control_pages: u64,
+    /// The region the owner gives its peer (A) or runs in (B).
+    pub peer_start: u64,
+    pub peer_end: u64,
+    /// Swap mode: destination → source. Backup mode: destination → the
+    /// owner's save page (list 1).
+    pub parked: BTreeMap<u64, u64>,
+    /// Backup mode only: destination → the peer's save page (list 2).
+    pub peer_parked: BTreeMap<u64, u64>,
+}
+
+fn in_ram(mem: &GuestMem, addr: u64, len: u64) -> bool {
+    use vm_memory::GuestMemoryBackend;
+    usize::try_from(len).is_ok_and(|len| len > 0 && mem.check_range(GuestAddress(addr), len))
+}
+
+fn walk(mem: &GuestMem, head: u64) -> Result<BTreeMap<u64, u64>, KimageError> {
+    let mut map = BTreeMap::new();
+    let mut outside = None;
+    let read = |a: u64| {
+        if a % 8 != 0 {
+            return None;
+        }
+        mem.read_obj::<u64>(GuestAddress(a)).ok()
+    };
+    kimage::walk(head, MAX_ENTRIES, read, |p: Pair| {
+        if outside.is_none() {
+            if !in_ram(mem, p.dest, PAGE_SIZE) {
+                outside = Some(("destination page", p.dest));
+            } else if !in_ram(mem, p.src, PAGE_SIZE) {
+                outside = Some(("source page", p.src));
+            }
+        }
+        map.insert(p.dest, p.src);
+    })
+    .map_err(|e: WalkError| KimageError::Walk(e.to_string()))?;
+    if let Some((what, addr)) = outside {
+        return Err(KimageError::OutsideRam { what, addr });
+    }
+    Ok(map)
+}
+
+impl Kimage {
+    /// Reads the kimage described by a `Kimage` harness message.
+    pub fn read(mem: &GuestMem, args: &[u64; 8]) -> Result<Self, KimageError> {
+        let role = Role::from_u64(args[KimageArgs::ROLE]).ok_or(KimageError::Bad("unknown role"))?;
+        let backup = match args[KimageArgs::MODE] {
+            MODE_SWAP => false,
+            MODE_BACKUP => true,
+            _ => return Err(KimageError::Bad("unknown mode")),
+        };
+        let control = args[KimageArgs::CONTROL];
+        let control_pages = args[KimageArgs::CONTROL_PAGES];
+        if control % PAGE_SIZE != 0 || !(control::PAGE_TABLES + 3..=4096).contains(&control_pages) {
+            return Err(KimageError::Bad("control pages misaligned or of absurd count"));
+        }
+        if !in_ram(mem, control, control_pages * PAGE_SIZE) {
+            return Err(KimageError::OutsideRam { what: "control page", addr: control });
+        }
+        let (peer_start, peer_end) = (args[KimageArgs::PEER_START], args[KimageArgs::PEER_END]);
+        if peer_start >= peer_end || peer_start % PAGE_SIZE != 0 || peer_end % PAGE_SIZE != 0 {
+            return Err(KimageError::Bad("peer region empty or misaligned"));
+        }
+        let head = args[KimageArgs::HEAD];
+        let head2 = args[KimageArgs::HEAD2];
+        let parked = walk(mem, head)?;
+        let peer_parked = if backup { walk(mem, head2)? } else { BTreeMap::new() };
+        Ok(Self { role, head, head2, backup, control, control_pages, peer_start, peer_end, parked, peer_parked })
+    }
+
+    /// The control pages, which change after the owner's checkpoint.
+    pub fn control_range(&self) -> (u64, u64) {
+        (self.control, self.control + self.control_pages * PAGE_SIZE)
+    }
+
+    /// Where the owner's page `home` is while the owner is away.
+    pub fn owner_parked_at(&self, home: u64) -> u64 {
+        self.parked.get(&home).copied().unwrap_or(home)
+    }
+
+    /// Where the peer's page `home` is while the peer is away (the owner
+    /// runs): the source page in swap mode, the peer's save page in backup
+    /// mode.
+    pub fn peer_parked_at(&self, home: u64) -> u64 {
+        let m = if self.backup { &self.peer_parked } else { &self.parked };
+        m.get(&home).copied().unwrap_or(home)
+    }
+
+    /// Home → parked page of the owner's pages while it is away.
+    pub fn owner_moves(&self) -> &BTreeMap<u64, u64> {
+        &self.parked
+    }
+
+    /// Home → parked page of the peer's pages while the owner runs.
+    pub fn peer_moves(&self) -> &BTreeMap<u64, u64> {
+        if self.backup { &self.peer_parked } else { &self.parked }
+    }
+
+    /// Pages that hold the peer's (or a saved) content rather than the
+    /// owner's: not part of the owner's view.
+    pub fn parking_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.parked.values().chain(self.peer_parked.values()).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kjump_guest::kimage::{Builder, ListMemory};
+    use vm_memory::GuestAddress;
+
+    struct M<'a>(&'a GuestMem, u64);
+    impl ListMemory for M<'_> {
+        fn alloc_page(&mut self) -> Option<u64> {
+            self.1 += PAGE_SIZE;
+            Some(self.1)
+        }
+        fn write_u64(&mut self, addr: u64, value: u64) {
+            self.0.write_obj(value, GuestAddress(addr)).unwrap();
+        }
+    }
+
+    fn mem() -> GuestMem {
+        GuestMem::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+    }
+
+    fn args(head: u64) -> [u64; 8] {
+        let mut a = [0u64; 8];
+        a[KimageArgs::HEAD] = head;
+        a[KimageArgs::CONTROL] = 0x80_0000;
+        a[KimageArgs::CONTROL_PAGES] = 6;
+        a[KimageArgs::PEER_START] = 0x10_0000;
+        a[KimageArgs::PEER_END] = 0x20_0000;
+        a
+    }
+
+    #[test]
+    fn reads_a_list_the_guest_built() {
+        let m = mem();
+        let mut lm = M(&m, 0x90_0000);
+        let mut b = Builder::new();
+        for i in 0..600 {
+            b.add_page(&mut lm, 0x10_0000 + i * PAGE_SIZE, 0xa0_0000 + i * PAGE_SIZE).unwrap();
+        }
+        let (head, _) = b.finish(&mut lm).unwrap();
+        let k = Kimage::read(&m, &args(head)).unwrap();
+        assert_eq!(k.parked.len(), 600);
+        assert_eq!(k.owner_parked_at(0x10_1000), 0xa0_1000);
+        assert_eq!(k.peer_parked_at(0x10_1000), 0xa0_1000);
+        assert_eq!(k.owner_parked_at(0x5000), 0x5000);
+        assert_eq!(k.control_range(), (0x80_0000, 0x80_6000));
+    }
+
+    #[test]
+    fn hostile_reports_are_protocol_errors() {
+        let m = mem();
+        // A list that loops on itself.
+        m.write_obj(0x3000u64 | kimage::IND_INDIRECTION, GuestAddress(0x3000)).unwrap();
+        assert!(matches!(Kimage::read(&m, &args(0x3002)), Err(KimageError::Walk(_))));
+        // A list outside RAM.
+        assert!(matches!(Kimage::read(&m, &args(0xdead_0000_0002)), Err(KimageError::Walk(_))));
+        // A source page outside RAM.
+        m.write_obj(0x10_0000u64 | kimage::IND_DESTINATION, GuestAddress(0x4000)).unwrap();
+        m.write_obj(0x7fff_f000u64 | kimage::IND_SOURCE, GuestAddress(0x4008)).unwrap();
+        m.write_obj(kimage::IND_DONE, GuestAddress(0x4010)).unwrap();
+        assert_eq!(
+            Kimage::read(&m, &args(0x4002)),
+            Err(KimageError::OutsideRam { what: "source page", addr: 0x7fff_f000 })
+        );
+        // Control pages beyond RAM, a bad mode.
+        let mut a = args(0x4002);
+        a[KimageArgs::CONTROL] = 0xfff_f000;
+        assert!(matches!(Kimage::read(&m, &a), Err(KimageError::OutsideRam { what: "control page", .. })));
+        let mut a = args(0x4002);
+        a[KimageArgs::MODE] = 7;
+        assert_eq!(Kimage::read(&m, &a), Err(KimageError::Bad("unknown mode")));
+    }
+}

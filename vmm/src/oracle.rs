@@ -1,0 +1,1126 @@
+//! The identity oracle: a resumed kernel must find exactly what it left.
+//!
+//! * Registers ([`compare_vcpu`]): the kernel's vCPU state at its resume
+//!   checkpoint against its state at its suspend checkpoint, field by field
+//!   ([`VcpuState::fields`]). Only `rax` may differ, and only by the answer
+//!   the VMM itself put there; anything else needs an entry on a short,
+//!   explicit [`Allowlist`] with a reason, which the report prints.
+//! * Memory ([`View`], [`check_view`]): a kernel's pages, recorded at its
+//!   suspend checkpoint, must be found unchanged at every later checkpoint,
+//!   wherever kexec parked them (the placement).
+//! * Devices ([`compare_uart`]): the UART registers the kernel programmed.
+//!
+//! Everything here works on plain values; nothing touches KVM.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write as _};
+
+use kjump_guest::abi::ANSWER_JUMP;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
+
+use crate::pages::{PAGE_SIZE, Page, PageHash, PageStore, Shadow};
+use crate::snapshot::{FieldValue, VcpuState, XSTATE_BV, msr_field};
+use crate::symbols::Symbols;
+
+/// Differing bytes closer than this are reported as one range.
+const MERGE_GAP: usize = 8;
+/// Memory mismatches after this many get ranges but no hexdump.
+const MAX_DETAILED: usize = 64;
+/// Ranges of one page shown in its hexdump.
+const MAX_DUMPED_RANGES: usize = 8;
+/// Hexdump lines (16 bytes each) shown per range, context included.
+const MAX_LINES_PER_RANGE: usize = 8;
+
+/// When an allowlisted field is excused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllowRule {
+    /// Always: the field changes with time.
+    Always,
+    /// Only while every value of the XSAVE area is identical: for
+    /// `xsave.xstate_bv`, see [`Allowlist::standard`].
+    XsaveValuesEqual,
+}
+
+/// One excused field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// The field name as [`VcpuState::fields`] spells it.
+    pub field: String,
+    pub reason: String,
+    pub rule: AllowRule,
+}
+
+/// The fields that may legitimately differ between a kernel's suspend and
+/// resume checkpoints. Short on purpose: nothing else is excused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    entries: Vec<AllowEntry>,
+}
+
+impl Allowlist {
+    /// Nothing excused at all.
+    pub fn strict() -> Self {
+        Self::default()
+    }
+
+    /// The list kjump runs with. Measured on KVM: between two checkpoints
+    /// of an idle vCPU (41 readable MSRs, APIC, events, XSAVE) only `rax`
+    /// (the answer) and the TSC change.
+    ///
+    /// `xsave.xstate_bv`: a set bit says a component may be in use, a clear
+    /// bit that it is in its init state (SDM vol. 1, 13.6); the processor
+    /// tracks this conservatively, so the bit can differ while the register
+    /// values do not. `KVM_GET_XSAVE` writes the init values of every
+    /// component whose bit is clear (Linux `copy_xstate_to_uabi_buf`), so
+    /// the values are already normalised: when every value of the area is
+    /// identical the state is identical, and only then is a difference in
+    /// `xstate_bv` excused. Any differing value is reported with it.
+    pub fn standard() -> Self {
+        Self::strict()
+            .allow(
+                &msr_field(0x10),
+                "the TSC counts time; it runs on while the peer kernel runs",
+            )
+            .allow_when(
+                XSTATE_BV,
+                "only whether components are in their init state; excused only when every \
+                 XSAVE value is identical (KVM reports cleared components with their init values)",
+                AllowRule::XsaveValuesEqual,
+            )
+    }
+
+    /// Adds a field excused always.
+    pub fn allow(self, field: &str, reason: &str) -> Self {
+        self.allow_when(field, reason, AllowRule::Always)
+    }
+
+    /// Adds a field excused by `rule`.
+    pub fn allow_when(mut self, field: &str, reason: &str, rule: AllowRule) -> Self {
+        self.entries.push(AllowEntry {
+            field: field.to_string(),
+            reason: reason.to_string(),
+            rule,
+        });
+        self
+    }
+
+    /// The entries, for the report.
+    pub fn entries(&self) -> &[AllowEntry] {
+        &self.entries
+    }
+
+    fn rule(&self, field: &str) -> Option<AllowRule> {
+        self.entries
+            .iter()
+            .find(|e| e.field == field)
+            .map(|e| e.rule)
+    }
+}
+
+/// One register field that differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterMismatch {
+    pub field: String,
+    pub expected: FieldValue,
+    pub actual: FieldValue,
+    /// Why the expected value is what it is, when it is not simply the old one.
+    pub note: Option<String>,
+}
+
+impl fmt::Display for RegisterMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} -> {}", self.field, self.expected, self.actual)?;
+        if let Some(n) = &self.note {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `rax` holds the checkpoint's answer. The VMM completes the
+/// `in eax, dx` before capturing, and a 32-bit `in` zero-extends into rax,
+/// so rax must be exactly the answer.
+pub fn check_answer(state: &VcpuState, answer: u32, at: &str) -> Option<RegisterMismatch> {
+    (state.regs.rax != u64::from(answer)).then(|| RegisterMismatch {
+        field: "rax".to_string(),
+        expected: FieldValue::U64(answer.into()),
+        actual: FieldValue::U64(state.regs.rax),
+        note: Some(format!("rax at {at} must be the answer the VMM gave")),
+    })
+}
+
+/// Fields taken from the XSAVE area (the legacy region and the rest).
+fn is_xsave_field(name: &str) -> bool {
+    let numbered = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| n.parse::<u8>().is_ok())
+    };
+    name.starts_with("xsave")
+        || matches!(
+            name,
+            "fcw" | "fsw" | "ftw" | "fop" | "fip" | "fdp" | "mxcsr" | "mxcsr_mask"
+        )
+        || numbered("st")
+        || numbered("xmm")
+}
+
+/// Compares a kernel's vCPU state at its resume checkpoint (`actual`) with
+/// its state at its suspend checkpoint (`expected`).
+///
+/// `rax` is never skipped: the suspend state must hold [`ANSWER_JUMP`] and
+/// the resume state `expected_answer` (the answer the VMM gave there, BACK).
+/// Every other field must be bit-identical unless `allow` excuses it.
+pub fn compare_vcpu(
+    expected: &VcpuState,
+    actual: &VcpuState,
+    expected_answer: u32,
+    allow: &Allowlist,
+) -> Vec<RegisterMismatch> {
+    let mut out: Vec<RegisterMismatch> = [
+        check_answer(expected, ANSWER_JUMP, "suspend"),
+        check_answer(actual, expected_answer, "resume"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    // Fast path: identical apart from rax (the usual case) needs no fields.
+    let mut a = actual.clone();
+    a.regs.rax = expected.regs.rax;
+    if &a == expected {
+        return out;
+    }
+
+    let exp = expected.fields();
+    let mut act: HashMap<String, FieldValue> = actual.fields().into_iter().collect();
+    let mut diffs = Vec::new();
+    for (name, e) in exp {
+        let a = act.remove(&name).unwrap_or(FieldValue::Absent);
+        if name != "rax" && a != e {
+            diffs.push(RegisterMismatch {
+                field: name,
+                expected: e,
+                actual: a,
+                note: None,
+            });
+        }
+    }
+    let mut extra: Vec<_> = act.into_iter().collect();
+    extra.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, a) in extra {
+        diffs.push(RegisterMismatch {
+            field: name,
+            expected: FieldValue::Absent,
+            actual: a,
+            note: None,
+        });
+    }
+
+    let xsave_values_differ = diffs
+        .iter()
+        .any(|d| d.field != XSTATE_BV && is_xsave_field(&d.field));
+    out.extend(diffs.into_iter().filter(|d| match allow.rule(&d.field) {
+        Some(AllowRule::Always) => false,
+        Some(AllowRule::XsaveValuesEqual) => xsave_values_differ,
+        None => true,
+    }));
+    out
+}
+
+/// Why a view could not be recorded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OracleError {
+    /// A page of the view is not a page of guest RAM.
+    #[error("page {0:#x} of the view is not guest RAM")]
+    NotRam(u64),
+}
+
+/// Pages a [`check_view`] compares at once when they are all at home: one
+/// slice comparison usually settles the whole block.
+const CHECK_BLOCK: usize = 64;
+
+/// Consecutive pages of a view, aligned with a region of the shadow;
+/// [`PageHash::ABSENT`] where a page is not part of the view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    hashes: Vec<PageHash>,
+}
+
+impl Span {
+    fn addr(&self, i: usize) -> u64 {
+        self.start + (i * PAGE_SIZE) as u64
+    }
+    fn end(&self) -> u64 {
+        self.addr(self.hashes.len())
+    }
+}
+
+/// A kernel's logical view of memory: the hash of each of its pages, by the
+/// address the kernel knows it at ("home"), recorded when it suspended.
+/// Stored densely, like the shadow, so that checking a view of all of RAM
+/// is a few slice comparisons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    kernel: String,
+    spans: Vec<Span>,
+    len: usize,
+}
+
+impl View {
+    /// The kernel this view belongs to.
+    pub fn kernel(&self) -> &str {
+        &self.kernel
+    }
+
+    /// Pages in the view.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The recorded hash of the page at `addr`.
+    pub fn get(&self, addr: u64) -> Option<PageHash> {
+        let span = self
+            .spans
+            .iter()
+            .find(|s| (s.start..s.end()).contains(&addr))?;
+        let off = addr - span.start;
+        let h = span.hashes[(off / PAGE_SIZE as u64) as usize];
+        (off.is_multiple_of(PAGE_SIZE as u64) && h != PageHash::ABSENT).then_some(h)
+    }
+
+    /// The page addresses of the view, in order.
+    pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries().map(|(a, _)| a)
+    }
+
+    /// Every hash the view refers to (for [`PageStore::gc`]).
+    pub fn hashes(&self) -> impl Iterator<Item = PageHash> + '_ {
+        self.entries().map(|(_, h)| h)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (u64, PageHash)> + '_ {
+        self.spans.iter().flat_map(|s| {
+            s.hashes
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| **h != PageHash::ABSENT)
+                .map(|(i, h)| (s.addr(i), *h))
+        })
+    }
+}
+
+/// Records the view of `kernel` over `pages` (page addresses, any order)
+/// from the shadow's current hashes.
+pub fn record_view(
+    kernel: &str,
+    shadow: &Shadow,
+    pages: impl IntoIterator<Item = u64>,
+) -> Result<View, OracleError> {
+    let regions: Vec<(u64, &[PageHash])> = shadow.regions().collect();
+    let mut tables: Vec<Vec<PageHash>> = regions
+        .iter()
+        .map(|(_, h)| vec![PageHash::ABSENT; h.len()])
+        .collect();
+    let inside = |r: usize, a: u64| {
+        let (start, h) = regions[r];
+        a >= start && (a - start) / (PAGE_SIZE as u64) < h.len() as u64
+    };
+    let mut r = 0; // the region of the previous page: pages come in runs
+    for a in pages {
+        if !a.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(OracleError::NotRam(a));
+        }
+        if r >= regions.len() || !inside(r, a) {
+            r = (0..regions.len())
+                .find(|&r| inside(r, a))
+                .ok_or(OracleError::NotRam(a))?;
+        }
+        let i = ((a - regions[r].0) / PAGE_SIZE as u64) as usize;
+        tables[r][i] = regions[r].1[i];
+    }
+    let mut spans = Vec::new();
+    let mut len = 0;
+    for ((start, _), mut t) in regions.iter().zip(tables) {
+        let Some(first) = t.iter().position(|h| *h != PageHash::ABSENT) else {
+            continue;
+        };
+        let last = t
+            .iter()
+            .rposition(|h| *h != PageHash::ABSENT)
+            .expect("first exists");
+        t.truncate(last + 1);
+        t.drain(..first);
+        t.shrink_to_fit();
+        len += t.iter().filter(|h| **h != PageHash::ABSENT).count();
+        spans.push(Span {
+            start: start + (first * PAGE_SIZE) as u64,
+            hashes: t,
+        });
+    }
+    Ok(View {
+        kernel: kernel.to_string(),
+        spans,
+        len,
+    })
+}
+
+/// A run of differing bytes, in home addresses: `[start, end)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffRange {
+    pub start: u64,
+    pub end: u64,
+    pub symbol: Option<String>,
+}
+
+/// One page of a view that is not where and what it should be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryMismatch {
+    pub kernel: String,
+    /// The page's address in the kernel's view.
+    pub home: u64,
+    /// Where the page was looked for (the placement of `home`).
+    pub location: u64,
+    pub expected: PageHash,
+    /// `None` when `location` is not guest RAM.
+    pub actual: Option<PageHash>,
+    /// Differing bytes (the whole page when a content is unavailable).
+    pub ranges: Vec<DiffRange>,
+    /// Expected/actual hexdump of the ranges (bounded; empty past the
+    /// first mismatches of a check).
+    pub hexdump: String,
+    /// The symbol or section of the first differing byte.
+    pub symbol: Option<String>,
+}
+
+impl fmt::Display for MemoryMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel {} page {:#x}", self.kernel, self.home)?;
+        if self.location != self.home {
+            write!(f, " (parked at {:#x})", self.location)?;
+        }
+        if self.actual.is_none() {
+            return write!(f, ": {:#x} is not guest RAM", self.location);
+        }
+        write!(f, ": {} range(s) differ", self.ranges.len())?;
+        for r in &self.ranges {
+            write!(f, ", [{:#x}..{:#x})", r.start, r.end)?;
+            if let Some(s) = &r.symbol {
+                write!(f, " {s}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs of differing bytes of two pages, as offsets `[start, end)`, with
+/// runs closer than [`MERGE_GAP`] merged.
+pub fn diff_ranges(expected: &Page, actual: &Page) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    // Word-wise first: most of a page is usually equal.
+    for (w, (e, a)) in expected
+        .chunks_exact(8)
+        .zip(actual.chunks_exact(8))
+        .enumerate()
+    {
+        if e == a {
+            continue;
+        }
+        for i in (0..8).filter(|&i| e[i] != a[i]) {
+            let at = w * 8 + i;
+            match out.last_mut() {
+                Some(last) if at - last.1 < MERGE_GAP => last.1 = at + 1,
+                _ => out.push((at, at + 1)),
+            }
+        }
+    }
+    out
+}
+
+fn hex_line(out: &mut String, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        let sep = if i == 8 { "  " } else { " " };
+        let _ = write!(out, "{sep}{b:02x}");
+    }
+    out.push_str("  |");
+    out.extend(bytes.iter().map(|&b| {
+        if b.is_ascii_graphic() || b == b' ' {
+            b as char
+        } else {
+            '.'
+        }
+    }));
+    out.push_str("|\n");
+}
+
+/// An expected (`-`) / actual (`+`) hexdump of the differing `ranges`
+/// (offsets in the page), 16 bytes a line with a line of context around
+/// each range and `^^` under the differing bytes; bounded in size.
+pub fn hexdump(home: u64, expected: &Page, actual: &Page, ranges: &[(usize, usize)]) -> String {
+    const LINE: usize = 16;
+    let mut out = String::new();
+    let mut next_line = 0; // first line offset not printed yet
+    for &(start, end) in ranges.iter().take(MAX_DUMPED_RANGES) {
+        let first = (start / LINE * LINE).saturating_sub(LINE).max(next_line);
+        let last = (end.div_ceil(LINE) * LINE + LINE).min(PAGE_SIZE);
+        let lines: Vec<usize> = (first..last).step_by(LINE).collect();
+        if lines.is_empty() {
+            continue;
+        }
+        if first > next_line && next_line > 0 {
+            out.push_str("            ...\n");
+        }
+        let shown: Vec<Option<usize>> = if lines.len() > MAX_LINES_PER_RANGE {
+            let head = MAX_LINES_PER_RANGE / 2;
+            let tail = MAX_LINES_PER_RANGE - head - 1;
+            let mut v: Vec<Option<usize>> = lines[..head].iter().copied().map(Some).collect();
+            v.push(None);
+            v.extend(lines[lines.len() - tail..].iter().copied().map(Some));
+            v
+        } else {
+            lines.iter().copied().map(Some).collect()
+        };
+        for l in shown {
+            let Some(l) = l else {
+                out.push_str("            ...\n");
+                continue;
+            };
+            let (e, a) = (&expected[l..l + LINE], &actual[l..l + LINE]);
+            if e == a {
+                let _ = write!(out, "{:#012x}   ", home + l as u64);
+                hex_line(&mut out, e);
+                continue;
+            }
+            let _ = write!(out, "{:#012x} - ", home + l as u64);
+            hex_line(&mut out, e);
+            out.push_str("             + ");
+            hex_line(&mut out, a);
+            out.push_str("               ");
+            for i in 0..LINE {
+                let sep = if i == 8 { "  " } else { " " };
+                out.push_str(sep);
+                out.push_str(if e[i] != a[i] { "^^" } else { "  " });
+            }
+            let trimmed = out.trim_end_matches(' ').len();
+            out.truncate(trimmed);
+            out.push('\n');
+        }
+        next_line = last;
+    }
+    if ranges.len() > MAX_DUMPED_RANGES {
+        let _ = writeln!(
+            out,
+            "            ... and {} more range(s)",
+            ranges.len() - MAX_DUMPED_RANGES
+        );
+    }
+    out
+}
+
+/// Checks every page of `view` where it should be now: page `home` must be
+/// found, with the recorded content, at `moved[home]` if `moved` has it
+/// (e.g. a kimage's destination → source pages while they are swapped, or
+/// backup pages), and at `home` otherwise.
+///
+/// Returns the pages that are not, each explained with its differing byte
+/// ranges, a hexdump (for the first [`MAX_DETAILED`]) and the symbol at
+/// the first difference.
+pub fn check_view(
+    view: &View,
+    shadow: &Shadow,
+    moved: &BTreeMap<u64, u64>,
+    store: &PageStore,
+    symbols: Option<&Symbols>,
+) -> Vec<MemoryMismatch> {
+    let regions: Vec<(u64, &[PageHash])> = shadow.regions().collect();
+    let mut out = Vec::new();
+    for span in &view.spans {
+        // The shadow's hashes of the same pages (`None` if the RAM layout
+        // changed under the view: then every page is looked up).
+        let current = regions.iter().find_map(|&(start, h)| {
+            let off = usize::try_from(span.start.checked_sub(start)? / PAGE_SIZE as u64).ok()?;
+            h.get(off..off + span.hashes.len())
+        });
+        let mut moves = moved.range(span.start..span.end()).peekable();
+        for b in (0..span.hashes.len()).step_by(CHECK_BLOCK) {
+            let e = (b + CHECK_BLOCK).min(span.hashes.len());
+            while moves.next_if(|(h, _)| **h < span.addr(b)).is_some() {}
+            let all_home = moves.peek().is_none_or(|(h, _)| **h >= span.addr(e));
+            if all_home && current.is_some_and(|c| c[b..e] == span.hashes[b..e]) {
+                continue;
+            }
+            for i in b..e {
+                let (home, expected) = (span.addr(i), span.hashes[i]);
+                while moves.next_if(|(h, _)| **h < home).is_some() {}
+                let location = moves
+                    .next_if(|(h, _)| **h == home)
+                    .map_or(home, |(_, l)| *l);
+                if expected == PageHash::ABSENT {
+                    continue;
+                }
+                let actual = match current {
+                    Some(c) if location == home => Some(c[i]),
+                    _ => shadow.get(location),
+                };
+                if actual != Some(expected) {
+                    let page = Found {
+                        home,
+                        location,
+                        expected,
+                        actual,
+                    };
+                    out.push(explain_page(
+                        view,
+                        page,
+                        store,
+                        symbols,
+                        out.len() < MAX_DETAILED,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A page of a view found different.
+struct Found {
+    home: u64,
+    location: u64,
+    expected: PageHash,
+    actual: Option<PageHash>,
+}
+
+/// Describes one page found different: ranges, symbol, hexdump.
+fn explain_page(
+    view: &View,
+    f: Found,
+    store: &PageStore,
+    symbols: Option<&Symbols>,
+    detailed: bool,
+) -> MemoryMismatch {
+    let sym = |a: u64| symbols.and_then(|s| s.lookup(a));
+    let (ranges, hexdump) = match (store.get(f.expected), f.actual.and_then(|h| store.get(h))) {
+        (Some(e), Some(a)) => {
+            let r = diff_ranges(e, a);
+            let dump = if detailed {
+                hexdump(f.home, e, a, &r)
+            } else {
+                String::new()
+            };
+            (r, dump)
+        }
+        // A page that is not RAM, or content the store no longer holds (a
+        // gc that was not told about a view): the whole page.
+        _ => (vec![(0, PAGE_SIZE)], String::new()),
+    };
+    let ranges: Vec<DiffRange> = ranges
+        .into_iter()
+        .map(|(s, e)| DiffRange {
+            start: f.home + s as u64,
+            end: f.home + e as u64,
+            symbol: sym(f.home + s as u64),
+        })
+        .collect();
+    let symbol = ranges.first().and_then(|r| r.symbol.clone());
+    MemoryMismatch {
+        kernel: view.kernel.clone(),
+        home: f.home,
+        location: f.location,
+        expected: f.expected,
+        actual: f.actual,
+        ranges,
+        hexdump,
+        symbol,
+    }
+}
+
+/// One device register that differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMismatch {
+    pub device: String,
+    pub register: String,
+    pub expected: FieldValue,
+    pub actual: FieldValue,
+}
+
+impl fmt::Display for DeviceMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {} -> {}",
+            self.device, self.register, self.expected, self.actual
+        )
+    }
+}
+
+fn uart_registers(s: &SerialState) -> Vec<(&'static str, FieldValue)> {
+    let b = |v: u8| FieldValue::U64(v.into());
+    vec![
+        ("ier", b(s.interrupt_enable)),
+        ("iir", b(s.interrupt_identification)),
+        ("lcr", b(s.line_control)),
+        ("lsr", b(s.line_status)),
+        ("mcr", b(s.modem_control)),
+        ("msr", b(s.modem_status)),
+        ("scr", b(s.scratch)),
+        ("dll", b(s.baud_divisor_low)),
+        ("dlm", b(s.baud_divisor_high)),
+        ("rx_fifo", FieldValue::Bytes(s.in_buffer.clone())),
+    ]
+}
+
+/// Compares the 16550 UART's registers (and its receive FIFO) by name.
+pub fn compare_uart(expected: &SerialState, actual: &SerialState) -> Vec<DeviceMismatch> {
+    uart_registers(expected)
+        .into_iter()
+        .zip(uart_registers(actual))
+        .filter(|((_, e), (_, a))| e != a)
+        .map(|((name, e), (_, a))| DeviceMismatch {
+            device: "uart".to_string(),
+            register: name.to_string(),
+            expected: e,
+            actual: a,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pages::tests::mem;
+    use crate::snapshot::tests::sample_state;
+    use kjump_guest::abi::ANSWER_BACK;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn resumed(s: &VcpuState) -> VcpuState {
+        let mut r = s.clone();
+        r.regs.rax = ANSWER_BACK.into();
+        r
+    }
+
+    fn one(m: Vec<RegisterMismatch>) -> RegisterMismatch {
+        assert_eq!(m.len(), 1, "{m:#?}");
+        m.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn identical_state_with_the_right_answers_passes() {
+        let s = sample_state();
+        assert_eq!(
+            compare_vcpu(&s, &resumed(&s), ANSWER_BACK, &Allowlist::strict()),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn finds_exactly_the_changed_field() {
+        let s = sample_state();
+        type Change = Box<dyn Fn(&mut VcpuState)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("rbx", Box::new(|r| r.regs.rbx ^= 1)),
+            ("cr3", Box::new(|r| r.sregs.cr3 = 0xa000)),
+            ("gdt.base", Box::new(|r| r.sregs.gdt.base += 8)),
+            ("cs.dpl", Box::new(|r| r.sregs.cs.dpl = 3)),
+            ("xmm3", Box::new(|r| r.xsave[160 + 16 * 3 + 7] = 1)),
+            ("xsave[0x240..0x280]", Box::new(|r| r.xsave[0x250] = 1)),
+            ("lapic.tpr", Box::new(|r| r.lapic.regs[0x80] = 0x10)),
+            (
+                "msr[0xc0000082] LSTAR",
+                Box::new(|r| *r.msrs.get_mut(&0xc000_0082).unwrap() += 1),
+            ),
+            ("events.nmi.pending", Box::new(|r| r.events.nmi.pending = 1)),
+            ("dr7", Box::new(|r| r.debugregs.dr7 |= 1)),
+        ];
+        for (name, change) in cases {
+            let mut r = resumed(&s);
+            change(&mut r);
+            let m = one(compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard()));
+            assert_eq!(m.field, name);
+            assert_ne!(m.expected, m.actual);
+        }
+        let mut r = resumed(&s);
+        r.regs.rbx = 0x2222;
+        assert_eq!(
+            one(compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::strict())).to_string(),
+            "rbx: 0x1111 -> 0x2222"
+        );
+    }
+
+    #[test]
+    fn rax_is_checked_in_both_directions() {
+        let s = sample_state();
+        // Resumed with the wrong answer (e.g. the guest clobbered rax).
+        let mut r = resumed(&s);
+        r.regs.rax = u64::from(ANSWER_BACK) | 1 << 32;
+        let m = one(compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard()));
+        assert_eq!(
+            (m.field.as_str(), m.expected, m.actual),
+            (
+                "rax",
+                FieldValue::U64(ANSWER_BACK.into()),
+                FieldValue::U64(r.regs.rax)
+            )
+        );
+        // Resumed with the old rax (the answer never reached it).
+        let m = one(compare_vcpu(&s, &s, ANSWER_BACK, &Allowlist::standard()));
+        assert_eq!(m.actual, FieldValue::U64(ANSWER_JUMP.into()));
+        // A suspend state whose rax is not JUMP.
+        let mut bad = s.clone();
+        bad.regs.rax = 0;
+        let m = one(compare_vcpu(
+            &bad,
+            &resumed(&bad),
+            ANSWER_BACK,
+            &Allowlist::standard(),
+        ));
+        assert!(m.note.unwrap().contains("suspend"));
+    }
+
+    #[test]
+    fn allowlist_excuses_the_tsc_and_nothing_else() {
+        let s = sample_state();
+        let mut r = resumed(&s);
+        *r.msrs.get_mut(&0x10).unwrap() += 1_000_000;
+        assert_eq!(
+            compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard()),
+            vec![]
+        );
+        let m = one(compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::strict()));
+        assert_eq!(m.field, "msr[0x00000010] TSC");
+        let standard = Allowlist::standard();
+        let names: Vec<&str> = standard
+            .entries()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
+        assert_eq!(names, ["msr[0x00000010] TSC", "xsave.xstate_bv"]);
+        assert!(
+            Allowlist::standard()
+                .entries()
+                .iter()
+                .all(|e| !e.reason.is_empty())
+        );
+    }
+
+    #[test]
+    fn xstate_bv_is_excused_only_when_values_are_equal() {
+        let s = sample_state();
+        let mut r = resumed(&s);
+        r.xsave[512] |= 0x4; // AVX marked in use, values unchanged
+        assert_eq!(
+            compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard()),
+            vec![]
+        );
+        assert_eq!(
+            one(compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::strict())).field,
+            XSTATE_BV
+        );
+        r.xsave[576] = 0x80; // and a YMM upper half changed
+        let m = compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard());
+        let names: Vec<&str> = m.iter().map(|m| m.field.as_str()).collect();
+        assert_eq!(names, [XSTATE_BV, "xsave[0x240..0x280]"]);
+    }
+
+    #[test]
+    fn msr_present_on_one_side_only_is_a_mismatch() {
+        let s = sample_state();
+        let mut r = resumed(&s);
+        r.msrs.insert(0xc000_0103, 5);
+        let m = one(compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard()));
+        assert_eq!(
+            (m.field.as_str(), m.expected),
+            ("msr[0xc0000103] TSC_AUX", FieldValue::Absent)
+        );
+    }
+
+    // Memory oracle.
+
+    fn symbols() -> Symbols {
+        Symbols::from_parts(
+            vec![(
+                "_ZN11kjump_guest6kernel7PATTERN17h0123456789abcdefE".into(),
+                0x20_3000,
+                0x2000,
+            )],
+            vec![(".bss".into(), 0x20_3000, 0x4000)],
+        )
+    }
+
+    struct World {
+        mem: crate::GuestMem,
+        store: PageStore,
+        shadow: Shadow,
+    }
+
+    fn world() -> World {
+        let mem = mem(0x40_0000, 0);
+        for p in 0..0x400u64 {
+            mem.write_obj(p * 0x1000 + 0xabc, GuestAddress(p * 0x1000 + 8))
+                .unwrap();
+        }
+        let mut store = PageStore::new();
+        let shadow = Shadow::build(&mem, &mut store).unwrap();
+        World { mem, store, shadow }
+    }
+
+    impl World {
+        fn write(&mut self, addr: u64, bytes: &[u8]) {
+            self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+            let page = addr & !0xfff;
+            self.shadow
+                .update(&self.mem, &[page], &mut self.store)
+                .unwrap();
+        }
+        fn swap(&mut self, a: u64, b: u64) {
+            let (mut x, mut y) = ([0u8; PAGE_SIZE], [0u8; PAGE_SIZE]);
+            self.mem.read_slice(&mut x, GuestAddress(a)).unwrap();
+            self.mem.read_slice(&mut y, GuestAddress(b)).unwrap();
+            self.mem.write_slice(&y, GuestAddress(a)).unwrap();
+            self.mem.write_slice(&x, GuestAddress(b)).unwrap();
+            self.shadow
+                .update(&self.mem, &[a, b], &mut self.store)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn one_byte_flip_is_found_with_address_range_and_symbol() {
+        let mut w = world();
+        let view = record_view("a", &w.shadow, w.shadow.pages()).unwrap();
+        assert_eq!(view.len(), 0x400);
+        let home = BTreeMap::new();
+        assert_eq!(check_view(&view, &w.shadow, &home, &w.store, None), vec![]);
+
+        w.write(0x20_4123, &[0xff]);
+        let syms = symbols();
+        let m = check_view(&view, &w.shadow, &home, &w.store, Some(&syms));
+        assert_eq!(m.len(), 1, "{m:#?}");
+        let m = &m[0];
+        assert_eq!((m.home, m.location), (0x20_4000, 0x20_4000));
+        assert_eq!(m.ranges.len(), 1);
+        assert_eq!((m.ranges[0].start, m.ranges[0].end), (0x20_4123, 0x20_4124));
+        assert_eq!(
+            m.symbol.as_deref(),
+            Some("kjump_guest::kernel::PATTERN+0x1123 (.bss)")
+        );
+        assert!(m.hexdump.contains("0x0000204120 - "), "{}", m.hexdump);
+        assert!(m.hexdump.contains("             + "), "{}", m.hexdump);
+        assert!(
+            m.to_string()
+                .contains("[0x204123..0x204124) kjump_guest::kernel::PATTERN+0x1123"),
+            "{m}"
+        );
+        // The caret sits under the flipped byte of the actual (+) line.
+        let lines: Vec<&str> = m.hexdump.lines().collect();
+        let plus = lines.iter().position(|l| l.contains(" + ")).unwrap();
+        assert_eq!(
+            lines[plus + 1].find("^^"),
+            lines[plus].find("ff"),
+            "{}",
+            m.hexdump
+        );
+        assert_eq!(lines[plus + 1].matches("^^").count(), 1);
+    }
+
+    #[test]
+    fn swapped_pages_are_found_where_they_are_parked() {
+        let mut w = world();
+        let (dest, src) = (0x10_0000, 0x30_0000);
+        // A's view leaves out its source pages: they hold B's image.
+        let a = record_view("a", &w.shadow, w.shadow.pages().filter(|&p| p != src)).unwrap();
+        // kexec swaps A's page at dest with B's image page at src.
+        w.swap(dest, src);
+        let parked_map = BTreeMap::from([(dest, src)]);
+        let swapped = parked_map;
+        assert_eq!(check_view(&a, &w.shadow, &swapped, &w.store, None), vec![]);
+        // Checked in place instead, the page is wrong.
+        let m = check_view(&a, &w.shadow, &BTreeMap::new(), &w.store, None);
+        assert_eq!(
+            m.iter().map(|m| (m.home, m.location)).collect::<Vec<_>>(),
+            [(dest, dest)]
+        );
+        // B now writes its page: A's parked copy is untouched, but if B
+        // writes into A's parked copy at src it is caught there.
+        w.write(dest + 8, &[1]);
+        assert_eq!(check_view(&a, &w.shadow, &swapped, &w.store, None), vec![]);
+        w.write(src + 0x10, &[1, 2, 3]);
+        let m = check_view(&a, &w.shadow, &swapped, &w.store, None);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].home, m[0].location), (dest, src));
+        assert_eq!(
+            (m[0].ranges[0].start, m[0].ranges[0].end),
+            (dest + 0x10, dest + 0x13)
+        );
+        // A placement outside RAM is reported, not a crash.
+        let m = check_view(
+            &a,
+            &w.shadow,
+            &BTreeMap::from([(dest, 1 << 40)]),
+            &w.store,
+            None,
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].actual, None);
+        assert_eq!(
+            (m[0].ranges[0].start, m[0].ranges[0].end),
+            (dest, dest + 0x1000)
+        );
+    }
+
+    #[test]
+    fn a_moved_page_is_checked_even_inside_an_unchanged_block() {
+        let w = world(); // every page has distinct content
+        let view = record_view("a", &w.shadow, w.shadow.pages()).unwrap();
+        // Nothing was written, but the map says page 0x10_1000 is parked at
+        // 0x20_0000, which holds something else.
+        let moved = BTreeMap::from([(0x10_1000, 0x20_0000)]);
+        let m = check_view(&view, &w.shadow, &moved, &w.store, None);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].home, m[0].location), (0x10_1000, 0x20_0000));
+        // A moved entry for a page outside the view does not shift the others.
+        let partial =
+            record_view("a", &w.shadow, w.shadow.pages().filter(|&p| p != 0x10_0000)).unwrap();
+        let moved = BTreeMap::from([(0x10_0000, 0x30_0000), (0x10_1000, 0x10_1000)]);
+        assert_eq!(
+            check_view(&partial, &w.shadow, &moved, &w.store, None),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn check_view_agrees_with_a_page_by_page_reference() {
+        // Pseudo-random views, placements and writes over two RAM regions,
+        // against the obvious definition.
+        let mem = mem(0x20_0000, 0x8_0000);
+        let mut store = PageStore::new();
+        let mut shadow = Shadow::build(&mem, &mut store).unwrap();
+        let all: Vec<u64> = shadow.pages().collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..50 {
+            for _ in 0..20 {
+                let p = all[rnd(all.len())];
+                mem.write_obj(round as u8 + 1, GuestAddress(p + rnd(4096) as u64))
+                    .unwrap();
+                shadow.update(&mem, &[p], &mut store).unwrap();
+            }
+            let pages: Vec<u64> = all.iter().copied().filter(|_| rnd(10) != 0).collect();
+            let view = record_view("a", &shadow, pages.iter().copied()).unwrap();
+            assert_eq!(view.len(), pages.len());
+            assert!(view.pages().eq(pages.iter().copied()));
+            let moved: BTreeMap<u64, u64> = (0..rnd(200))
+                .map(|_| (all[rnd(all.len())], all[rnd(all.len())]))
+                .collect();
+            for _ in 0..rnd(30) {
+                let p = all[rnd(all.len())];
+                mem.write_obj(0xeeu8, GuestAddress(p + rnd(4096) as u64))
+                    .unwrap();
+                shadow.update(&mem, &[p], &mut store).unwrap();
+            }
+            let got: Vec<(u64, u64)> = check_view(&view, &shadow, &moved, &store, None)
+                .iter()
+                .map(|m| (m.home, m.location))
+                .collect();
+            let want: Vec<(u64, u64)> = pages
+                .iter()
+                .map(|&p| (p, moved.get(&p).copied().unwrap_or(p)))
+                .filter(|&(p, l)| shadow.get(l) != view.get(p))
+                .collect();
+            assert_eq!(got, want, "round {round}");
+        }
+    }
+
+    #[test]
+    fn control_pages_left_out_of_a_view_may_change() {
+        let mut w = world();
+        let control = 0x38_0000..0x38_3000;
+        let view = record_view(
+            "a",
+            &w.shadow,
+            w.shadow.pages().filter(|p| !control.contains(p)),
+        )
+        .unwrap();
+        w.write(0x38_1000, b"saved context");
+        assert_eq!(
+            check_view(&view, &w.shadow, &BTreeMap::new(), &w.store, None),
+            vec![]
+        );
+        w.write(0x38_3000, b"not a control page");
+        assert_eq!(
+            check_view(&view, &w.shadow, &BTreeMap::new(), &w.store, None).len(),
+            1
+        );
+        assert_eq!(
+            record_view("b", &w.shadow, [0x40_0000]),
+            Err(OracleError::NotRam(0x40_0000))
+        );
+    }
+
+    #[test]
+    fn views_survive_store_gc() {
+        let mut w = world();
+        let view = record_view("b", &w.shadow, (0x10_0000..0x18_0000).step_by(PAGE_SIZE)).unwrap();
+        w.write(0x10_0010, &[9]);
+        w.store.gc(w.shadow.hashes().chain(view.hashes()));
+        let m = check_view(&view, &w.shadow, &BTreeMap::new(), &w.store, None);
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            (m[0].ranges[0].start, m[0].ranges[0].end),
+            (0x10_0010, 0x10_0011)
+        );
+        assert!(!m[0].hexdump.is_empty());
+    }
+
+    #[test]
+    fn ranges_merge_close_runs_and_hexdump_is_bounded() {
+        let e = [0u8; PAGE_SIZE];
+        let mut a = [0u8; PAGE_SIZE];
+        a[0x10] = 1;
+        a[0x14] = 1; // within MERGE_GAP of the previous one
+        a[0x40] = 1;
+        a[0x47] = 1; // 6 equal bytes between: merged
+        a[0x50] = 1; // MERGE_GAP equal bytes between: separate
+        assert_eq!(
+            diff_ranges(&e, &a),
+            vec![(0x10, 0x15), (0x40, 0x48), (0x50, 0x51)]
+        );
+        let all = [0xffu8; PAGE_SIZE];
+        let r = diff_ranges(&e, &all);
+        assert_eq!(r, vec![(0, PAGE_SIZE)]);
+        let d = hexdump(0x1000, &e, &all, &r);
+        assert!(d.lines().count() <= 3 * MAX_LINES_PER_RANGE, "{d}");
+        let mut many = [0u8; PAGE_SIZE];
+        for i in 0..40 {
+            many[i * 64] = 1;
+        }
+        let d = hexdump(0, &e, &many, &diff_ranges(&e, &many));
+        assert!(d.contains("and 32 more range(s)"), "{d}");
+    }
+
+    #[test]
+    fn uart_registers_are_compared_by_name() {
+        let s = SerialState::default();
+        assert_eq!(compare_uart(&s, &s.clone()), vec![]);
+        let mut t = s.clone();
+        t.line_control = 0x83;
+        t.scratch = 0x5a;
+        let m = compare_uart(&s, &t);
+        assert_eq!(
+            m.iter().map(|m| m.register.as_str()).collect::<Vec<_>>(),
+            ["lcr", "scr"]
+        );
+        assert_eq!(m[0].to_string(), "uart lcr: 0x3 -> 0x83");
+    }
+}

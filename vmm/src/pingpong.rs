@@ -1,0 +1,424 @@
+//! The `ping-pong` scenario: A→B→A→B… with every checkpoint checked.
+//!
+//! At each checkpoint (see [`crate::checkpoint`]) the VMM captures the vCPU
+//! and the UART, brings its shadow of guest RAM up to date from the dirty
+//! log, and then:
+//! - at a suspend, records the kernel's registers, device state and
+//!   logical view of memory;
+//! - at a resume, demands that the kernel's registers, device state and
+//!   view are exactly what it left;
+//! - at every checkpoint, demands that the kernel that is away finds its
+//!   pages parked where its kimage says (the source pages of A's list).
+//!
+//! The first mismatch ends the run with exit code 1 and a report.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use kjump_guest::abi::ANSWER_BACK;
+use kjump_guest::control::{self, slot_by_name};
+use kjump_guest::layout::PAGE_SIZE;
+use vm_memory::{Bytes, GuestAddress};
+use vm_superio::serial::SerialState;
+
+use crate::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
+use crate::cli::{CompareMode, Inject, RunArgs};
+use crate::harness::HarnessEvent;
+use crate::kimage::Kimage;
+use crate::oracle::{self, Allowlist, View};
+use crate::pages::{PageStore, Shadow};
+use crate::report::{At, CheckpointRecord, ExcusedPage, Mismatch, MismatchKind, Progress};
+use crate::scenario::{RunError, RunState, Verdict, handle_message};
+use crate::snapshot::{self, VcpuState};
+use crate::symbols::Symbols;
+use crate::vm::{Vm, VmEvent};
+
+/// The faults the VMM itself can inject (`--inject KIND[@CYCLE]`).
+pub const HOST_FAULTS: &[(&str, &str)] = &[
+    ("flip-a", "flip a byte of a page of A, parked in a source page, while B runs"),
+    ("flip-b", "flip a byte of a page of B, parked in a source page, while A runs"),
+    ("saved-REG", "change a saved register (e.g. saved-rbx) in A's control page after A suspends"),
+    ("uart-lcr", "change the UART's line control register when A resumes, behind its back"),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostFault {
+    FlipA,
+    FlipB,
+    SavedReg(u64, String),
+    UartLcr,
+}
+
+fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
+    Ok(Some(match inject.kind.as_str() {
+        "flip-a" => HostFault::FlipA,
+        "flip-b" => HostFault::FlipB,
+        "uart-lcr" => HostFault::UartLcr,
+        k => match k.strip_prefix("saved-").and_then(|r| slot_by_name(r).map(|s| (s, r))) {
+            Some((slot, name)) => HostFault::SavedReg(slot, name.to_owned()),
+            None => return Err(RunError::UnknownFault(k.to_owned())),
+        },
+    }))
+}
+
+/// What the oracle keeps about one kernel.
+#[derive(Default)]
+struct KernelRecord {
+    kimage: Option<Kimage>,
+    regs: Option<VcpuState>,
+    uart: Option<SerialState>,
+    view: Option<View>,
+}
+
+struct Checker<'a> {
+    args: &'a RunArgs,
+    tracker: Tracker,
+    store: PageStore,
+    shadow: Option<Shadow>,
+    kernels: [KernelRecord; 2],
+    symbols: Option<Symbols>,
+    allow: Allowlist,
+    fault: Option<HostFault>,
+    fault_cycle: u64,
+    injected: Option<String>,
+    excused_reported: [bool; 2],
+}
+
+fn idx(k: Kernel) -> usize {
+    match k {
+        Kernel::A => 0,
+        Kernel::B => 1,
+    }
+}
+
+impl Checker<'_> {
+    fn rec(&mut self, k: Kernel) -> &mut KernelRecord {
+        &mut self.kernels[idx(k)]
+    }
+
+    fn kimage_a(&self) -> Result<&Kimage, RunError> {
+        self.kernels[0].kimage.as_ref().ok_or(RunError::Protocol("kernel a jumped without reporting its kimage"))
+    }
+
+    /// The pages of `k`'s logical view.
+    fn view_pages(&self, k: Kernel, shadow: &Shadow) -> Result<Vec<u64>, RunError> {
+        let own = self.kernels[idx(k)]
+            .kimage
+            .as_ref()
+            .ok_or(RunError::Protocol("a kernel jumped without reporting its kimage"))?;
+        let (c0, c1) = own.control_range();
+        let not_control = |p: &u64| !(c0..c1).contains(p);
+        Ok(match k {
+            Kernel::A => {
+                let parking: std::collections::HashSet<u64> = own.parking_pages().collect();
+                shadow.pages().filter(not_control).filter(|p| !parking.contains(p)).collect()
+            }
+            Kernel::B => {
+                let a = self.kimage_a()?;
+                (a.peer_start..a.peer_end).step_by(PAGE_SIZE as usize).filter(not_control).collect()
+            }
+        })
+    }
+
+    /// Where `k`'s page `home` is while `k` is away.
+    fn parked_at(&self, k: Kernel, home: u64) -> u64 {
+        match (k, self.kernels[0].kimage.as_ref()) {
+            (Kernel::A, Some(a)) => a.owner_parked_at(home),
+            (Kernel::B, Some(a)) => a.peer_parked_at(home),
+            (_, None) => home,
+        }
+    }
+
+    fn excused(&mut self, k: Kernel, out: &mut Vec<ExcusedPage>) {
+        if self.excused_reported[idx(k)] {
+            return;
+        }
+        if let Some(ki) = &self.kernels[idx(k)].kimage {
+            self.excused_reported[idx(k)] = true;
+            let (c0, c1) = ki.control_range();
+            for (i, p) in (c0..c1).step_by(PAGE_SIZE as usize).enumerate() {
+                let why = match i as u64 {
+                    control::PAGE_CONTROL => "control page: relocation code, saved context, stack",
+                    control::PAGE_SWAP => "swap page of the relocation code",
+                    _ => "identity-map page table of the relocation code",
+                };
+                out.push(ExcusedPage { kernel: k.name().to_owned(), address: p, why: why.to_owned() });
+            }
+        }
+    }
+
+    /// Injects the host-side fault when its moment has come (called after
+    /// the checkpoint's state was captured).
+    fn inject(&mut self, vm: &mut Vm, id: &CheckpointId) -> Result<(), RunError> {
+        let Some(fault) = self.fault.clone() else { return Ok(()) };
+        if self.injected.is_some() || id.cycle != self.fault_cycle {
+            return Ok(());
+        }
+        let target = |sym: &str| -> Option<(u64, String)> {
+            let s = self.symbols.as_ref()?;
+            let a = s.address_of_suffix(sym)? + 0x123;
+            Some((a, s.lookup(a).unwrap_or_default()))
+        };
+        let note = match (&fault, id.kernel, id.direction) {
+            // B runs, A is away: damage A's parked copy of its pattern.
+            (HostFault::FlipA, Kernel::B, Direction::Suspend) => {
+                let (home, sym) = target("kexec::STATIC_PATTERN").ok_or(RunError::Protocol("no pattern symbol in kernel a"))?;
+                let at = self.parked_at(Kernel::A, home);
+                flip_byte(vm, at)?;
+                format!("flipped a byte of a's page {home:#x} ({sym}) parked at {at:#x}")
+            }
+            // A runs, B is away: damage B's parked copy.
+            (HostFault::FlipB, Kernel::A, Direction::Resume) => {
+                let (home, sym) = target("kexec::STATIC_PATTERN").ok_or(RunError::Protocol("no pattern symbol in kernel b"))?;
+                let at = self.parked_at(Kernel::B, home);
+                flip_byte(vm, at)?;
+                format!("flipped a byte of b's page {home:#x} ({sym}) parked at {at:#x}")
+            }
+            (HostFault::SavedReg(slot, name), Kernel::A, Direction::Suspend) => {
+                let cp = self.kimage_a()?.control;
+                let at = GuestAddress(cp + control::CONTEXT + 8 * slot);
+                let v: u64 = vm.memory().read_obj(at).map_err(|_| RunError::Protocol("control page unreadable"))?;
+                vm.memory().write_obj(v ^ 1, at).map_err(|_| RunError::Protocol("control page unwritable"))?;
+                format!("changed a's saved {name} in its control page {cp:#x}: {v:#x} -> {:#x}", v ^ 1)
+            }
+            (HostFault::UartLcr, Kernel::A, Direction::Resume) => {
+                let mut s = vm.serial_state();
+                let old = s.line_control;
+                s.line_control ^= 0x04;
+                vm.set_serial_state(&s)?;
+                format!("changed the UART's LCR {old:#x} -> {:#x} as a resumed", s.line_control)
+            }
+            _ => return Ok(()),
+        };
+        log::warn!("injected: {note}");
+        self.injected = Some(note);
+        Ok(())
+    }
+}
+
+fn flip_byte(vm: &Vm, at: u64) -> Result<(), RunError> {
+    let a = GuestAddress(at);
+    let b: u8 = vm.memory().read_obj(a).map_err(|_| RunError::Protocol("fault target outside RAM"))?;
+    vm.memory().write_obj(b ^ 0x01, a).map_err(|_| RunError::Protocol("fault target outside RAM"))
+}
+
+/// Runs ping-pong on a booted VM.
+pub fn run(vm: &mut Vm, run: &mut RunState, args: &RunArgs, kernel: &[u8]) -> Result<crate::scenario::Outcome, RunError> {
+    let symbols = Symbols::from_elf(kernel).ok();
+    let fault = args.inject.as_ref().map(parse_fault).transpose()?.flatten();
+    let mut ck = Checker {
+        args,
+        tracker: Tracker::new(),
+        store: PageStore::new(),
+        shadow: None,
+        kernels: Default::default(),
+        symbols,
+        allow: Allowlist::standard(),
+        fault,
+        fault_cycle: args.inject.as_ref().and_then(|i| i.cycle).unwrap_or(1),
+        injected: None,
+        excused_reported: [false; 2],
+    };
+    run.report = crate::report::Report::new(
+        args.scenario.name(),
+        args.cycles,
+        compare_name(args.compare),
+        ck.allow.entries(),
+    );
+    let progress = Progress::new(args.cycles);
+    loop {
+        let mut id = None;
+        let tracker = &mut ck.tracker;
+        let event = vm.run_until_event(&mut || {
+            let i = tracker.next();
+            id = Some(i);
+            i.direction.answer()
+        })?;
+        let id = match event {
+            VmEvent::Message(HarnessEvent::Kimage { args: a }) => {
+                let k = Kimage::read(vm.memory(), &a)?;
+                let kernel = Kernel::from(k.role);
+                if kernel != ck.tracker.running() {
+                    return Err(RunError::Protocol("a kernel reported a kimage for the other role"));
+                }
+                log::debug!("kernel {} kimage: {} pages, control {:#x}", kernel.name(), k.parked.len(), k.control);
+                ck.rec(kernel).kimage = Some(k);
+                continue;
+            }
+            VmEvent::Message(HarnessEvent::Progress { cycles }) => {
+                run.cycles = cycles;
+                progress.set_cycle(cycles);
+                continue;
+            }
+            VmEvent::Message(ev) => {
+                if let Some(verdict) = handle_message(vm, run, ev)? {
+                    progress.finish();
+                    // A's verdict: every cycle it was asked for must have been
+                    // checked by the VMM too.
+                    let verdict = match verdict {
+                        Verdict::Pass if ck.tracker.cycles_completed() != args.cycles => Verdict::Fail(format!(
+                            "kernel a reported pass after {} verified cycles, {} were asked",
+                            ck.tracker.cycles_completed(),
+                            args.cycles
+                        )),
+                        v => v,
+                    };
+                    return Ok(run.outcome(verdict, vm.console_name()));
+                }
+                continue;
+            }
+            VmEvent::Checkpoint { .. } => id.ok_or(RunError::Protocol("checkpoint without identity"))?,
+        };
+        vm.set_console_name(ck.tracker.running().name());
+        let mismatches = checkpoint(vm, &mut ck, run, &id)?;
+        if !mismatches.is_empty() {
+            progress.finish();
+            let n = mismatches.len();
+            run.report.push_mismatches(mismatches);
+            let first = &run.report.mismatches[0];
+            let why = format!(
+                "{n} mismatch(es) at checkpoint {} (cycle {}, kernel {}, {}): first: {}",
+                id.index,
+                id.cycle,
+                id.kernel.name(),
+                id.direction.name(),
+                first.explain().lines().next().unwrap_or_default()
+            );
+            run.cycles = ck.tracker.cycles_completed();
+            return Ok(run.outcome(Verdict::Fail(why), id.kernel.name()));
+        }
+    }
+}
+
+/// One checkpoint: capture, update the shadow, compare, record.
+fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &CheckpointId) -> Result<Vec<Mismatch>, RunError> {
+    let t0 = Instant::now();
+    let k = id.kernel;
+    // Device state as the kernel left it at this instruction.
+    if ck.fault == Some(HostFault::UartLcr) {
+        ck.inject(vm, id)?;
+    }
+    let state = snapshot::capture(vm.vcpu_fd(), vm.msr_index_list())?;
+    let rip = state.regs.rip;
+    let uart = vm.serial_state();
+    let dirty = vm.dirty_pages()?;
+    let shadow = match ck.shadow.take() {
+        None => Shadow::build(vm.memory(), &mut ck.store)?,
+        Some(mut s) => {
+            s.update(vm.memory(), &dirty, &mut ck.store)?;
+            s
+        }
+    };
+    let capture_us = t0.elapsed().as_micros() as u64;
+    let t1 = Instant::now();
+    let mut out = Vec::new();
+    let at = At {
+        checkpoint: id.index,
+        cycle: id.cycle,
+        kernel: k.name().to_owned(),
+        direction: id.direction.name().to_owned(),
+    };
+
+    if ck.args.compare == CompareMode::Full {
+        for page in shadow.full_check(vm.memory())? {
+            let h = shadow.get(page).map(|h| h.to_string()).unwrap_or_default();
+            out.push(Mismatch {
+                at: at.clone(),
+                kind: MismatchKind::Memory,
+                name: None,
+                address: Some(page),
+                location: Some(page),
+                expected: h,
+                actual: "changed".to_owned(),
+                ranges: Vec::new(),
+                hexdump: None,
+                symbol: ck.symbols.as_ref().and_then(|s| s.lookup(page)),
+                note: Some("the page changed but neither KVM's dirty log nor the VMM's write log reported it".to_owned()),
+            });
+        }
+    }
+
+    let mut pages_compared = 0u64;
+    match id.direction {
+        Direction::Suspend => {
+            if ck.kernels[idx(k)].kimage.is_none() {
+                return Err(RunError::Protocol("a kernel reached its checkpoint without reporting its kimage"));
+            }
+            if let Some(m) = oracle::check_answer(&state, id.direction.answer(), "suspend") {
+                out.push(Mismatch::register(&at, &m));
+            }
+            let pages = ck.view_pages(k, &shadow)?;
+            let view = oracle::record_view(k.name(), &shadow, pages)?;
+            let r = ck.rec(k);
+            r.regs = Some(state);
+            r.uart = Some(uart);
+            r.view = Some(view);
+            let mut ex = Vec::new();
+            ck.excused(k, &mut ex);
+            run.report.excused_pages.extend(ex);
+        }
+        Direction::Resume => {
+            let r = &ck.kernels[idx(k)];
+            let (Some(regs), Some(old_uart), Some(view)) = (&r.regs, &r.uart, &r.view) else {
+                return Err(RunError::Protocol("a kernel resumed that never suspended"));
+            };
+            for m in oracle::compare_vcpu(regs, &state, ANSWER_BACK, &ck.allow) {
+                out.push(Mismatch::register(&at, &m));
+            }
+            for m in oracle::compare_uart(old_uart, &uart) {
+                out.push(Mismatch::device(&at, &m));
+            }
+            for m in oracle::check_view(view, &shadow, &BTreeMap::new(), &ck.store, ck.symbols.as_ref()) {
+                out.push(Mismatch::memory(&at, &m));
+            }
+            pages_compared += view.len() as u64;
+        }
+    }
+    // The kernel that is away must find its pages where they are parked.
+    let peer = k.peer();
+    if let Some(view) = &ck.kernels[idx(peer)].view {
+        let a = ck.kimage_a()?;
+        let moves = if peer == Kernel::A { a.owner_moves() } else { a.peer_moves() };
+        for m in oracle::check_view(view, &shadow, moves, &ck.store, ck.symbols.as_ref()) {
+            out.push(Mismatch::memory(&at, &m));
+        }
+        pages_compared += view.len() as u64;
+    }
+    let compare_us = t1.elapsed().as_micros() as u64;
+
+    // Host-side faults land after the state they damage was recorded.
+    if !matches!(ck.fault, Some(HostFault::UartLcr) | None) {
+        ck.inject(vm, id)?;
+    }
+
+    // Keep the page store bounded: only what the shadow and views use.
+    if ck.store.needs_gc() {
+        let live = shadow
+            .hashes()
+            .chain(ck.kernels.iter().filter_map(|r| r.view.as_ref()).flat_map(|v| v.hashes()));
+        ck.store.gc(live.collect::<Vec<_>>());
+    }
+    ck.shadow = Some(shadow);
+    run.checkpoints += 1;
+    run.report.push_checkpoint(CheckpointRecord {
+        index: id.index,
+        cycle: id.cycle,
+        kernel: k.name().to_owned(),
+        direction: id.direction.name().to_owned(),
+        answer: id.direction.answer(),
+        rip,
+        dirty_pages: dirty.len() as u64,
+        pages_compared,
+        capture_us,
+        compare_us,
+        mismatches: out.len() as u64,
+    });
+    Ok(out)
+}
+
+fn compare_name(c: CompareMode) -> &'static str {
+    match c {
+        CompareMode::Dirty => "dirty",
+        CompareMode::Full => "full",
+    }
+}

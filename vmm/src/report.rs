@@ -1,0 +1,755 @@
+//! What a run tells its user: the JSON report (`--report FILE`), the
+//! summary printed at the end, and the progress bar of long runs.
+//!
+//! The report is plain serde data; the scenario fills it as checkpoints
+//! pass ([`Report::push_checkpoint`], [`Report::push_mismatches`]) and
+//! [`Report::finish`]es it with the verdict. Files are written atomically
+//! ([`write_atomic`]): a crash never leaves half a report under its name.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::oracle::{AllowEntry, DeviceMismatch, MemoryMismatch, RegisterMismatch};
+
+/// Mismatches the terminal summary explains in full; the JSON has them all.
+const SUMMARY_MISMATCHES: usize = 20;
+
+/// The report could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Writing the file failed.
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The report is not valid JSON for this format.
+    #[error("invalid report JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The outcome of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every check passed.
+    Pass,
+    /// A check failed.
+    Fail,
+    /// The run could not be carried out.
+    Error,
+}
+
+impl Verdict {
+    /// The process exit code for this verdict: 0, 1 or 2.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Pass => 0,
+            Self::Fail => 1,
+            Self::Error => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+/// An allowlisted field and why, as printed in the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedField {
+    pub field: String,
+    pub reason: String,
+}
+
+impl From<&AllowEntry> for AllowedField {
+    fn from(e: &AllowEntry) -> Self {
+        Self {
+            field: e.field.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+/// One checkpoint of the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// Counts from 0 over the run.
+    pub index: u64,
+    pub cycle: u64,
+    /// `"a"` or `"b"`.
+    pub kernel: String,
+    /// `"suspend"` or `"resume"`.
+    pub direction: String,
+    /// The answer the VMM gave (ANSWER_JUMP or ANSWER_BACK).
+    pub answer: u32,
+    pub rip: u64,
+    pub dirty_pages: u64,
+    pub pages_compared: u64,
+    pub capture_us: u64,
+    pub compare_us: u64,
+    pub mismatches: u64,
+}
+
+/// A page a kernel may change after its checkpoint, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExcusedPage {
+    pub kernel: String,
+    pub address: u64,
+    pub why: String,
+}
+
+/// Which checkpoint a mismatch was found at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct At {
+    pub checkpoint: u64,
+    pub cycle: u64,
+    /// The kernel whose state differs: `"a"` or `"b"`.
+    pub kernel: String,
+    /// `"suspend"` or `"resume"`.
+    pub direction: String,
+}
+
+impl At {
+    fn describe(&self) -> String {
+        format!(
+            "checkpoint {} (cycle {}, kernel {}, {})",
+            self.checkpoint, self.cycle, self.kernel, self.direction
+        )
+    }
+}
+
+/// What kind of state differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MismatchKind {
+    Register,
+    Memory,
+    Device,
+}
+
+/// A byte range `[start, end)` of guest-physical addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+}
+
+/// One difference found by the oracle, flattened for the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    #[serde(flatten)]
+    pub at: At,
+    pub kind: MismatchKind,
+    /// Register field or device register (`rbx`, `uart lcr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Memory: the page's address in the kernel's view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<u64>,
+    /// Memory: where the page was looked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<u64>,
+    /// The value or page hash the kernel left.
+    pub expected: String,
+    /// The value or page hash it found.
+    pub actual: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<ByteRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hexdump: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Mismatch {
+    pub fn register(at: &At, m: &RegisterMismatch) -> Self {
+        Self {
+            at: at.clone(),
+            kind: MismatchKind::Register,
+            name: Some(m.field.clone()),
+            address: None,
+            location: None,
+            expected: m.expected.to_string(),
+            actual: m.actual.to_string(),
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: None,
+            note: m.note.clone(),
+        }
+    }
+
+    pub fn memory(at: &At, m: &MemoryMismatch) -> Self {
+        Self {
+            at: at.clone(),
+            kind: MismatchKind::Memory,
+            name: None,
+            address: Some(m.home),
+            location: Some(m.location),
+            expected: m.expected.to_string(),
+            actual: m
+                .actual
+                .map_or_else(|| "(not guest RAM)".to_string(), |h| h.to_string()),
+            ranges: m
+                .ranges
+                .iter()
+                .map(|r| ByteRange {
+                    start: r.start,
+                    end: r.end,
+                    symbol: r.symbol.clone(),
+                })
+                .collect(),
+            hexdump: (!m.hexdump.is_empty()).then(|| m.hexdump.clone()),
+            symbol: m.symbol.clone(),
+            note: None,
+        }
+    }
+
+    pub fn device(at: &At, m: &DeviceMismatch) -> Self {
+        Self {
+            at: at.clone(),
+            kind: MismatchKind::Device,
+            name: Some(format!("{} {}", m.device, m.register)),
+            address: None,
+            location: None,
+            expected: m.expected.to_string(),
+            actual: m.actual.to_string(),
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: None,
+            note: None,
+        }
+    }
+
+    /// The mismatch in a few lines of text.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        let where_ = self.at.describe();
+        match self.kind {
+            MismatchKind::Register | MismatchKind::Device => {
+                let kind = if self.kind == MismatchKind::Register {
+                    "register"
+                } else {
+                    "device"
+                };
+                let name = self.name.as_deref().unwrap_or("?");
+                let _ = write!(
+                    s,
+                    "{where_}: {kind} {name}: {} -> {}",
+                    self.expected, self.actual
+                );
+                if let Some(n) = &self.note {
+                    let _ = write!(s, " ({n})");
+                }
+                s.push('\n');
+            }
+            MismatchKind::Memory => {
+                let home = self.address.unwrap_or(0);
+                let _ = write!(s, "{where_}: memory page {home:#x}");
+                if let Some(l) = self.location.filter(|&l| l != home) {
+                    let _ = write!(s, " (looked for at {l:#x})");
+                }
+                if let Some(sym) = &self.symbol {
+                    let _ = write!(s, " in {sym}");
+                }
+                s.push('\n');
+                if self.actual == "(not guest RAM)" {
+                    s.push_str("    the page's location is not guest RAM\n");
+                }
+                for r in &self.ranges {
+                    let _ = write!(s, "    bytes [{:#x}..{:#x})", r.start, r.end);
+                    if let Some(sym) = &r.symbol {
+                        let _ = write!(s, " {sym}");
+                    }
+                    s.push('\n');
+                }
+                for line in self.hexdump.as_deref().unwrap_or("").lines() {
+                    let _ = writeln!(s, "    {line}");
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Run-wide timing totals, in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// The whole run, boot to verdict.
+    pub wall_us: u64,
+    /// Sum over checkpoints: capturing vCPU state and reading dirty pages.
+    pub capture_us: u64,
+    /// Sum over checkpoints: running the oracle.
+    pub compare_us: u64,
+}
+
+/// The JSON report of one run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub verdict: Verdict,
+    pub exit_code: i32,
+    pub cycles_requested: u64,
+    pub cycles_completed: u64,
+    /// `"dirty"` (dirty log) or `"full"` (all of RAM, cross-checking the log).
+    pub compare_mode: String,
+    pub allowlist: Vec<AllowedField>,
+    pub checkpoints: Vec<CheckpointRecord>,
+    pub excused_pages: Vec<ExcusedPage>,
+    pub mismatches: Vec<Mismatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub timing: Timing,
+}
+
+impl Report {
+    /// An empty report for a run that is starting (verdict: error until
+    /// [`finish`](Self::finish)ed, so a report of an aborted run says so).
+    pub fn new(
+        scenario: &str,
+        cycles_requested: u64,
+        compare_mode: &str,
+        allowlist: &[AllowEntry],
+    ) -> Self {
+        Self {
+            scenario: scenario.to_string(),
+            verdict: Verdict::Error,
+            exit_code: Verdict::Error.exit_code(),
+            cycles_requested,
+            cycles_completed: 0,
+            compare_mode: compare_mode.to_string(),
+            allowlist: allowlist.iter().map(AllowedField::from).collect(),
+            checkpoints: Vec::new(),
+            excused_pages: Vec::new(),
+            mismatches: Vec::new(),
+            error: None,
+            timing: Timing::default(),
+        }
+    }
+
+    /// Records a checkpoint and adds its times to the totals.
+    pub fn push_checkpoint(&mut self, c: CheckpointRecord) {
+        self.timing.capture_us += c.capture_us;
+        self.timing.compare_us += c.compare_us;
+        self.checkpoints.push(c);
+    }
+
+    /// Records mismatches.
+    pub fn push_mismatches(&mut self, m: impl IntoIterator<Item = Mismatch>) {
+        self.mismatches.extend(m);
+    }
+
+    /// Sets the verdict: `error` if `error` is given, else `fail` if any
+    /// mismatch was recorded, else `pass`; and the matching exit code.
+    pub fn finish(&mut self, error: Option<String>, wall_us: u64) {
+        self.verdict = if error.is_some() {
+            Verdict::Error
+        } else if self.mismatches.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+        self.exit_code = self.verdict.exit_code();
+        self.error = error;
+        self.timing.wall_us = wall_us;
+    }
+
+    /// Pages compared over all checkpoints.
+    pub fn pages_compared(&self) -> u64 {
+        self.checkpoints.iter().map(|c| c.pages_compared).sum()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report is always serialisable")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, ReportError> {
+        Ok(serde_json::from_str(s)?)
+    }
+
+    /// Writes the JSON report atomically.
+    pub fn write(&self, path: &Path) -> Result<(), ReportError> {
+        let mut json = self.to_json();
+        json.push('\n');
+        write_atomic(path, json.as_bytes()).map_err(|source| ReportError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The end-of-run summary for the terminal.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "kjump {}: {} (exit {})",
+            self.scenario,
+            self.verdict.name(),
+            self.exit_code
+        );
+        let _ = writeln!(
+            s,
+            "  cycles: {} of {}, checkpoints: {}, pages compared: {}, compare mode: {}",
+            self.cycles_completed,
+            self.cycles_requested,
+            self.checkpoints.len(),
+            self.pages_compared(),
+            self.compare_mode
+        );
+        let _ = writeln!(
+            s,
+            "  time: {} (capture {}, compare {})",
+            duration(self.timing.wall_us),
+            duration(self.timing.capture_us),
+            duration(self.timing.compare_us)
+        );
+        if !self.allowlist.is_empty() {
+            s.push_str("  allowed to differ:\n");
+            for a in &self.allowlist {
+                let _ = writeln!(s, "    {}: {}", a.field, a.reason);
+            }
+        }
+        for (kernel, why, runs) in excused_runs(&self.excused_pages) {
+            let list: Vec<String> = runs
+                .iter()
+                .map(|(a, b)| format!("[{a:#x}..{b:#x})"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  excused pages of {kernel} ({why}): {}",
+                list.join(", ")
+            );
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "error: {e}");
+        }
+        if !self.mismatches.is_empty() {
+            let _ = writeln!(s, "{} mismatch(es):", self.mismatches.len());
+            for m in self.mismatches.iter().take(SUMMARY_MISMATCHES) {
+                s.push_str(&m.explain());
+            }
+            if self.mismatches.len() > SUMMARY_MISMATCHES {
+                let _ = writeln!(
+                    s,
+                    "... and {} more mismatch(es) (all are in the JSON report)",
+                    self.mismatches.len() - SUMMARY_MISMATCHES
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Excused pages of one kernel for one reason, as contiguous `[start, end)` runs.
+type ExcusedRuns = (String, String, Vec<(u64, u64)>);
+
+/// Excused pages grouped by kernel and reason.
+fn excused_runs(pages: &[ExcusedPage]) -> Vec<ExcusedRuns> {
+    let mut out: Vec<ExcusedRuns> = Vec::new();
+    let mut sorted: Vec<&ExcusedPage> = pages.iter().collect();
+    sorted.sort_by(|a, b| (&a.kernel, &a.why, a.address).cmp(&(&b.kernel, &b.why, b.address)));
+    for p in sorted {
+        let end = p.address + crate::pages::PAGE_SIZE as u64;
+        match out.last_mut() {
+            Some((k, w, runs)) if *k == p.kernel && *w == p.why => match runs.last_mut() {
+                Some(run) if run.1 == p.address => run.1 = end,
+                _ => runs.push((p.address, end)),
+            },
+            _ => out.push((p.kernel.clone(), p.why.clone(), vec![(p.address, end)])),
+        }
+    }
+    out
+}
+
+fn duration(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` holds either its old content or
+/// all of the new: write a temporary file in the same directory, fsync it,
+/// rename it over `path`, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A progress bar over cycles on stderr; hidden when stderr is not a
+/// terminal (CI logs, tests), so that it never mixes into captured output.
+#[derive(Debug)]
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub fn new(total_cycles: u64) -> Self {
+        use std::io::IsTerminal;
+        if !io::stderr().is_terminal() {
+            return Self::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(total_cycles);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} cycle {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        bar.set_style(style);
+        Self { bar }
+    }
+
+    pub fn hidden() -> Self {
+        Self {
+            bar: indicatif::ProgressBar::hidden(),
+        }
+    }
+
+    pub fn is_hidden(&self) -> bool {
+        self.bar.is_hidden()
+    }
+
+    /// Cycles completed so far.
+    pub fn set_cycle(&self, n: u64) {
+        self.bar.set_position(n);
+    }
+
+    pub fn set_message(&self, msg: impl Into<String>) {
+        self.bar.set_message(msg.into());
+    }
+
+    /// Runs `f` (e.g. printing a line) with the bar cleared.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::{Allowlist, DiffRange};
+    use crate::pages::PageHash;
+    use crate::snapshot::FieldValue;
+
+    fn at() -> At {
+        At {
+            checkpoint: 7,
+            cycle: 2,
+            kernel: "a".into(),
+            direction: "resume".into(),
+        }
+    }
+
+    fn failing_report() -> Report {
+        let mut r = Report::new("ping-pong", 100, "dirty", Allowlist::standard().entries());
+        for i in 0..4 {
+            r.push_checkpoint(CheckpointRecord {
+                index: i,
+                cycle: i / 2,
+                kernel: if i % 2 == 0 { "a" } else { "b" }.into(),
+                direction: "suspend".into(),
+                answer: kjump_guest::abi::ANSWER_JUMP,
+                rip: 0x20_1000,
+                dirty_pages: 10,
+                pages_compared: 2048,
+                capture_us: 100,
+                compare_us: 400,
+                mismatches: 0,
+            });
+        }
+        r.cycles_completed = 2;
+        for (i, a) in [0x38_0000u64, 0x38_1000, 0x38_2000, 0x50_0000]
+            .iter()
+            .enumerate()
+        {
+            let kernel = if i < 3 { "a" } else { "b" };
+            r.excused_pages.push(ExcusedPage {
+                kernel: kernel.into(),
+                address: *a,
+                why: "control page".into(),
+            });
+        }
+        r.push_mismatches([Mismatch::register(
+            &at(),
+            &RegisterMismatch {
+                field: "rbx".into(),
+                expected: FieldValue::U64(0x1111),
+                actual: FieldValue::U64(0x2222),
+                note: None,
+            },
+        )]);
+        let mm = MemoryMismatch {
+            kernel: "a".into(),
+            home: 0x20_4000,
+            location: 0x30_4000,
+            expected: PageHash(1),
+            actual: Some(PageHash(2)),
+            ranges: vec![DiffRange {
+                start: 0x20_4123,
+                end: 0x20_4124,
+                symbol: Some("kjump_guest::kernel::PATTERN+0x1123 (.bss)".into()),
+            }],
+            hexdump: "0x0000204120 -  00 ...\n             +  00 ...\n".into(),
+            symbol: Some("kjump_guest::kernel::PATTERN+0x1123 (.bss)".into()),
+        };
+        r.push_mismatches([Mismatch::memory(&at(), &mm)]);
+        r.finish(None, 1_500_000);
+        r
+    }
+
+    #[test]
+    fn verdict_follows_mismatches_and_errors() {
+        let mut r = Report::new("ping-pong", 1, "full", &[]);
+        assert_eq!(r.verdict, Verdict::Error, "an unfinished run is not a pass");
+        r.finish(None, 10);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::Pass, 0));
+        let r = failing_report();
+        assert_eq!((r.verdict, r.exit_code), (Verdict::Fail, 1));
+        let mut r = failing_report();
+        r.finish(Some("guest panicked".into()), 10);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::Error, 2));
+    }
+
+    #[test]
+    fn json_round_trips_and_has_the_documented_shape() {
+        let r = failing_report();
+        let j = r.to_json();
+        assert_eq!(Report::from_json(&j).unwrap(), r);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["verdict"], "fail");
+        assert_eq!(v["exit_code"], 1);
+        assert_eq!(v["allowlist"][0]["field"], "msr[0x00000010] TSC");
+        assert_eq!(v["checkpoints"][1]["kernel"], "b");
+        assert_eq!(v["timing"]["compare_us"], 1600);
+        let m = &v["mismatches"][1];
+        assert_eq!(m["kind"], "memory");
+        assert_eq!(m["checkpoint"], 7);
+        assert_eq!(m["direction"], "resume");
+        assert_eq!(m["address"], 0x20_4000);
+        assert_eq!(m["ranges"][0]["start"], 0x20_4123);
+        assert_eq!(v["mismatches"][0]["name"], "rbx");
+        assert!(v["mismatches"][0].get("address").is_none());
+        assert!(matches!(Report::from_json("{}"), Err(ReportError::Json(_))));
+    }
+
+    #[test]
+    fn summary_explains_each_mismatch() {
+        let s = failing_report().summary();
+        assert!(s.starts_with("kjump ping-pong: FAIL (exit 1)\n"), "{s}");
+        assert!(
+            s.contains(
+                "cycles: 2 of 100, checkpoints: 4, pages compared: 8192, compare mode: dirty"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("time: 1.50 s (capture 400 µs, compare 1.6 ms)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("msr[0x00000010] TSC: the TSC counts time"),
+            "{s}"
+        );
+        assert!(
+            s.contains("excused pages of a (control page): [0x380000..0x383000)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("excused pages of b (control page): [0x500000..0x501000)"),
+            "{s}"
+        );
+        assert!(s.contains("2 mismatch(es):"), "{s}");
+        assert!(
+            s.contains("checkpoint 7 (cycle 2, kernel a, resume): register rbx: 0x1111 -> 0x2222"),
+            "{s}"
+        );
+        assert!(s.contains("memory page 0x204000 (looked for at 0x304000) in kjump_guest::kernel::PATTERN+0x1123 (.bss)"), "{s}");
+        assert!(
+            s.contains("    bytes [0x204123..0x204124) kjump_guest::kernel::PATTERN"),
+            "{s}"
+        );
+        assert!(s.contains("    0x0000204120 -  00"), "{s}");
+    }
+
+    #[test]
+    fn summary_is_bounded() {
+        let mut r = failing_report();
+        let m = r.mismatches[0].clone();
+        r.push_mismatches(std::iter::repeat_n(m, 100));
+        let s = r.summary();
+        assert!(s.contains("... and 82 more mismatch(es)"), "{s}");
+        assert!(s.lines().count() < 60);
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temporaries() {
+        let dir = std::env::temp_dir().join(format!("kjump-report-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.json");
+        let r = failing_report();
+        r.write(&path).unwrap();
+        assert_eq!(
+            Report::from_json(&fs::read_to_string(&path).unwrap()).unwrap(),
+            r
+        );
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["report.json"]);
+        let err = r.write(&dir.join("missing-dir/report.json")).unwrap_err();
+        assert!(matches!(err, ReportError::Write { .. }));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn progress_is_hidden_without_a_terminal() {
+        // `cargo test` captures stderr through a pipe.
+        use std::io::IsTerminal;
+        let p = Progress::new(10);
+        assert_eq!(p.is_hidden(), !io::stderr().is_terminal());
+        p.set_cycle(3);
+        p.finish();
+    }
+}

@@ -1,0 +1,521 @@
+//! Scenarios: what the VMM does with the guest between boot and verdict.
+//!
+//! [`run_scenario`] turns the command line into a [`VmConfig`] (kernel,
+//! initramfs, guest command line), runs the scenario on the vCPU thread
+//! under the [`crate::watchdog`], and returns its [`Outcome`]. Each scenario
+//! is a loop over [`Vm::run_until_event`]; the messages every scenario
+//! treats alike (hello, log, panic, exception, verdict) go through
+//! [`handle_message`].
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kjump_guest::abi::{ANSWER_BACK, vector_name};
+
+use crate::cli::{RunArgs, format_size};
+use crate::harness::HarnessEvent;
+use crate::serial::ConsoleSink;
+use crate::vcpu::RegDump;
+use crate::vm::{Vm, VmConfig, VmError, VmEvent};
+use crate::watchdog::{self, WatchdogConfig, WatchdogError};
+
+/// The scenarios kjump knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Boot kernel A and let it check its boot data.
+    Boot,
+    /// A→B→A→B… for --cycles, checked at every checkpoint.
+    PingPong,
+    /// A jumps to B, B saves A's image, a fresh kernel restores A.
+    Hibernate,
+}
+
+impl Scenario {
+    /// The name on the command lines (kjump's and the guest's).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::PingPong => "ping-pong",
+            Self::Hibernate => "hibernate",
+        }
+    }
+
+    /// Whether this build can run it.
+    pub fn is_built(self) -> bool {
+        matches!(self, Self::Boot | Self::PingPong)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The guest's (or the oracle's) judgement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+}
+
+/// How a run that could be carried out ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub verdict: Verdict,
+    /// The kernel that gave the verdict.
+    pub guest: String,
+    pub elapsed: Duration,
+    /// Checkpoints answered.
+    pub checkpoints: u64,
+    /// The last cycle count the guest reported.
+    pub cycles: u64,
+    /// The checkpoint-by-checkpoint report.
+    pub report: crate::report::Report,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Pass
+    }
+
+    /// 0 when every check passed, 1 when one failed.
+    pub fn exit_code(&self) -> u8 {
+        if self.passed() { 0 } else { 1 }
+    }
+
+    /// `kjump: boot: pass (kernel a, 0.12 s)`.
+    pub fn summary(&self) -> String {
+        let head = format!(
+            "kjump: {}: {} (kernel {}, {:.2} s",
+            self.scenario,
+            if self.passed() { "pass" } else { "FAIL" },
+            self.guest,
+            self.elapsed.as_secs_f64()
+        );
+        let cycles = if self.cycles > 0 {
+            format!(", {} cycles", self.cycles)
+        } else {
+            String::new()
+        };
+        match &self.verdict {
+            Verdict::Pass => format!("{head}{cycles})"),
+            Verdict::Fail(why) => format!("{head}{cycles}): {why}"),
+        }
+    }
+}
+
+/// Why a run could not be carried out (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// the kernel file could not be read
+    #[error("cannot read the kernel {}", .path.display())]
+    ReadKernel {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// the initramfs file could not be read
+    #[error("cannot read the initramfs {}", .path.display())]
+    ReadInitramfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// the default initramfs could not be built
+    #[error("cannot build the initramfs")]
+    Initramfs(#[source] kjump_initramfs::ArchiveError),
+    /// known, not implemented
+    #[error("scenario {0} is not built yet")]
+    NotBuilt(Scenario),
+    /// the VM failed
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// the guest panicked
+    #[error("guest {guest} panicked: {text}")]
+    GuestPanic {
+        guest: String,
+        text: String,
+        regs: Box<RegDump>,
+    },
+    /// a CPU exception reached the guest's IDT
+    #[error(
+        "guest {guest}: exception {} at rip={rip:#x} (vector {vector}, error code {error_code:#x}, cr2={cr2:#x}, rsp={rsp:#x}, rflags={rflags:#x}, cs={cs:#x})",
+        vector_name(*.vector)
+    )]
+    GuestException {
+        guest: String,
+        vector: u64,
+        error_code: u64,
+        rip: u64,
+        cs: u64,
+        rflags: u64,
+        rsp: u64,
+        cr2: u64,
+        regs: Box<RegDump>,
+    },
+    /// the watchdog or the vCPU thread failed
+    #[error(transparent)]
+    Watchdog(#[from] WatchdogError),
+    /// The guest broke the harness protocol.
+    #[error("guest protocol error: {0}")]
+    Protocol(&'static str),
+    /// `--inject` named no known fault.
+    #[error("unknown fault {0:?} (see --inject list)")]
+    UnknownFault(String),
+    #[error("cannot capture the vCPU state")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("cannot read guest memory")]
+    Pages(#[from] crate::pages::PageError),
+    #[error(transparent)]
+    Kimage(#[from] crate::kimage::KimageError),
+    #[error("oracle")]
+    Oracle(#[from] crate::oracle::OracleError),
+}
+
+impl RunError {
+    /// The vCPU registers to print under the message, for guest failures.
+    pub fn regs(&self) -> Option<&RegDump> {
+        match self {
+            Self::Vm(e) => e.regs(),
+            Self::GuestPanic { regs, .. } | Self::GuestException { regs, .. } => Some(regs),
+            _ => None,
+        }
+    }
+}
+
+/// How the run is hosted (not on the command line).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Where the guest's console lines go.
+    pub console: ConsoleSink,
+    /// Stop on SIGINT/SIGTERM (for the command line; tests leave it off).
+    pub handle_signals: bool,
+}
+
+/// The guest command line for a run.
+pub fn guest_cmdline(args: &RunArgs) -> String {
+    let mut c = format!(
+        "kjump.role=a kjump.scenario={} kjump.cycles={} kjump.mode={} kjump.peer_mem={}",
+        args.scenario,
+        args.cycles,
+        args.mode.name(),
+        format_size(args.peer_mem)
+    );
+    for word in &args.append {
+        c.push(' ');
+        c.push_str(word);
+    }
+    c
+}
+
+/// The settings file put into the default initramfs (`kjump/config`).
+pub fn config_text(args: &RunArgs) -> String {
+    format!(
+        "scenario={}\ncycles={}\nmode={}\npeer_mem={}\n",
+        args.scenario,
+        args.cycles,
+        args.mode.name(),
+        format_size(args.peer_mem)
+    )
+}
+
+/// Reads the kernel and initramfs and puts the VM's configuration together.
+pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError> {
+    let kernel = match &args.kernel {
+        Some(path) => std::fs::read(path).map_err(|source| RunError::ReadKernel {
+            path: path.clone(),
+            source,
+        })?,
+        None => crate::DEFAULT_KERNEL.to_vec(),
+    };
+    let initramfs = match &args.initramfs {
+        Some(path) => std::fs::read(path).map_err(|source| RunError::ReadInitramfs {
+            path: path.clone(),
+            source,
+        })?,
+        // Kernel B is the same kernel as A.
+        None => kjump_initramfs::scenario_initramfs(&kernel, &config_text(args))
+            .map_err(RunError::Initramfs)?,
+    };
+    let mut cfg = VmConfig::new(kernel, guest_cmdline(args));
+    cfg.mem_size = args.mem;
+    cfg.initramfs = Some(initramfs);
+    cfg.timeout = args.timeout();
+    cfg.console = opts.console.clone();
+    Ok(cfg)
+}
+
+/// Runs the scenario `args` names, console on stdout, without signal handling.
+pub fn run_scenario(args: &RunArgs) -> Result<Outcome, RunError> {
+    run_scenario_with(args, &RunOptions::default())
+}
+
+/// Runs the scenario `args` names on the vCPU thread, under the watchdog.
+pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, RunError> {
+    if !args.scenario.is_built() {
+        return Err(RunError::NotBuilt(args.scenario));
+    }
+    let cfg = vm_config(args, opts)?;
+    let wd = WatchdogConfig {
+        timeout: args.timeout(),
+        handle_signals: opts.handle_signals,
+        grace: watchdog::DEFAULT_GRACE,
+    };
+    let scenario = args.scenario;
+    let start = Instant::now();
+    let args = args.clone();
+    watchdog::run_guarded(&wd, move |stop| {
+        let mut cfg = cfg;
+        cfg.stop = stop;
+        // The oracle captures the local APIC, which needs KVM's in-kernel
+        // irqchip.
+        cfg.irqchip = scenario == Scenario::PingPong;
+        let mut vm = Vm::new(&cfg)?;
+        let mut run = RunState::new(scenario, start);
+        match scenario {
+            Scenario::Boot => boot(&mut vm, &mut run),
+            Scenario::PingPong => crate::pingpong::run(&mut vm, &mut run, &args, &cfg.kernel),
+            other => Err(RunError::NotBuilt(other)),
+        }
+    })?
+}
+
+/// What a scenario has seen so far.
+#[derive(Debug)]
+pub struct RunState {
+    pub scenario: Scenario,
+    pub start: Instant,
+    pub checkpoints: u64,
+    pub cycles: u64,
+    pub report: crate::report::Report,
+}
+
+impl RunState {
+    pub fn new(scenario: Scenario, start: Instant) -> Self {
+        Self {
+            scenario,
+            start,
+            checkpoints: 0,
+            cycles: 0,
+            report: crate::report::Report::new(scenario.name(), 0, "none", &[]),
+        }
+    }
+
+    /// The outcome, given the verdict and who gave it.
+    pub fn outcome(&mut self, verdict: Verdict, guest: &str) -> Outcome {
+        let mut report = std::mem::replace(&mut self.report, crate::report::Report::new(self.scenario.name(), 0, "none", &[]));
+        report.cycles_completed = self.cycles;
+        report.finish(None, self.start.elapsed().as_micros() as u64);
+        if let (Verdict::Fail(why), true) = (&verdict, report.mismatches.is_empty()) {
+            // A failure the guest itself reported (a self-check).
+            report.verdict = crate::report::Verdict::Fail;
+            report.exit_code = 1;
+            report.error = Some(why.clone());
+        }
+        Outcome {
+            report,
+            scenario: self.scenario,
+            verdict,
+            guest: guest.to_owned(),
+            elapsed: self.start.elapsed(),
+            checkpoints: self.checkpoints,
+            cycles: self.cycles,
+        }
+    }
+}
+
+/// What every scenario does with a message: a hello names the console, logs
+/// go to the log, panics and exceptions end the run, a verdict is returned.
+/// `Kimage` messages are the scenario's own business; here they are logged.
+pub fn handle_message(
+    vm: &mut Vm,
+    run: &mut RunState,
+    event: HarnessEvent,
+) -> Result<Option<Verdict>, RunError> {
+    let guest = vm.console_name().to_owned();
+    match event {
+        HarnessEvent::Hello { role, text } => {
+            vm.set_console_name(role.name());
+            log::info!("kernel {} is up: {text}", role.name());
+        }
+        HarnessEvent::Log { text } => log::info!("[{guest}] {text}"),
+        HarnessEvent::Progress { cycles } => {
+            run.cycles = cycles;
+            log::debug!("[{guest}] {cycles} cycles");
+        }
+        HarnessEvent::Verdict { pass: true, text } => {
+            log::info!("[{guest}] verdict: pass {text}");
+            return Ok(Some(Verdict::Pass));
+        }
+        HarnessEvent::Verdict { pass: false, text } => return Ok(Some(Verdict::Fail(text))),
+        HarnessEvent::Panic { text } => {
+            return Err(RunError::GuestPanic {
+                guest,
+                text,
+                regs: Box::new(vm.registers()),
+            });
+        }
+        HarnessEvent::Exception {
+            vector,
+            error_code,
+            rip,
+            cs,
+            rflags,
+            rsp,
+            cr2,
+        } => {
+            return Err(RunError::GuestException {
+                guest,
+                vector,
+                error_code,
+                rip,
+                cs,
+                rflags,
+                rsp,
+                cr2,
+                regs: Box::new(vm.registers()),
+            });
+        }
+        ev @ HarnessEvent::Kimage { .. } => log::debug!("[{guest}] {ev}"),
+    }
+    Ok(None)
+}
+
+/// `boot`: kernel A boots and checks what the VMM gave it (e820, command
+/// line, initramfs); a checkpoint is answered "you are back".
+fn boot(vm: &mut Vm, run: &mut RunState) -> Result<Outcome, RunError> {
+    loop {
+        match vm.run_until_event(&mut || ANSWER_BACK)? {
+            VmEvent::Checkpoint { .. } => {
+                run.checkpoints += 1;
+                log::info!(
+                    "[{}] checkpoint {}: answered BACK",
+                    vm.console_name(),
+                    run.checkpoints
+                );
+            }
+            VmEvent::Message(event) => {
+                if let Some(verdict) = handle_message(vm, run, event)? {
+                    return Ok(run.outcome(verdict, vm.console_name()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::JumpMode;
+
+    #[test]
+    fn guest_command_line_carries_the_settings() {
+        let a = RunArgs {
+            cycles: 3,
+            mode: JumpMode::Backup,
+            append: vec!["kjump.fault=ud2".into(), "kjump.log=debug".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            guest_cmdline(&a),
+            "kjump.role=a kjump.scenario=boot kjump.cycles=3 kjump.mode=backup kjump.peer_mem=8M \
+             kjump.fault=ud2 kjump.log=debug"
+        );
+        let c = guest_cmdline(&a);
+        assert_eq!(
+            kjump_guest::cmdline::get(&c, "kjump.peer_mem")
+                .and_then(kjump_guest::cmdline::parse_size),
+            Some(8 << 20)
+        );
+        assert!(config_text(&a).contains("mode=backup\n"));
+    }
+
+    #[test]
+    fn unbuilt_scenarios_are_a_clear_error() {
+        let a = RunArgs {
+            scenario: Scenario::Hibernate,
+            ..Default::default()
+        };
+        let e = run_scenario(&a).unwrap_err();
+        assert!(matches!(e, RunError::NotBuilt(Scenario::Hibernate)));
+        assert_eq!(e.to_string(), "scenario hibernate is not built yet");
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let a = RunArgs {
+            kernel: Some("/no/such/kernel".into()),
+            ..Default::default()
+        };
+        let e = run_scenario(&a).unwrap_err();
+        assert!(e.to_string().contains("/no/such/kernel"), "{e}");
+        assert!(matches!(e, RunError::ReadKernel { .. }));
+    }
+
+    #[test]
+    fn summary_lines() {
+        let run = RunState::new(Scenario::Boot, Instant::now());
+        let o = run.outcome(Verdict::Pass, "a");
+        assert!(
+            o.summary().starts_with("kjump: boot: pass (kernel a, "),
+            "{}",
+            o.summary()
+        );
+        assert_eq!(o.exit_code(), 0);
+        let o = run.outcome(Verdict::Fail("e820 is wrong".into()), "b");
+        assert!(o.summary().ends_with("): e820 is wrong"));
+        assert_eq!(o.exit_code(), 1);
+    }
+
+    #[test]
+    fn exception_error_names_vector_rip_and_cr2() {
+        let e = RunError::GuestException {
+            guest: "a".into(),
+            vector: 14,
+            error_code: 2,
+            rip: 0x20_1000,
+            cs: 8,
+            rflags: 0x10046,
+            rsp: 0x40_0000,
+            cr2: 0xdead_b000,
+            regs: Box::default(),
+        };
+        let s = e.to_string();
+        assert!(
+            s.starts_with("guest a: exception #PF page fault at rip=0x201000"),
+            "{s}"
+        );
+        assert!(s.contains("cr2=0xdeadb000"));
+        assert!(e.regs().is_some());
+    }
+
+    #[test]
+    fn boot_scenario_with_the_embedded_kernel() {
+        if !crate::vm::kvm_or_skip("boot_scenario_with_the_embedded_kernel") {
+            return;
+        }
+        let (console, lines) = ConsoleSink::capture();
+        let a = RunArgs {
+            timeout: 60,
+            ..Default::default()
+        };
+        let r = run_scenario_with(
+            &a,
+            &RunOptions {
+                console,
+                handle_signals: false,
+            },
+        );
+        let lines = lines.lock().unwrap().clone();
+        match r {
+            Ok(o) => assert!(o.passed(), "{}\n{}", o.summary(), lines.join("\n")),
+            Err(e) => panic!("{e}\n{}", lines.join("\n")),
+        }
+        assert!(lines.iter().any(|l| l.starts_with("[a] ")), "{lines:?}");
+    }
+}

@@ -1,0 +1,276 @@
+//! Guest addresses to kernel symbols, from the kernel's ELF, for reports:
+//! `kjump_guest::kernel::gdt::TABLES+0x18 (.bss)`, or `.data+0x40` where no
+//! symbol covers the address. kjump guests run identity-mapped, so a
+//! guest-physical address is the virtual address the ELF's symbols use.
+
+use object::{Object, ObjectSection, ObjectSymbol, SectionFlags, SymbolKind};
+
+/// How far back [`Symbols::lookup`] looks for a symbol that covers an
+/// address when symbols overlap (nested objects).
+const MAX_OVERLAP: usize = 16;
+
+/// The kernel's ELF could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolError {
+    /// Not a readable ELF file.
+    #[error("cannot parse the kernel ELF")]
+    Parse(#[source] object::Error),
+}
+
+/// A symbol: `[start, start + size)`; a zero size covers only `start`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Symbol {
+    start: u64,
+    size: u64,
+    name: String,
+}
+
+impl Symbol {
+    fn covers(&self, addr: u64) -> bool {
+        addr == self.start || (addr > self.start && addr - self.start < self.size)
+    }
+}
+
+/// A loaded (SHF_ALLOC) section: `[start, end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Section {
+    start: u64,
+    end: u64,
+    name: String,
+}
+
+/// The function and object symbols and the loaded sections of a kernel.
+#[derive(Clone, Debug, Default)]
+pub struct Symbols {
+    /// Sorted by start address.
+    symbols: Vec<Symbol>,
+    /// Sorted by start address.
+    sections: Vec<Section>,
+}
+
+/// Rust symbol names without the hash: `kjump_guest::kernel::gdt::TABLES`.
+fn demangle(name: &str) -> String {
+    format!("{:#}", rustc_demangle::demangle(name))
+}
+
+impl Symbols {
+    /// Reads the symbol table and section headers of an ELF file.
+    pub fn from_elf(bytes: &[u8]) -> Result<Self, SymbolError> {
+        let file = object::File::parse(bytes).map_err(SymbolError::Parse)?;
+        let symbols = file
+            .symbols()
+            // Functions and objects, plus untyped labels (assembly entry
+            // points such as `_start`, linker-script markers) which have no
+            // size and so name only their own address.
+            .filter(|s| {
+                matches!(
+                    s.kind(),
+                    SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown
+                ) && s.address() != 0
+                    && s.section_index().is_some()
+            })
+            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), s.size())))
+            .collect();
+        let sections = file
+            .sections()
+            .filter(|s| match s.flags() {
+                SectionFlags::Elf { sh_flags, .. } => sh_flags.0 & object::elf::SHF_ALLOC.0 != 0,
+                _ => s.address() != 0,
+            })
+            .filter(|s| s.size() > 0)
+            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), s.size())))
+            .collect();
+        Ok(Self::from_parts(symbols, sections))
+    }
+
+    /// Builds a table from `(name, address, size)` of symbols (mangled
+    /// names are demangled) and of sections.
+    pub fn from_parts(symbols: Vec<(String, u64, u64)>, sections: Vec<(String, u64, u64)>) -> Self {
+        let mut symbols: Vec<Symbol> = symbols
+            .into_iter()
+            .map(|(name, start, size)| Symbol {
+                start,
+                size,
+                name: demangle(&name),
+            })
+            .collect();
+        // By start; at equal starts the larger symbol first, so that the
+        // backwards search in `symbol_at` meets the smaller (inner) one first.
+        symbols.sort_by(|a, b| a.start.cmp(&b.start).then(b.size.cmp(&a.size)));
+        symbols.dedup();
+        let mut sections: Vec<Section> = sections
+            .into_iter()
+            .map(|(name, start, size)| Section {
+                start,
+                end: start.saturating_add(size),
+                name,
+            })
+            .collect();
+        sections.sort_by_key(|s| s.start);
+        Self { symbols, sections }
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
+    }
+
+    /// The innermost symbol covering `addr`, and the offset into it.
+    pub fn symbol_at(&self, addr: u64) -> Option<(&str, u64)> {
+        let end = self.symbols.partition_point(|s| s.start <= addr);
+        self.symbols[..end]
+            .iter()
+            .rev()
+            .take(MAX_OVERLAP)
+            .find(|s| s.covers(addr))
+            .map(|s| (s.name.as_str(), addr - s.start))
+    }
+
+    /// The loaded section holding `addr`, and the offset into it.
+    pub fn section_at(&self, addr: u64) -> Option<(&str, u64)> {
+        let end = self.sections.partition_point(|s| s.start <= addr);
+        self.sections[..end]
+            .iter()
+            .rev()
+            .find(|s| addr < s.end)
+            .map(|s| (s.name.as_str(), addr - s.start))
+    }
+
+    /// The address of the first symbol whose (demangled) path ends with
+    /// `::suffix` (or is `suffix`), e.g. `kexec::STATIC_PATTERN`.
+    pub fn address_of_suffix(&self, suffix: &str) -> Option<u64> {
+        self.symbols
+            .iter()
+            .find(|s| s.name == suffix || s.name.strip_suffix(suffix).is_some_and(|p| p.ends_with("::")))
+            .map(|s| s.start)
+    }
+
+    /// The address of the first symbol with this (demangled) name.
+    pub fn address_of(&self, name: &str) -> Option<u64> {
+        self.symbols
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.start)
+    }
+
+    /// `symbol+0x12 (.section)`, `symbol (.section)`, `.section+0x40`, or
+    /// `None` when the address is in no symbol and no loaded section.
+    pub fn lookup(&self, addr: u64) -> Option<String> {
+        let section = self.section_at(addr);
+        match (self.symbol_at(addr), section) {
+            (Some((name, off)), sec) => {
+                let mut s = if off == 0 {
+                    name.to_string()
+                } else {
+                    format!("{name}+{off:#x}")
+                };
+                if let Some((sec, _)) = sec {
+                    s.push_str(&format!(" ({sec})"));
+                }
+                Some(s)
+            }
+            (None, Some((sec, off))) => Some(format!("{sec}+{off:#x}")),
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Symbols {
+        Symbols::from_parts(
+            vec![
+                (
+                    "_ZN11kjump_guest6kernel7PATTERN17h0123456789abcdefE".into(),
+                    0x21_0000,
+                    0x1000,
+                ),
+                ("inner".into(), 0x21_0100, 0x10),
+                ("start".into(), 0x20_0000, 0x40),
+                ("marker".into(), 0x20_0100, 0),
+            ],
+            vec![
+                (".text".into(), 0x20_0000, 0x1_0000),
+                (".bss".into(), 0x21_0000, 0x2000),
+                (".data".into(), 0x21_2000, 0x100),
+            ],
+        )
+    }
+
+    #[test]
+    fn names_symbol_offset_and_section() {
+        let t = table();
+        assert_eq!(
+            t.lookup(0x21_0123).as_deref(),
+            Some("kjump_guest::kernel::PATTERN+0x123 (.bss)")
+        );
+        assert_eq!(
+            t.lookup(0x21_0000).as_deref(),
+            Some("kjump_guest::kernel::PATTERN (.bss)")
+        );
+        assert_eq!(
+            t.lookup(0x21_0fff).as_deref(),
+            Some("kjump_guest::kernel::PATTERN+0xfff (.bss)")
+        );
+        assert_eq!(
+            t.lookup(0x21_0104).as_deref(),
+            Some("inner+0x4 (.bss)"),
+            "innermost wins"
+        );
+        assert_eq!(t.lookup(0x20_0100).as_deref(), Some("marker (.text)"));
+        assert_eq!(
+            t.address_of("kjump_guest::kernel::PATTERN"),
+            Some(0x21_0000)
+        );
+    }
+
+    #[test]
+    fn falls_back_to_the_section_then_nothing() {
+        let t = table();
+        assert_eq!(
+            t.lookup(0x21_1000).as_deref(),
+            Some(".bss+0x1000"),
+            "past PATTERN's end"
+        );
+        assert_eq!(t.lookup(0x21_2040).as_deref(), Some(".data+0x40"));
+        assert_eq!(
+            t.lookup(0x20_0101).as_deref(),
+            Some(".text+0x101"),
+            "a zero-size symbol covers one byte"
+        );
+        assert_eq!(t.lookup(0x21_2100), None);
+        assert_eq!(t.lookup(0x1000), None);
+    }
+
+    #[test]
+    fn reads_the_real_guest_kernel() {
+        let t = Symbols::from_elf(crate::DEFAULT_KERNEL).unwrap();
+        assert!(t.len() > 10, "{} symbols", t.len());
+        // Every sized symbol resolves to itself, inside and at its start.
+        let file = object::File::parse(crate::DEFAULT_KERNEL).unwrap();
+        let sym = file
+            .symbols()
+            .find(|s| s.kind() == SymbolKind::Data && s.size() > 8)
+            .expect("the kernel has data objects");
+        let name = demangle(sym.name().unwrap());
+        assert!(!name.contains("17h"), "hash left in {name}");
+        let got = t.lookup(sym.address() + 3).unwrap();
+        assert!(got.starts_with(&format!("{name}+0x3 (")), "{got}");
+        // The entry point is an assembly label in .text.
+        let entry = t.lookup(file.entry()).unwrap();
+        assert!(
+            entry.ends_with(" (.text)") && !entry.contains('+'),
+            "{entry}"
+        );
+        assert!(matches!(
+            Symbols::from_elf(b"not an elf"),
+            Err(SymbolError::Parse(_))
+        ));
+    }
+}

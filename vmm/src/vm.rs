@@ -1,0 +1,856 @@
+//! The VM: KVM, guest RAM, one vCPU, the UART and the harness port.
+//!
+//! [`Vm::new`] sets a VM up in the order a reader expects: check the input,
+//! open KVM and check its capabilities, create the VM, allocate guest RAM and
+//! register it (with dirty logging), load the guest, create the vCPU.
+//! [`Vm::run_until_event`] then runs the guest until it says something on
+//! the harness port or executes the checkpoint instruction.
+//!
+//! Only this module and [`crate::vcpu`] talk to KVM.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use kvm_bindings::{
+    KVM_API_VERSION, KVM_EXIT_INTERNAL_ERROR, KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_superio::serial::SerialState;
+
+use crate::GuestMem;
+use crate::boot::{self, BootError, BootInfo};
+use crate::harness::{Harness, HarnessEvent};
+use crate::layout::{self, PAGE_SIZE};
+use crate::serial::{Console, ConsoleSink};
+use crate::vcpu::{self, ExitAction, GuestFault, PortIo, RegDump, VcpuError};
+use crate::watchdog::{KickGuard, StopFlag, StopReason};
+
+/// Default guest RAM.
+pub const DEFAULT_MEM: u64 = 256 << 20;
+/// Default run time limit.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a VM is made of.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// The guest kernel, an ELF file.
+    pub kernel: Vec<u8>,
+    /// The initramfs (a newc cpio the guest parses), if any.
+    pub initramfs: Option<Vec<u8>>,
+    /// The guest command line.
+    pub cmdline: String,
+    /// The run's time limit (enforced by [`crate::watchdog`]).
+    pub timeout: Duration,
+    /// Printed in front of the guest's console lines, `[a] ...`.
+    pub console_name: String,
+    /// Where console lines go.
+    pub console: ConsoleSink,
+    /// Raised by the watchdog to stop the vCPU.
+    pub stop: StopFlag,
+    /// Create KVM's in-kernel interrupt controllers (PIC, IOAPIC, local
+    /// APIC). Off by default: without them `hlt` exits to the VMM, which
+    /// reports a halted guest at once (with them the vCPU halts inside KVM
+    /// until the watchdog fires), but `KVM_GET_LAPIC` then fails (EINVAL),
+    /// so a snapshot has no local APIC state.
+    pub irqchip: bool,
+}
+
+impl VmConfig {
+    /// A VM with the default RAM and time limit, console on stdout.
+    pub fn new(kernel: Vec<u8>, cmdline: impl Into<String>) -> Self {
+        Self {
+            mem_size: DEFAULT_MEM,
+            kernel,
+            initramfs: None,
+            cmdline: cmdline.into(),
+            timeout: DEFAULT_TIMEOUT,
+            console_name: "a".into(),
+            console: ConsoleSink::Stdout,
+            stop: StopFlag::new(),
+            irqchip: false,
+        }
+    }
+}
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// no /dev/kvm
+    #[error(
+        "/dev/kvm does not exist: this machine has no KVM (or it is not passed into this container)"
+    )]
+    KvmMissing(#[source] kvm_ioctls::Error),
+    /// /dev/kvm not accessible
+    #[error("no permission to open /dev/kvm (join the `kvm` group, or run as root)")]
+    KvmPermission(#[source] kvm_ioctls::Error),
+    /// /dev/kvm cannot be opened
+    #[error("cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// unexpected KVM API
+    #[error("KVM API version {0}; kjump needs {KVM_API_VERSION}")]
+    KvmApiVersion(i32),
+    /// a capability is missing
+    #[error("this KVM lacks {0}, which kjump needs")]
+    MissingCap(&'static str),
+    /// RAM size out of range
+    #[error("guest RAM (--mem) of {}: {why}", mib_or_bytes(*.size))]
+    RamSize { size: u64, why: String },
+    /// guest RAM could not be mapped
+    #[error("cannot allocate {} MiB of guest RAM", .size >> 20)]
+    Memory {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// a KVM ioctl failed
+    #[error("cannot {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// the guest could not be loaded
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// the vCPU could not be set up
+    #[error("cannot set up the vCPU")]
+    Vcpu(#[from] VcpuError),
+    /// KVM_RUN failed
+    #[error("KVM_RUN failed")]
+    Run(#[source] kvm_ioctls::Error),
+    /// KVM ran the guest instead of completing the checkpoint's I/O
+    #[error("KVM did not complete the checkpoint I/O with immediate_exit; it exited with {0}")]
+    CompleteIo(String),
+    /// the guest cannot go on
+    #[error("guest {guest}: {fault}; {}", .regs.summary())]
+    Guest {
+        guest: String,
+        fault: GuestFault,
+        regs: Box<RegDump>,
+    },
+    /// a UART state was refused
+    #[error("cannot set the UART state")]
+    SerialState(#[source] vm_superio::serial::Error<io::Error>),
+}
+
+fn mib_or_bytes(n: u64) -> String {
+    if n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+impl VmError {
+    /// The registers of a guest that failed, for the dump under the message.
+    pub fn regs(&self) -> Option<&RegDump> {
+        match self {
+            Self::Guest { regs, .. } => Some(regs),
+            _ => None,
+        }
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// What stopped [`Vm::run_until_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// A harness message (the vCPU is at the `out` that sent it).
+    Message(HarnessEvent),
+    /// The checkpoint instruction ran and was answered: the I/O is complete,
+    /// `rax` holds `answer` and `rip` points after the instruction.
+    Checkpoint { answer: u32 },
+}
+
+/// A KVM memory slot: one guest RAM region.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    slot: u32,
+    base: u64,
+    size: u64,
+}
+
+impl PortIo for Console {
+    fn pio_in(&mut self, port: u16, data: &mut [u8]) {
+        self.read(port, data);
+    }
+    fn pio_out(&mut self, port: u16, data: &[u8]) {
+        self.write(port, data);
+    }
+}
+
+/// A kjump VM with one vCPU.
+pub struct Vm {
+    // Field order is drop order: the vCPU and VM go before the RAM they map.
+    vcpu: VcpuFd,
+    vm: VmFd,
+    kvm: Kvm,
+    mem: GuestMem,
+    slots: Vec<Slot>,
+    console: Console,
+    harness: Harness,
+    boot: BootInfo,
+    msrs: Vec<u32>,
+    stop: StopFlag,
+    mem_size: u64,
+}
+
+// The scenario may build a VM on one thread and run it on another.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Vm>();
+};
+
+/// Checks a RAM size against what the layout supports.
+pub fn check_ram_size(size: u64) -> Result<(), VmError> {
+    let why = if size < layout::MIN_RAM {
+        format!("at least {} MiB are needed", layout::MIN_RAM >> 20)
+    } else if size > layout::MAX_RAM {
+        format!("at most {} MiB are supported", layout::MAX_RAM >> 20)
+    } else if !size.is_multiple_of(PAGE_SIZE) {
+        "not a multiple of 4 KiB".into()
+    } else {
+        return Ok(());
+    };
+    Err(VmError::RamSize { size, why })
+}
+
+/// Opens /dev/kvm, telling apart "no KVM here" from "not allowed".
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing(e),
+        libc::EACCES | libc::EPERM => VmError::KvmPermission(e),
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+fn check_kvm(kvm: &Kvm) -> Result<(), VmError> {
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION as i32 {
+        return Err(VmError::KvmApiVersion(version));
+    }
+    let required = [
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    ];
+    for (cap, name) in required {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    Ok(())
+}
+
+/// Registers each RAM region as a memory slot with dirty logging.
+fn register_memory(vm: &VmFd, mem: &GuestMem) -> Result<Vec<Slot>, VmError> {
+    let mut slots = Vec::new();
+    for (i, region) in mem.iter().enumerate() {
+        let slot = Slot {
+            slot: i as u32,
+            base: region.start_addr().0,
+            size: GuestMemoryRegion::len(region),
+        };
+        let host = region.as_ptr() as u64;
+        set_memory_slot(vm, slot, host)?;
+        slots.push(slot);
+    }
+    Ok(slots)
+}
+
+fn set_memory_slot(vm: &VmFd, slot: Slot, host: u64) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot: slot.slot,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        guest_phys_addr: slot.base,
+        memory_size: slot.size,
+        userspace_addr: host,
+    };
+    // SAFETY: `host` is the start of a live mmap of `slot.size` bytes owned
+    // by the guest memory, which the `Vm` keeps until after the VM fd is
+    // closed (field order); KVM reads and writes only inside it.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest RAM with KVM"))
+}
+
+/// Appends the page addresses of the set bits of a dirty bitmap.
+fn push_dirty(pages: &mut Vec<u64>, base: u64, kvm: &[u64], vmm: &[u64]) {
+    let words = kvm.len().max(vmm.len());
+    for i in 0..words {
+        let mut w = kvm.get(i).copied().unwrap_or(0) | vmm.get(i).copied().unwrap_or(0);
+        while w != 0 {
+            let bit = u64::from(w.trailing_zeros());
+            pages.push(base + (i as u64 * 64 + bit) * PAGE_SIZE);
+            w &= w - 1;
+        }
+    }
+}
+
+impl Vm {
+    /// Builds a VM ready to run its guest's first instruction.
+    pub fn new(cfg: &VmConfig) -> Result<Vm, VmError> {
+        // Bad input is refused before KVM is touched.
+        check_ram_size(cfg.mem_size)?;
+        let initramfs_len = cfg.initramfs.as_ref().map(|b| b.len() as u64);
+        boot::plan(cfg.mem_size, &cfg.kernel, initramfs_len, &cfg.cmdline)?;
+
+        let kvm = open_kvm()?;
+        check_kvm(&kvm)?;
+        crate::watchdog::install_kick_handler()
+            .map_err(|e| kvm_err("install the vCPU kick handler")(e.into()))?;
+
+        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        // Intel needs three pages for real-mode emulation; kjump never uses
+        // real mode, but KVM insists on the address being outside RAM.
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        if cfg.irqchip {
+            vm.create_irq_chip()
+                .map_err(kvm_err("create the in-kernel irqchip"))?;
+        }
+
+        let (ranges, n) = layout::ram_ranges(cfg.mem_size);
+        let ranges: Vec<_> = ranges[..n]
+            .iter()
+            .map(|&(a, l)| (GuestAddress(a), l as usize))
+            .collect();
+        let mem = GuestMem::from_ranges(&ranges).map_err(|source| VmError::Memory {
+            size: cfg.mem_size,
+            source,
+        })?;
+        let slots = register_memory(&vm, &mem)?;
+
+        let boot = boot::load(
+            &mem,
+            cfg.mem_size,
+            &cfg.kernel,
+            cfg.initramfs.as_deref(),
+            &cfg.cmdline,
+        )?;
+        log::info!(
+            "kernel {:#x}..{:#x} entry {:#x}, initramfs {:x?}, RAM {} MiB",
+            boot.kernel_start,
+            boot.kernel_end,
+            boot.entry,
+            boot.initramfs,
+            cfg.mem_size >> 20
+        );
+
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
+        vcpu::setup_cpuid(&kvm, &vcpu)?;
+        vcpu::setup_registers(&vcpu, boot.entry)?;
+        let msrs = vcpu::readable_msrs(&kvm, &vcpu)?;
+
+        Ok(Vm {
+            vcpu,
+            vm,
+            kvm,
+            mem,
+            slots,
+            console: Console::new(&cfg.console_name, cfg.console.clone()),
+            harness: Harness::new(),
+            boot,
+            msrs,
+            stop: cfg.stop.clone(),
+            mem_size: cfg.mem_size,
+        })
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMem {
+        &self.mem
+    }
+
+    /// Guest RAM size in bytes (the hole not counted).
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
+    /// Where the boot put the kernel, initramfs and command line.
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.boot
+    }
+
+    pub fn vcpu_fd(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+
+    pub fn vcpu_fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The MSRs KVM can save and restore for this vCPU.
+    pub fn msr_index_list(&self) -> &[u32] {
+        &self.msrs
+    }
+
+    /// The vCPU's general and special registers, now.
+    pub fn registers(&self) -> RegDump {
+        RegDump::read(&self.vcpu)
+    }
+
+    pub fn serial_state(&self) -> SerialState {
+        self.console.state()
+    }
+
+    /// Replaces the UART's registers (the console output is kept).
+    pub fn set_serial_state(&mut self, state: &SerialState) -> Result<(), VmError> {
+        self.console.set_state(state).map_err(VmError::SerialState)
+    }
+
+    /// The name in front of the guest's console lines from now on.
+    pub fn set_console_name(&mut self, name: &str) {
+        // A line the guest started under the old name ends under it.
+        self.console.flush();
+        self.console.set_name(name);
+    }
+
+    pub fn console_name(&self) -> &str {
+        self.console.name()
+    }
+
+    /// Guest-physical addresses of the pages written since the previous
+    /// call (the first call: since the VM was made), sorted: KVM's dirty log
+    /// (the guest's writes) united with vm-memory's bitmap (the VMM's own).
+    /// Both are reset.
+    pub fn dirty_pages(&mut self) -> Result<Vec<u64>, VmError> {
+        let mut pages = Vec::new();
+        for (slot, region) in self.slots.iter().zip(self.mem.iter()) {
+            let kvm = self
+                .vm
+                .get_dirty_log(slot.slot, slot.size as usize)
+                .map_err(kvm_err("read KVM's dirty log"))?;
+            let mmap: &MmapRegion<AtomicBitmap> = region;
+            let vmm = mmap.bitmap().get_and_reset();
+            push_dirty(&mut pages, slot.base, &kvm, &vmm);
+        }
+        Ok(pages)
+    }
+
+    /// Runs the guest until a harness message or a checkpoint. `answer` is
+    /// called at a checkpoint for the value the guest's `in` gets.
+    pub fn run_until_event(&mut self, answer: &mut dyn FnMut() -> u32) -> Result<VmEvent, VmError> {
+        let run: *mut kvm_bindings::kvm_run = self.vcpu.get_kvm_run();
+        // SAFETY: the `kvm_run` mapping belongs to `self.vcpu`, which
+        // `&mut self` keeps alive past the guard at the end of this call.
+        let _kick = unsafe { KickGuard::arm(run) };
+        loop {
+            if let Some(reason) = self.stop.reason() {
+                let fault = match reason {
+                    StopReason::Timeout(after) => GuestFault::Timeout { after },
+                    StopReason::Signal(signal) => GuestFault::Interrupted { signal },
+                };
+                return Err(self.guest_error(fault));
+            }
+            let action = match self.vcpu.run() {
+                Ok(exit) => vcpu::handle_exit(exit, &mut self.console, answer),
+                Err(e) if e.errno() == libc::EINTR => {
+                    // A kick (the flag is checked above) or a stray signal.
+                    self.vcpu.set_kvm_immediate_exit(0);
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(VmError::Run(e)),
+            };
+            match action {
+                ExitAction::Continue => {}
+                ExitAction::Checkpoint { answer } => {
+                    self.complete_io()?;
+                    return Ok(VmEvent::Checkpoint { answer });
+                }
+                ExitAction::HarnessMessage { addr } => {
+                    return match self.harness.decode(&self.mem, addr) {
+                        Ok(event) => Ok(VmEvent::Message(event)),
+                        Err(e) => Err(self.guest_error(GuestFault::Protocol(e))),
+                    };
+                }
+                ExitAction::Fault(fault) => return Err(self.guest_error(fault)),
+            }
+        }
+    }
+
+    /// Finishes the pending `in`: KVM writes the data into `rax` and moves
+    /// `rip` on when `KVM_RUN` is entered, and with `immediate_exit` it
+    /// returns right after (as KVM's selftest `state_test` does).
+    fn complete_io(&mut self) -> Result<(), VmError> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let r = self.vcpu.run().map(|exit| format!("{exit:?}"));
+        self.vcpu.set_kvm_immediate_exit(0);
+        match r {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(VmError::Run(e)),
+            Ok(exit) => Err(VmError::CompleteIo(exit)),
+        }
+    }
+
+    /// A guest failure with the registers as they are now, and the details
+    /// only KVM's run structure has.
+    fn guest_error(&mut self, mut fault: GuestFault) -> VmError {
+        self.console.flush();
+        let regs = RegDump::read(&self.vcpu);
+        match &mut fault {
+            GuestFault::Halted { interrupts_enabled } => {
+                *interrupts_enabled = regs.regs.rflags & vcpu::RFLAGS_IF != 0;
+            }
+            GuestFault::InternalError { suberror } => {
+                let run = self.vcpu.get_kvm_run();
+                if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+                    // SAFETY: the exit reason says `internal` is the union
+                    // member KVM filled in.
+                    *suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                }
+            }
+            _ => {}
+        }
+        VmError::Guest {
+            guest: self.console.name().to_owned(),
+            fault,
+            regs: Box::new(regs),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.console.flush();
+    }
+}
+
+/// True when /dev/kvm can be opened.
+pub fn kvm_available() -> bool {
+    Path::new("/dev/kvm").exists() && Kvm::new().is_ok()
+}
+
+/// For tests that need KVM: true when it is there. Without it the test
+/// should return early (this prints a loud SKIPPED line), unless
+/// `KJUMP_REQUIRE_KVM=1`, which turns the skip into a failure.
+pub fn kvm_or_skip(test: &str) -> bool {
+    if kvm_available() {
+        return true;
+    }
+    assert!(
+        std::env::var("KJUMP_REQUIRE_KVM").as_deref() != Ok("1"),
+        "{test}: KJUMP_REQUIRE_KVM=1 but /dev/kvm cannot be opened"
+    );
+    eprintln!(
+        "SKIPPED {test}: /dev/kvm cannot be opened (set KJUMP_REQUIRE_KVM=1 to fail instead)"
+    );
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::testing::tiny_elf;
+    use crate::harness::HarnessEvent;
+    use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, HarnessMsg, MsgKind};
+    use std::sync::{Arc, Mutex};
+    use vm_memory::Bytes;
+
+    const ENTRY: u64 = 0x20_0000;
+
+    /// Assembled from (intel syntax, 64-bit):
+    /// ```text
+    /// 0x00 mov dx, 0x3f8 ; mov al,'h' ; out dx,al ; mov al,'i' ; out dx,al
+    ///      mov al, 10 ; out dx, al
+    /// 0x0d mov dx, 0x7e4 ; in eax, dx            (checkpoint)
+    /// 0x12 mov dword ptr [0x300000], eax
+    /// 0x19 mov eax, 0x100000 ; mov dx, 0x7e0 ; out dx, eax   (harness message)
+    /// 0x23 mov dx, 0x7e4 ; in eax, dx            (checkpoint)
+    /// 0x28 hlt
+    /// 0x29 jmp 0x29
+    /// 0x2b ud2
+    /// ```
+    const PROG: &[u8] = &[
+        0x66, 0xba, 0xf8, 0x03, 0xb0, 0x68, 0xee, 0xb0, 0x69, 0xee, 0xb0, 0x0a, 0xee, 0x66, 0xba,
+        0xe4, 0x07, 0xed, 0x89, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, 0xb8, 0x00, 0x00, 0x10, 0x00,
+        0x66, 0xba, 0xe0, 0x07, 0xef, 0x66, 0xba, 0xe4, 0x07, 0xed, 0xf4, 0xeb, 0xfe, 0x0f, 0x0b,
+    ];
+    const SPIN: u64 = 0x29;
+    const UD2: u64 = 0x2b;
+
+    /// `mov eax, dword ptr [0x2000_0000]` (mapped, but no RAM there), from
+    /// `a1 <imm64>`.
+    const MMIO_READ: &[u8] = &[0xa1, 0, 0, 0, 0x20, 0, 0, 0, 0];
+
+    fn config(code: &[u8], entry_offset: u64) -> (VmConfig, Arc<Mutex<Vec<String>>>) {
+        let mut elf = tiny_elf(code, ENTRY);
+        elf[24..32].copy_from_slice(&(ENTRY + entry_offset).to_le_bytes());
+        let mut cfg = VmConfig::new(elf, "kjump.role=a");
+        cfg.mem_size = 64 << 20;
+        let (sink, buf) = ConsoleSink::capture();
+        cfg.console = sink;
+        cfg.console_name = "t".into();
+        (cfg, buf)
+    }
+
+    #[test]
+    fn ram_size_limits() {
+        assert!(check_ram_size(256 << 20).is_ok());
+        assert!(matches!(
+            check_ram_size(16 << 20),
+            Err(VmError::RamSize { .. })
+        ));
+        assert!(matches!(
+            check_ram_size(layout::MAX_RAM + 4096),
+            Err(VmError::RamSize { .. })
+        ));
+        assert!(matches!(
+            check_ram_size((64 << 20) + 1),
+            Err(VmError::RamSize { .. })
+        ));
+    }
+
+    #[test]
+    fn dirty_bitmaps_become_sorted_page_addresses() {
+        let mut p = Vec::new();
+        push_dirty(&mut p, 0x1_0000_0000, &[0b101, 1 << 63], &[0b010]);
+        assert_eq!(
+            p,
+            vec![
+                0x1_0000_0000,
+                0x1_0000_1000,
+                0x1_0000_2000,
+                0x1_0000_0000 + 127 * 4096
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_kvm() {
+        // These hold with or without /dev/kvm.
+        let mut cfg = VmConfig::new(b"not an elf".to_vec(), "");
+        assert!(matches!(
+            Vm::new(&cfg),
+            Err(VmError::Boot(BootError::NotElf))
+        ));
+        cfg.kernel = tiny_elf(&[0xf4], ENTRY);
+        cfg.mem_size = 1 << 20;
+        assert!(matches!(Vm::new(&cfg), Err(VmError::RamSize { .. })));
+        cfg.mem_size = 32 << 20;
+        cfg.initramfs = Some(vec![0; 40 << 20]);
+        assert!(matches!(
+            Vm::new(&cfg),
+            Err(VmError::Boot(BootError::InitramfsTooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn guest_runs_checkpoints_messages_and_console() {
+        if !kvm_or_skip("guest_runs_checkpoints_messages_and_console") {
+            return;
+        }
+        let (cfg, console) = config(PROG, 0);
+        let mut vm = Vm::new(&cfg).unwrap();
+        assert!(!vm.msr_index_list().is_empty());
+        assert!(vm.msr_index_list().contains(&vcpu::msr::LSTAR));
+        let first = vm.dirty_pages().unwrap();
+        assert!(first.contains(&ENTRY), "the VMM's own writes are reported");
+        assert!(first.contains(&layout::ZERO_PAGE));
+
+        let mut msg = HarnessMsg::new(MsgKind::Log);
+        msg.text_ptr = 0x10_1000;
+        msg.text_len = 5;
+        vm.memory()
+            .write_slice(&msg.to_bytes(), GuestAddress(0x10_0000))
+            .unwrap();
+        vm.memory()
+            .write_slice(b"hello", GuestAddress(0x10_1000))
+            .unwrap();
+        vm.dirty_pages().unwrap();
+
+        let ev = vm.run_until_event(&mut || ANSWER_JUMP).unwrap();
+        assert_eq!(
+            ev,
+            VmEvent::Checkpoint {
+                answer: ANSWER_JUMP
+            }
+        );
+        let r = vm.vcpu_fd().get_regs().unwrap();
+        assert_eq!(r.rax, u64::from(ANSWER_JUMP), "the I/O was completed");
+        assert_eq!(r.rip, ENTRY + 0x12, "rip is past the `in`");
+        assert_eq!(console.lock().unwrap().as_slice(), ["[t] hi"]);
+
+        let ev = vm
+            .run_until_event(&mut || panic!("no checkpoint here"))
+            .unwrap();
+        assert_eq!(
+            ev,
+            VmEvent::Message(HarnessEvent::Log {
+                text: "hello".into()
+            })
+        );
+        let dirty = vm.dirty_pages().unwrap();
+        assert!(
+            dirty.contains(&0x30_0000),
+            "the guest's store is in the dirty log: {dirty:x?}"
+        );
+        let word: u32 = vm.memory().read_obj(GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(word, ANSWER_JUMP);
+
+        let ev = vm.run_until_event(&mut || ANSWER_BACK).unwrap();
+        assert_eq!(
+            ev,
+            VmEvent::Checkpoint {
+                answer: ANSWER_BACK
+            }
+        );
+        assert!(
+            !vm.dirty_pages().unwrap().contains(&0x30_0000),
+            "the log was reset"
+        );
+
+        vm.set_console_name("b");
+        let err = vm.run_until_event(&mut || 0).unwrap_err();
+        match &err {
+            VmError::Guest {
+                guest,
+                fault:
+                    GuestFault::Halted {
+                        interrupts_enabled: false,
+                    },
+                regs,
+            } => {
+                assert_eq!(guest, "b");
+                assert_eq!(regs.regs.rip, ENTRY + 0x29);
+                assert_eq!(regs.sregs.cr3, layout::BOOT_PML4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("guest b: halted (hlt) with interrupts off; rip=0x200029")
+        );
+    }
+
+    #[test]
+    fn with_an_irqchip_the_lapic_can_be_read() {
+        if !kvm_or_skip("with_an_irqchip_the_lapic_can_be_read") {
+            return;
+        }
+        let (mut cfg, _) = config(PROG, 0);
+        let vm = Vm::new(&cfg).unwrap();
+        assert!(
+            vm.vcpu_fd().get_lapic().is_err(),
+            "no irqchip, no local APIC"
+        );
+        cfg.irqchip = true;
+        let mut vm = Vm::new(&cfg).unwrap();
+        assert!(vm.vcpu_fd().get_lapic().is_ok());
+        let ev = vm.run_until_event(&mut || ANSWER_BACK).unwrap();
+        assert_eq!(
+            ev,
+            VmEvent::Checkpoint {
+                answer: ANSWER_BACK
+            }
+        );
+        assert_eq!(vm.vcpu_fd().get_regs().unwrap().rip, ENTRY + 0x12);
+    }
+
+    #[test]
+    fn triple_fault_is_reported_with_registers() {
+        if !kvm_or_skip("triple_fault_is_reported_with_registers") {
+            return;
+        }
+        let (cfg, _) = config(PROG, UD2);
+        let mut vm = Vm::new(&cfg).unwrap();
+        let err = vm.run_until_event(&mut || 0).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmError::Guest {
+                    fault: GuestFault::TripleFault,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.regs().is_some());
+    }
+
+    #[test]
+    fn access_outside_ram_is_reported() {
+        if !kvm_or_skip("access_outside_ram_is_reported") {
+            return;
+        }
+        let (cfg, _) = config(MMIO_READ, 0);
+        let mut vm = Vm::new(&cfg).unwrap();
+        let err = vm.run_until_event(&mut || 0).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmError::Guest {
+                    fault: GuestFault::Mmio {
+                        addr: 0x2000_0000,
+                        write: false,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_harness_pointer_is_a_protocol_error() {
+        if !kvm_or_skip("bad_harness_pointer_is_a_protocol_error") {
+            return;
+        }
+        // The program's message address (1 MiB) holds no message.
+        let (cfg, _) = config(PROG, 0);
+        let mut vm = Vm::new(&cfg).unwrap();
+        vm.run_until_event(&mut || ANSWER_JUMP).unwrap();
+        let err = vm.run_until_event(&mut || 0).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("guest t: protocol error: message at 0x100000 has magic"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stop_flag_ends_a_spinning_guest_with_its_registers() {
+        if !kvm_or_skip("stop_flag_ends_a_spinning_guest_with_its_registers") {
+            return;
+        }
+        let (cfg, _) = config(PROG, SPIN);
+        let timeout = Duration::from_millis(300);
+        let wd = crate::watchdog::WatchdogConfig::new(timeout);
+        let res = crate::watchdog::run_guarded(&wd, move |stop| {
+            let mut cfg = cfg;
+            cfg.stop = stop;
+            let mut vm = Vm::new(&cfg)?;
+            vm.run_until_event(&mut || 0)
+        })
+        .unwrap();
+        match res {
+            Err(VmError::Guest {
+                fault: GuestFault::Timeout { after },
+                regs,
+                ..
+            }) => {
+                assert_eq!(after, timeout);
+                assert_eq!(regs.regs.rip, ENTRY + SPIN);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! The watchdog: a run has a wall-clock limit and can be stopped with
+//! SIGINT/SIGTERM, and a stopped run still ends with the guest's registers.
+//!
+//! [`run_guarded`] runs the scenario (which owns the VM and drives the vCPU
+//! through [`crate::vm::Vm::run_until_event`]) on a named thread,
+//! `kjump-vcpu0`, while the calling thread waits in an event-manager loop on
+//! a timerfd, a signalfd and an eventfd the vCPU thread writes when it is
+//! done. When the time is up or a signal comes, the loop raises a
+//! [`StopFlag`] and *kicks* the vCPU thread out of `KVM_RUN`: a real-time
+//! signal whose handler sets `immediate_exit` in the vCPU's `kvm_run` (so
+//! that a kick landing just before `KVM_RUN` is not lost: KVM then returns
+//! at once with `EINTR`). The VM sees the flag, reads the registers and
+//! returns its timeout error; the scenario ends as it would on any error.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::kvm_run;
+use libc::{c_int, c_void, siginfo_t};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, create_sigset, register_signal_handler};
+use vmm_sys_util::timerfd::TimerFd;
+
+/// How often a stopping vCPU thread is kicked again, and how long it gets
+/// to stop before the run is abandoned.
+const KICK_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a run was stopped from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The run's time limit passed.
+    Timeout(Duration),
+    /// SIGINT or SIGTERM arrived.
+    Signal(i32),
+}
+
+/// Raised by the watchdog, checked by the VM before every `KVM_RUN`.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<StopInner>);
+
+#[derive(Debug, Default)]
+struct StopInner {
+    raised: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+}
+
+impl StopFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the flag (the first reason wins).
+    pub fn raise(&self, reason: StopReason) {
+        let mut r = self.0.reason.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.0.raised.store(true, Ordering::SeqCst);
+    }
+
+    /// Why the run must stop, if it must.
+    pub fn reason(&self) -> Option<StopReason> {
+        if !self.0.raised.load(Ordering::SeqCst) {
+            return None;
+        }
+        *self.0.reason.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The watchdog failed, or the vCPU thread did.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    /// setting up the event loop failed
+    #[error("cannot set up the watchdog: {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// the event loop failed
+    #[error("the watchdog's event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    /// the vCPU thread did not stop after the kick
+    #[error("{}, and the vCPU thread did not stop within {} s of being told to", describe(.reason), .grace.as_secs())]
+    Unresponsive { reason: StopReason, grace: Duration },
+    /// the vCPU thread panicked
+    #[error("the vCPU thread panicked: {0}")]
+    Panicked(String),
+}
+
+fn describe(r: &StopReason) -> String {
+    match r {
+        StopReason::Timeout(t) => format!("the run timed out after {} s", t.as_secs_f64()),
+        StopReason::Signal(s) => format!("the run was interrupted by signal {s}"),
+    }
+}
+
+fn setup<E: Into<io::Error>>(what: &'static str) -> impl FnOnce(E) -> WatchdogError {
+    move |e| WatchdogError::Setup {
+        what,
+        source: e.into(),
+    }
+}
+
+// ---- the kick --------------------------------------------------------------
+
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread is running, while it runs it.
+    static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The real-time signal that kicks a vCPU thread.
+pub fn kick_signal() -> c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: c_int, _: *mut siginfo_t, _: *mut c_void) {
+    let run = KICK_TARGET.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` was set on this very thread by `KickGuard::arm`,
+        // whose caller guarantees the `kvm_run` mapping outlives the guard,
+        // and the guard clears it on drop; the handler runs on this thread,
+        // so the mapping is alive. KVM reads the flag at its next `KVM_RUN`
+        // entry; a one-byte volatile store is async-signal-safe.
+        unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
+
+/// Installs the kick handler (once per process).
+pub fn install_kick_handler() -> io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(io::Error::from);
+    });
+    result
+}
+
+/// While alive, a kick of the current thread sets `immediate_exit` in this
+/// `kvm_run`.
+pub struct KickGuard {
+    previous: *mut kvm_run,
+}
+
+impl KickGuard {
+    /// Points this thread's kick at `run` until the guard is dropped.
+    ///
+    /// # Safety
+    ///
+    /// `run` (a vCPU's `kvm_run` mapping) must stay mapped until the guard
+    /// is dropped; the kick handler writes to it from this thread.
+    pub unsafe fn arm(run: *mut kvm_run) -> Self {
+        let previous = KICK_TARGET.with(|t| t.replace(run));
+        Self { previous }
+    }
+}
+
+impl Drop for KickGuard {
+    fn drop(&mut self) {
+        KICK_TARGET.with(|t| t.set(self.previous));
+    }
+}
+
+// ---- the event loop ----------------------------------------------------------
+
+/// What woke the watchdog's loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Timer,
+    Signal(i32),
+    Done,
+}
+
+type Wakes = Rc<RefCell<VecDeque<Wake>>>;
+
+/// Reads a readable fd and reports one wake-up.
+struct FdWatch {
+    fd: RawFd,
+    wakes: Wakes,
+    read: Box<dyn FnMut() -> Option<Wake>>,
+}
+
+impl MutEventSubscriber for FdWatch {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let readable = EventSet::IN | EventSet::ERROR | EventSet::HANG_UP;
+        if events.event_set().intersects(readable)
+            && let Some(w) = (self.read)()
+        {
+            self.wakes.borrow_mut().push_back(w);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.fd, EventSet::IN)) {
+            log::error!("watchdog: cannot watch fd {}: {e}", self.fd);
+        }
+    }
+}
+
+/// SIGINT and SIGTERM blocked on this thread (and so on threads it starts)
+/// and readable from a signalfd; the old mask comes back on drop.
+struct SignalGuard {
+    fd: OwnedFd,
+    old_mask: libc::sigset_t,
+}
+
+impl SignalGuard {
+    fn new(signals: &[c_int]) -> io::Result<Self> {
+        let set = create_sigset(signals).map_err(io::Error::from)?;
+        let old_mask = block_signals(&set)?;
+        match open_signalfd(&set) {
+            Ok(fd) => Ok(Self { fd, old_mask }),
+            Err(e) => {
+                restore_mask(&old_mask);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads one pending signal's number.
+    fn read(&self) -> Option<i32> {
+        read_signalfd(self.fd.as_raw_fd())
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        restore_mask(&self.old_mask);
+    }
+}
+
+fn block_signals(set: &libc::sigset_t) -> io::Result<libc::sigset_t> {
+    // SAFETY: all-zero is a valid (empty) sigset_t.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live sigset_t values; the return value is checked.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, &mut old) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(old)
+}
+
+fn restore_mask(old: &libc::sigset_t) {
+    // SAFETY: `old` is a sigset_t that pthread_sigmask filled in.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+    if r != 0 {
+        log::warn!(
+            "cannot restore the signal mask: {}",
+            io::Error::from_raw_os_error(r)
+        );
+    }
+}
+
+fn open_signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: `set` is a valid sigset_t; -1 asks for a new fd; checked below.
+    let fd = unsafe { libc::signalfd(-1, set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn read_signalfd(fd: RawFd) -> Option<i32> {
+    // SAFETY: all-zero is a valid signalfd_siginfo.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: the kernel writes at most `size` bytes into `info`, which is
+    // that big; the result is checked.
+    let n = unsafe { libc::read(fd, (&raw mut info).cast::<c_void>(), size) };
+    (n == size as isize).then_some(info.ssi_signo as i32)
+}
+
+/// Tells the watchdog's loop the vCPU thread is done, even if it panicked.
+struct NotifyOnDrop(EventFd);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.write(1) {
+            log::error!("cannot tell the watchdog the vCPU thread is done: {e}");
+        }
+    }
+}
+
+/// How a guarded run is watched.
+#[derive(Clone, Debug)]
+pub struct WatchdogConfig {
+    /// Wall-clock limit of the whole run.
+    pub timeout: Duration,
+    /// Stop on SIGINT/SIGTERM (blocks them on the calling thread while the
+    /// run lasts; for the command line, not for tests).
+    pub handle_signals: bool,
+    /// How long a kicked vCPU thread gets to stop.
+    pub grace: Duration,
+}
+
+impl WatchdogConfig {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            handle_signals: false,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Runs `body` on the vCPU thread `kjump-vcpu0` under the watchdog and
+/// returns what it returned. `body` gets the [`StopFlag`] to hand to its VM
+/// ([`crate::vm::VmConfig::stop`]): a stopped run returns through `body`
+/// like any failed one.
+pub fn run_guarded<T, F>(cfg: &WatchdogConfig, body: F) -> Result<T, WatchdogError>
+where
+    F: FnOnce(StopFlag) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    install_kick_handler().map_err(setup("install the vCPU kick handler"))?;
+    let signals = if cfg.handle_signals {
+        Some(Rc::new(
+            SignalGuard::new(&[libc::SIGINT, libc::SIGTERM])
+                .map_err(setup("watch SIGINT/SIGTERM"))?,
+        ))
+    } else {
+        None
+    };
+    let done = EventFd::new(EFD_NONBLOCK).map_err(setup("create an eventfd"))?;
+    let timer = Rc::new(RefCell::new(
+        TimerFd::new().map_err(setup("create a timerfd"))?,
+    ));
+    timer
+        .borrow_mut()
+        .reset(cfg.timeout, None)
+        .map_err(setup("arm the timerfd"))?;
+
+    let mut em: EventManager<Box<dyn MutEventSubscriber>> =
+        EventManager::new().map_err(WatchdogError::EventLoop)?;
+    let wakes: Wakes = Rc::default();
+    let t = timer.clone();
+    em.add_subscriber(Box::new(FdWatch {
+        fd: timer.borrow().as_raw_fd(),
+        wakes: wakes.clone(),
+        read: Box::new(move || t.borrow_mut().wait().ok().map(|_| Wake::Timer)),
+    }));
+    if let Some(sig) = &signals {
+        let s = sig.clone();
+        em.add_subscriber(Box::new(FdWatch {
+            fd: sig.fd.as_raw_fd(),
+            wakes: wakes.clone(),
+            read: Box::new(move || s.read().map(Wake::Signal)),
+        }));
+    }
+    let done_reader = done.try_clone().map_err(setup("clone an eventfd"))?;
+    em.add_subscriber(Box::new(FdWatch {
+        fd: done.as_raw_fd(),
+        wakes: wakes.clone(),
+        read: Box::new(move || done_reader.read().ok().map(|_| Wake::Done)),
+    }));
+
+    let stop = StopFlag::new();
+    let thread_stop = stop.clone();
+    let handle = thread::Builder::new()
+        .name("kjump-vcpu0".into())
+        .spawn(move || {
+            let _notify = NotifyOnDrop(done);
+            body(thread_stop)
+        })
+        .map_err(setup("start the vCPU thread"))?;
+
+    let mut stopping: Option<(StopReason, Instant)> = None;
+    loop {
+        em.run().map_err(WatchdogError::EventLoop)?;
+        let pending: Vec<Wake> = wakes.borrow_mut().drain(..).collect();
+        for wake in pending {
+            let reason = match (wake, stopping) {
+                (Wake::Done, _) => {
+                    drop(signals);
+                    return handle
+                        .join()
+                        .map_err(|p| WatchdogError::Panicked(panic_text(&*p)));
+                }
+                (Wake::Timer, None) => StopReason::Timeout(cfg.timeout),
+                (Wake::Signal(s), None) => StopReason::Signal(s),
+                (Wake::Timer, Some((reason, since))) => {
+                    if since.elapsed() >= cfg.grace {
+                        return Err(WatchdogError::Unresponsive {
+                            reason,
+                            grace: cfg.grace,
+                        });
+                    }
+                    // Kick again: the thread may have been between two runs.
+                    let _ = handle.kill(kick_signal());
+                    continue;
+                }
+                // A second ^C: the user does not want to wait.
+                (Wake::Signal(_), Some((reason, _))) => {
+                    return Err(WatchdogError::Unresponsive {
+                        reason,
+                        grace: Duration::ZERO,
+                    });
+                }
+            };
+            log::info!("watchdog: {}; stopping the vCPU", describe(&reason));
+            stop.raise(reason);
+            let _ = handle.kill(kick_signal());
+            stopping = Some((reason, Instant::now()));
+            timer
+                .borrow_mut()
+                .reset(KICK_INTERVAL, Some(KICK_INTERVAL))
+                .map_err(setup("re-arm the timerfd"))?;
+        }
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_result_comes_back_on_a_named_thread() {
+        let r = run_guarded(&WatchdogConfig::new(Duration::from_secs(30)), |stop| {
+            assert!(stop.reason().is_none());
+            thread::current().name().map(str::to_owned)
+        })
+        .unwrap();
+        assert_eq!(r.as_deref(), Some("kjump-vcpu0"));
+    }
+
+    #[test]
+    fn timeout_raises_the_flag_and_kicks() {
+        let start = Instant::now();
+        let r = run_guarded(&WatchdogConfig::new(Duration::from_millis(200)), |stop| {
+            // Wait for the flag like a vCPU loop would, sleeping in between
+            // (the kick signal interrupts the sleep).
+            while stop.reason().is_none() {
+                thread::sleep(Duration::from_millis(5));
+            }
+            stop.reason()
+        })
+        .unwrap();
+        assert_eq!(r, Some(StopReason::Timeout(Duration::from_millis(200))));
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_thread_that_ignores_the_flag_is_abandoned() {
+        let cfg = WatchdogConfig {
+            timeout: Duration::from_millis(50),
+            handle_signals: false,
+            grace: Duration::from_millis(300),
+        };
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let res = run_guarded(&cfg, move |_| {
+            while !r.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        release.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            res,
+            Err(WatchdogError::Unresponsive {
+                reason: StopReason::Timeout(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_panic_is_reported() {
+        let r = run_guarded(&WatchdogConfig::new(Duration::from_secs(30)), |_| -> () {
+            panic!("boom");
+        });
+        assert!(matches!(r, Err(WatchdogError::Panicked(m)) if m == "boom"));
+    }
+
+    #[test]
+    fn kick_sets_immediate_exit_only_while_armed() {
+        install_kick_handler().unwrap();
+        // SAFETY: kvm_run is plain data; all-zero is a valid value.
+        let mut run: kvm_run = unsafe { std::mem::zeroed() };
+        let raise = || {
+            // SAFETY: raising a signal on the current thread, whose handler is installed.
+            let r = unsafe { libc::pthread_kill(libc::pthread_self(), kick_signal()) };
+            assert_eq!(r, 0);
+        };
+        raise();
+        assert_eq!(run.immediate_exit, 0);
+        {
+            // SAFETY: `run` outlives the guard (it is dropped at the end of
+            // this block).
+            let _g = unsafe { KickGuard::arm(&raw mut run) };
+            raise();
+        }
+        assert_eq!(run.immediate_exit, 1);
+        run.immediate_exit = 0;
+        raise();
+        assert_eq!(run.immediate_exit, 0, "disarmed when the guard went");
+    }
+
+    #[test]
+    fn first_stop_reason_wins() {
+        let f = StopFlag::new();
+        assert_eq!(f.reason(), None);
+        f.raise(StopReason::Signal(2));
+        f.raise(StopReason::Timeout(Duration::from_secs(1)));
+        assert_eq!(f.clone().reason(), Some(StopReason::Signal(2)));
+    }
+}
