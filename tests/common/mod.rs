@@ -8,9 +8,15 @@ use std::process::{Command, Output};
 /// with `KJUMP_REQUIRE_KVM=1` (set by `.ci/run`) a skip is a failure, so CI
 /// can never pass by skipping.
 pub fn kvm_or_skip(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if !ok {
-        let msg = format!("SKIPPED {test}: /dev/kvm is missing or not accessible; this test boots a guest on KVM");
+        let msg = format!(
+            "SKIPPED {test}: /dev/kvm is missing or not accessible; this test boots a guest on KVM"
+        );
         if std::env::var("KJUMP_REQUIRE_KVM").as_deref() == Ok("1") {
             panic!("{msg} (KJUMP_REQUIRE_KVM=1 turns the skip into a failure)");
         }
@@ -30,13 +36,21 @@ pub fn kjump(args: &[&str]) -> Output {
 
 /// stdout and stderr as text, for assertions and for failure messages.
 pub fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Asserts the exit code, printing everything the run said when it differs.
 pub fn assert_exit(o: &Output, code: i32) -> (String, String) {
     let (out, err) = text(o);
-    assert_eq!(o.status.code(), Some(code), "exit status {:?}\n--- stdout\n{out}\n--- stderr\n{err}", o.status);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit status {:?}\n--- stdout\n{out}\n--- stderr\n{err}",
+        o.status
+    );
     (out, err)
 }
 

@@ -55,6 +55,12 @@ fn in_ram(mem: &GuestMem, addr: u64, len: u64) -> bool {
     usize::try_from(len).is_ok_and(|len| len > 0 && mem.check_range(GuestAddress(addr), len))
 }
 
+/// Where byte `addr` is when its page moved as `moves` says.
+fn moved(moves: &BTreeMap<u64, u64>, addr: u64) -> u64 {
+    let page = addr & !(PAGE_SIZE - 1);
+    moves.get(&page).map_or(addr, |p| p + (addr - page))
+}
+
 fn walk(mem: &GuestMem, head: u64) -> Result<BTreeMap<u64, u64>, KimageError> {
     let mut map = BTreeMap::new();
     let mut outside = None;
@@ -116,15 +122,14 @@ impl Kimage {
 
     /// Where the owner's page `home` is while the owner is away.
     pub fn owner_parked_at(&self, home: u64) -> u64 {
-        self.parked.get(&home).copied().unwrap_or(home)
+        moved(&self.parked, home)
     }
 
     /// Where the peer's page `home` is while the peer is away (the owner
     /// runs): the source page in swap mode, the peer's save page in backup
     /// mode.
     pub fn peer_parked_at(&self, home: u64) -> u64 {
-        let m = if self.backup { &self.peer_parked } else { &self.parked };
-        m.get(&home).copied().unwrap_or(home)
+        moved(self.peer_moves(), home)
     }
 
     /// Home → parked page of the owner's pages while it is away.
@@ -189,6 +194,7 @@ mod tests {
         assert_eq!(k.owner_parked_at(0x10_1000), 0xa0_1000);
         assert_eq!(k.peer_parked_at(0x10_1000), 0xa0_1000);
         assert_eq!(k.owner_parked_at(0x5000), 0x5000);
+        assert_eq!(k.owner_parked_at(0x10_1123), 0xa0_1123);
         assert_eq!(k.control_range(), (0x80_0000, 0x80_6000));
     }
 

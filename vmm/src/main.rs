@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use kjump::cli::{Cli, Command};
+use kjump::report::Report;
 use kjump::scenario::{self, RunOptions};
 
 fn main() -> ExitCode {
@@ -22,11 +23,29 @@ fn main() -> ExitCode {
             };
             match scenario::run_scenario_with(&args, &opts) {
                 Ok(outcome) => {
+                    if !outcome.report.checkpoints.is_empty() {
+                        print!("{}", outcome.report.summary());
+                    }
                     println!("{}", outcome.summary());
+                    if let Some(path) = &args.report
+                        && let Err(e) = outcome.report.write(path)
+                    {
+                        report_error(&e, None);
+                        return ExitCode::from(2);
+                    }
                     ExitCode::from(outcome.exit_code())
                 }
                 Err(e) => {
                     report_error(&e, e.regs().map(ToString::to_string));
+                    if let Some(path) = &args.report {
+                        // The run could not be carried out: the report says
+                        // so, with the error.
+                        let mut r = Report::new(args.scenario.name(), args.cycles, "none", &[]);
+                        r.finish(Some(error_line(&e)), 0);
+                        if let Err(e) = r.write(path) {
+                            report_error(&e, None);
+                        }
+                    }
                     ExitCode::from(2)
                 }
             }
@@ -52,6 +71,14 @@ fn init_logging(level: log::LevelFilter) {
 /// `kjump: error: <message>: <cause>: ...` on one line (causes whose text
 /// the message already holds are left out), then the register dump.
 fn report_error(e: &dyn Error, dump: Option<String>) {
+    eprintln!("kjump: error: {}", error_line(e));
+    if let Some(dump) = dump {
+        eprint!("{dump}");
+    }
+}
+
+/// The error and its causes on one line.
+fn error_line(e: &dyn Error) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -62,10 +89,7 @@ fn report_error(e: &dyn Error, dump: Option<String>) {
         }
         cause = c.source();
     }
-    eprintln!("kjump: error: {line}");
-    if let Some(dump) = dump {
-        eprint!("{dump}");
-    }
+    line
 }
 
 /// clap's help and version go to stdout as usual; a usage error becomes one

@@ -262,11 +262,27 @@ impl Span {
 /// address the kernel knows it at ("home"), recorded when it suspended.
 /// Stored densely, like the shadow, so that checking a view of all of RAM
 /// is a few slice comparisons.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct View {
     kernel: String,
     spans: Vec<Span>,
     len: usize,
+}
+
+/// Summaries only: a view can hold a hash per page of RAM.
+impl fmt::Debug for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spans: Vec<String> = self
+            .spans
+            .iter()
+            .map(|s| format!("[{:#x}..{:#x})", s.start, s.end()))
+            .collect();
+        f.debug_struct("View")
+            .field("kernel", &self.kernel)
+            .field("spans", &spans)
+            .field("pages", &self.len)
+            .finish()
+    }
 }
 
 impl View {
@@ -420,7 +436,7 @@ impl fmt::Display for MemoryMismatch {
 }
 
 /// Runs of differing bytes of two pages, as offsets `[start, end)`, with
-/// runs closer than [`MERGE_GAP`] merged.
+/// runs fewer than 8 equal bytes apart merged.
 pub fn diff_ranges(expected: &Page, actual: &Page) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     // Word-wise first: most of a page is usually equal.
@@ -529,7 +545,7 @@ pub fn hexdump(home: u64, expected: &Page, actual: &Page, ranges: &[(usize, usiz
 /// backup pages), and at `home` otherwise.
 ///
 /// Returns the pages that are not, each explained with its differing byte
-/// ranges, a hexdump (for the first [`MAX_DETAILED`]) and the symbol at
+/// ranges, a hexdump (for the first 64) and the symbol at
 /// the first difference.
 pub fn check_view(
     view: &View,

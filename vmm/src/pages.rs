@@ -126,7 +126,7 @@ type HashBuild = BuildHasherDefault<KeyIsHash>;
 /// Pages live in slabs of [`SLAB_PAGES`] and freed slots are reused: a
 /// fresh allocation costs a page fault per page (~3 µs here, more than
 /// hashing and copying the page), a reused slot only the copy.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PageStore {
     index: HashMap<PageHash, u32, HashBuild>,
     slabs: Vec<Box<[Page]>>,
@@ -239,8 +239,20 @@ impl PageStore {
     }
 }
 
+/// Summaries only: the content is megabytes.
+impl std::fmt::Debug for PageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageStore")
+            .field("pages", &self.index.len())
+            .field("bytes", &self.bytes())
+            .field("free", &self.free.len())
+            .field("inserted", &self.inserted)
+            .finish()
+    }
+}
+
 /// The hashes of one RAM region's pages.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Region {
     start: u64,
     hashes: Vec<PageHash>,
@@ -253,9 +265,24 @@ impl Region {
 }
 
 /// The current hash of every guest RAM page.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Shadow {
     regions: Vec<Region>,
+}
+
+/// Summaries only: a hash per page of RAM is too much to print.
+impl std::fmt::Debug for Shadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let regions: Vec<String> = self
+            .regions
+            .iter()
+            .map(|r| format!("[{:#x}..{:#x})", r.start, r.end()))
+            .collect();
+        f.debug_struct("Shadow")
+            .field("regions", &regions)
+            .field("pages", &self.len())
+            .finish()
+    }
 }
 
 /// A reusable buffer of whole pages.

@@ -49,6 +49,11 @@ enum HostFault {
     UartLcr,
 }
 
+/// Refuses an unknown `--inject` kind before anything boots.
+pub fn check_fault(inject: &Inject) -> Result<(), RunError> {
+    parse_fault(inject).map(|_| ())
+}
+
 fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
     Ok(Some(match inject.kind.as_str() {
         "flip-a" => HostFault::FlipA,

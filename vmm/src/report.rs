@@ -196,7 +196,9 @@ impl Mismatch {
         Self {
             at: at.clone(),
             kind: MismatchKind::Memory,
-            name: None,
+            // Whose page it is: the away kernel's pages are checked at the
+            // running kernel's checkpoints too.
+            name: Some(format!("page of kernel {}", m.kernel)),
             address: Some(m.home),
             location: Some(m.location),
             expected: m.expected.to_string(),
@@ -258,7 +260,8 @@ impl Mismatch {
             }
             MismatchKind::Memory => {
                 let home = self.address.unwrap_or(0);
-                let _ = write!(s, "{where_}: memory page {home:#x}");
+                let whose = self.name.as_deref().unwrap_or("page");
+                let _ = write!(s, "{where_}: memory: {whose} {home:#x}");
                 if let Some(l) = self.location.filter(|&l| l != home) {
                     let _ = write!(s, " (looked for at {l:#x})");
                 }
@@ -702,7 +705,7 @@ mod tests {
             s.contains("checkpoint 7 (cycle 2, kernel a, resume): register rbx: 0x1111 -> 0x2222"),
             "{s}"
         );
-        assert!(s.contains("memory page 0x204000 (looked for at 0x304000) in kjump_guest::kernel::PATTERN+0x1123 (.bss)"), "{s}");
+        assert!(s.contains("memory: page of kernel a 0x204000 (looked for at 0x304000) in kjump_guest::kernel::PATTERN+0x1123 (.bss)"), "{s}");
         assert!(
             s.contains("    bytes [0x204123..0x204124) kjump_guest::kernel::PATTERN"),
             "{s}"

@@ -260,6 +260,9 @@ pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, R
     if !args.scenario.is_built() {
         return Err(RunError::NotBuilt(args.scenario));
     }
+    if let Some(inject) = &args.inject {
+        crate::pingpong::check_fault(inject)?;
+    }
     let cfg = vm_config(args, opts)?;
     let wd = WatchdogConfig {
         timeout: args.timeout(),
@@ -459,7 +462,7 @@ mod tests {
 
     #[test]
     fn summary_lines() {
-        let run = RunState::new(Scenario::Boot, Instant::now());
+        let mut run = RunState::new(Scenario::Boot, Instant::now());
         let o = run.outcome(Verdict::Pass, "a");
         assert!(
             o.summary().starts_with("kjump: boot: pass (kernel a, "),

@@ -929,12 +929,19 @@ mod kvm_tests {
         assert!(d.iter().any(|l| l.starts_with("msr[0x00000010] TSC:")));
         // The standard allowlist is exactly enough for an idle vCPU.
         let allow = crate::oracle::Allowlist::standard();
-        assert_eq!(crate::oracle::compare_vcpu(&s1, &s2, ANSWER_BACK, &allow), vec![]);
+        assert_eq!(
+            crate::oracle::compare_vcpu(&s1, &s2, ANSWER_BACK, &allow),
+            vec![]
+        );
         let t = std::time::Instant::now();
         for _ in 0..100 {
             capture(&g.vcpu, &g.msrs).unwrap();
         }
-        eprintln!("capture with {} MSRs: {:?}", g.msrs.len(), t.elapsed() / 100);
+        eprintln!(
+            "capture with {} MSRs: {:?}",
+            g.msrs.len(),
+            t.elapsed() / 100
+        );
 
         // Restore the first state: the vCPU reads back what was written,
         // except what runs with time.

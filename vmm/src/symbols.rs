@@ -145,7 +145,12 @@ impl Symbols {
     pub fn address_of_suffix(&self, suffix: &str) -> Option<u64> {
         self.symbols
             .iter()
-            .find(|s| s.name == suffix || s.name.strip_suffix(suffix).is_some_and(|p| p.ends_with("::")))
+            .find(|s| {
+                s.name == suffix
+                    || s.name
+                        .strip_suffix(suffix)
+                        .is_some_and(|p| p.ends_with("::"))
+            })
             .map(|s| s.start)
     }
 
@@ -228,6 +233,14 @@ mod tests {
             t.address_of("kjump_guest::kernel::PATTERN"),
             Some(0x21_0000)
         );
+        assert_eq!(t.address_of_suffix("kernel::PATTERN"), Some(0x21_0000));
+        assert_eq!(t.address_of_suffix("PATTERN"), Some(0x21_0000));
+        assert_eq!(
+            t.address_of_suffix("ATTERN"),
+            None,
+            "whole path components only"
+        );
+        assert_eq!(t.address_of_suffix("inner"), Some(0x21_0100));
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! kexec jump on real KVM: A→B→A→B… with the oracle checking every
+//! checkpoint, in swap and backup mode; and the oracle seen to fail on
+//! injected damage, naming the exact register, address or device field.
+
+mod common;
+use common::{assert_exit, kjump, kvm_or_skip, scratch};
+use kjump::report::{MismatchKind, Report, Verdict};
+
+/// Runs ping-pong; returns stdout, stderr and the JSON report.
+fn ping_pong(name: &str, extra: &[&str], code: i32) -> (String, String, Report) {
+    let dir = scratch(name);
+    let report = dir.join("report.json");
+    let mut args = vec!["--scenario", "ping-pong", "--report", report.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (out, err) = assert_exit(&kjump(&args), code);
+    let json = std::fs::read_to_string(&report).expect("the report was written");
+    (out, err, Report::from_json(&json).expect("the report parses"))
+}
+
+/// Checkpoints of `n` cycles: A.s, B.s, A.r, then A.s, B.r, B.s, A.r per cycle.
+fn checkpoints(n: u64) -> usize {
+    (3 + 4 * (n - 1)) as usize
+}
+
+fn assert_clean(r: &Report, cycles: u64) {
+    assert_eq!(r.verdict, Verdict::Pass);
+    assert_eq!(r.exit_code, 0);
+    assert_eq!(r.cycles_completed, cycles);
+    assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+    assert_eq!(r.checkpoints.len(), checkpoints(cycles));
+    // Every checkpoint compared pages, and the resumes compared registers
+    // (a resume of a kernel compares its whole view).
+    assert!(r.checkpoints.iter().skip(1).all(|c| c.pages_compared > 0));
+    let kinds: Vec<(&str, &str)> =
+        r.checkpoints.iter().take(4).map(|c| (c.kernel.as_str(), c.direction.as_str())).collect();
+    let expected = [("a", "suspend"), ("b", "suspend"), ("a", "resume"), ("a", "suspend")];
+    assert_eq!(kinds, expected[..kinds.len()]);
+    // The allowlist is printed, short, and says why.
+    assert!(!r.allowlist.is_empty() && r.allowlist.len() <= 4);
+    assert!(r.allowlist.iter().all(|a| !a.reason.is_empty()));
+    // The control pages are the only excused pages.
+    assert!(r.excused_pages.iter().all(|p| p.why.contains("control") || p.why.contains("swap") || p.why.contains("page table")));
+}
+
+#[test]
+fn one_cycle_swap_mode() {
+    if !kvm_or_skip("one_cycle_swap_mode") {
+        return;
+    }
+    let (out, _, r) = ping_pong("pp-1", &["--cycles", "1"], 0);
+    assert_clean(&r, 1);
+    assert!(out.contains("[b] kjump guest kernel b"), "B did not boot:\n{out}");
+}
+
+#[test]
+fn two_cycles_b_is_resumed_not_rebooted() {
+    if !kvm_or_skip("two_cycles_b_is_resumed_not_rebooted") {
+        return;
+    }
+    let (out, _, r) = ping_pong("pp-2", &["--cycles", "2"], 0);
+    assert_clean(&r, 2);
+    assert_eq!(out.matches("kjump guest kernel b").count(), 1, "B booted more than once:\n{out}");
+    assert!(out.contains("[b] b: resumed #1 (not rebooted)"), "{out}");
+    assert!(out.contains("[a] a: cycle 2: back from b, state intact"), "{out}");
+}
+
+#[test]
+fn backup_mode_runs_the_same_scenario() {
+    if !kvm_or_skip("backup_mode_runs_the_same_scenario") {
+        return;
+    }
+    let (out, _, r) = ping_pong("pp-backup", &["--cycles", "2", "--mode", "backup"], 0);
+    assert_clean(&r, 2);
+    assert!(out.contains("backup mode"), "{out}");
+    assert!(out.contains("[b] b: resumed #1 (not rebooted)"), "{out}");
+}
+
+#[test]
+fn full_compare_cross_checks_the_dirty_log() {
+    if !kvm_or_skip("full_compare_cross_checks_the_dirty_log") {
+        return;
+    }
+    let (_, _, r) = ping_pong("pp-full", &["--cycles", "2", "--compare", "full"], 0);
+    assert_clean(&r, 2);
+    assert_eq!(r.compare_mode, "full");
+}
+
+/// The address the memory faults damage: 0x123 bytes into A's (and B's)
+/// static pattern, whose symbol the report must name.
+fn pattern_target() -> u64 {
+    let s = kjump::symbols::Symbols::from_elf(kjump::DEFAULT_KERNEL).unwrap();
+    s.address_of_suffix("kexec::STATIC_PATTERN").unwrap() + 0x123
+}
+
+fn only_mismatch(r: &Report) -> &kjump::report::Mismatch {
+    assert_eq!(r.verdict, Verdict::Fail);
+    assert_eq!(r.exit_code, 1);
+    assert_eq!(r.mismatches.len(), 1, "{:#?}", r.mismatches);
+    &r.mismatches[0]
+}
+
+#[test]
+fn a_byte_flipped_in_a_while_b_runs_is_caught_with_address_and_symbol() {
+    if !kvm_or_skip("a_byte_flipped_in_a_while_b_runs_is_caught_with_address_and_symbol") {
+        return;
+    }
+    let (_, _, r) = ping_pong("pp-flip-a", &["--cycles", "3", "--inject", "flip-a@2"], 1);
+    let m = only_mismatch(&r);
+    let target = pattern_target();
+    assert_eq!(m.kind, MismatchKind::Memory);
+    assert_eq!((m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle), ("a", "resume", 2));
+    assert_eq!(m.address, Some(target & !0xfff));
+    assert_eq!(m.ranges.len(), 1);
+    assert_eq!((m.ranges[0].start, m.ranges[0].end), (target, target + 1));
+    let sym = m.symbol.as_deref().unwrap_or_default();
+    assert!(sym.contains("kexec::STATIC_PATTERN+0x123"), "{sym}");
+    assert!(m.hexdump.as_deref().unwrap_or_default().contains("^^"));
+}
+
+#[test]
+fn a_byte_flipped_in_b_while_a_runs_is_caught() {
+    if !kvm_or_skip("a_byte_flipped_in_b_while_a_runs_is_caught") {
+        return;
+    }
+    let (_, _, r) = ping_pong("pp-flip-b", &["--cycles", "3", "--inject", "flip-b@1"], 1);
+    let m = only_mismatch(&r);
+    let target = pattern_target();
+    assert_eq!(m.kind, MismatchKind::Memory);
+    assert_eq!(m.name.as_deref(), Some("page of kernel b"));
+    assert_eq!(m.address, Some(target & !0xfff));
+    assert_eq!((m.ranges[0].start, m.ranges[0].end), (target, target + 1));
+}
+
+#[test]
+fn a_saved_register_changed_in_the_control_page_is_caught() {
+    if !kvm_or_skip("a_saved_register_changed_in_the_control_page_is_caught") {
+        return;
+    }
+    let (_, _, r) = ping_pong("pp-saved-rbx", &["--cycles", "2", "--inject", "saved-rbx@1"], 1);
+    let m = only_mismatch(&r);
+    assert_eq!(m.kind, MismatchKind::Register);
+    assert_eq!(m.name.as_deref(), Some("rbx"));
+    assert_eq!((m.at.kernel.as_str(), m.at.direction.as_str()), ("a", "resume"));
+    let (e, a) = (u64::from_str_radix(m.expected.trim_start_matches("0x"), 16).unwrap(), u64::from_str_radix(m.actual.trim_start_matches("0x"), 16).unwrap());
+    assert_eq!(e ^ a, 1, "{} -> {}", m.expected, m.actual);
+}
+
+#[test]
+fn the_uart_changed_behind_a_is_caught() {
+    if !kvm_or_skip("the_uart_changed_behind_a_is_caught") {
+        return;
+    }
+    let (_, _, r) = ping_pong("pp-uart", &["--cycles", "2", "--inject", "uart-lcr@1"], 1);
+    let m = only_mismatch(&r);
+    assert_eq!(m.kind, MismatchKind::Device);
+    assert_eq!(m.name.as_deref(), Some("uart lcr"));
+    assert_eq!((m.expected.as_str(), m.actual.as_str()), ("0x3", "0x7"));
+}
+
+#[test]
+fn unknown_fault_is_refused() {
+    let (_, err) = assert_exit(&kjump(&["--scenario", "ping-pong", "--inject", "no-such-fault"]), 2);
+    assert!(err.contains("no-such-fault"), "{err}");
+}
