@@ -20,7 +20,10 @@ use vm_memory::{Bytes, GuestAddress};
 /// Whether gdb runs here. Without it the test skips, loudly; with
 /// `KJUMP_REQUIRE_KVM=1` (CI) a skip is a failure.
 fn gdb_or_skip(test: &str) -> bool {
-    let ok = Command::new("gdb").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("gdb")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         let msg = format!("SKIPPED {test}: gdb is not installed");
         if std::env::var("KJUMP_REQUIRE_KVM").as_deref() == Ok("1") {
@@ -39,8 +42,21 @@ fn state_at(rip: u64, rsp: u64) -> VcpuState {
     s.regs.rsp = rsp;
     s.regs.rbx = 0x1234_5678_9abc_def0;
     s.regs.rflags = 0x2;
-    let data = kvm_segment { selector: 0x10, type_: 3, present: 1, s: 1, g: 1, limit: 0xffff_ffff, ..Default::default() };
-    s.sregs.cs = kvm_segment { selector: 8, type_: 11, l: 1, ..data };
+    let data = kvm_segment {
+        selector: 0x10,
+        type_: 3,
+        present: 1,
+        s: 1,
+        g: 1,
+        limit: 0xffff_ffff,
+        ..Default::default()
+    };
+    s.sregs.cs = kvm_segment {
+        selector: 8,
+        type_: 11,
+        l: 1,
+        ..data
+    };
     (s.sregs.ds, s.sregs.es, s.sregs.ss) = (data, data, data);
     s.sregs.cr0 = 0x8000_0011;
     s.sregs.cr3 = 0x9000;
@@ -58,7 +74,9 @@ fn gdb_shows_registers_and_backtrace_of_a_dump() {
     let kernel = dir.join("kjump-guest");
     std::fs::write(&kernel, kjump::DEFAULT_KERNEL).unwrap();
     let syms = Symbols::from_elf(kjump::DEFAULT_KERNEL).unwrap();
-    let rip = syms.address_of("kjump_checkpoint").expect("the guest kernel has kjump_checkpoint");
+    let rip = syms
+        .address_of("kjump_checkpoint")
+        .expect("the guest kernel has kjump_checkpoint");
     let entry = object_entry();
     let caller = syms.lookup(entry).expect("the entry point has a symbol");
     let caller = caller.split([' ', '+']).next().unwrap().to_string();
@@ -76,7 +94,12 @@ fn gdb_shows_registers_and_backtrace_of_a_dump() {
     mem.write_obj(entry + 1, GuestAddress(rsp)).unwrap();
 
     let state = state_at(rip, rsp);
-    let id = CheckpointId { index: 0, cycle: 1, kernel: Kernel::A, direction: Direction::Suspend };
+    let id = CheckpointId {
+        index: 0,
+        cycle: 1,
+        kernel: Kernel::A,
+        direction: Direction::Suspend,
+    };
     let dump = dir.join("a.core");
     let input = DumpInput {
         state: &state,
@@ -94,23 +117,46 @@ fn gdb_shows_registers_and_backtrace_of_a_dump() {
     assert!(inspect.contains(&format!("rip {rip:#018x}")), "{inspect}");
 
     let out = Command::new("gdb")
-        .args(["-batch", "-nx", "-ex", "info registers rip", "-ex", "info registers rbx", "-ex", "bt 2"])
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "info registers rip",
+            "-ex",
+            "info registers rbx",
+            "-ex",
+            "bt 2",
+        ])
         .arg(&kernel)
         .arg(&dump)
         .output()
         .expect("gdb runs");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     let all = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(out.status.success(), "{all}");
-    let line = |start: &str| stdout.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no {start}: {all}"));
+    let line = |start: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start}: {all}"))
+    };
     let rip_line = line("rip");
-    assert!(rip_line.contains(&format!("{rip:#x}")) && rip_line.contains("<kjump_checkpoint>"), "{all}");
+    assert!(
+        rip_line.contains(&format!("{rip:#x}")) && rip_line.contains("<kjump_checkpoint>"),
+        "{all}"
+    );
     assert!(line("rbx").contains("0x123456789abcdef0"), "{all}");
     let frame0 = line("#0");
     assert!(frame0.contains("kjump_checkpoint"), "{all}");
     // The return address on the dump's stack, resolved in the kernel.
     let frame1 = line("#1");
-    assert!(frame1.contains(&format!("{:#x}", entry + 1)) && frame1.contains(&caller), "{all}");
+    assert!(
+        frame1.contains(&format!("{:#018x}", entry + 1)) && frame1.contains(&caller),
+        "{all}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -4,7 +4,8 @@
 //! it, [`serial`] and [`harness`] are its devices); [`scenario`] drives the
 //! kernels through their jumps; at each checkpoint [`snapshot`] captures the
 //! vCPU, [`pages`] tracks guest RAM, [`oracle`] compares, and [`report`]
-//! explains (with [`symbols`] from the kernel's ELF).
+//! explains (with [`symbols`] from the kernel's ELF); [`dump`] writes and
+//! reads the ELF core dumps that gdb opens and `kjump resume` restarts.
 
 pub mod boot;
 pub mod checkpoint;
