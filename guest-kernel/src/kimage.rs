@@ -153,7 +153,7 @@ impl Builder {
     /// Adds one page: `src` goes to `dest`. Emits a destination entry only
     /// when `dest` does not follow the previous page.
     pub fn add_page(&mut self, mem: &mut impl ListMemory, dest: u64, src: u64) -> Result<(), OutOfPages> {
-        debug_assert!(dest % PAGE_SIZE == 0 && src % PAGE_SIZE == 0);
+        debug_assert!(dest.is_multiple_of(PAGE_SIZE) && src.is_multiple_of(PAGE_SIZE));
         if self.next_dest != Some(dest) {
             self.add(mem, dest | IND_DESTINATION)?;
         }

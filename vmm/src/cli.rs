@@ -79,6 +79,23 @@ impl Cli {
 pub enum Command {
     /// Run a scenario (the default).
     Run(RunArgs),
+    /// Show a dump: checkpoint, registers, memory ranges, notes.
+    Inspect {
+        /// The dump (an ELF core written by kjump).
+        file: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What differs between two dumps: registers, then pages with byte
+    /// ranges, hexdump and guest symbol. Exit code 1 when they differ.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Kernel ELF for symbols (default: the embedded kjump guest).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
 }
 
 /// Options of a scenario run.

@@ -16,6 +16,35 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_level());
     match cli.into_command() {
+        Command::Inspect { file, json } => match kjump::dump::cmd_inspect(&file, json) {
+            Ok(text) => {
+                out(&text);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report_error(&e, None);
+                ExitCode::from(2)
+            }
+        },
+        Command::Diff { a, b, kernel } => {
+            let elf = match kernel.map(std::fs::read).transpose() {
+                Ok(k) => k.unwrap_or_else(|| kjump::DEFAULT_KERNEL.to_vec()),
+                Err(e) => {
+                    report_error(&e, None);
+                    return ExitCode::from(2);
+                }
+            };
+            match kjump::dump::cmd_diff(&a, &b, &elf) {
+                Ok((text, differs)) => {
+                    out(&text);
+                    ExitCode::from(u8::from(differs))
+                }
+                Err(e) => {
+                    report_error(&e, None);
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run(args) => {
             let opts = RunOptions {
                 handle_signals: true,
@@ -51,6 +80,11 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn out(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 fn init_logging(level: log::LevelFilter) {

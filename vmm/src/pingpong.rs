@@ -22,7 +22,8 @@ use vm_memory::{Bytes, GuestAddress};
 use vm_superio::serial::SerialState;
 
 use crate::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
-use crate::cli::{CompareMode, Inject, RunArgs};
+use crate::cli::{CompareMode, DumpPolicy, Inject, RunArgs};
+use crate::dump::{self, DumpError, DumpInput, RamSource};
 use crate::harness::HarnessEvent;
 use crate::kimage::Kimage;
 use crate::oracle::{self, Allowlist, View};
@@ -70,6 +71,8 @@ fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
 #[derive(Default)]
 struct KernelRecord {
     kimage: Option<Kimage>,
+    /// The kernel's last suspend checkpoint.
+    suspended_at: Option<CheckpointId>,
     regs: Option<VcpuState>,
     uart: Option<SerialState>,
     view: Option<View>,
@@ -198,6 +201,97 @@ impl Checker<'_> {
         log::warn!("injected: {note}");
         self.injected = Some(note);
         Ok(())
+    }
+}
+
+/// A kernel's memory as it left it: its view's pages from the page store;
+/// pages outside its view (its control pages, the pages parking the peer)
+/// are not the kernel's and are taken as found, so that a diff of the two
+/// dumps shows exactly what the oracle compared.
+struct ViewRam<'a> {
+    found: &'a crate::GuestMem,
+    view: &'a View,
+    store: &'a PageStore,
+}
+
+impl RamSource for ViewRam<'_> {
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.found.ram_ranges()
+    }
+
+    fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr + done as u64;
+            let page = at & !(PAGE_SIZE - 1);
+            let off = (at - page) as usize;
+            let n = (PAGE_SIZE as usize - off).min(buf.len() - done);
+            match self.view.get(page).and_then(|h| self.store.get(h)) {
+                Some(p) => buf[done..done + n].copy_from_slice(&p[off..off + n]),
+                None => self.found.read_ram(at, &mut buf[done..done + n])?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Checker<'_> {
+    fn dump_path(&self, id: &CheckpointId, what: &str) -> std::path::PathBuf {
+        let dir = self.args.dump_dir.as_deref().expect("dumps only with --dump-dir");
+        dir.join(format!(
+            "c{:05}-{:05}-{}-{}{what}.core",
+            id.cycle,
+            id.index,
+            id.kernel.name(),
+            id.direction.name()
+        ))
+    }
+
+    /// Where kernel `k` is re-entered: its control page's
+    /// `relocate_peer_returned` (what B is given as `kexec_jump_back_entry`).
+    fn jump_back_entry(&self, k: Kernel) -> u64 {
+        let (Some(ki), Some(sy)) = (&self.kernels[idx(k)].kimage, &self.symbols) else { return 0 };
+        match (sy.address_of_suffix("relocate_peer_returned"), sy.address_of_suffix("relocate_start")) {
+            (Some(r), Some(s)) if r >= s => ki.control + control::CODE + (r - s),
+            _ => 0,
+        }
+    }
+
+    fn write(&self, path: &std::path::Path, state: &VcpuState, id: &CheckpointId, mem: &dyn RamSource, size: u64) -> Result<(), RunError> {
+        let kernel_name = self.args.kernel.as_ref().map_or("built-in".into(), |p| p.display().to_string());
+        let input = DumpInput {
+            state,
+            id,
+            jump_back_entry: self.jump_back_entry(id.kernel),
+            resumable: true,
+            memory: mem,
+            kernel_name: &kernel_name,
+            mem_size: size,
+            kjump_version: env!("CARGO_PKG_VERSION"),
+        };
+        dump::write_dump(path, &input)?;
+        log::info!("dump written: {}", path.display());
+        Ok(())
+    }
+
+    /// `--dump every-jump`: the VM as it is at this checkpoint.
+    fn dump_now(&self, vm: &Vm, id: &CheckpointId, state: &VcpuState) -> Result<(), RunError> {
+        self.write(&self.dump_path(id, ""), state, id, vm.memory(), vm.mem_size())
+    }
+
+    /// `--dump on-mismatch`: the kernel when it jumped away (its registers
+    /// and view) and as it is now.
+    fn dump_mismatch(&self, vm: &Vm, id: &CheckpointId, state: &VcpuState) -> Result<(), RunError> {
+        // The kernel whose state differs: the resuming one, or else the
+        // one that is away.
+        let k = if id.direction == Direction::Resume { id.kernel } else { id.kernel.peer() };
+        let r = &self.kernels[idx(k)];
+        if let (Some(old), Some(view), Some(at)) = (&r.regs, &r.view, &r.suspended_at) {
+            let ram = ViewRam { found: vm.memory(), view, store: &self.store };
+            self.write(&self.dump_path(at, "-left"), old, at, &ram, vm.mem_size())?;
+        }
+        self.write(&self.dump_path(id, "-found"), state, id, vm.memory(), vm.mem_size())
     }
 }
 
@@ -355,7 +449,8 @@ fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &Checkp
             let pages = ck.view_pages(k, &shadow)?;
             let view = oracle::record_view(k.name(), &shadow, pages)?;
             let r = ck.rec(k);
-            r.regs = Some(state);
+            r.suspended_at = Some(*id);
+            r.regs = Some(state.clone());
             r.uart = Some(uart);
             r.view = Some(view);
             let mut ex = Vec::new();
@@ -394,6 +489,14 @@ fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &Checkp
     // Host-side faults land after the state they damage was recorded.
     if !matches!(ck.fault, Some(HostFault::UartLcr) | None) {
         ck.inject(vm, id)?;
+    }
+
+    if ck.args.dump_dir.is_some() {
+        match ck.args.dump {
+            DumpPolicy::EveryJump => ck.dump_now(vm, id, &state)?,
+            DumpPolicy::OnMismatch if !out.is_empty() => ck.dump_mismatch(vm, id, &state)?,
+            _ => {}
+        }
     }
 
     // Keep the page store bounded: only what the shadow and views use.

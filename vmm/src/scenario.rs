@@ -175,6 +175,15 @@ pub enum RunError {
     Kimage(#[from] crate::kimage::KimageError),
     #[error("oracle")]
     Oracle(#[from] crate::oracle::OracleError),
+    #[error(transparent)]
+    Dump(#[from] crate::dump::DumpError),
+    /// `--dump-dir` cannot be created or written.
+    #[error("cannot use the dump directory {}", .path.display())]
+    DumpDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl RunError {
@@ -251,6 +260,16 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
 }
 
 /// Runs the scenario `args` names, console on stdout, without signal handling.
+/// Creates the dump directory and proves it writable before the run, so a
+/// bad `--dump-dir` is refused up front, not at the first mismatch.
+fn check_dump_dir(dir: &std::path::Path) -> Result<(), RunError> {
+    let err = |source| RunError::DumpDir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".kjump-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)
+}
+
 pub fn run_scenario(args: &RunArgs) -> Result<Outcome, RunError> {
     run_scenario_with(args, &RunOptions::default())
 }
@@ -262,6 +281,9 @@ pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, R
     }
     if let Some(inject) = &args.inject {
         crate::pingpong::check_fault(inject)?;
+    }
+    if let Some(dir) = &args.dump_dir {
+        check_dump_dir(dir)?;
     }
     let cfg = vm_config(args, opts)?;
     let wd = WatchdogConfig {
