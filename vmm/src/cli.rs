@@ -121,8 +121,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
 
-    /// Wall-clock limit of the whole run, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300,
+    /// Watchdog: the guest is declared hung after this many seconds without a checkpoint or harness message.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
     pub timeout: u64,
 
@@ -270,7 +270,34 @@ mod tests {
     fn run(args: &[&str]) -> RunArgs {
         match parse(args).unwrap().into_command() {
             Command::Run(r) => r,
+            other => panic!("not a run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn dump_subcommands() {
+        match parse(&["inspect", "d.core", "--json"])
+            .unwrap()
+            .into_command()
+        {
+            Command::Inspect { file, json } => {
+                assert_eq!((file, json), (PathBuf::from("d.core"), true))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["diff", "a.core", "b.core", "--kernel", "k"])
+            .unwrap()
+            .into_command()
+        {
+            Command::Diff { a, b, kernel } => {
+                assert_eq!(
+                    (a, b, kernel),
+                    ("a.core".into(), "b.core".into(), Some("k".into()))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["diff", "a.core"]).is_err());
     }
 
     #[test]
@@ -279,7 +306,7 @@ mod tests {
         assert_eq!(r.scenario, Scenario::Boot);
         assert_eq!(
             (r.cycles, r.mem, r.timeout, r.peer_mem),
-            (10, 256 << 20, 300, 8 << 20)
+            (10, 256 << 20, 60, 8 << 20)
         );
         assert_eq!(
             (r.dump, r.compare, r.mode),

@@ -473,11 +473,19 @@ impl Vm {
                 ExitAction::Continue => {}
                 ExitAction::Checkpoint { answer } => {
                     self.complete_io()?;
+                    self.stop.pet();
                     return Ok(VmEvent::Checkpoint { answer });
                 }
                 ExitAction::HarnessMessage { addr } => {
                     return match self.harness.decode(&self.mem, addr) {
-                        Ok(event) => Ok(VmEvent::Message(event)),
+                        Ok(event) => {
+                            // Log lines alone are no progress (a guest
+                            // that only talks is hung).
+                            if !matches!(event, HarnessEvent::Log { .. }) {
+                                self.stop.pet();
+                            }
+                            Ok(VmEvent::Message(event))
+                        }
                         Err(e) => Err(self.guest_error(GuestFault::Protocol(e))),
                     };
                 }

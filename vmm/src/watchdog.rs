@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,6 +51,9 @@ pub struct StopFlag(Arc<StopInner>);
 struct StopInner {
     raised: AtomicBool,
     reason: Mutex<Option<StopReason>>,
+    /// Counts the guest's progress (checkpoints and harness messages); the
+    /// watchdog fires only when it stood still for a whole timeout.
+    progress: AtomicU64,
 }
 
 impl StopFlag {
@@ -65,6 +68,15 @@ impl StopFlag {
             *r = Some(reason);
         }
         self.0.raised.store(true, Ordering::SeqCst);
+    }
+
+    /// The guest made progress: the watchdog starts counting again.
+    pub fn pet(&self) {
+        self.0.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn progress(&self) -> u64 {
+        self.0.progress.load(Ordering::Relaxed)
     }
 
     /// Why the run must stop, if it must.
@@ -375,6 +387,7 @@ where
         .map_err(setup("start the vCPU thread"))?;
 
     let mut stopping: Option<(StopReason, Instant)> = None;
+    let mut progress_seen = stop.progress();
     loop {
         em.run().map_err(WatchdogError::EventLoop)?;
         let pending: Vec<Wake> = wakes.borrow_mut().drain(..).collect();
@@ -385,6 +398,16 @@ where
                     return handle
                         .join()
                         .map_err(|p| WatchdogError::Panicked(panic_text(&*p)));
+                }
+                (Wake::Timer, None) if stop.progress() != progress_seen => {
+                    // Still making progress: a hang is a whole timeout
+                    // without any.
+                    progress_seen = stop.progress();
+                    timer
+                        .borrow_mut()
+                        .reset(cfg.timeout, None)
+                        .map_err(setup("re-arm the timerfd"))?;
+                    continue;
                 }
                 (Wake::Timer, None) => StopReason::Timeout(cfg.timeout),
                 (Wake::Signal(s), None) => StopReason::Signal(s),
