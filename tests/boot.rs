@@ -14,9 +14,15 @@ fn boot_scenario_passes() {
     // The guest printed its memory map and the initramfs listing, prefixed
     // with its name, and found kernel B's image.
     assert!(out.contains("[a] "), "no guest console lines:\n{out}");
-    assert!(out.contains("kjump/kernel-b"), "no initramfs listing:\n{out}");
+    assert!(
+        out.contains("kjump/kernel-b"),
+        "no initramfs listing:\n{out}"
+    );
     assert!(out.to_lowercase().contains("e820"), "no memory map:\n{out}");
-    assert!(err.contains("boot: pass") || out.contains("boot: pass"), "no summary:\n{out}\n{err}");
+    assert!(
+        err.contains("boot: pass") || out.contains("boot: pass"),
+        "no summary:\n{out}\n{err}"
+    );
 }
 
 #[test]
@@ -25,7 +31,10 @@ fn boot_with_large_memory_leaves_the_32bit_hole() {
         return;
     }
     let (out, _) = assert_exit(&kjump(&["--scenario", "boot", "--mem", "4G"]), 0);
-    assert!(out.contains("0x100000000"), "no RAM above 4 GiB in the guest's map:\n{out}");
+    assert!(
+        out.contains("0x100000000"),
+        "no RAM above 4 GiB in the guest's map:\n{out}"
+    );
 }
 
 #[test]
@@ -33,8 +42,14 @@ fn guest_panic_is_reported_with_exit_2() {
     if !kvm_or_skip("guest_panic_is_reported_with_exit_2") {
         return;
     }
-    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=panic"]), 2);
-    assert!(err.contains("panicked") && err.contains("injected panic"), "{err}");
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--append", "kjump.fault=panic"]),
+        2,
+    );
+    assert!(
+        err.contains("panicked") && err.contains("injected panic"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -42,7 +57,10 @@ fn guest_exception_names_vector_and_rip() {
     if !kvm_or_skip("guest_exception_names_vector_and_rip") {
         return;
     }
-    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=ud2"]), 2);
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--append", "kjump.fault=ud2"]),
+        2,
+    );
     assert!(err.contains("#UD"), "{err}");
     assert!(err.contains("rip=0x"), "{err}");
 }
@@ -52,7 +70,10 @@ fn guest_page_fault_names_cr2() {
     if !kvm_or_skip("guest_page_fault_names_cr2") {
         return;
     }
-    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=pf"]), 2);
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--append", "kjump.fault=pf"]),
+        2,
+    );
     assert!(err.contains("#PF") && err.contains("cr2="), "{err}");
 }
 
@@ -61,7 +82,10 @@ fn guest_triple_fault_is_an_error() {
     if !kvm_or_skip("guest_triple_fault_is_an_error") {
         return;
     }
-    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=triple"]), 2);
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--append", "kjump.fault=triple"]),
+        2,
+    );
     assert!(err.contains("triple fault"), "{err}");
 }
 
@@ -71,10 +95,23 @@ fn hung_guest_is_stopped_by_the_watchdog() {
         return;
     }
     let t = std::time::Instant::now();
-    let (_, err) =
-        assert_exit(&kjump(&["--scenario", "boot", "--timeout", "2", "--append", "kjump.fault=hang"]), 2);
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "boot",
+            "--timeout",
+            "2",
+            "--append",
+            "kjump.fault=hang",
+        ]),
+        2,
+    );
     assert!(err.contains("watchdog") && err.contains("rip=0x"), "{err}");
-    assert!(t.elapsed().as_secs() < 60, "the watchdog took {:?}", t.elapsed());
+    assert!(
+        t.elapsed().as_secs() < 60,
+        "the watchdog took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -82,7 +119,10 @@ fn wild_guest_pointer_is_a_protocol_error() {
     if !kvm_or_skip("wild_guest_pointer_is_a_protocol_error") {
         return;
     }
-    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--append", "kjump.fault=wild-pointer"]), 2);
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--append", "kjump.fault=wild-pointer"]),
+        2,
+    );
     assert!(err.contains("outside guest RAM"), "{err}");
 }
 
@@ -91,8 +131,15 @@ fn kernel_that_is_not_an_elf_is_refused() {
     let d = scratch("not-elf");
     let k = d.join("kernel");
     std::fs::write(&k, b"this is not a kernel").unwrap();
-    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--kernel", k.to_str().unwrap()]), 2);
-    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{err}");
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--kernel", k.to_str().unwrap()]),
+        2,
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
     assert!(err.to_lowercase().contains("elf"), "{err}");
 }
 
@@ -108,7 +155,10 @@ fn truncated_initramfs_is_refused_by_the_guest() {
     let o = kjump(&["--scenario", "boot", "--initramfs", p.to_str().unwrap()]);
     let (out, err) = common::text(&o);
     assert_ne!(o.status.code(), Some(0), "{out}\n{err}");
-    assert!(err.contains("truncated") || out.contains("truncated"), "{out}\n{err}");
+    assert!(
+        err.contains("truncated") || out.contains("truncated"),
+        "{out}\n{err}"
+    );
 }
 
 #[test]

@@ -10,11 +10,20 @@ use kjump::report::{MismatchKind, Report, Verdict};
 fn ping_pong(name: &str, extra: &[&str], code: i32) -> (String, String, Report) {
     let dir = scratch(name);
     let report = dir.join("report.json");
-    let mut args = vec!["--scenario", "ping-pong", "--report", report.to_str().unwrap()];
+    let mut args = vec![
+        "--scenario",
+        "ping-pong",
+        "--report",
+        report.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let (out, err) = assert_exit(&kjump(&args), code);
     let json = std::fs::read_to_string(&report).expect("the report was written");
-    (out, err, Report::from_json(&json).expect("the report parses"))
+    (
+        out,
+        err,
+        Report::from_json(&json).expect("the report parses"),
+    )
 }
 
 /// Checkpoints of `n` cycles: A.s, B.s, A.r, then A.s, B.r, B.s, A.r per cycle.
@@ -31,15 +40,26 @@ fn assert_clean(r: &Report, cycles: u64) {
     // Every checkpoint compared pages, and the resumes compared registers
     // (a resume of a kernel compares its whole view).
     assert!(r.checkpoints.iter().skip(1).all(|c| c.pages_compared > 0));
-    let kinds: Vec<(&str, &str)> =
-        r.checkpoints.iter().take(4).map(|c| (c.kernel.as_str(), c.direction.as_str())).collect();
-    let expected = [("a", "suspend"), ("b", "suspend"), ("a", "resume"), ("a", "suspend")];
+    let kinds: Vec<(&str, &str)> = r
+        .checkpoints
+        .iter()
+        .take(4)
+        .map(|c| (c.kernel.as_str(), c.direction.as_str()))
+        .collect();
+    let expected = [
+        ("a", "suspend"),
+        ("b", "suspend"),
+        ("a", "resume"),
+        ("a", "suspend"),
+    ];
     assert_eq!(kinds, expected[..kinds.len()]);
     // The allowlist is printed, short, and says why.
     assert!(!r.allowlist.is_empty() && r.allowlist.len() <= 4);
     assert!(r.allowlist.iter().all(|a| !a.reason.is_empty()));
     // The control pages are the only excused pages.
-    assert!(r.excused_pages.iter().all(|p| p.why.contains("control") || p.why.contains("swap") || p.why.contains("page table")));
+    assert!(r.excused_pages.iter().all(|p| p.why.contains("control")
+        || p.why.contains("swap")
+        || p.why.contains("page table")));
 }
 
 #[test]
@@ -49,7 +69,10 @@ fn one_cycle_swap_mode() {
     }
     let (out, _, r) = ping_pong("pp-1", &["--cycles", "1"], 0);
     assert_clean(&r, 1);
-    assert!(out.contains("[b] kjump guest kernel b"), "B did not boot:\n{out}");
+    assert!(
+        out.contains("[b] kjump guest kernel b"),
+        "B did not boot:\n{out}"
+    );
 }
 
 #[test]
@@ -59,9 +82,16 @@ fn two_cycles_b_is_resumed_not_rebooted() {
     }
     let (out, _, r) = ping_pong("pp-2", &["--cycles", "2"], 0);
     assert_clean(&r, 2);
-    assert_eq!(out.matches("kjump guest kernel b").count(), 1, "B booted more than once:\n{out}");
+    assert_eq!(
+        out.matches("kjump guest kernel b").count(),
+        1,
+        "B booted more than once:\n{out}"
+    );
     assert!(out.contains("[b] b: resumed #1 (not rebooted)"), "{out}");
-    assert!(out.contains("[a] a: cycle 2: back from b, state intact"), "{out}");
+    assert!(
+        out.contains("[a] a: cycle 2: back from b, state intact"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -108,7 +138,10 @@ fn a_byte_flipped_in_a_while_b_runs_is_caught_with_address_and_symbol() {
     let m = only_mismatch(&r);
     let target = pattern_target();
     assert_eq!(m.kind, MismatchKind::Memory);
-    assert_eq!((m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle), ("a", "resume", 2));
+    assert_eq!(
+        (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+        ("a", "resume", 2)
+    );
     assert_eq!(m.address, Some(target & !0xfff));
     assert_eq!(m.ranges.len(), 1);
     assert_eq!((m.ranges[0].start, m.ranges[0].end), (target, target + 1));
@@ -136,12 +169,22 @@ fn a_saved_register_changed_in_the_control_page_is_caught() {
     if !kvm_or_skip("a_saved_register_changed_in_the_control_page_is_caught") {
         return;
     }
-    let (_, _, r) = ping_pong("pp-saved-rbx", &["--cycles", "2", "--inject", "saved-rbx@1"], 1);
+    let (_, _, r) = ping_pong(
+        "pp-saved-rbx",
+        &["--cycles", "2", "--inject", "saved-rbx@1"],
+        1,
+    );
     let m = only_mismatch(&r);
     assert_eq!(m.kind, MismatchKind::Register);
     assert_eq!(m.name.as_deref(), Some("rbx"));
-    assert_eq!((m.at.kernel.as_str(), m.at.direction.as_str()), ("a", "resume"));
-    let (e, a) = (u64::from_str_radix(m.expected.trim_start_matches("0x"), 16).unwrap(), u64::from_str_radix(m.actual.trim_start_matches("0x"), 16).unwrap());
+    assert_eq!(
+        (m.at.kernel.as_str(), m.at.direction.as_str()),
+        ("a", "resume")
+    );
+    let (e, a) = (
+        u64::from_str_radix(m.expected.trim_start_matches("0x"), 16).unwrap(),
+        u64::from_str_radix(m.actual.trim_start_matches("0x"), 16).unwrap(),
+    );
     assert_eq!(e ^ a, 1, "{} -> {}", m.expected, m.actual);
 }
 
@@ -159,6 +202,9 @@ fn the_uart_changed_behind_a_is_caught() {
 
 #[test]
 fn unknown_fault_is_refused() {
-    let (_, err) = assert_exit(&kjump(&["--scenario", "ping-pong", "--inject", "no-such-fault"]), 2);
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "ping-pong", "--inject", "no-such-fault"]),
+        2,
+    );
     assert!(err.contains("no-such-fault"), "{err}");
 }

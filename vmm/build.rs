@@ -21,16 +21,34 @@ fn main() {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
 
     println!("cargo:rerun-if-changed={}", guest_dir.join("src").display());
-    println!("cargo:rerun-if-changed={}", shared_dir.join("src").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.lock").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("build.rs").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("linker.ld").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        shared_dir.join("src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("Cargo.lock").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("build.rs").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("linker.ld").display()
+    );
     println!("cargo:rerun-if-env-changed=KJUMP_GUEST_KERNEL_PREBUILT");
 
     // A prebuilt kernel (for packagers); otherwise build it.
     if let Some(p) = env::var_os("KJUMP_GUEST_KERNEL_PREBUILT") {
-        println!("cargo:rustc-env=KJUMP_GUEST_KERNEL={}", Path::new(&p).display());
+        println!(
+            "cargo:rustc-env=KJUMP_GUEST_KERNEL={}",
+            Path::new(&p).display()
+        );
         return;
     }
 
@@ -66,16 +84,25 @@ fn main() {
     }
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy();
-        if k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") {
+        if k.starts_with("CARGO_PROFILE_")
+            || k.starts_with("CARGO_CFG_")
+            || k.starts_with("CARGO_FEATURE_")
+        {
             cmd.env_remove(&*k);
         }
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the guest kernel: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the guest kernel: {e}"));
     if !status.success() {
         panic!("building the guest kernel for {TARGET} failed (see the errors above)");
     }
     let kernel = target_dir.join(TARGET).join("guest").join("kjump-guest");
-    assert!(kernel.exists(), "guest kernel not found at {}", kernel.display());
+    assert!(
+        kernel.exists(),
+        "guest kernel not found at {}",
+        kernel.display()
+    );
     println!("cargo:rustc-env=KJUMP_GUEST_KERNEL={}", kernel.display());
 }
 
@@ -97,7 +124,9 @@ fn ensure_target(rustc: &std::ffi::OsStr) {
     if let Ok(tc) = env::var("RUSTUP_TOOLCHAIN") {
         cmd.args(["--toolchain", &tc]);
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed for the guest kernel)");
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (needed for the guest kernel)"
+    );
     match cmd.status() {
         Ok(s) if s.success() => {}
         _ => panic!(

@@ -39,7 +39,10 @@ impl Archive {
         if name.is_empty() || name.starts_with('/') || name.contains('\0') {
             return Err(ArchiveError::BadName(name.to_owned()));
         }
-        let too_large = |len| ArchiveError::TooLarge { name: name.to_owned(), len };
+        let too_large = |len| ArchiveError::TooLarge {
+            name: name.to_owned(),
+            len,
+        };
         let filesize = u32::try_from(data.len()).map_err(|_| too_large(data.len()))?;
         let namesize = u32::try_from(name.len() + 1).map_err(|_| too_large(name.len()))?;
         self.ino += 1;
@@ -86,7 +89,9 @@ impl Archive {
 /// settings.
 pub fn scenario_initramfs(kernel_b: &[u8], config: &str) -> Result<Vec<u8>, ArchiveError> {
     let mut a = Archive::new();
-    a.dir("kjump")?.file(KERNEL_B_PATH, kernel_b)?.file(CONFIG_PATH, config.as_bytes())?;
+    a.dir("kjump")?
+        .file(KERNEL_B_PATH, kernel_b)?
+        .file(CONFIG_PATH, config.as_bytes())?;
     Ok(a.finish())
 }
 
@@ -104,8 +109,14 @@ mod tests {
         let names: Vec<_> = entries.iter().map(|e| e.name).collect();
         assert_eq!(names, ["kjump", KERNEL_B_PATH, CONFIG_PATH]);
         assert!(!entries[0].is_file());
-        assert_eq!(Reader::find(&a, KERNEL_B_PATH).unwrap().unwrap().data, &kernel[..]);
-        assert_eq!(Reader::find(&a, CONFIG_PATH).unwrap().unwrap().data, b"cycles=3\n");
+        assert_eq!(
+            Reader::find(&a, KERNEL_B_PATH).unwrap().unwrap().data,
+            &kernel[..]
+        );
+        assert_eq!(
+            Reader::find(&a, CONFIG_PATH).unwrap().unwrap().data,
+            b"cycles=3\n"
+        );
     }
 
     #[test]
@@ -125,14 +136,21 @@ mod tests {
         let a = scenario_initramfs(b"\x7fELF0123456789", "k=v").unwrap();
         for cut in 0..a.len() {
             let r: Result<Vec<_>, _> = Reader::new(&a[..cut]).collect();
-            assert!(r.is_err(), "archive cut at {cut} of {} was accepted", a.len());
+            assert!(
+                r.is_err(),
+                "archive cut at {cut} of {} was accepted",
+                a.len()
+            );
         }
     }
 
     #[test]
     fn bad_names_are_refused() {
         let mut a = Archive::new();
-        assert_eq!(a.file("", b"").unwrap_err(), ArchiveError::BadName(String::new()));
+        assert_eq!(
+            a.file("", b"").unwrap_err(),
+            ArchiveError::BadName(String::new())
+        );
         assert!(a.file("/abs", b"").is_err());
         assert!(a.file("a\0b", b"").is_err());
     }

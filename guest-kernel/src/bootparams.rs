@@ -67,7 +67,8 @@ impl ZeroPage<'_> {
         })
     }
     pub fn cmd_line_ptr(&self) -> u64 {
-        u64::from(u32_at(self.0, CMD_LINE_PTR)) | (u64::from(u32_at(self.0, EXT_CMD_LINE_PTR)) << 32)
+        u64::from(u32_at(self.0, CMD_LINE_PTR))
+            | (u64::from(u32_at(self.0, EXT_CMD_LINE_PTR)) << 32)
     }
     pub fn cmdline_size(&self) -> u32 {
         u32_at(self.0, CMDLINE_SIZE)
@@ -119,8 +120,16 @@ mod tests {
     fn zero_page_round_trips() {
         let mut zp = [0u8; SIZE];
         let e = [
-            E820Entry { addr: 0x10_0000, size: 0x80_0000, kind: E820_RAM },
-            E820Entry { addr: 0x1_0000_0000, size: 0x1000, kind: E820_RESERVED },
+            E820Entry {
+                addr: 0x10_0000,
+                size: 0x80_0000,
+                kind: E820_RAM,
+            },
+            E820Entry {
+                addr: 0x1_0000_0000,
+                size: 0x1000,
+                kind: E820_RESERVED,
+            },
         ];
         write_zero_page(&mut zp, &e, 0x1_2345_6000, 77).unwrap();
         let v = ZeroPage(&zp);

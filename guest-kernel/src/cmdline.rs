@@ -75,7 +75,10 @@ mod tests {
         let c = "kjump.role=a  kjump.cycles=100 quiet kjump.role=b kexec_jump_back_entry=0x1f000";
         assert_eq!(get(c, "kjump.role"), Some("b"));
         assert_eq!(get(c, "kjump.cycles").and_then(parse_u64), Some(100));
-        assert_eq!(get(c, "kexec_jump_back_entry").and_then(parse_u64), Some(0x1f000));
+        assert_eq!(
+            get(c, "kexec_jump_back_entry").and_then(parse_u64),
+            Some(0x1f000)
+        );
         assert_eq!(get(c, "kjump"), None);
         assert!(has(c, "quiet"));
         assert!(has(c, "kjump.cycles"));

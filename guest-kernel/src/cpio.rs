@@ -67,14 +67,20 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, off: 0, done: false }
+        Self {
+            buf,
+            off: 0,
+            done: false,
+        }
     }
 
     fn field(&self, hdr: &[u8], i: usize) -> Result<u32, CpioError> {
         let s = &hdr[6 + 8 * i..14 + 8 * i];
         let mut v = 0u32;
         for &c in s {
-            let d = (c as char).to_digit(16).ok_or(CpioError::BadField(self.off))?;
+            let d = (c as char)
+                .to_digit(16)
+                .ok_or(CpioError::BadField(self.off))?;
             v = (v << 4) | d;
         }
         Ok(v)
@@ -115,7 +121,11 @@ impl<'a> Reader<'a> {
         if name == TRAILER {
             return Ok(None);
         }
-        Ok(Some(Entry { name, mode, data: &rest[data_start..data_end] }))
+        Ok(Some(Entry {
+            name,
+            mode,
+            data: &rest[data_start..data_end],
+        }))
     }
 
     /// Finds the regular file called `name`.
@@ -200,13 +210,19 @@ mod tests {
 
     #[test]
     fn reads_entries_in_order() {
-        let a = archive(&[("boot", MODE_DIR | 0o755, b""), ("boot/b.elf", MODE_REG | 0o644, b"\x7fELFxyz")]);
+        let a = archive(&[
+            ("boot", MODE_DIR | 0o755, b""),
+            ("boot/b.elf", MODE_REG | 0o644, b"\x7fELFxyz"),
+        ]);
         let e: Vec<_> = Reader::new(&a).collect::<Result<_, _>>().unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].name, "boot/b.elf");
         assert_eq!(e[1].data, b"\x7fELFxyz");
         assert!(e[1].is_file() && !e[0].is_file());
-        assert_eq!(Reader::find(&a, "boot/b.elf").unwrap().unwrap().data.len(), 7);
+        assert_eq!(
+            Reader::find(&a, "boot/b.elf").unwrap().unwrap().data.len(),
+            7
+        );
         assert_eq!(Reader::find(&a, "boot").unwrap(), None);
     }
 

@@ -50,7 +50,10 @@ impl core::fmt::Display for WalkError {
             Self::Unreadable(a) => write!(f, "indirection entry at {a:#x} is outside guest RAM"),
             Self::TooLong(n) => write!(f, "indirection list longer than {n} entries (a loop?)"),
             Self::BadEntry { at, entry } => {
-                write!(f, "indirection entry {entry:#x} at {at:#x} has no single valid flag")
+                write!(
+                    f,
+                    "indirection entry {entry:#x} at {at:#x} has no single valid flag"
+                )
             }
             Self::NoDestination { at } => {
                 write!(f, "source entry at {at:#x} comes before any destination")
@@ -129,7 +132,12 @@ impl Default for Builder {
 
 impl Builder {
     pub const fn new() -> Self {
-        Self { head: 0, slot: None, next_dest: None, pages: 0 }
+        Self {
+            head: 0,
+            slot: None,
+            next_dest: None,
+            pages: 0,
+        }
     }
 
     fn add(&mut self, mem: &mut impl ListMemory, entry: u64) -> Result<(), OutOfPages> {
@@ -152,7 +160,12 @@ impl Builder {
 
     /// Adds one page: `src` goes to `dest`. Emits a destination entry only
     /// when `dest` does not follow the previous page.
-    pub fn add_page(&mut self, mem: &mut impl ListMemory, dest: u64, src: u64) -> Result<(), OutOfPages> {
+    pub fn add_page(
+        &mut self,
+        mem: &mut impl ListMemory,
+        dest: u64,
+        src: u64,
+    ) -> Result<(), OutOfPages> {
         debug_assert!(dest.is_multiple_of(PAGE_SIZE) && src.is_multiple_of(PAGE_SIZE));
         if self.next_dest != Some(dest) {
             self.add(mem, dest | IND_DESTINATION)?;
@@ -192,7 +205,11 @@ mod tests {
     }
 
     fn build(pairs: &[Pair], pages: usize) -> (Mem, Result<(u64, usize), OutOfPages>) {
-        let mut m = Mem { next_page: 0x100_0000, pages_left: pages, ..Default::default() };
+        let mut m = Mem {
+            next_page: 0x100_0000,
+            pages_left: pages,
+            ..Default::default()
+        };
         let mut b = Builder::new();
         for p in pairs {
             if let Err(e) = b.add_page(&mut m, p.dest, p.src) {
@@ -213,9 +230,15 @@ mod tests {
     fn round_trips_a_list_over_several_indirection_pages() {
         // 3000 pages in two runs: needs ceil((3000 + 2 + 1) / 511) = 6 pages.
         let mut pairs: Vec<Pair> = (0..2000)
-            .map(|i| Pair { dest: 0x10_0000 + i * PAGE_SIZE, src: 0x4000_0000 + i * PAGE_SIZE })
+            .map(|i| Pair {
+                dest: 0x10_0000 + i * PAGE_SIZE,
+                src: 0x4000_0000 + i * PAGE_SIZE,
+            })
             .collect();
-        pairs.extend((0..1000).map(|i| Pair { dest: 0x800_0000 + i * PAGE_SIZE, src: 0x5000_0000 + i * PAGE_SIZE }));
+        pairs.extend((0..1000).map(|i| Pair {
+            dest: 0x800_0000 + i * PAGE_SIZE,
+            src: 0x5000_0000 + i * PAGE_SIZE,
+        }));
         let (m, r) = build(&pairs, 100);
         let (head, npages) = r.unwrap();
         assert_eq!(head & FLAGS, IND_INDIRECTION);
@@ -226,18 +249,24 @@ mod tests {
     #[test]
     fn destination_only_when_not_contiguous() {
         let pairs = [
-            Pair { dest: 0x1000, src: 0x9000 },
-            Pair { dest: 0x2000, src: 0x7000 },
-            Pair { dest: 0x5000, src: 0x8000 },
+            Pair {
+                dest: 0x1000,
+                src: 0x9000,
+            },
+            Pair {
+                dest: 0x2000,
+                src: 0x7000,
+            },
+            Pair {
+                dest: 0x5000,
+                src: 0x8000,
+            },
         ];
         let (m, r) = build(&pairs, 1);
         let (head, _) = r.unwrap();
         let first = head & !FLAGS;
         let entries: Vec<u64> = (0..6).map(|i| m.words[&(first + 8 * i)]).collect();
-        assert_eq!(
-            entries,
-            [0x1001, 0x9008, 0x7008, 0x5001, 0x8008, IND_DONE]
-        );
+        assert_eq!(entries, [0x1001, 0x9008, 0x7008, 0x5001, 0x8008, IND_DONE]);
         assert_eq!(walk_all(&m, head).unwrap(), pairs);
     }
 
@@ -250,7 +279,12 @@ mod tests {
 
     #[test]
     fn out_of_pages_is_reported() {
-        let pairs: Vec<Pair> = (0..600).map(|i| Pair { dest: i * PAGE_SIZE, src: (1 << 30) + i * PAGE_SIZE }).collect();
+        let pairs: Vec<Pair> = (0..600)
+            .map(|i| Pair {
+                dest: i * PAGE_SIZE,
+                src: (1 << 30) + i * PAGE_SIZE,
+            })
+            .collect();
         assert_eq!(build(&pairs, 1).1, Err(OutOfPages));
     }
 
@@ -262,18 +296,33 @@ mod tests {
         m.words.insert(0x1008, 0x1002);
         assert_eq!(walk_all(&m, 0x1002), Err(WalkError::TooLong(1 << 20)));
         // A pointer outside RAM.
-        assert_eq!(walk_all(&m, 0xdead_0002), Err(WalkError::Unreadable(0xdead_0000)));
+        assert_eq!(
+            walk_all(&m, 0xdead_0002),
+            Err(WalkError::Unreadable(0xdead_0000))
+        );
         // A source before any destination, and an entry with two flags.
         m.words.insert(0x3000, 0x4008);
-        assert_eq!(walk_all(&m, 0x3002), Err(WalkError::NoDestination { at: 0x3000 }));
+        assert_eq!(
+            walk_all(&m, 0x3002),
+            Err(WalkError::NoDestination { at: 0x3000 })
+        );
         m.words.insert(0x6000, 0x4009);
-        assert!(matches!(walk_all(&m, 0x6002), Err(WalkError::BadEntry { at: 0x6000, .. })));
+        assert!(matches!(
+            walk_all(&m, 0x6002),
+            Err(WalkError::BadEntry { at: 0x6000, .. })
+        ));
         // A destination that would wrap the address space.
         m.words.insert(0x7000, u64::MAX & !0xfff | IND_DESTINATION);
         m.words.insert(0x7008, 0x4008);
         m.words.insert(0x7010, 0x5008);
-        assert_eq!(walk_all(&m, 0x7002), Err(WalkError::Overflow { at: 0x7008 }));
+        assert_eq!(
+            walk_all(&m, 0x7002),
+            Err(WalkError::Overflow { at: 0x7008 })
+        );
         // The head must be an indirection (or done) entry.
-        assert!(matches!(walk_all(&m, 0x4008), Err(WalkError::NoDestination { .. })));
+        assert!(matches!(
+            walk_all(&m, 0x4008),
+            Err(WalkError::NoDestination { .. })
+        ));
     }
 }

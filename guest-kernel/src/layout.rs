@@ -58,10 +58,7 @@ pub fn ram_ranges(ram: u64) -> ([(u64, u64); 2], usize) {
         ([(0, ram), (0, 0)], 1)
     } else {
         (
-            [
-                (0, MMIO_HOLE_START),
-                (MMIO_HOLE_END, ram - MMIO_HOLE_START),
-            ],
+            [(0, MMIO_HOLE_START), (MMIO_HOLE_END, ram - MMIO_HOLE_START)],
             2,
         )
     }
@@ -96,7 +93,10 @@ mod tests {
         for (i, a) in areas.iter().enumerate() {
             assert!(a.0 + a.1 <= LOW_RAM_END);
             for b in &areas[i + 1..] {
-                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+                assert!(
+                    a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0,
+                    "{a:x?} overlaps {b:x?}"
+                );
             }
         }
     }

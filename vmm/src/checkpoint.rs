@@ -109,7 +109,12 @@ impl Default for Tracker {
 impl Tracker {
     /// Kernel A runs first.
     pub fn new() -> Self {
-        Self { running: Kernel::A, state: [KernelState::Running, KernelState::NotBooted], next_index: 0, cycle: 1 }
+        Self {
+            running: Kernel::A,
+            state: [KernelState::Running, KernelState::NotBooted],
+            next_index: 0,
+            cycle: 1,
+        }
     }
 
     /// The kernel executing now (whose console lines these are).
@@ -134,7 +139,12 @@ impl Tracker {
             KernelState::Away => Direction::Resume,
             KernelState::Running | KernelState::NotBooted => Direction::Suspend,
         };
-        let id = CheckpointId { index: self.next_index, cycle: self.cycle, kernel: k, direction };
+        let id = CheckpointId {
+            index: self.next_index,
+            cycle: self.cycle,
+            kernel: k,
+            direction,
+        };
         self.next_index += 1;
         match direction {
             Direction::Suspend => {
@@ -205,7 +215,10 @@ mod tests {
         assert_eq!(t.running(), Kernel::A);
         assert!(t.is_away(Kernel::A) && t.is_away(Kernel::B));
         let id = t.next(); // A resumes
-        assert_eq!((id.direction.answer(), t.cycles_completed()), (ANSWER_BACK, 1));
+        assert_eq!(
+            (id.direction.answer(), t.cycles_completed()),
+            (ANSWER_BACK, 1)
+        );
         assert!(!t.is_away(Kernel::A) && t.is_away(Kernel::B));
     }
 }

@@ -90,7 +90,8 @@ fn walk(mem: &GuestMem, head: u64) -> Result<BTreeMap<u64, u64>, KimageError> {
 impl Kimage {
     /// Reads the kimage described by a `Kimage` harness message.
     pub fn read(mem: &GuestMem, args: &[u64; 8]) -> Result<Self, KimageError> {
-        let role = Role::from_u64(args[KimageArgs::ROLE]).ok_or(KimageError::Bad("unknown role"))?;
+        let role =
+            Role::from_u64(args[KimageArgs::ROLE]).ok_or(KimageError::Bad("unknown role"))?;
         let backup = match args[KimageArgs::MODE] {
             MODE_SWAP => false,
             MODE_BACKUP => true,
@@ -99,10 +100,15 @@ impl Kimage {
         let control = args[KimageArgs::CONTROL];
         let control_pages = args[KimageArgs::CONTROL_PAGES];
         if control % PAGE_SIZE != 0 || !(control::PAGE_TABLES + 3..=4096).contains(&control_pages) {
-            return Err(KimageError::Bad("control pages misaligned or of absurd count"));
+            return Err(KimageError::Bad(
+                "control pages misaligned or of absurd count",
+            ));
         }
         if !in_ram(mem, control, control_pages * PAGE_SIZE) {
-            return Err(KimageError::OutsideRam { what: "control page", addr: control });
+            return Err(KimageError::OutsideRam {
+                what: "control page",
+                addr: control,
+            });
         }
         let (peer_start, peer_end) = (args[KimageArgs::PEER_START], args[KimageArgs::PEER_END]);
         if peer_start >= peer_end || peer_start % PAGE_SIZE != 0 || peer_end % PAGE_SIZE != 0 {
@@ -111,8 +117,23 @@ impl Kimage {
         let head = args[KimageArgs::HEAD];
         let head2 = args[KimageArgs::HEAD2];
         let parked = walk(mem, head)?;
-        let peer_parked = if backup { walk(mem, head2)? } else { BTreeMap::new() };
-        Ok(Self { role, head, head2, backup, control, control_pages, peer_start, peer_end, parked, peer_parked })
+        let peer_parked = if backup {
+            walk(mem, head2)?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Self {
+            role,
+            head,
+            head2,
+            backup,
+            control,
+            control_pages,
+            peer_start,
+            peer_end,
+            parked,
+            peer_parked,
+        })
     }
 
     /// The control pages, which change after the owner's checkpoint.
@@ -139,13 +160,20 @@ impl Kimage {
 
     /// Home → parked page of the peer's pages while the owner runs.
     pub fn peer_moves(&self) -> &BTreeMap<u64, u64> {
-        if self.backup { &self.peer_parked } else { &self.parked }
+        if self.backup {
+            &self.peer_parked
+        } else {
+            &self.parked
+        }
     }
 
     /// Pages that hold the peer's (or a saved) content rather than the
     /// owner's: not part of the owner's view.
     pub fn parking_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        self.parked.values().chain(self.peer_parked.values()).copied()
+        self.parked
+            .values()
+            .chain(self.peer_parked.values())
+            .copied()
     }
 }
 
@@ -186,7 +214,12 @@ mod tests {
         let mut lm = M(&m, 0x90_0000);
         let mut b = Builder::new();
         for i in 0..600 {
-            b.add_page(&mut lm, 0x10_0000 + i * PAGE_SIZE, 0xa0_0000 + i * PAGE_SIZE).unwrap();
+            b.add_page(
+                &mut lm,
+                0x10_0000 + i * PAGE_SIZE,
+                0xa0_0000 + i * PAGE_SIZE,
+            )
+            .unwrap();
         }
         let (head, _) = b.finish(&mut lm).unwrap();
         let k = Kimage::read(&m, &args(head)).unwrap();
@@ -202,22 +235,40 @@ mod tests {
     fn hostile_reports_are_protocol_errors() {
         let m = mem();
         // A list that loops on itself.
-        m.write_obj(0x3000u64 | kimage::IND_INDIRECTION, GuestAddress(0x3000)).unwrap();
-        assert!(matches!(Kimage::read(&m, &args(0x3002)), Err(KimageError::Walk(_))));
+        m.write_obj(0x3000u64 | kimage::IND_INDIRECTION, GuestAddress(0x3000))
+            .unwrap();
+        assert!(matches!(
+            Kimage::read(&m, &args(0x3002)),
+            Err(KimageError::Walk(_))
+        ));
         // A list outside RAM.
-        assert!(matches!(Kimage::read(&m, &args(0xdead_0000_0002)), Err(KimageError::Walk(_))));
+        assert!(matches!(
+            Kimage::read(&m, &args(0xdead_0000_0002)),
+            Err(KimageError::Walk(_))
+        ));
         // A source page outside RAM.
-        m.write_obj(0x10_0000u64 | kimage::IND_DESTINATION, GuestAddress(0x4000)).unwrap();
-        m.write_obj(0x7fff_f000u64 | kimage::IND_SOURCE, GuestAddress(0x4008)).unwrap();
+        m.write_obj(0x10_0000u64 | kimage::IND_DESTINATION, GuestAddress(0x4000))
+            .unwrap();
+        m.write_obj(0x7fff_f000u64 | kimage::IND_SOURCE, GuestAddress(0x4008))
+            .unwrap();
         m.write_obj(kimage::IND_DONE, GuestAddress(0x4010)).unwrap();
         assert_eq!(
             Kimage::read(&m, &args(0x4002)),
-            Err(KimageError::OutsideRam { what: "source page", addr: 0x7fff_f000 })
+            Err(KimageError::OutsideRam {
+                what: "source page",
+                addr: 0x7fff_f000
+            })
         );
         // Control pages beyond RAM, a bad mode.
         let mut a = args(0x4002);
         a[KimageArgs::CONTROL] = 0xfff_f000;
-        assert!(matches!(Kimage::read(&m, &a), Err(KimageError::OutsideRam { what: "control page", .. })));
+        assert!(matches!(
+            Kimage::read(&m, &a),
+            Err(KimageError::OutsideRam {
+                what: "control page",
+                ..
+            })
+        ));
         let mut a = args(0x4002);
         a[KimageArgs::MODE] = 7;
         assert_eq!(Kimage::read(&m, &a), Err(KimageError::Bad("unknown mode")));

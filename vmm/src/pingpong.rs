@@ -36,10 +36,22 @@ use crate::vm::{Vm, VmEvent};
 
 /// The faults the VMM itself can inject (`--inject KIND[@CYCLE]`).
 pub const HOST_FAULTS: &[(&str, &str)] = &[
-    ("flip-a", "flip a byte of a page of A, parked in a source page, while B runs"),
-    ("flip-b", "flip a byte of a page of B, parked in a source page, while A runs"),
-    ("saved-REG", "change a saved register (e.g. saved-rbx) in A's control page after A suspends"),
-    ("uart-lcr", "change the UART's line control register when A resumes, behind its back"),
+    (
+        "flip-a",
+        "flip a byte of a page of A, parked in a source page, while B runs",
+    ),
+    (
+        "flip-b",
+        "flip a byte of a page of B, parked in a source page, while A runs",
+    ),
+    (
+        "saved-REG",
+        "change a saved register (e.g. saved-rbx) in A's control page after A suspends",
+    ),
+    (
+        "uart-lcr",
+        "change the UART's line control register when A resumes, behind its back",
+    ),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +72,10 @@ fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
         "flip-a" => HostFault::FlipA,
         "flip-b" => HostFault::FlipB,
         "uart-lcr" => HostFault::UartLcr,
-        k => match k.strip_prefix("saved-").and_then(|r| slot_by_name(r).map(|s| (s, r))) {
+        k => match k
+            .strip_prefix("saved-")
+            .and_then(|r| slot_by_name(r).map(|s| (s, r)))
+        {
             Some((slot, name)) => HostFault::SavedReg(slot, name.to_owned()),
             None => return Err(RunError::UnknownFault(k.to_owned())),
         },
@@ -105,7 +120,9 @@ impl Checker<'_> {
     }
 
     fn kimage_a(&self) -> Result<&Kimage, RunError> {
-        self.kernels[0].kimage.as_ref().ok_or(RunError::Protocol("kernel a jumped without reporting its kimage"))
+        self.kernels[0].kimage.as_ref().ok_or(RunError::Protocol(
+            "kernel a jumped without reporting its kimage",
+        ))
     }
 
     /// The pages of `k`'s logical view.
@@ -113,17 +130,26 @@ impl Checker<'_> {
         let own = self.kernels[idx(k)]
             .kimage
             .as_ref()
-            .ok_or(RunError::Protocol("a kernel jumped without reporting its kimage"))?;
+            .ok_or(RunError::Protocol(
+                "a kernel jumped without reporting its kimage",
+            ))?;
         let (c0, c1) = own.control_range();
         let not_control = |p: &u64| !(c0..c1).contains(p);
         Ok(match k {
             Kernel::A => {
                 let parking: std::collections::HashSet<u64> = own.parking_pages().collect();
-                shadow.pages().filter(not_control).filter(|p| !parking.contains(p)).collect()
+                shadow
+                    .pages()
+                    .filter(not_control)
+                    .filter(|p| !parking.contains(p))
+                    .collect()
             }
             Kernel::B => {
                 let a = self.kimage_a()?;
-                (a.peer_start..a.peer_end).step_by(PAGE_SIZE as usize).filter(not_control).collect()
+                (a.peer_start..a.peer_end)
+                    .step_by(PAGE_SIZE as usize)
+                    .filter(not_control)
+                    .collect()
             }
         })
     }
@@ -150,7 +176,11 @@ impl Checker<'_> {
                     control::PAGE_SWAP => "swap page of the relocation code",
                     _ => "identity-map page table of the relocation code",
                 };
-                out.push(ExcusedPage { kernel: k.name().to_owned(), address: p, why: why.to_owned() });
+                out.push(ExcusedPage {
+                    kernel: k.name().to_owned(),
+                    address: p,
+                    why: why.to_owned(),
+                });
             }
         }
     }
@@ -158,7 +188,9 @@ impl Checker<'_> {
     /// Injects the host-side fault when its moment has come (called after
     /// the checkpoint's state was captured).
     fn inject(&mut self, vm: &mut Vm, id: &CheckpointId) -> Result<(), RunError> {
-        let Some(fault) = self.fault.clone() else { return Ok(()) };
+        let Some(fault) = self.fault.clone() else {
+            return Ok(());
+        };
         if self.injected.is_some() || id.cycle != self.fault_cycle {
             return Ok(());
         }
@@ -170,14 +202,16 @@ impl Checker<'_> {
         let note = match (&fault, id.kernel, id.direction) {
             // B runs, A is away: damage A's parked copy of its pattern.
             (HostFault::FlipA, Kernel::B, Direction::Suspend) => {
-                let (home, sym) = target("kexec::STATIC_PATTERN").ok_or(RunError::Protocol("no pattern symbol in kernel a"))?;
+                let (home, sym) = target("kexec::STATIC_PATTERN")
+                    .ok_or(RunError::Protocol("no pattern symbol in kernel a"))?;
                 let at = self.parked_at(Kernel::A, home);
                 flip_byte(vm, at)?;
                 format!("flipped a byte of a's page {home:#x} ({sym}) parked at {at:#x}")
             }
             // A runs, B is away: damage B's parked copy.
             (HostFault::FlipB, Kernel::A, Direction::Resume) => {
-                let (home, sym) = target("kexec::STATIC_PATTERN").ok_or(RunError::Protocol("no pattern symbol in kernel b"))?;
+                let (home, sym) = target("kexec::STATIC_PATTERN")
+                    .ok_or(RunError::Protocol("no pattern symbol in kernel b"))?;
                 let at = self.parked_at(Kernel::B, home);
                 flip_byte(vm, at)?;
                 format!("flipped a byte of b's page {home:#x} ({sym}) parked at {at:#x}")
@@ -185,16 +219,27 @@ impl Checker<'_> {
             (HostFault::SavedReg(slot, name), Kernel::A, Direction::Suspend) => {
                 let cp = self.kimage_a()?.control;
                 let at = GuestAddress(cp + control::CONTEXT + 8 * slot);
-                let v: u64 = vm.memory().read_obj(at).map_err(|_| RunError::Protocol("control page unreadable"))?;
-                vm.memory().write_obj(v ^ 1, at).map_err(|_| RunError::Protocol("control page unwritable"))?;
-                format!("changed a's saved {name} in its control page {cp:#x}: {v:#x} -> {:#x}", v ^ 1)
+                let v: u64 = vm
+                    .memory()
+                    .read_obj(at)
+                    .map_err(|_| RunError::Protocol("control page unreadable"))?;
+                vm.memory()
+                    .write_obj(v ^ 1, at)
+                    .map_err(|_| RunError::Protocol("control page unwritable"))?;
+                format!(
+                    "changed a's saved {name} in its control page {cp:#x}: {v:#x} -> {:#x}",
+                    v ^ 1
+                )
             }
             (HostFault::UartLcr, Kernel::A, Direction::Resume) => {
                 let mut s = vm.serial_state();
                 let old = s.line_control;
                 s.line_control ^= 0x04;
                 vm.set_serial_state(&s)?;
-                format!("changed the UART's LCR {old:#x} -> {:#x} as a resumed", s.line_control)
+                format!(
+                    "changed the UART's LCR {old:#x} -> {:#x} as a resumed",
+                    s.line_control
+                )
             }
             _ => return Ok(()),
         };
@@ -238,7 +283,11 @@ impl RamSource for ViewRam<'_> {
 
 impl Checker<'_> {
     fn dump_path(&self, id: &CheckpointId, what: &str) -> std::path::PathBuf {
-        let dir = self.args.dump_dir.as_deref().expect("dumps only with --dump-dir");
+        let dir = self
+            .args
+            .dump_dir
+            .as_deref()
+            .expect("dumps only with --dump-dir");
         dir.join(format!(
             "c{:05}-{:05}-{}-{}{what}.core",
             id.cycle,
@@ -251,15 +300,31 @@ impl Checker<'_> {
     /// Where kernel `k` is re-entered: its control page's
     /// `relocate_peer_returned` (what B is given as `kexec_jump_back_entry`).
     fn jump_back_entry(&self, k: Kernel) -> u64 {
-        let (Some(ki), Some(sy)) = (&self.kernels[idx(k)].kimage, &self.symbols) else { return 0 };
-        match (sy.address_of_suffix("relocate_peer_returned"), sy.address_of_suffix("relocate_start")) {
+        let (Some(ki), Some(sy)) = (&self.kernels[idx(k)].kimage, &self.symbols) else {
+            return 0;
+        };
+        match (
+            sy.address_of_suffix("relocate_peer_returned"),
+            sy.address_of_suffix("relocate_start"),
+        ) {
             (Some(r), Some(s)) if r >= s => ki.control + control::CODE + (r - s),
             _ => 0,
         }
     }
 
-    fn write(&self, path: &std::path::Path, state: &VcpuState, id: &CheckpointId, mem: &dyn RamSource, size: u64) -> Result<(), RunError> {
-        let kernel_name = self.args.kernel.as_ref().map_or("built-in".into(), |p| p.display().to_string());
+    fn write(
+        &self,
+        path: &std::path::Path,
+        state: &VcpuState,
+        id: &CheckpointId,
+        mem: &dyn RamSource,
+        size: u64,
+    ) -> Result<(), RunError> {
+        let kernel_name = self
+            .args
+            .kernel
+            .as_ref()
+            .map_or("built-in".into(), |p| p.display().to_string());
         let input = DumpInput {
             state,
             id,
@@ -277,7 +342,13 @@ impl Checker<'_> {
 
     /// `--dump every-jump`: the VM as it is at this checkpoint.
     fn dump_now(&self, vm: &Vm, id: &CheckpointId, state: &VcpuState) -> Result<(), RunError> {
-        self.write(&self.dump_path(id, ""), state, id, vm.memory(), vm.mem_size())
+        self.write(
+            &self.dump_path(id, ""),
+            state,
+            id,
+            vm.memory(),
+            vm.mem_size(),
+        )
     }
 
     /// `--dump on-mismatch`: the kernel when it jumped away (its registers
@@ -285,24 +356,48 @@ impl Checker<'_> {
     fn dump_mismatch(&self, vm: &Vm, id: &CheckpointId, state: &VcpuState) -> Result<(), RunError> {
         // The kernel whose state differs: the resuming one, or else the
         // one that is away.
-        let k = if id.direction == Direction::Resume { id.kernel } else { id.kernel.peer() };
+        let k = if id.direction == Direction::Resume {
+            id.kernel
+        } else {
+            id.kernel.peer()
+        };
         let r = &self.kernels[idx(k)];
         if let (Some(old), Some(view), Some(at)) = (&r.regs, &r.view, &r.suspended_at) {
-            let ram = ViewRam { found: vm.memory(), view, store: &self.store };
+            let ram = ViewRam {
+                found: vm.memory(),
+                view,
+                store: &self.store,
+            };
             self.write(&self.dump_path(at, "-left"), old, at, &ram, vm.mem_size())?;
         }
-        self.write(&self.dump_path(id, "-found"), state, id, vm.memory(), vm.mem_size())
+        self.write(
+            &self.dump_path(id, "-found"),
+            state,
+            id,
+            vm.memory(),
+            vm.mem_size(),
+        )
     }
 }
 
 fn flip_byte(vm: &Vm, at: u64) -> Result<(), RunError> {
     let a = GuestAddress(at);
-    let b: u8 = vm.memory().read_obj(a).map_err(|_| RunError::Protocol("fault target outside RAM"))?;
-    vm.memory().write_obj(b ^ 0x01, a).map_err(|_| RunError::Protocol("fault target outside RAM"))
+    let b: u8 = vm
+        .memory()
+        .read_obj(a)
+        .map_err(|_| RunError::Protocol("fault target outside RAM"))?;
+    vm.memory()
+        .write_obj(b ^ 0x01, a)
+        .map_err(|_| RunError::Protocol("fault target outside RAM"))
 }
 
 /// Runs ping-pong on a booted VM.
-pub fn run(vm: &mut Vm, run: &mut RunState, args: &RunArgs, kernel: &[u8]) -> Result<crate::scenario::Outcome, RunError> {
+pub fn run(
+    vm: &mut Vm,
+    run: &mut RunState,
+    args: &RunArgs,
+    kernel: &[u8],
+) -> Result<crate::scenario::Outcome, RunError> {
     let symbols = Symbols::from_elf(kernel).ok();
     let fault = args.inject.as_ref().map(parse_fault).transpose()?.flatten();
     let mut ck = Checker {
@@ -338,9 +433,16 @@ pub fn run(vm: &mut Vm, run: &mut RunState, args: &RunArgs, kernel: &[u8]) -> Re
                 let k = Kimage::read(vm.memory(), &a)?;
                 let kernel = Kernel::from(k.role);
                 if kernel != ck.tracker.running() {
-                    return Err(RunError::Protocol("a kernel reported a kimage for the other role"));
+                    return Err(RunError::Protocol(
+                        "a kernel reported a kimage for the other role",
+                    ));
                 }
-                log::debug!("kernel {} kimage: {} pages, control {:#x}", kernel.name(), k.parked.len(), k.control);
+                log::debug!(
+                    "kernel {} kimage: {} pages, control {:#x}",
+                    kernel.name(),
+                    k.parked.len(),
+                    k.control
+                );
                 ck.rec(kernel).kimage = Some(k);
                 continue;
             }
@@ -355,18 +457,22 @@ pub fn run(vm: &mut Vm, run: &mut RunState, args: &RunArgs, kernel: &[u8]) -> Re
                     // A's verdict: every cycle it was asked for must have been
                     // checked by the VMM too.
                     let verdict = match verdict {
-                        Verdict::Pass if ck.tracker.cycles_completed() != args.cycles => Verdict::Fail(format!(
-                            "kernel a reported pass after {} verified cycles, {} were asked",
-                            ck.tracker.cycles_completed(),
-                            args.cycles
-                        )),
+                        Verdict::Pass if ck.tracker.cycles_completed() != args.cycles => {
+                            Verdict::Fail(format!(
+                                "kernel a reported pass after {} verified cycles, {} were asked",
+                                ck.tracker.cycles_completed(),
+                                args.cycles
+                            ))
+                        }
                         v => v,
                     };
                     return Ok(run.outcome(verdict, vm.console_name()));
                 }
                 continue;
             }
-            VmEvent::Checkpoint { .. } => id.ok_or(RunError::Protocol("checkpoint without identity"))?,
+            VmEvent::Checkpoint { .. } => {
+                id.ok_or(RunError::Protocol("checkpoint without identity"))?
+            }
         };
         vm.set_console_name(ck.tracker.running().name());
         let mismatches = checkpoint(vm, &mut ck, run, &id)?;
@@ -390,7 +496,12 @@ pub fn run(vm: &mut Vm, run: &mut RunState, args: &RunArgs, kernel: &[u8]) -> Re
 }
 
 /// One checkpoint: capture, update the shadow, compare, record.
-fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &CheckpointId) -> Result<Vec<Mismatch>, RunError> {
+fn checkpoint(
+    vm: &mut Vm,
+    ck: &mut Checker<'_>,
+    run: &mut RunState,
+    id: &CheckpointId,
+) -> Result<Vec<Mismatch>, RunError> {
     let t0 = Instant::now();
     let k = id.kernel;
     // Device state as the kernel left it at this instruction.
@@ -441,7 +552,9 @@ fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &Checkp
     match id.direction {
         Direction::Suspend => {
             if ck.kernels[idx(k)].kimage.is_none() {
-                return Err(RunError::Protocol("a kernel reached its checkpoint without reporting its kimage"));
+                return Err(RunError::Protocol(
+                    "a kernel reached its checkpoint without reporting its kimage",
+                ));
             }
             if let Some(m) = oracle::check_answer(&state, id.direction.answer(), "suspend") {
                 out.push(Mismatch::register(&at, &m));
@@ -468,7 +581,13 @@ fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &Checkp
             for m in oracle::compare_uart(old_uart, &uart) {
                 out.push(Mismatch::device(&at, &m));
             }
-            for m in oracle::check_view(view, &shadow, &BTreeMap::new(), &ck.store, ck.symbols.as_ref()) {
+            for m in oracle::check_view(
+                view,
+                &shadow,
+                &BTreeMap::new(),
+                &ck.store,
+                ck.symbols.as_ref(),
+            ) {
                 out.push(Mismatch::memory(&at, &m));
             }
             pages_compared += view.len() as u64;
@@ -478,7 +597,11 @@ fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &Checkp
     let peer = k.peer();
     if let Some(view) = &ck.kernels[idx(peer)].view {
         let a = ck.kimage_a()?;
-        let moves = if peer == Kernel::A { a.owner_moves() } else { a.peer_moves() };
+        let moves = if peer == Kernel::A {
+            a.owner_moves()
+        } else {
+            a.peer_moves()
+        };
         for m in oracle::check_view(view, &shadow, moves, &ck.store, ck.symbols.as_ref()) {
             out.push(Mismatch::memory(&at, &m));
         }
@@ -501,9 +624,12 @@ fn checkpoint(vm: &mut Vm, ck: &mut Checker<'_>, run: &mut RunState, id: &Checkp
 
     // Keep the page store bounded: only what the shadow and views use.
     if ck.store.needs_gc() {
-        let live = shadow
-            .hashes()
-            .chain(ck.kernels.iter().filter_map(|r| r.view.as_ref()).flat_map(|v| v.hashes()));
+        let live = shadow.hashes().chain(
+            ck.kernels
+                .iter()
+                .filter_map(|r| r.view.as_ref())
+                .flat_map(|v| v.hashes()),
+        );
         ck.store.gc(live.collect::<Vec<_>>());
     }
     ck.shadow = Some(shadow);

@@ -263,7 +263,10 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
 /// Creates the dump directory and proves it writable before the run, so a
 /// bad `--dump-dir` is refused up front, not at the first mismatch.
 fn check_dump_dir(dir: &std::path::Path) -> Result<(), RunError> {
-    let err = |source| RunError::DumpDir { path: dir.to_path_buf(), source };
+    let err = |source| RunError::DumpDir {
+        path: dir.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(err)?;
     let probe = dir.join(format!(".kjump-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(err)?;
@@ -333,7 +336,10 @@ impl RunState {
 
     /// The outcome, given the verdict and who gave it.
     pub fn outcome(&mut self, verdict: Verdict, guest: &str) -> Outcome {
-        let mut report = std::mem::replace(&mut self.report, crate::report::Report::new(self.scenario.name(), 0, "none", &[]));
+        let mut report = std::mem::replace(
+            &mut self.report,
+            crate::report::Report::new(self.scenario.name(), 0, "none", &[]),
+        );
         report.cycles_completed = self.cycles;
         report.finish(None, self.start.elapsed().as_micros() as u64);
         if let (Verdict::Fail(why), true) = (&verdict, report.mismatches.is_empty()) {
