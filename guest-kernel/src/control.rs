@@ -55,6 +55,114 @@ pub const FXSAVE: u64 = 0x840;
 /// Top of the stack the relocation code runs on.
 pub const STACK_TOP: u64 = 0x1000;
 
+// The descriptor tables of the relocation code's trip to ring 3 (see the
+// guest kernel's relocate.rs: it copies pages in ring 3 and comes back
+// through an interrupt gate), between the FXSAVE area and the stack. Filled
+// by the jumping kernel when it sets up its control pages; absolute
+// addresses, so they are built for one control page.
+/// The GDT: [`reloc_gdt`], [`RELOC_GDT_ENTRIES`] entries.
+pub const RELOC_GDT: u64 = 0xa40;
+/// `lgdt` operand: limit (u16), then base (u64).
+pub const RELOC_GDT_PTR: u64 = 0xa80;
+/// `lidt` operand: limit (u16), then base (u64).
+pub const RELOC_IDT_PTR: u64 = 0xa90;
+/// The IDT: [`RELOC_IDT_GATES`] gates of 16 bytes, only
+/// [`RELOC_RETURN_VECTOR`]'s present.
+pub const RELOC_IDT: u64 = 0xaa0;
+/// The 64-bit TSS ([`reloc_tss`], [`TSS_SIZE`] bytes): RSP0 for the way back.
+pub const RELOC_TSS: u64 = 0xb20;
+/// End of the tables.
+pub const RELOC_END: u64 = RELOC_TSS + TSS_SIZE;
+/// RSP0: where the CPU pushes its frame when ring 3 comes back. Below
+/// anything the ring-3 code pushes (a return address or two under the
+/// stack top), above the tables.
+pub const RELOC_RSP0: u64 = STACK_TOP - 0x100;
+
+/// Selectors of [`reloc_gdt`]: kernel code and data, user data and code
+/// (RPL 3), the TSS.
+pub const RELOC_KERNEL_CS: u16 = 0x08;
+pub const RELOC_KERNEL_DS: u16 = 0x10;
+pub const RELOC_USER_DS: u16 = 0x18 | 3;
+pub const RELOC_USER_CS: u16 = 0x20 | 3;
+pub const RELOC_TSS_SEL: u16 = 0x28;
+pub const RELOC_GDT_ENTRIES: usize = 7;
+/// Ring 3 comes back with `ud2`: its #UD goes through the one present
+/// gate of the IDT. (kvm-pvm turns `int n` in ring 3 into a #UD, and its
+/// `syscall` lands at LSTAR still in ring 3, so neither is used.) The copy
+/// loop cannot raise a #UD of its own; any other exception in ring 3 finds
+/// no gate and escalates to a triple fault (loud).
+pub const RELOC_RETURN_VECTOR: u8 = 6;
+pub const RELOC_IDT_GATES: usize = RELOC_RETURN_VECTOR as usize + 1;
+pub const TSS_SIZE: u64 = 104;
+
+const _: () = assert!(FXSAVE + 512 <= RELOC_GDT && RELOC_GDT.is_multiple_of(16));
+const _: () = assert!(RELOC_GDT + 8 * RELOC_GDT_ENTRIES as u64 <= RELOC_GDT_PTR);
+const _: () = assert!(RELOC_GDT_PTR + 10 <= RELOC_IDT_PTR && RELOC_IDT_PTR + 10 <= RELOC_IDT);
+const _: () =
+    assert!(RELOC_IDT.is_multiple_of(16) && RELOC_IDT + 16 * RELOC_IDT_GATES as u64 <= RELOC_TSS);
+const _: () = assert!(RELOC_TSS.is_multiple_of(8));
+// Between the tables and RSP0: the CPU's frame (5 words below RSP0, which
+// is 16-byte aligned). Above RSP0: the relocation code's stack (a return
+// address or two, kjump_reentry's far return).
+const _: () = assert!(RELOC_RSP0.is_multiple_of(16) && RELOC_END + 48 <= RELOC_RSP0);
+const _: () = assert!(STACK_TOP - RELOC_RSP0 >= 0x100);
+
+/// Present, DPL 0, execute/read, accessed, 64-bit (L), 4 KiB granularity.
+const CODE64: u64 = 0x00af_9b00_0000_ffff;
+/// Present, DPL 0, read/write, accessed, 4 KiB granularity.
+const DATA: u64 = 0x00cf_9300_0000_ffff;
+/// DPL 3 in a descriptor's access byte.
+const DPL3: u64 = 3 << 45;
+
+/// The relocation GDT for a TSS at `tss_base`: null, kernel code, kernel
+/// data, user data, user code, then the 16-byte descriptor of an available
+/// 64-bit TSS. Accessed bits preset: the CPU never writes the table except
+/// for the TSS busy bit, which `ltr` sets (the relocation code clears it
+/// before each `ltr`).
+pub const fn reloc_gdt(tss_base: u64) -> [u64; RELOC_GDT_ENTRIES] {
+    let limit = TSS_SIZE - 1;
+    let tss_low = (limit & 0xffff)
+        | ((tss_base & 0xff_ffff) << 16)
+        | (0x89 << 40) // present, type 9: available 64-bit TSS
+        | (((limit >> 16) & 0xf) << 48)
+        | (((tss_base >> 24) & 0xff) << 56);
+    [
+        0,
+        CODE64,
+        DATA,
+        DATA | DPL3,
+        CODE64 | DPL3,
+        tss_low,
+        tss_base >> 32,
+    ]
+}
+
+/// A 64-bit interrupt gate to `handler` in [`RELOC_KERNEL_CS`], present,
+/// DPL 0 (exceptions only, no `int n`), no IST.
+pub const fn reloc_idt_gate(handler: u64) -> [u64; 2] {
+    let low = (handler & 0xffff)
+        | ((RELOC_KERNEL_CS as u64) << 16)
+        | (0x8e << 40) // present, DPL 0, type 0xe: interrupt gate
+        | (((handler >> 16) & 0xffff) << 48);
+    [low, handler >> 32]
+}
+
+/// The TSS: only RSP0 matters; no I/O bitmap (its base is past the limit).
+pub fn reloc_tss(rsp0: u64) -> [u8; TSS_SIZE as usize] {
+    let mut t = [0u8; TSS_SIZE as usize];
+    t[4..12].copy_from_slice(&rsp0.to_le_bytes());
+    t[102..104].copy_from_slice(&(TSS_SIZE as u16).to_le_bytes());
+    t
+}
+
+/// An `lgdt`/`lidt` operand: limit, then base, packed.
+pub fn pseudo_descriptor(base: u64, bytes: u64) -> [u8; 10] {
+    let mut p = [0u8; 10];
+    p[..2].copy_from_slice(&((bytes - 1) as u16).to_le_bytes());
+    p[2..].copy_from_slice(&base.to_le_bytes());
+    p
+}
+
 /// Slots of the saved context, each a u64 at `CONTEXT + 8 * slot`.
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +202,12 @@ pub enum Slot {
     Fs,
     Gs,
     Ss,
+    /// The SYSCALL MSRs: a peer may program its own (Linux does), so each
+    /// kernel keeps its values here.
+    Star,
+    Lstar,
+    Cstar,
+    Sfmask,
     /// The UART registers: IER, LCR, MCR, SCR, DLL, DLM in bytes 0..6.
     Uart,
 }
@@ -101,14 +215,50 @@ pub enum Slot {
 /// Number of context slots.
 pub const SLOTS: u64 = Slot::Uart as u64 + 1;
 const _: () = assert!(CONTEXT + 8 * SLOTS <= FXSAVE);
-const _: () = assert!(FXSAVE % 16 == 0 && FXSAVE + 512 + 0x200 <= STACK_TOP);
+const _: () = assert!(FXSAVE.is_multiple_of(16) && FXSAVE + 512 + 0x200 <= STACK_TOP);
 
 /// Names of the slots, for reports and `--inject`.
 pub const SLOT_NAMES: [&str; SLOTS as usize] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
-    "r13", "r14", "r15", "rflags", "cr0", "cr3", "cr4", "efer", "fs_base", "gs_base",
-    "kernel_gs_base", "gdtr.limit", "gdtr.base", "idtr.limit", "idtr.base", "tr", "cs", "ds",
-    "es", "fs", "gs", "ss", "uart",
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rflags",
+    "cr0",
+    "cr3",
+    "cr4",
+    "efer",
+    "fs_base",
+    "gs_base",
+    "kernel_gs_base",
+    "gdtr.limit",
+    "gdtr.base",
+    "idtr.limit",
+    "idtr.base",
+    "tr",
+    "cs",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "ss",
+    "star",
+    "lstar",
+    "cstar",
+    "sfmask",
+    "uart",
 ];
 
 /// The offset of `slot` in the control page.
@@ -136,8 +286,60 @@ mod tests {
         assert_eq!(slot_by_name("r15"), Some(Slot::R15 as u64));
         assert_eq!(slot_by_name("uart"), Some(Slot::Uart as u64));
         assert_eq!(slot_by_name("xmm0"), None);
-        assert!(DATA_SCRATCH + 16 <= CONTEXT);
+        const { assert!(DATA_SCRATCH + 16 <= CONTEXT) };
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
+    }
+
+    #[test]
+    fn syscall_msr_slots_have_names() {
+        assert_eq!(slot_by_name("star"), Some(Slot::Star as u64));
+        assert_eq!(slot_by_name("sfmask"), Some(Slot::Sfmask as u64));
+        assert_eq!(SLOT_NAMES[Slot::Uart as usize], "uart");
+        assert!(slot_offset(Slot::Uart) + 8 <= FXSAVE);
+    }
+
+    /// Access byte (bits 40..48) and the L/D flags of a descriptor.
+    fn access(d: u64) -> (u64, bool, bool) {
+        ((d >> 40) & 0xff, d & (1 << 53) != 0, d & (1 << 54) != 0)
+    }
+
+    #[test]
+    fn reloc_gdt_has_the_selectors_the_trip_uses() {
+        let tss = 0x1_2345_6b20;
+        let gdt = reloc_gdt(tss);
+        let desc = |sel: u16| gdt[usize::from(sel >> 3)];
+        assert_eq!(gdt[0], 0);
+        assert_eq!(access(desc(RELOC_KERNEL_CS)), (0x9b, true, false));
+        assert_eq!(access(desc(RELOC_KERNEL_DS)).0, 0x93);
+        assert_eq!(access(desc(RELOC_USER_DS)).0, 0xf3);
+        assert_eq!(access(desc(RELOC_USER_CS)), (0xfb, true, false));
+        // The TSS: available 64-bit, base split over both words, limit 103.
+        let (lo, hi) = (
+            desc(RELOC_TSS_SEL),
+            gdt[usize::from(RELOC_TSS_SEL >> 3) + 1],
+        );
+        assert_eq!(access(lo).0, 0x89);
+        let base = ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | (hi << 32);
+        assert_eq!(base, tss);
+        assert_eq!(lo & 0xffff, TSS_SIZE - 1);
+        assert_eq!(usize::from(RELOC_TSS_SEL >> 3) + 2, RELOC_GDT_ENTRIES);
+    }
+
+    #[test]
+    fn reloc_idt_gate_and_tss() {
+        let h = 0x0000_7fff_1234_5678;
+        let [lo, hi] = reloc_idt_gate(h);
+        let offset = (lo & 0xffff) | (((lo >> 48) & 0xffff) << 16) | (hi << 32);
+        assert_eq!(offset, h);
+        assert_eq!((lo >> 16) & 0xffff, u64::from(RELOC_KERNEL_CS));
+        assert_eq!((lo >> 40) & 0xff, 0x8e);
+        assert_eq!((lo >> 32) & 7, 0, "no IST");
+        let t = reloc_tss(0xabc0);
+        assert_eq!(u64::from_le_bytes(t[4..12].try_into().unwrap()), 0xabc0);
+        assert_eq!(u16::from_le_bytes([t[102], t[103]]), 104);
+        let p = pseudo_descriptor(0x1000, 56);
+        assert_eq!(u16::from_le_bytes([p[0], p[1]]), 55);
+        assert_eq!(u64::from_le_bytes(p[2..].try_into().unwrap()), 0x1000);
     }
 
     #[test]

@@ -24,7 +24,8 @@ use kjump_guest::layout::{HIGH_RAM_START, PAGE_SIZE};
 
 use super::bootinfo::BootInfo;
 use super::relocate::{
-    kjump_jump, kjump_reentry, relocate_end, relocate_peer_returned, relocate_start,
+    kjump_jump, kjump_reentry, kjump_ring3_call, relocate_end, relocate_peer_returned,
+    relocate_ring0_return, relocate_start,
 };
 use super::{harness, mem, paging, serial};
 
@@ -142,6 +143,11 @@ fn peer_returned_offset() -> u64 {
     (&raw const relocate_peer_returned as u64) - (&raw const relocate_start as u64)
 }
 
+/// Offset of `relocate_ring0_return` in the relocation code.
+fn ring0_return_offset() -> u64 {
+    (&raw const relocate_ring0_return as u64) - (&raw const relocate_start as u64)
+}
+
 fn setup_control_pages(role: Role, map_top: u64) -> (u64, u64) {
     let n = control::control_pages(map_top);
     let Some(cp) = mem::alloc_pages(n, CONTROL_MAX_END, (0, 0)) else {
@@ -157,14 +163,48 @@ fn setup_control_pages(role: Role, map_top: u64) -> (u64, u64) {
     );
     phys_write(cp + control::CODE, code);
     let pt = cp + control::PAGE_TABLES * PAGE_SIZE;
-    paging::build_identity_map(pt, pt + PAGE_SIZE, pt + 2 * PAGE_SIZE, map_top);
+    // User-accessible: the relocation code copies pages in ring 3.
+    paging::build_user_identity_map(pt, pt + PAGE_SIZE, pt + 2 * PAGE_SIZE, map_top);
     phys_write_u64(cp + control::DATA_PAGE_TABLE, pt);
+    write_reloc_tables(cp);
     phys_write_u64(
         cp + control::DATA_SWAP_PAGE,
         cp + control::PAGE_SWAP * PAGE_SIZE,
     );
     phys_write_u64(cp + control::DATA_REENTRY, &raw const kjump_reentry as u64);
     (cp, n)
+}
+
+/// The GDT, IDT and TSS of the relocation code's trip to ring 3 (see
+/// relocate.rs), in the control page at `cp`.
+fn write_reloc_tables(cp: u64) {
+    let tss = cp + control::RELOC_TSS;
+    for (i, d) in control::reloc_gdt(tss).iter().enumerate() {
+        phys_write_u64(cp + control::RELOC_GDT + 8 * i as u64, *d);
+    }
+    let gdt_bytes = 8 * control::RELOC_GDT_ENTRIES as u64;
+    phys_write(
+        cp + control::RELOC_GDT_PTR,
+        &control::pseudo_descriptor(cp + control::RELOC_GDT, gdt_bytes),
+    );
+    // One gate: ring 3's way back, to the landing in the copied code.
+    let handler = cp + control::CODE + ring0_return_offset();
+    for v in 0..control::RELOC_IDT_GATES {
+        let gate = if v == usize::from(control::RELOC_RETURN_VECTOR) {
+            control::reloc_idt_gate(handler)
+        } else {
+            [0, 0]
+        };
+        let at = cp + control::RELOC_IDT + 16 * v as u64;
+        phys_write_u64(at, gate[0]);
+        phys_write_u64(at + 8, gate[1]);
+    }
+    let idt_bytes = 16 * control::RELOC_IDT_GATES as u64;
+    phys_write(
+        cp + control::RELOC_IDT_PTR,
+        &control::pseudo_descriptor(cp + control::RELOC_IDT, idt_bytes),
+    );
+    phys_write(tss, &control::reloc_tss(cp + control::RELOC_RSP0));
 }
 
 // ---------------------------------------------------------------------------
@@ -280,7 +320,10 @@ fn fx_u32(fx: &[u8; 512], off: usize) -> u32 {
 // ---------------------------------------------------------------------------
 // Data that shows damage: a deterministic pattern over part of the kernel's
 // memory, inside its image (swapped when it is in the peer's region) and in
-// pages from its allocator.
+// pages from its allocator. Written and checked in ring 3 through the
+// control page's trip (`kjump_ring3_call`): in ring 0 the software KVM
+// backend emulates every instruction (~2 µs each), and a 1 MiB check took
+// seconds; in ring 3 it takes about a millisecond.
 
 fn pattern_word(addr: u64, seed: u64) -> u64 {
     // splitmix64 of the address: every word differs, and a word moved to
@@ -299,10 +342,12 @@ static mut STATIC_PATTERN: [u64; STATIC_PATTERN_WORDS] = [0; STATIC_PATTERN_WORD
 struct Pattern {
     seed: u64,
     ranges: [(u64, u64); 2],
+    /// The control page whose trip runs fill and check in ring 3.
+    cp: u64,
 }
 
 impl Pattern {
-    fn new(role: Role, heap_bytes: u64, avoid: (u64, u64)) -> Self {
+    fn new(role: Role, heap_bytes: u64, avoid: (u64, u64), cp: u64) -> Self {
         let seed = if role == Role::A {
             0xa11c_e000
         } else {
@@ -325,37 +370,75 @@ impl Pattern {
         let p = Self {
             seed,
             ranges: [static_range, heap],
+            cp,
         };
-        p.for_each(|a, w| phys_write_u64(a, w));
+        // The first trip to ring 3 also shows that the trip puts back what
+        // it changes.
+        let before = cpu_view();
+        p.in_ring3(pattern_fill_ring3);
+        let after = cpu_view();
+        if after != before {
+            check_cpu(role, &before);
+            fail(format_args!(
+                "{}: self-check: the ring-3 trip changed the CPU state",
+                role.name()
+            ));
+        }
         p
     }
 
-    fn for_each(&self, mut f: impl FnMut(u64, u64)) {
-        for &(lo, hi) in &self.ranges {
-            for a in (lo..hi).step_by(8) {
-                f(a, pattern_word(a, self.seed));
-            }
-        }
+    /// Every word of the pattern: (address, value).
+    fn words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|&(lo, hi)| (lo..hi).step_by(8))
+            .map(|a| (a, pattern_word(a, self.seed)))
     }
 
     fn bytes(&self) -> u64 {
         self.ranges.iter().map(|(l, h)| h - l).sum()
     }
 
+    /// Runs `f(&self)` in ring 3.
+    fn in_ring3(&self, f: extern "sysv64" fn(u64) -> u64) -> u64 {
+        // SAFETY: `cp` is this kernel's control page, set up by
+        // `setup_control_pages` (relocation code, user-accessible identity
+        // map, ring-3 tables) before any Pattern exists; interrupts are off;
+        // `f` is one of the `pattern_*_ring3` functions, which touch only
+        // the pattern's words (this kernel's own pages) and `self`, alive
+        // for the call.
+        unsafe { kjump_ring3_call(self.cp, f, self as *const Self as u64) }
+    }
+
     fn check(&self, role: Role) {
-        let mut bad = None;
-        self.for_each(|a, w| {
-            if bad.is_none() && phys_read_u64(a) != w {
-                bad = Some((a, w, phys_read_u64(a)));
-            }
-        });
-        if let Some((a, w, got)) = bad {
+        let bad = self.in_ring3(pattern_check_ring3);
+        if bad != 0 {
+            let w = pattern_word(bad, self.seed);
             fail(format_args!(
-                "{}: self-check: pattern damaged at {a:#x}: expected {w:#018x}, found {got:#018x}",
-                role.name()
+                "{}: self-check: pattern damaged at {bad:#x}: expected {w:#018x}, found {:#018x}",
+                role.name(),
+                phys_read_u64(bad)
             ));
         }
     }
+}
+
+/// Ring 3: writes the pattern of the `Pattern` at `p`.
+extern "sysv64" fn pattern_fill_ring3(p: u64) -> u64 {
+    // SAFETY: `p` is the `&Pattern` that `Pattern::in_ring3` passed.
+    let p = unsafe { &*(p as *const Pattern) };
+    p.words().for_each(|(a, w)| phys_write_u64(a, w));
+    0
+}
+
+/// Ring 3: the address of the first damaged word of the `Pattern` at `p`,
+/// or 0 (no pattern word is at address 0).
+extern "sysv64" fn pattern_check_ring3(p: u64) -> u64 {
+    // SAFETY: `p` is the `&Pattern` that `Pattern::in_ring3` passed.
+    let p = unsafe { &*(p as *const Pattern) };
+    p.words()
+        .find(|&(a, w)| phys_read_u64(a) != w)
+        .map_or(0, |(a, _)| a)
 }
 
 // ---------------------------------------------------------------------------
@@ -532,7 +615,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         if cfg.backup { "backup" } else { "swap" },
     );
 
-    let pattern = Pattern::new(Role::A, cfg.pattern_bytes, avoid);
+    let pattern = Pattern::new(Role::A, cfg.pattern_bytes, avoid, cp);
     load_sse_pattern(Role::A);
     crate::println!(
         "a: pattern over {} bytes; {} cycles",
@@ -597,7 +680,7 @@ pub fn run_b(boot: &BootInfo) -> ! {
         peer_end: hi,
         pages_per_transfer: 0,
     };
-    let pattern = Pattern::new(Role::B, 64 << 10, (0, 0));
+    let pattern = Pattern::new(Role::B, 64 << 10, (0, 0), cp);
     load_sse_pattern(Role::B);
     crate::println!("b: jump-back entry {entry:#x}, control page {cp:#x}; jumping back to a");
     // The resume counter is kept twice: in .bss (swapped out with B) and in

@@ -1,7 +1,10 @@
 //! The kernel's own identity map, replacing the VMM's boot page tables (in
 //! low memory the kernel does not own): `[0, max(4 GiB, ram_top))` with
 //! 2 MiB pages, in frames from the allocator. The kexec code builds the
-//! control-page tables with the same [`build_identity_map`].
+//! control-page tables with [`build_user_identity_map`]: the same map with
+//! the U/S bit on every level, so that the relocation code's ring-3 part
+//! (see `relocate.rs`) can reach all RAM. The kernels' own maps stay
+//! supervisor-only.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +23,8 @@ const MIN_TOP: u64 = 4 << 30;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
+/// U/S: ring 3 may access what the entry maps (needed at every level).
+const USER: u64 = 1 << 2;
 /// PS in a PD entry: the entry maps a 2 MiB page.
 const HUGE: u64 = 1 << 7;
 const ENTRIES: usize = 512;
@@ -44,6 +49,23 @@ pub const fn pd_pages(top: u64) -> u64 {
 /// address: they are overwritten. Alignment, overlap and `top` (at most
 /// [`PDPT_SPAN`]) are checked.
 pub fn build_identity_map(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, top: u64) -> u64 {
+    build(pml4_page, pdpt_page, pd_pages_start, top, 0)
+}
+
+/// [`build_identity_map`] with every entry user-accessible (U/S set at
+/// every level): only for the kexec control pages, whose relocation code
+/// copies pages in ring 3. Same contract.
+pub fn build_user_identity_map(
+    pml4_page: u64,
+    pdpt_page: u64,
+    pd_pages_start: u64,
+    top: u64,
+) -> u64 {
+    build(pml4_page, pdpt_page, pd_pages_start, top, USER)
+}
+
+/// The identity map with `extra` flags in every present entry.
+fn build(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, top: u64, extra: u64) -> u64 {
     assert!(
         top <= PDPT_SPAN,
         "identity map top {top:#x} beyond one PDPT"
@@ -69,12 +91,12 @@ pub fn build_identity_map(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, t
 
     let pml4 = table(pml4_page);
     pml4.fill(0);
-    pml4[0] = pdpt_page | PRESENT | WRITABLE;
+    pml4[0] = pdpt_page | PRESENT | WRITABLE | extra;
 
     let pdpt = table(pdpt_page);
     pdpt.fill(0);
     for (i, e) in pdpt.iter_mut().take(pds as usize).enumerate() {
-        *e = (pd_pages_start + i as u64 * PAGE_SIZE) | PRESENT | WRITABLE;
+        *e = (pd_pages_start + i as u64 * PAGE_SIZE) | PRESENT | WRITABLE | extra;
     }
 
     for d in 0..pds {
@@ -82,7 +104,7 @@ pub fn build_identity_map(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, t
         for (i, e) in pd.iter_mut().enumerate() {
             let addr = d * PD_SPAN + i as u64 * LARGE_PAGE;
             *e = if addr < top {
-                addr | PRESENT | WRITABLE | HUGE
+                addr | PRESENT | WRITABLE | HUGE | extra
             } else {
                 0
             };

@@ -9,8 +9,9 @@
 //!    answers JUMP; from here the kernel writes nothing but the control page.
 //! 2. It switches to the control page's stack and enters the relocation code
 //!    at `cp + 0` (`relocate_entry`), which loads the control page tables,
-//!    swaps every source page with its destination page and `call`s the
-//!    peer: B's ELF entry the first time, later the peer's own re-entry point.
+//!    swaps every source page with its destination page (in ring 3: see
+//!    the relocation code below for why) and `call`s the peer: B's ELF
+//!    entry the first time, later the peer's own re-entry point.
 //! 3. The peer comes back by `call`ing our `relocate_peer_returned` (that is
 //!    the `kexec_jump_back_entry` B is given): we pop the peer's return
 //!    address (its re-entry point for the next jump), swap the pages back and
@@ -25,10 +26,21 @@ use kjump_guest::control::{self, Slot, slot_offset};
 use kjump_guest::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
 
 const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SFMASK: u32 = 0xc000_0084;
 const MSR_FS_BASE: u32 = 0xc000_0100;
 const MSR_GS_BASE: u32 = 0xc000_0101;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const COM1: u16 = 0x3f8;
+/// CR4.SMEP and CR4.SMAP: would stop ring 0 from running on / touching the
+/// control map's user pages.
+const CR4_SMEP_SMAP: u64 = (1 << 20) | (1 << 21);
+/// RFLAGS in ring 3: only the always-one bit (interrupts stay off, IOPL 0).
+const TRIP_RFLAGS: u64 = 0x2;
+/// Busy bit of a TSS descriptor's type, in its access byte (byte 5).
+const TSS_BUSY: u8 = 1 << 1;
 
 unsafe extern "sysv64" {
     /// Saves the context into control page `cp`, checkpoints, and jumps to
@@ -38,10 +50,18 @@ unsafe extern "sysv64" {
     pub static relocate_start: u8;
     /// Where a peer enters this kernel's control page to come back.
     pub static relocate_peer_returned: u8;
+    /// Runs `f(arg)` in ring 3 on the current stack, through the trip of
+    /// the relocation code at control page `cp`, and restores the ring-0
+    /// state; returns what `f` returned. Callers guarantee: `cp` is set up
+    /// (code, user-accessible map, `RELOC_*` tables), interrupts are off,
+    /// and `f` does nothing privileged (no I/O, no panic: a fault in ring 3
+    /// other than #UD is a triple fault) and touches only memory that is
+    /// the caller's to touch.
+    pub fn kjump_ring3_call(cp: u64, f: extern "sysv64" fn(u64) -> u64, arg: u64) -> u64;
+    /// The relocation code's ring-0 landing from ring 3 (its IDT's gate).
+    pub static relocate_ring0_return: u8;
     /// End of the relocation code.
     pub static relocate_end: u8;
-    /// The checkpoint instruction (for reports and self-checks).
-    pub static kjump_checkpoint: u8;
     /// The re-entry routine.
     pub static kjump_reentry: u8;
 }
@@ -50,9 +70,10 @@ global_asm!(
     // ---------------------------------------------------------------------
     // kjump_jump(rdi = control page). Interrupts are off (the caller did
     // cli). Saves all GPRs, rflags, CR0/3/4, EFER, FS/GS/KERNEL_GS bases,
-    // GDTR, IDTR, TR, segment selectors and the FXSAVE state; the UART slot
-    // was filled by the caller. Leaves every GPR and rflags as they were
-    // when saved, with rdx = the checkpoint port.
+    // STAR/LSTAR/CSTAR/SFMASK, GDTR, IDTR, TR, segment selectors and the
+    // FXSAVE state; the UART slot was filled by the caller. Leaves every
+    // GPR and rflags as they were when saved, with rdx = the checkpoint
+    // port.
     // ---------------------------------------------------------------------
     ".section .text.kjump, \"ax\"",
     ".global kjump_jump",
@@ -102,6 +123,22 @@ global_asm!(
     "shl rdx, 32",
     "or rax, rdx",
     "mov [rdi + {kgs_base}], rax",
+    "mov ecx, {star_msr}",
+    "rdmsr",
+    "mov [rdi + {star}], eax",
+    "mov [rdi + {star} + 4], edx",
+    "mov ecx, {lstar_msr}",
+    "rdmsr",
+    "mov [rdi + {lstar}], eax",
+    "mov [rdi + {lstar} + 4], edx",
+    "mov ecx, {cstar_msr}",
+    "rdmsr",
+    "mov [rdi + {cstar}], eax",
+    "mov [rdi + {cstar} + 4], edx",
+    "mov ecx, {sfmask_msr}",
+    "rdmsr",
+    "mov [rdi + {sfmask}], eax",
+    "mov [rdi + {sfmask} + 4], edx",
     "sgdt [rdi + {scratch}]",
     "movzx eax, word ptr [rdi + {scratch}]",
     "mov [rdi + {gdtr_limit}], rax",
@@ -227,6 +264,23 @@ global_asm!(
     "mov rdx, rax",
     "shr rdx, 32",
     "wrmsr",
+    // The SYSCALL MSRs: the peer may have programmed its own.
+    "mov ecx, {star_msr}",
+    "mov eax, [rdi + {star}]",
+    "mov edx, [rdi + {star} + 4]",
+    "wrmsr",
+    "mov ecx, {lstar_msr}",
+    "mov eax, [rdi + {lstar}]",
+    "mov edx, [rdi + {lstar} + 4]",
+    "wrmsr",
+    "mov ecx, {cstar_msr}",
+    "mov eax, [rdi + {cstar}]",
+    "mov edx, [rdi + {cstar} + 4]",
+    "wrmsr",
+    "mov ecx, {sfmask_msr}",
+    "mov eax, [rdi + {sfmask}]",
+    "mov edx, [rdi + {sfmask} + 4]",
+    "wrmsr",
     "fxrstor64 [rdi + {fxsave}]",
     // UART: IER, LCR, MCR, SCR, DLL, DLM in bytes 0..6 of the slot. The
     // divisor goes through DLAB, then LCR as saved.
@@ -273,17 +327,146 @@ global_asm!(
     "mov rdi, [rdi + {rdi}]",
     "jmp kjump_checkpoint",
     // ---------------------------------------------------------------------
+    // kjump_ring3_call(rdi = cp, rsi = f, rdx = arg) -> rax = f(arg), with
+    // f run in ring 3 through the relocation code's trip (cp's control
+    // map, tables and `relocate_enter_ring3`), on this stack. Interrupts
+    // off. Puts back everything the trip changes: CR3, CR4, GDTR, IDTR,
+    // TR, CS, SS, DS/ES/FS/GS, the FS/GS bases and rflags. Callee-saved
+    // registers are preserved (f follows the SysV ABI).
+    // ---------------------------------------------------------------------
+    ".global kjump_ring3_call",
+    "kjump_ring3_call:",
+    "push rbp",
+    "mov rbp, rsp",
+    "pushfq",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    // Saved state: [rsp] GDTR, [rsp + 16] IDTR, [rsp + 32] FS base, [rsp +
+    // 40] GS base, [rsp + 48..88] DS, ES, FS, GS, SS, [rsp + 88] CR4. 104
+    // bytes leave rsp 8 mod 16, so that ring 3's `call` finds it aligned
+    // once `call rax` below has pushed its return address.
+    "sub rsp, 104",
+    "mov rbx, rdi",
+    "mov rdi, rdx",
+    "mov r12, cr3",
+    "mov rax, cr4",
+    "mov [rsp + 88], rax",
+    "sgdt [rsp]",
+    "sidt [rsp + 16]",
+    "xor r13d, r13d",
+    "str r13w",
+    "mov r15d, cs",
+    "mov word ptr [rsp + 48], ds",
+    "mov word ptr [rsp + 56], es",
+    "mov word ptr [rsp + 64], fs",
+    "mov word ptr [rsp + 72], gs",
+    "mov word ptr [rsp + 80], ss",
+    "mov ecx, {fs_msr}",
+    "rdmsr",
+    "mov [rsp + 32], eax",
+    "mov [rsp + 36], edx",
+    "mov ecx, {gs_msr}",
+    "rdmsr",
+    "mov [rsp + 40], eax",
+    "mov [rsp + 44], edx",
+    // The copy of relocate_enter_ring3 in cp.
+    "lea rax, [rip + relocate_enter_ring3]",
+    "lea rcx, [rip + relocate_start]",
+    "sub rax, rcx",
+    "add rax, rbx",
+    "lea rcx, [rip + 7f]",
+    "call rax",
+    // Back in ring 0 on cp's tables and map; rax = f's result.
+    "mov r14, rax",
+    "mov cr3, r12",
+    "mov rax, [rsp + 88]",
+    "mov rcx, cr4",
+    "cmp rax, rcx",
+    "je 2f",
+    "mov cr4, rax",
+    "2:",
+    "lgdt [rsp]",
+    "push r15",
+    "lea rax, [rip + 3f]",
+    "push rax",
+    "retfq",
+    "3:",
+    "mov ss, word ptr [rsp + 80]",
+    "mov ds, word ptr [rsp + 48]",
+    "mov es, word ptr [rsp + 56]",
+    "mov fs, word ptr [rsp + 64]",
+    "mov gs, word ptr [rsp + 72]",
+    "mov ecx, {fs_msr}",
+    "mov eax, [rsp + 32]",
+    "mov edx, [rsp + 36]",
+    "wrmsr",
+    "mov ecx, {gs_msr}",
+    "mov eax, [rsp + 40]",
+    "mov edx, [rsp + 44]",
+    "wrmsr",
+    "lidt [rsp + 16]",
+    // TR as in kjump_reentry: clear the busy bit, ltr sets it again.
+    "test r13d, r13d",
+    "jz 4f",
+    "mov eax, r13d",
+    "and eax, 0xfff8",
+    "add rax, [rsp + 2]",
+    "and byte ptr [rax + 5], ~{tss_busy}",
+    "ltr r13w",
+    "4:",
+    "mov rax, r14",
+    "add rsp, 104",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "popfq",
+    "pop rbp",
+    "ret",
+    // Ring 3: f(rdi), then back.
+    "7:",
+    "call rsi",
+    "ud2",
+    // ---------------------------------------------------------------------
     // The relocation code. Position independent: it runs from its copy at
     // cp + 0, identity-mapped, interrupts off, and finds its control page
     // from its own rip.
+    //
+    // Why the copying runs in ring 3: on the software KVM backend of the
+    // test machines (kvm-pvm, DESIGN.md "Facts") every ring-0 instruction
+    // is emulated (~2 µs each, `rep movsq` ~1 µs per 8 bytes) while ring 3
+    // runs natively. Swapping the 8 MiB peer region in ring 0 took seconds
+    // per jump; in ring 3 it takes milliseconds. The ring-0 part stays a
+    // few dozen instructions.
+    //
+    // How: the control map (paging.rs, `build_user_identity_map`) is
+    // user-accessible at every level, so ring 3 reaches all RAM, the control
+    // page and its stack. The control page carries its own GDT, IDT and TSS
+    // (control.rs, `RELOC_*`; the loaded ones may be the peer's, in pages
+    // the walk swaps out). `iretq` enters ring 3; `ud2` comes back: its #UD
+    // goes through the IDT's one gate to ring 0, on the TSS's RSP0. (On
+    // kvm-pvm `syscall` from ring 3 lands at LSTAR still in ring 3, and
+    // `int n` from ring 3 arrives as #UD.) Plain architecture, so the same
+    // code runs under VMX. No MSR is touched.
+    // CR4.SMEP/SMAP would make ring 0 fault on the user pages; the kernels
+    // never set them (the VMM boots with PAE|OSFXSR|OSXMMEXCPT), and the
+    // transfer clears them should they be set.
+    //
+    // What the trip leaves behind, all restored by whoever runs next (a
+    // kernel's `kjump_reentry`, or a peer's boot, loads everything afresh):
+    // GDTR/IDTR/TR on the control page's tables, CS 0x08, SS null (an
+    // interrupt to ring 0 loads a null SS), DS/ES/FS/GS null (iretq to ring
+    // 3 nulls data segments of DPL 0), CR3 the control map.
     // ---------------------------------------------------------------------
     ".balign 16",
     ".global relocate_start",
     "relocate_start:",
-    // relocate_entry(rdi = cp), rsp = cp's stack.
+    // relocate_entry(rdi = cp), rsp = cp's stack, the jumping kernel's CR3.
     "mov rbx, rdi",
-    "mov rax, [rbx + {page_table}]",
-    "mov cr3, rax",
     "xor esi, esi", // direction: 0 = outbound
     "call 10f",
     "mov qword ptr [rbx + {peer_booted}], 1",
@@ -298,26 +481,62 @@ global_asm!(
     "lea rbx, [rip + relocate_start]",
     "mov [rbx + {peer_entry}], rcx",
     "lea rsp, [rbx + {stack_top}]",
-    "mov rax, [rbx + {page_table}]",
-    "mov cr3, rax",
     "mov esi, 1", // direction: 1 = inbound
     "call 10f",
     "mov rdi, rbx",
     "jmp qword ptr [rbx + {reentry}]",
-    // transfer(rbx = cp, esi = direction): walks the indirection list. Swap
-    // mode exchanges each source page with its destination through the swap
-    // page (both directions alike). Backup mode copies: outbound, each
-    // destination is saved to its page of list 1 and loaded from its page
-    // of list 2; inbound, saved to list 2 and loaded from list 1.
+    // transfer(rbx = cp, esi = direction), ring 0, any CR3 that maps the
+    // control pages, rsp on the control page's stack. Returns in ring 0
+    // with the state described above; clobbers all GPRs but rbx, rsp, rbp,
+    // r14 and r15.
     "10:",
+    "lea rcx, [rip + 40f]",
+    // enter_ring3(rbx = cp, rcx = ring-3 rip), ring 0, any CR3 that maps
+    // the control pages; [rsp] is where the way back returns to (the
+    // caller's return address). Clobbers rax; ring 3 starts with every
+    // other GPR as it was here and the same rsp, and `ud2` brings it back
+    // (relocate_ring0_return) with rsp as it found it. Also used by the
+    // kernel (`kjump_ring3_call`).
+    ".global relocate_enter_ring3",
+    "relocate_enter_ring3:",
+    "mov rax, cr4",
+    "test eax, {cr4_smep_smap}",
+    "jz 11f",
+    "and rax, ~{cr4_smep_smap}",
+    "mov cr4, rax",
+    "11:",
+    "mov rax, [rbx + {page_table}]",
+    "mov cr3, rax",
+    "lgdt [rbx + {gdt_ptr}]",
+    "lidt [rbx + {idt_ptr}]",
+    // ltr marks the TSS busy, and faults on a busy one: this control page's
+    // GDT was used by earlier trips.
+    "and byte ptr [rbx + {gdt} + {tss_sel} + 5], ~{tss_busy}",
+    "mov eax, {tss_sel}",
+    "ltr ax",
+    "mov rax, rsp",
+    "push {user_ds}",
+    "push rax",
+    "push {trip_rflags}",
+    "push {user_cs}",
+    "push rcx",
+    "iretq",
+    // Ring 3 (rbx = cp, esi = direction): walks the indirection list. Swap
+    // mode exchanges each source page with its destination through the
+    // swap page (both directions alike). Backup mode copies: outbound, each
+    // destination is saved to its page of list 1 and loaded from its page
+    // of list 2; inbound, saved to list 2 and loaded from list 1. Ends with
+    // `ud2` (to relocate_ring0_return) with rsp as it found it.
+    "40:",
     "cld",
     "mov qword ptr [rbx + {pairs}], 0",
     "mov r12d, esi",
     "cmp qword ptr [rbx + {mode}], {mode_backup}",
     "je 20f",
     "mov r8, [rbx + {head}]",
-    "mov r13d, 0", // op 0: swap
-    "jmp 30f",
+    "xor r13d, r13d", // op 0: swap
+    "call 30f",
+    "jmp 49f",
     "20:",
     // Backup: first save (op 1) with the list that receives our content,
     // then load (op 2) from the other one.
@@ -334,9 +553,11 @@ global_asm!(
     "mov r8, [rbx + {head}]",
     "22:",
     "mov r13d, 2",
-    "jmp 30f",
-    // walk(r8 = head, r13 = op): r9 = destination, r10 = next entry, r11 =
-    // swap page.
+    "call 30f",
+    "49:",
+    "ud2",
+    // walk(r8 = head, r13 = op), ring 3: r9 = destination, r10 = next
+    // entry, r11 = swap page.
     "30:",
     "xor r9d, r9d",
     "xor r10d, r10d",
@@ -395,6 +616,14 @@ global_asm!(
     "jmp 31b",
     "39:",
     "ret",
+    // Back in ring 0 through the #UD gate (cp's IDT; exported for its
+    // setup): on RSP0 with the CPU's frame (rip, cs, rflags, rsp, ss; #UD
+    // pushes no error code). Drop it: back to ring 3's rsp, which is
+    // transfer's own, and return.
+    ".global relocate_ring0_return",
+    "relocate_ring0_return:",
+    "mov rsp, [rsp + 24]",
+    "ret",
     ".global relocate_end",
     "relocate_end:",
     ".previous",
@@ -436,6 +665,10 @@ global_asm!(
     fs = const slot_offset(Slot::Fs),
     gs = const slot_offset(Slot::Gs),
     ss = const slot_offset(Slot::Ss),
+    star = const slot_offset(Slot::Star),
+    lstar = const slot_offset(Slot::Lstar),
+    cstar = const slot_offset(Slot::Cstar),
+    sfmask = const slot_offset(Slot::Sfmask),
     uart = const slot_offset(Slot::Uart),
     fxsave = const control::FXSAVE,
     scratch = const control::DATA_SCRATCH,
@@ -451,6 +684,19 @@ global_asm!(
     mode = const control::DATA_MODE,
     mode_backup = const control::MODE_BACKUP,
     pairs = const control::DATA_PAIRS,
+    gdt_ptr = const control::RELOC_GDT_PTR,
+    idt_ptr = const control::RELOC_IDT_PTR,
+    gdt = const control::RELOC_GDT,
+    tss_sel = const control::RELOC_TSS_SEL,
+    tss_busy = const TSS_BUSY,
+    user_ds = const control::RELOC_USER_DS,
+    user_cs = const control::RELOC_USER_CS,
+    trip_rflags = const TRIP_RFLAGS,
+    cr4_smep_smap = const CR4_SMEP_SMAP,
+    star_msr = const MSR_STAR,
+    lstar_msr = const MSR_LSTAR,
+    cstar_msr = const MSR_CSTAR,
+    sfmask_msr = const MSR_SFMASK,
     efer_msr = const MSR_EFER,
     fs_msr = const MSR_FS_BASE,
     gs_msr = const MSR_GS_BASE,
