@@ -31,8 +31,13 @@ fn boot_with_large_memory_leaves_the_32bit_hole() {
         return;
     }
     let (out, _) = assert_exit(&kjump(&["--scenario", "boot", "--mem", "4G"]), 0);
+    // RAM stops at 3 GiB and goes on at 4 GiB: 1 GiB above the hole.
     assert!(
-        out.contains("0x100000000"),
+        out.contains("-0x0000c0000000) usable"),
+        "RAM below the hole does not end at 3 GiB:\n{out}"
+    );
+    assert!(
+        out.contains("[0x000100000000-0x000140000000) usable"),
         "no RAM above 4 GiB in the guest's map:\n{out}"
     );
 }

@@ -208,3 +208,46 @@ fn unknown_fault_is_refused() {
     );
     assert!(err.contains("no-such-fault"), "{err}");
 }
+
+#[test]
+fn fifty_cycles_in_swap_and_backup_mode() {
+    if !kvm_or_skip("fifty_cycles_in_swap_and_backup_mode") {
+        return;
+    }
+    for mode in ["swap", "backup"] {
+        let (out, _, r) = ping_pong(&format!("pp-50-{mode}"), &["--cycles", "50", "--mode", mode], 0);
+        assert_clean(&r, 50);
+        // B was resumed, never re-booted, on every cycle after the first.
+        assert_eq!(out.matches("kjump guest kernel b").count(), 1, "{mode}");
+        for n in 1..50 {
+            assert!(out.contains(&format!("[b] b: resumed #{n} (not rebooted)")), "{mode}: resume #{n} missing");
+        }
+    }
+}
+
+#[test]
+fn hundred_cycles_with_dirty_and_full_compare() {
+    if !kvm_or_skip("hundred_cycles_with_dirty_and_full_compare") {
+        return;
+    }
+    for compare in ["dirty", "full"] {
+        let (_, _, r) = ping_pong(&format!("pp-100-{compare}"), &["--cycles", "100", "--compare", compare], 0);
+        assert_clean(&r, 100);
+        assert_eq!(r.compare_mode, compare);
+        // After the first checkpoint only dirty pages are read: far fewer
+        // than the 65536 pages of RAM.
+        assert!(r.checkpoints.iter().skip(1).all(|c| c.dirty_pages < 16384), "{compare}");
+    }
+}
+
+#[test]
+fn thousand_cycles_every_checkpoint_checked() {
+    if !kvm_or_skip("thousand_cycles_every_checkpoint_checked") {
+        return;
+    }
+    let (_, _, r) = ping_pong("pp-1000", &["--cycles", "1000"], 0);
+    assert_clean(&r, 1000);
+    // Every checkpoint is in the report, in order, with its timing.
+    assert!(r.checkpoints.iter().enumerate().all(|(i, c)| c.index == i as u64 && c.capture_us > 0));
+    assert_eq!(r.checkpoints.last().map(|c| (c.cycle, c.kernel.as_str(), c.direction.as_str())), Some((1000, "a", "resume")));
+}

@@ -87,6 +87,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the embedded guest kernel ELF (with its symbols and debug
+    /// info) to a file, for gdb.
+    Kernel {
+        /// Where to write it.
+        output: PathBuf,
+    },
     /// What differs between two dumps: registers, then pages with byte
     /// ranges, hexdump and guest symbol. Exit code 1 when they differ.
     Diff {
@@ -96,6 +102,49 @@ pub enum Command {
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
+    /// Build a fresh VM from a dump alone (memory and complete vCPU state)
+    /// and run the scenario on from the dump's checkpoint to its end, every
+    /// checkpoint checked as in the run. Exit codes as a run.
+    Resume(ResumeArgs),
+}
+
+/// Options of `kjump resume`.
+#[derive(Clone, Debug, Args)]
+pub struct ResumeArgs {
+    /// The dump to go on from (an ELF core kjump wrote at a checkpoint,
+    /// e.g. with --dump every-jump).
+    pub file: PathBuf,
+
+    /// Write a JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Watchdog: the guest is declared hung after this many seconds without a checkpoint or harness message.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
+    pub timeout: u64,
+
+    /// Kernel ELF for symbols in reports (default: the embedded kjump guest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Where ELF core dumps of the resumed run go.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+
+    /// When to write dumps.
+    #[arg(long, value_enum, default_value_t = DumpPolicy::OnMismatch)]
+    pub dump: DumpPolicy,
+
+    /// How memory is compared at a resume.
+    #[arg(long, value_enum, default_value_t = CompareMode::Dirty)]
+    pub compare: CompareMode,
+}
+
+impl ResumeArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
 }
 
 /// Options of a scenario run.
@@ -298,6 +347,45 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["diff", "a.core"]).is_err());
+        match parse(&[
+            "resume",
+            "d.core",
+            "--report",
+            "r.json",
+            "--timeout",
+            "9",
+            "--dump-dir",
+            "out",
+            "--dump",
+            "every-jump",
+        ])
+        .unwrap()
+        .into_command()
+        {
+            Command::Resume(r) => {
+                assert_eq!(
+                    (r.file, r.report, r.timeout(), r.dump_dir, r.dump),
+                    (
+                        PathBuf::from("d.core"),
+                        Some(PathBuf::from("r.json")),
+                        Duration::from_secs(9),
+                        Some(PathBuf::from("out")),
+                        DumpPolicy::EveryJump
+                    )
+                );
+                assert_eq!((r.compare, r.kernel), (CompareMode::Dirty, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["resume", "d.core"]).unwrap().into_command() {
+            Command::Resume(r) => {
+                assert_eq!((r.timeout, r.report, r.dump), (60, None, DumpPolicy::OnMismatch))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["resume"]).is_err());
+        assert!(parse(&["resume", "d.core", "--cycles", "3"]).is_err());
+        assert!(parse(&["--report", "r.json", "resume", "d.core"]).is_err());
     }
 
     #[test]

@@ -26,6 +26,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Kernel { output } => {
+            match kjump::report::write_atomic(&output, kjump::DEFAULT_KERNEL) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kjump: error: cannot write {}: {e}", output.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Diff { a, b, kernel } => {
             let elf = match kernel.map(std::fs::read).transpose() {
                 Ok(k) => k.unwrap_or_else(|| kjump::DEFAULT_KERNEL.to_vec()),
