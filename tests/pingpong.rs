@@ -215,12 +215,19 @@ fn fifty_cycles_in_swap_and_backup_mode() {
         return;
     }
     for mode in ["swap", "backup"] {
-        let (out, _, r) = ping_pong(&format!("pp-50-{mode}"), &["--cycles", "50", "--mode", mode], 0);
+        let (out, _, r) = ping_pong(
+            &format!("pp-50-{mode}"),
+            &["--cycles", "50", "--mode", mode],
+            0,
+        );
         assert_clean(&r, 50);
         // B was resumed, never re-booted, on every cycle after the first.
         assert_eq!(out.matches("kjump guest kernel b").count(), 1, "{mode}");
         for n in 1..50 {
-            assert!(out.contains(&format!("[b] b: resumed #{n} (not rebooted)")), "{mode}: resume #{n} missing");
+            assert!(
+                out.contains(&format!("[b] b: resumed #{n} (not rebooted)")),
+                "{mode}: resume #{n} missing"
+            );
         }
     }
 }
@@ -231,12 +238,19 @@ fn hundred_cycles_with_dirty_and_full_compare() {
         return;
     }
     for compare in ["dirty", "full"] {
-        let (_, _, r) = ping_pong(&format!("pp-100-{compare}"), &["--cycles", "100", "--compare", compare], 0);
+        let (_, _, r) = ping_pong(
+            &format!("pp-100-{compare}"),
+            &["--cycles", "100", "--compare", compare],
+            0,
+        );
         assert_clean(&r, 100);
         assert_eq!(r.compare_mode, compare);
         // After the first checkpoint only dirty pages are read: far fewer
         // than the 65536 pages of RAM.
-        assert!(r.checkpoints.iter().skip(1).all(|c| c.dirty_pages < 16384), "{compare}");
+        assert!(
+            r.checkpoints.iter().skip(1).all(|c| c.dirty_pages < 16384),
+            "{compare}"
+        );
     }
 }
 
@@ -248,6 +262,136 @@ fn thousand_cycles_every_checkpoint_checked() {
     let (_, _, r) = ping_pong("pp-1000", &["--cycles", "1000"], 0);
     assert_clean(&r, 1000);
     // Every checkpoint is in the report, in order, with its timing.
-    assert!(r.checkpoints.iter().enumerate().all(|(i, c)| c.index == i as u64 && c.capture_us > 0));
-    assert_eq!(r.checkpoints.last().map(|c| (c.cycle, c.kernel.as_str(), c.direction.as_str())), Some((1000, "a", "resume")));
+    assert!(
+        r.checkpoints
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.index == i as u64 && c.capture_us > 0)
+    );
+    assert_eq!(
+        r.checkpoints
+            .last()
+            .map(|c| (c.cycle, c.kernel.as_str(), c.direction.as_str())),
+        Some((1000, "a", "resume"))
+    );
+}
+
+/// A failing run leaves two dumps, "left" and "found", that readelf and
+/// `kjump inspect` read and that `kjump diff` explains: the injected byte
+/// with its symbol, and in the registers only the checkpoint's answer and
+/// the TSC.
+#[test]
+fn a_failing_run_leaves_two_dumps_that_diff_explains() {
+    if !kvm_or_skip("a_failing_run_leaves_two_dumps_that_diff_explains") {
+        return;
+    }
+    let dir = scratch("pp-dumps");
+    let dumps = dir.join("dumps");
+    let d = dumps.to_str().unwrap();
+    assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "3",
+            "--inject",
+            "flip-a@2",
+            "--dump-dir",
+            d,
+        ]),
+        1,
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dumps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Cycle 2: A suspended at checkpoint 3 and was found damaged at 6.
+    assert_eq!(
+        names,
+        [
+            "c00002-00003-a-suspend-left.core",
+            "c00002-00006-a-resume-found.core"
+        ]
+    );
+    let left = dumps.join(&names[0]);
+    let found = dumps.join(&names[1]);
+
+    let o = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(&found)
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        notes.contains("NT_PRSTATUS") && notes.contains("KJUMP") && notes.contains("QEMU"),
+        "{notes}"
+    );
+
+    let (out, _) = assert_exit(&kjump(&["inspect", found.to_str().unwrap()]), 0);
+    assert!(out.contains("cycle 2 kernel a resume"), "{out}");
+
+    let (out, _) = assert_exit(
+        &kjump(&["diff", left.to_str().unwrap(), found.to_str().unwrap()]),
+        1,
+    );
+    let target = pattern_target();
+    assert!(out.contains("pages: 1 differ"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "[{:#x}..{:#x}) kjump_guest::kernel::kexec::STATIC_PATTERN+0x123",
+            target,
+            target + 1
+        )),
+        "{out}"
+    );
+    assert!(out.contains("registers: 2 differ"), "{out}");
+    assert!(out.contains("rax: 0x504d554a -> 0x4b434142"), "{out}");
+    assert!(out.contains("TSC"), "{out}");
+}
+
+/// `--dump every-jump` writes one dump per checkpoint; a kernel's dumps at
+/// its suspend and at its resume hold the same registers but the answer
+/// and the TSC. (Their memory differs where the peer's parked pages and
+/// the control pages changed, which the oracle accounts for.)
+#[test]
+fn every_jump_dumps_of_a_clean_run_show_the_same_registers() {
+    if !kvm_or_skip("every_jump_dumps_of_a_clean_run_show_the_same_registers") {
+        return;
+    }
+    let dir = scratch("pp-every-jump");
+    let d = dir.to_str().unwrap();
+    assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "2",
+            "--dump",
+            "every-jump",
+            "--dump-dir",
+            d,
+        ]),
+        0,
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".core"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), checkpoints(2), "{names:?}");
+    // A's suspend in cycle 2 and its resume: the same kernel at the same
+    // instruction.
+    let a = dir.join("c00002-00003-a-suspend.core");
+    let b = dir.join("c00002-00006-a-resume.core");
+    let (out, _) = assert_exit(
+        &kjump(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]),
+        1,
+    );
+    assert!(out.contains("registers: 2 differ"), "{out}");
+    assert!(
+        out.contains("rax: 0x504d554a -> 0x4b434142") && out.contains("TSC"),
+        "{out}"
+    );
 }
