@@ -1,16 +1,20 @@
 //! Dumps opened by the real tools: gdb reads a kjump dump together with the
 //! guest kernel's ELF and shows the registers and a backtrace with the
-//! kernel's symbols. Needs no KVM: the dump is written from plain values
-//! (the kernel image placed in guest memory at its load addresses).
+//! kernel's symbols (from plain values, without KVM; and from a real run).
+//! And `kjump resume`: a fresh VM built from a dump of a real run goes on
+//! to the end of the scenario, checked all the way.
 
 mod common;
-use common::scratch;
+use common::{assert_exit, kjump, kvm_or_skip, scratch};
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use kjump::GuestMem;
 use kjump::checkpoint::{CheckpointId, Direction, Kernel};
 use kjump::dump::{DumpInput, cmd_inspect, read_dump, write_dump};
+use kjump::report::{MismatchKind, Report, Verdict};
 use kjump::snapshot::VcpuState;
 use kjump::symbols::Symbols;
 use kjump_guest::elf::Elf;
@@ -110,6 +114,7 @@ fn gdb_shows_registers_and_backtrace_of_a_dump() {
         kernel_name: "built-in",
         mem_size: ram,
         kjump_version: env!("CARGO_PKG_VERSION"),
+        resume: None,
     };
     write_dump(&dump, &input).unwrap();
     assert_eq!(read_dump(&dump).unwrap().state(), &state);
@@ -163,4 +168,257 @@ fn gdb_shows_registers_and_backtrace_of_a_dump() {
 /// The kernel's ELF entry point.
 fn object_entry() -> u64 {
     Elf::parse(kjump::DEFAULT_KERNEL).unwrap().entry
+}
+
+/// Cycles of the run whose dumps the tests below resume.
+const CYCLES: u64 = 3;
+
+/// The directory of the dumps of one real 3-cycle ping-pong run with
+/// `--dump every-jump` (run once, by whichever test needs it first).
+fn every_jump_dumps() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("every-jump");
+        let dumps = dir.join("dumps");
+        let cycles = CYCLES.to_string();
+        let args = [
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            &cycles,
+            "--peer-mem",
+            "4M",
+            "--dump",
+            "every-jump",
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+        ];
+        assert_exit(&kjump(&args), 0);
+        dumps
+    })
+}
+
+/// The dump of checkpoint `index` of the every-jump run, by its name.
+fn dump_of(index: u64, cycle: u64, kernel: &str, direction: &str) -> PathBuf {
+    let p = every_jump_dumps().join(format!("c{cycle:05}-{index:05}-{kernel}-{direction}.core"));
+    assert!(p.exists(), "no dump {}", p.display());
+    p
+}
+
+/// `kjump resume DUMP --report ...`: exit code, stdout, stderr, report.
+fn resume(name: &str, dump: &Path, code: i32) -> (String, String, Report) {
+    let dir = scratch(name);
+    let report = dir.join("report.json");
+    let out = kjump(&[
+        "resume",
+        dump.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = assert_exit(&out, code);
+    let json = std::fs::read_to_string(&report).expect("the report was written");
+    (
+        stdout,
+        stderr,
+        Report::from_json(&json).expect("the report parses"),
+    )
+}
+
+/// A resumed run passed, checked every checkpoint from `next` on, and
+/// counted the cycles of the whole run.
+fn assert_resumed(r: &Report, next: u64, out: &str) {
+    assert_eq!(r.verdict, Verdict::Pass, "{out}");
+    assert_eq!((r.exit_code, r.cycles_requested), (0, CYCLES));
+    assert_eq!(r.cycles_completed, CYCLES, "{out}");
+    assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+    let last = 3 + 4 * (CYCLES - 1) - 1;
+    let indices: Vec<u64> = r.checkpoints.iter().map(|c| c.index).collect();
+    assert_eq!(indices, (next..=last).collect::<Vec<_>>(), "{out}");
+    // Every checkpoint compared the away kernel's view, and a resume its
+    // own too, registers included (nothing skipped after the dump).
+    assert!(r.checkpoints.iter().all(|c| c.pages_compared > 0), "{out}");
+    assert!(out.contains("kjump: ping-pong: pass (kernel a, "), "{out}");
+    assert!(out.contains(&format!("{CYCLES} cycles)")), "{out}");
+}
+
+#[test]
+fn resume_of_an_a_suspend_dump_completes_the_scenario() {
+    if !kvm_or_skip("resume_of_an_a_suspend_dump_completes_the_scenario") {
+        return;
+    }
+    let (out, _, r) = resume("resume-a-suspend", &dump_of(3, 2, "a", "suspend"), 0);
+    assert_resumed(&r, 4, &out);
+    // B is resumed (not booted) from the dump's RAM, then A.
+    assert!(!out.contains("kjump guest kernel b"), "{out}");
+    assert!(
+        out.contains("[b] b: resumed #1 (not rebooted), state intact"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[a] a: cycle 2: back from b, state intact"),
+        "{out}"
+    );
+    let first = &r.checkpoints[0];
+    assert_eq!(
+        (first.kernel.as_str(), first.direction.as_str()),
+        ("b", "resume")
+    );
+}
+
+#[test]
+fn resume_of_a_b_resume_dump_completes_the_scenario() {
+    if !kvm_or_skip("resume_of_a_b_resume_dump_completes_the_scenario") {
+        return;
+    }
+    let (out, _, r) = resume("resume-b-resume", &dump_of(4, 2, "b", "resume"), 0);
+    assert_resumed(&r, 5, &out);
+    // B goes on from its checkpoint: its resume self-check, then A's
+    // first resume is checked against A's record in the dump.
+    assert!(
+        out.contains("[b] b: resumed #1 (not rebooted), state intact"),
+        "{out}"
+    );
+    let a_back = r.checkpoints.iter().find(|c| c.index == 6).unwrap();
+    assert_eq!(
+        (a_back.kernel.as_str(), a_back.direction.as_str()),
+        ("a", "resume")
+    );
+}
+
+#[test]
+fn resume_of_the_last_a_resume_dump_completes_the_scenario() {
+    if !kvm_or_skip("resume_of_the_last_a_resume_dump_completes_the_scenario") {
+        return;
+    }
+    let last = 3 + 4 * (CYCLES - 1) - 1;
+    let (out, _, r) = resume("resume-last", &dump_of(last, CYCLES, "a", "resume"), 0);
+    // Nothing left to check but A's own verdict.
+    assert_resumed(&r, last + 1, &out);
+    assert!(
+        out.contains(&format!("[a] a: cycle {CYCLES}: back from b, state intact")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_resumed_run_checks_the_away_kernels_registers_from_the_dump() {
+    if !kvm_or_skip("a_resumed_run_checks_the_away_kernels_registers_from_the_dump") {
+        return;
+    }
+    // The dump of A's suspend in cycle 2, with B's recorded rbx (from B's
+    // suspend #1) changed: B's resume #4 must be caught on rbx.
+    let dir = scratch("resume-damaged-record");
+    let src = read_dump(&dump_of(3, 2, "a", "suspend")).unwrap();
+    let mut record = src.resume().unwrap().clone();
+    let peer = record.peer.as_mut().unwrap();
+    assert_eq!(peer.kernel, Kernel::B);
+    peer.state.regs.rbx ^= 0x10;
+    let damaged = dir.join("damaged.core");
+    let input = DumpInput {
+        state: src.state(),
+        id: &src.meta().id,
+        jump_back_entry: src.meta().jump_back_entry,
+        resumable: true,
+        memory: &src,
+        kernel_name: &src.meta().kernel_name,
+        mem_size: src.meta().mem_size,
+        kjump_version: env!("CARGO_PKG_VERSION"),
+        resume: Some(&record),
+    };
+    write_dump(&damaged, &input).unwrap();
+    let (out, _, r) = resume("resume-damaged-record-run", &damaged, 1);
+    assert_eq!(r.verdict, Verdict::Fail, "{out}");
+    let m = &r.mismatches[0];
+    assert_eq!(
+        (
+            m.at.checkpoint,
+            m.at.kernel.as_str(),
+            m.at.direction.as_str()
+        ),
+        (4, "b", "resume")
+    );
+    assert_eq!(
+        (m.kind, m.name.as_deref()),
+        (MismatchKind::Register, Some("rbx")),
+        "{out}"
+    );
+    assert_eq!(r.mismatches.len(), 1, "{:?}", r.mismatches);
+}
+
+#[test]
+fn a_truncated_or_unresumable_dump_is_one_line_and_exit_2() {
+    if !kvm_or_skip("a_truncated_or_unresumable_dump_is_one_line_and_exit_2") {
+        return;
+    }
+    let dir = scratch("resume-bad");
+    let src = dump_of(3, 2, "a", "suspend");
+    let bytes = std::fs::read(&src).unwrap();
+    let cut = dir.join("cut.core");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (_, err, r) = resume("resume-bad-cut", &cut, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("kjump: error: ") && err.contains("truncated dump"),
+        "{err}"
+    );
+    assert_eq!(r.verdict, Verdict::Error);
+
+    // A sound dump without a resume record.
+    let d = read_dump(&src).unwrap();
+    let plain = dir.join("plain.core");
+    let input = DumpInput {
+        state: d.state(),
+        id: &d.meta().id,
+        jump_back_entry: d.meta().jump_back_entry,
+        resumable: true,
+        memory: &d,
+        kernel_name: "built-in",
+        mem_size: d.meta().mem_size,
+        kjump_version: env!("CARGO_PKG_VERSION"),
+        resume: None,
+    };
+    write_dump(&plain, &input).unwrap();
+    let out = kjump(&["resume", plain.to_str().unwrap()]);
+    let (_, err) = assert_exit(&out, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot be resumed: it has no resume record"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gdb_shows_the_checkpoint_and_a_backtrace_of_a_real_dump() {
+    if !kvm_or_skip("gdb_shows_the_checkpoint_and_a_backtrace_of_a_real_dump")
+        || !gdb_or_skip("gdb_shows_the_checkpoint_and_a_backtrace_of_a_real_dump")
+    {
+        return;
+    }
+    let dir = scratch("gdb-real-dump");
+    let kernel = dir.join("kjump-guest");
+    std::fs::write(&kernel, kjump::DEFAULT_KERNEL).unwrap();
+    for dump in [dump_of(3, 2, "a", "suspend"), dump_of(4, 2, "b", "resume")] {
+        let out = Command::new("gdb")
+            .args(["-batch", "-nx", "-ex", "info registers rip", "-ex", "bt"])
+            .arg(&kernel)
+            .arg(&dump)
+            .output()
+            .expect("gdb runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let all = format!(
+            "{}\n--- stdout\n{stdout}\n--- stderr\n{}",
+            dump.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{all}");
+        // The state is after the checkpoint's `in eax, dx` (one byte).
+        let rip = stdout
+            .lines()
+            .find(|l| l.starts_with("rip"))
+            .unwrap_or_else(|| panic!("{all}"));
+        assert!(rip.contains("<kjump_checkpoint+1>"), "{all}");
+        let frames = stdout.lines().filter(|l| l.starts_with('#')).count();
+        assert!(frames > 1, "{frames} frames: {all}");
+        assert!(stdout.contains("#1 ") && stdout.contains("kexec"), "{all}");
+    }
 }

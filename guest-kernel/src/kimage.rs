@@ -312,8 +312,7 @@ mod tests {
             Err(WalkError::BadEntry { at: 0x6000, .. })
         ));
         // A destination that would wrap the address space.
-        m.words
-            .insert(0x7000, (u64::MAX & !0xfff) | IND_DESTINATION);
+        m.words.insert(0x7000, !0xfff | IND_DESTINATION);
         m.words.insert(0x7008, 0x4008);
         m.words.insert(0x7010, 0x5008);
         assert_eq!(

@@ -9,10 +9,10 @@
 //! A.suspend, B.resume, B.suspend, A.resume.
 
 use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, Role};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which way a kernel passes its checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// On its way out: the VMM answers JUMP.
@@ -37,7 +37,7 @@ impl Direction {
 }
 
 /// One checkpoint's identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointId {
     /// Counts from 0 over the whole run.
     pub index: u64,
@@ -48,7 +48,7 @@ pub struct CheckpointId {
 }
 
 /// A kernel of the scenario, serialisable as `"a"`/`"b"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernel {
     A,
@@ -92,7 +92,7 @@ pub enum KernelState {
 }
 
 /// Follows the transfers of control from checkpoint to checkpoint.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tracker {
     running: Kernel,
     state: [KernelState; 2],
@@ -117,6 +117,66 @@ impl Tracker {
         }
     }
 
+    /// The tracker as it is right after checkpoint `id` was answered (to go
+    /// on from a dump taken there), or `None` if `id` is not a checkpoint of
+    /// the ping-pong sequence: A.suspend #0, B.suspend #1 and A.resume #2
+    /// in cycle 1, then A.suspend, B.resume, B.suspend, A.resume in each
+    /// later cycle, indices counting on.
+    pub fn resume_after(id: CheckpointId) -> Option<Self> {
+        use Direction::{Resume, Suspend};
+        use Kernel::{A, B};
+        let pos = match (id.cycle, id.kernel, id.direction) {
+            (0, ..) => return None,
+            (1, A, Suspend) => 0,
+            (1, B, Suspend) => 1,
+            (1, A, Resume) => 2,
+            (1, B, Resume) => return None,
+            (c, k, d) => {
+                let step = match (k, d) {
+                    (A, Suspend) => 0,
+                    (B, Resume) => 1,
+                    (B, Suspend) => 2,
+                    (A, Resume) => 3,
+                };
+                (c - 2).checked_mul(4)?.checked_add(3 + step)?
+            }
+        };
+        if pos != id.index {
+            return None;
+        }
+        let k = id.kernel;
+        let mut state = [KernelState::Away; 2];
+        let (running, cycle) = match id.direction {
+            // Control goes to the peer, which boots (only after A's first
+            // suspend) or resumes; both kernels' next checkpoints are
+            // resumes, except the booting one's.
+            Suspend => {
+                if id.index == 0 {
+                    state[k.peer().idx()] = KernelState::Running;
+                }
+                (k.peer(), id.cycle)
+            }
+            // The resumed kernel runs on; the peer is away.
+            Resume => {
+                state[k.idx()] = KernelState::Running;
+                (
+                    k,
+                    if k == A {
+                        id.cycle.checked_add(1)?
+                    } else {
+                        id.cycle
+                    },
+                )
+            }
+        };
+        Some(Self {
+            running,
+            state,
+            next_index: id.index.checked_add(1)?,
+            cycle,
+        })
+    }
+
     /// The kernel executing now (whose console lines these are).
     pub fn running(&self) -> Kernel {
         self.running
@@ -133,6 +193,8 @@ impl Tracker {
 
     /// What the checkpoint that just trapped is, and moves on. The answer
     /// to give the guest is `id.direction.answer()`.
+    // Not an iterator: each call answers a trap that happened.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> CheckpointId {
         let k = self.running;
         let direction = match self.state[k.idx()] {
@@ -201,6 +263,48 @@ mod tests {
                 (2, "a", "resume"),
             ]
         );
+    }
+
+    #[test]
+    fn resume_after_any_checkpoint_goes_on_like_the_run() {
+        let mut t = Tracker::new();
+        for _ in 0..41 {
+            let id = t.next();
+            let r = Tracker::resume_after(id).unwrap_or_else(|| panic!("{id:?} refused"));
+            assert_eq!(r, t, "after {id:?}");
+            // And it goes on identically.
+            let (mut a, mut b) = (t.clone(), r);
+            for _ in 0..9 {
+                assert_eq!(a.next(), b.next(), "after {id:?}");
+            }
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn resume_after_refuses_checkpoints_not_in_the_sequence() {
+        let id = |index, cycle, kernel, direction| CheckpointId {
+            index,
+            cycle,
+            kernel,
+            direction,
+        };
+        use Direction::{Resume, Suspend};
+        for bad in [
+            id(0, 0, Kernel::A, Suspend),
+            id(1, 1, Kernel::B, Resume),
+            id(4, 1, Kernel::A, Suspend),
+            id(3, 2, Kernel::B, Resume),
+            id(8, 3, Kernel::A, Resume),
+            id(u64::MAX, u64::MAX, Kernel::A, Resume),
+            id(u64::MAX, u64::MAX / 4 + 2, Kernel::A, Resume),
+        ] {
+            assert_eq!(Tracker::resume_after(bad), None, "{bad:?}");
+        }
+        let last = Tracker::resume_after(id(10, 3, Kernel::A, Resume)).unwrap();
+        assert_eq!(last.cycles_completed(), 3);
+        assert_eq!(last.running(), Kernel::A);
+        assert!(last.is_away(Kernel::B) && !last.is_away(Kernel::A));
     }
 
     #[test]

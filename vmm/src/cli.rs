@@ -364,7 +364,13 @@ mod tests {
         {
             Command::Resume(r) => {
                 assert_eq!(
-                    (r.file, r.report, r.timeout(), r.dump_dir, r.dump),
+                    (
+                        r.file.clone(),
+                        r.report.clone(),
+                        r.timeout(),
+                        r.dump_dir.clone(),
+                        r.dump
+                    ),
                     (
                         PathBuf::from("d.core"),
                         Some(PathBuf::from("r.json")),
@@ -379,7 +385,10 @@ mod tests {
         }
         match parse(&["resume", "d.core"]).unwrap().into_command() {
             Command::Resume(r) => {
-                assert_eq!((r.timeout, r.report, r.dump), (60, None, DumpPolicy::OnMismatch))
+                assert_eq!(
+                    (r.timeout, r.report, r.dump),
+                    (60, None, DumpPolicy::OnMismatch)
+                )
             }
             other => panic!("{other:?}"),
         }

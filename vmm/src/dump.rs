@@ -17,8 +17,10 @@
 //! * `CORE`/`NT_PRFPREG` (2): the FXSAVE area (x87/SSE registers for gdb);
 //! * `QEMU` (0): QEMU's `QEMUCPUState` (version 1), the system registers
 //!   crash tools read from QEMU dumps;
-//! * `KJUMP` ([`NT_KJUMP`]): the checkpoint, the jump-back entry and the
-//!   complete vCPU state, in the versioned layout [`KjumpNote`] documents.
+//! * `KJUMP` ([`NT_KJUMP`]): the checkpoint, the jump-back entry, the
+//!   complete vCPU state and (version 2) the [`ResumeRecord`] that lets
+//!   `kjump resume` go on from the dump, in the versioned layout
+//!   [`KjumpNote`] documents.
 //!
 //! A dump is written to a temporary name in the target directory, fsynced,
 //! and renamed: a crash never leaves a partial file under the final name.
@@ -35,9 +37,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kvm_bindings::kvm_segment;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_superio::serial::SerialState;
 
 use crate::GuestMem;
 use crate::checkpoint::{CheckpointId, Direction, Kernel};
@@ -96,12 +99,18 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 /// Magic at the start of the KJUMP note's descriptor.
 pub const KJUMP_MAGIC: [u8; 8] = *b"KJUMPDMP";
-/// Version of the KJUMP note layout this kjump writes and reads.
-pub const KJUMP_VERSION: u32 = 1;
+/// Version of the KJUMP note layout this kjump writes (it reads it and
+/// every version from [`KJUMP_MIN_VERSION`]).
+pub const KJUMP_VERSION: u32 = 2;
+/// The oldest KJUMP note layout this kjump reads: version 1 has no resume
+/// record.
+pub const KJUMP_MIN_VERSION: u32 = 1;
 /// Size of the KJUMP note's fixed header (see [`KjumpNote`]).
 pub const KJUMP_HEADER_SIZE: usize = 72;
 /// Offset of the checksum in the KJUMP note's fixed header.
 const KJUMP_CHECKSUM: usize = 64;
+/// Offset of `resume_size` (version 2; reserved and zero in version 1).
+const KJUMP_RESUME_SIZE: usize = 60;
 /// `flags` bit: the image can be resumed at its jump-back entry.
 pub const KJUMP_FLAG_RESUMABLE: u16 = 1;
 
@@ -151,7 +160,7 @@ pub enum DumpError {
     #[error("{}: corrupt dump: {what}", path.display())]
     Corrupt { path: PathBuf, what: String },
     /// The KJUMP note has a layout version this kjump does not read.
-    #[error("{}: KJUMP note version {found}, this kjump reads version {KJUMP_VERSION}", path.display())]
+    #[error("{}: KJUMP note version {found}, this kjump reads versions {KJUMP_MIN_VERSION} to {KJUMP_VERSION}", path.display())]
     Version { path: PathBuf, found: u32 },
     /// The kernel ELF given for symbols is unreadable.
     #[error("cannot read the kernel's symbols")]
@@ -165,6 +174,13 @@ pub trait RamSource {
     fn ram_ranges(&self) -> Vec<(u64, u64)>;
     /// Fills `buf` from guest-physical `addr`; the span lies in one range.
     fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError>;
+    /// The first page at or after `addr` (rounded down to its page), below
+    /// `end` and in the range holding `addr`, that may hold non-zero bytes;
+    /// `end` if none does. Lets a reader skip the holes of a sparse dump;
+    /// by default nothing is skipped.
+    fn skip_zeros(&self, addr: u64, end: u64) -> u64 {
+        (addr & !(PAGE - 1)).min(end)
+    }
 }
 
 impl RamSource for GuestMem {
@@ -223,16 +239,105 @@ pub struct DumpInput<'a> {
     pub mem_size: u64,
     /// The kjump version that wrote the dump (free-form).
     pub kjump_version: &'a str,
+    /// What `kjump resume` needs to go on from here (none: the dump can be
+    /// inspected and diffed, not resumed by kjump).
+    pub resume: Option<&'a ResumeRecord>,
+}
+
+/// The UART's registers (`vm_superio::serial::SerialState`), as a dump
+/// keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UartState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&SerialState> for UartState {
+    fn from(s: &SerialState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<&UartState> for SerialState {
+    fn from(s: &UartState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+/// What the oracle recorded when a kernel last suspended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendRecord {
+    pub kernel: Kernel,
+    /// Its last suspend checkpoint.
+    pub suspended_at: CheckpointId,
+    /// Its vCPU there.
+    pub state: VcpuState,
+    /// The UART there.
+    pub uart: UartState,
+}
+
+/// The KJUMP note's resume record (version 2): with the dump's memory and
+/// vCPU, everything `kjump resume` needs to run the scenario on from the
+/// dump's checkpoint and check it as the run would have.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRecord {
+    /// The scenario the dump was taken in (`ping-pong`).
+    pub scenario: String,
+    /// The cycles the run was asked for.
+    pub cycles: u64,
+    /// The last kimage report of kernel a and of kernel b: the eight
+    /// `u64` arguments of their `Kimage` harness message (`abi::KimageArgs`);
+    /// absent before the kernel's first.
+    pub kimage_a: Option<[u64; 8]>,
+    pub kimage_b: Option<[u64; 8]>,
+    /// The UART at the dump's checkpoint.
+    pub uart: UartState,
+    /// The kernel that is away (the peer of the dump's kernel), as it was
+    /// when it last suspended; absent when it has not booted yet.
+    pub peer: Option<SuspendRecord>,
 }
 
 /// The KJUMP note's metadata, as read back.
 ///
-/// The note's descriptor, version 1, all integers little-endian:
+/// The note's descriptor, version 2, all integers little-endian:
 ///
 /// ```text
 /// offset size field
 ///      0    8 magic            "KJUMPDMP"
-///      8    4 version          1
+///      8    4 version          2
 ///     12    4 header_size      72: offset of the variable part
 ///     16    8 index            checkpoint index in the run, from 0
 ///     24    8 cycle            A->B->A cycle, from 1
@@ -244,22 +349,37 @@ pub struct DumpInput<'a> {
 ///     48    8 mem_size         guest RAM bytes (the 32-bit hole not counted)
 ///     56    2 kernel_name_size
 ///     58    2 kjump_version_size
-///     60    4 reserved         0
+///     60    4 resume_size      bytes of the resume record; 0 = none
 ///     64    8 checksum         xxh3-64 of the descriptor with this field zero
 ///     72      state            the vCPU state: UTF-8 JSON of kjump's VcpuState
 ///             kernel_name      UTF-8
 ///             kjump_version    UTF-8
+///             resume           UTF-8 JSON of kjump's ResumeRecord
 /// ```
 ///
 /// The descriptor is exactly `72 + state_size + kernel_name_size +
-/// kjump_version_size` bytes. The JSON object has the members `mp_state`,
+/// kjump_version_size + resume_size` bytes. Version 1 is the same without
+/// the resume record: its bytes 60..64 are reserved and zero; kjump reads
+/// it (such a dump is inspected and diffed, but not resumed). The JSON object has the members `mp_state`,
 /// `regs`, `sregs`, `xcrs`, `debugregs`, `lapic`, `events`: the raw bytes
 /// of KVM's `struct kvm_mp_state`, `kvm_regs`, `kvm_sregs`, `kvm_xcrs`,
 /// `kvm_debugregs`, `kvm_lapic_state`, `kvm_vcpu_events` (the KVM UAPI
 /// layout, x86_64, as `KVM_GET_*` returns them) as arrays of numbers, which
 /// is how kvm-bindings serialises them; `xsave`, the 4096-byte
 /// `KVM_GET_XSAVE` area as an array of numbers; `msrs`, an object of MSR
-/// index (decimal, as a string) to value. A change to any of this bumps
+/// index (decimal, as a string) to value.
+///
+/// The resume record is a JSON object with exactly these members:
+/// `scenario` (string) and `cycles` (the cycles the run was asked for);
+/// `kimage_a`, `kimage_b` (the eight numbers of each kernel's last kimage
+/// report, or null); `uart` (the UART's registers at the checkpoint:
+/// `baud_divisor_low`, `baud_divisor_high`, `interrupt_enable`,
+/// `interrupt_identification`, `line_control`, `line_status`,
+/// `modem_control`, `modem_status`, `scratch`, `in_buffer`); `peer` (null
+/// before the other kernel has booted, or what the oracle recorded at its
+/// last suspend: `kernel`, `suspended_at` (`index`, `cycle`, `kernel`,
+/// `direction`), `state` (a vCPU state as above), `uart`). Readers refuse
+/// unknown members. A change to any of this bumps
 /// the version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KjumpNote {
@@ -322,6 +442,7 @@ pub struct Dump {
     entry: u64,
     meta: KjumpNote,
     state: VcpuState,
+    resume: Option<ResumeRecord>,
     /// Sorted by address, not overlapping.
     loads: Vec<Load>,
     notes: Vec<NoteInfo>,
@@ -463,6 +584,10 @@ fn checksum(desc: &[u8]) -> u64 {
 /// The KJUMP note's descriptor (layout: [`KjumpNote`]).
 fn kjump_desc(d: &DumpInput<'_>) -> Result<Vec<u8>, DumpError> {
     let state = serde_json::to_vec(d.state).map_err(DumpError::Encode)?;
+    let resume = match d.resume {
+        Some(r) => serde_json::to_vec(r).map_err(DumpError::Encode)?,
+        None => Vec::new(),
+    };
     // Names longer than a u16 are cut (at a character boundary).
     let cut = |s: &str| {
         let mut n = s.len().min(u16::MAX as usize);
@@ -493,9 +618,15 @@ fn kjump_desc(d: &DumpInput<'_>) -> Result<Vec<u8>, DumpError> {
     put(&mut b, 48, &d.mem_size.to_le_bytes());
     put(&mut b, 56, &(name.len() as u16).to_le_bytes());
     put(&mut b, 58, &(version.len() as u16).to_le_bytes());
+    put(
+        &mut b,
+        KJUMP_RESUME_SIZE,
+        &(resume.len() as u32).to_le_bytes(),
+    );
     b.extend_from_slice(&state);
     b.extend_from_slice(&name);
     b.extend_from_slice(&version);
+    b.extend_from_slice(&resume);
     let sum = checksum(&b);
     put(&mut b, KJUMP_CHECKSUM, &sum.to_le_bytes());
     Ok(b)
@@ -747,7 +878,9 @@ fn parse_notes(b: &[u8]) -> Result<Vec<RawNote<'_>>, String> {
 }
 
 /// Decodes the KJUMP note (layout: [`KjumpNote`]).
-fn parse_kjump(desc: &[u8], path: &Path) -> Result<(KjumpNote, VcpuState), DumpError> {
+type KjumpParts = (KjumpNote, VcpuState, Option<ResumeRecord>);
+
+fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpError> {
     let corrupt = |what: String| DumpError::Corrupt {
         path: path.to_path_buf(),
         what,
@@ -756,7 +889,7 @@ fn parse_kjump(desc: &[u8], path: &Path) -> Result<(KjumpNote, VcpuState), DumpE
         return Err(corrupt("KJUMP note has no KJUMP magic".into()));
     }
     let version = u32_at(desc, 8);
-    if version != KJUMP_VERSION {
+    if !(KJUMP_MIN_VERSION..=KJUMP_VERSION).contains(&version) {
         return Err(DumpError::Version {
             path: path.to_path_buf(),
             found: version,
@@ -777,7 +910,17 @@ fn parse_kjump(desc: &[u8], path: &Path) -> Result<(KjumpNote, VcpuState), DumpE
     let state_len = u32_at(desc, 36) as usize;
     let name_len = usize::from(u16_at(desc, 56));
     let version_len = usize::from(u16_at(desc, 58));
-    let want = KJUMP_HEADER_SIZE as u64 + state_len as u64 + name_len as u64 + version_len as u64;
+    // Version 1: reserved, and zero (checked with the flags below).
+    let resume_len = if version >= 2 {
+        u32_at(desc, KJUMP_RESUME_SIZE) as usize
+    } else {
+        0
+    };
+    let want = KJUMP_HEADER_SIZE as u64
+        + state_len as u64
+        + name_len as u64
+        + version_len as u64
+        + resume_len as u64;
     if want != desc.len() as u64 {
         return Err(corrupt(format!(
             "KJUMP note is {} bytes, its header describes {want}",
@@ -799,7 +942,7 @@ fn parse_kjump(desc: &[u8], path: &Path) -> Result<(KjumpNote, VcpuState), DumpE
         d => return Err(corrupt(format!("KJUMP note names direction {d}"))),
     };
     let flags = u16_at(desc, 34);
-    if flags & !KJUMP_FLAG_RESUMABLE != 0 || u32_at(desc, 60) != 0 {
+    if flags & !KJUMP_FLAG_RESUMABLE != 0 || (version < 2 && u32_at(desc, KJUMP_RESUME_SIZE) != 0) {
         return Err(corrupt(format!(
             "KJUMP note has unknown flags {flags:#x} or reserved bits set"
         )));
@@ -831,6 +974,10 @@ fn parse_kjump(desc: &[u8], path: &Path) -> Result<(KjumpNote, VcpuState), DumpE
         kernel,
         direction,
     };
+    let resume = match resume_len {
+        0 => None,
+        n => Some(parse_resume(take(n), &id).map_err(corrupt)?),
+    };
     let meta = KjumpNote {
         version,
         id,
@@ -840,7 +987,35 @@ fn parse_kjump(desc: &[u8], path: &Path) -> Result<(KjumpNote, VcpuState), DumpE
         kernel_name,
         kjump_version,
     };
-    Ok((meta, state))
+    Ok((meta, state, resume))
+}
+
+/// Decodes a resume record and checks what can be checked on its own.
+fn parse_resume(b: &[u8], id: &CheckpointId) -> Result<ResumeRecord, String> {
+    let r: ResumeRecord = serde_json::from_slice(b)
+        .map_err(|e| format!("KJUMP note's resume record does not decode: {e}"))?;
+    if let Some(p) = &r.peer {
+        if p.state.xsave.len() != XSAVE_SIZE {
+            return Err(format!(
+                "KJUMP note's resume record: the peer's XSAVE area is {} bytes, expected {XSAVE_SIZE}",
+                p.state.xsave.len()
+            ));
+        }
+        let s = &p.suspended_at;
+        if p.kernel != id.kernel.peer()
+            || s.kernel != p.kernel
+            || s.direction != Direction::Suspend
+            || s.index >= id.index
+        {
+            return Err(format!(
+                "KJUMP note's resume record: peer {} suspended at {} does not fit checkpoint {}",
+                p.kernel.name(),
+                checkpoint_text(s),
+                checkpoint_text(id)
+            ));
+        }
+    }
+    Ok(r)
 }
 
 /// Reads and validates a dump. The file is untrusted: whatever is wrong
@@ -973,7 +1148,7 @@ pub fn read_dump(path: &Path) -> Result<Dump, DumpError> {
             _ => {}
         }
     }
-    let Some((meta, state)) = kjump else {
+    let Some((meta, state, resume)) = kjump else {
         return Err(not_dump("no KJUMP note"));
     };
     if meta.jump_back_entry != entry {
@@ -1001,6 +1176,7 @@ pub fn read_dump(path: &Path) -> Result<Dump, DumpError> {
         entry,
         meta,
         state,
+        resume,
         loads,
         notes,
     })
@@ -1019,6 +1195,12 @@ impl Dump {
     /// The complete vCPU state, as `kjump resume` restores it.
     pub fn state(&self) -> &VcpuState {
         &self.state
+    }
+
+    /// What `kjump resume` needs besides memory and vCPU (version 2 notes
+    /// of dumps taken at a checkpoint of a run).
+    pub fn resume(&self) -> Option<&ResumeRecord> {
+        self.resume.as_ref()
     }
 
     /// The notes, in file order.
@@ -1146,6 +1328,9 @@ impl RamSource for Dump {
     fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
         self.read_at(addr, buf)
     }
+    fn skip_zeros(&self, addr: u64, end: u64) -> u64 {
+        self.next_data(addr, end)
+    }
 }
 
 // ---------------------------------------------------------------- inspect
@@ -1261,6 +1446,26 @@ pub fn inspect(d: &Dump) -> String {
         m.kernel_name,
         size_text(m.mem_size)
     );
+    match &d.resume {
+        Some(r) => {
+            let peer = r.peer.as_ref().map_or_else(
+                || "the other kernel not booted yet".to_string(),
+                |p| {
+                    format!(
+                        "kernel {} away since {}",
+                        p.kernel.name(),
+                        checkpoint_text(&p.suspended_at)
+                    )
+                },
+            );
+            let _ = writeln!(
+                o,
+                "  resume record: {} of {} cycles, {peer}",
+                r.scenario, r.cycles
+            );
+        }
+        None => o.push_str("  no resume record (kjump resume refuses it)\n"),
+    }
     let _ = writeln!(
         o,
         "  jump-back entry {:#x} (ELF entry {:#x}), {}",
@@ -1371,6 +1576,11 @@ pub fn inspect_json(d: &Dump) -> serde_json::Value {
         "size": d.len,
         "elf_entry": d.entry,
         "kjump": &d.meta,
+        "resume": d.resume.as_ref().map(|r| json!({
+            "scenario": r.scenario,
+            "cycles": r.cycles,
+            "peer_suspended_at": r.peer.as_ref().map(|p| p.suspended_at),
+        })),
         "registers": regs,
         "segments": segs,
         "tables": {
@@ -1711,6 +1921,7 @@ mod tests {
             kernel_name: "built-in",
             mem_size: RAM.1 + HIGH.1,
             kjump_version: "kjump 0.1.0 test",
+            resume: None,
         }
     }
 
@@ -2097,8 +2308,17 @@ mod tests {
                 &format!("KJUMP note byte {o:#x} flipped"),
             );
         }
-        let e = is(with(&[(desc + 8, &2u32.to_le_bytes())]), "version");
-        assert!(matches!(e, DumpError::Version { found: 2, .. }), "{e}");
+        let e = is(
+            with(&[(desc + 8, &(KJUMP_VERSION + 1).to_le_bytes())]),
+            "version",
+        );
+        assert!(
+            matches!(e, DumpError::Version { found, .. } if found == KJUMP_VERSION + 1),
+            "{e}"
+        );
+        assert!(e.to_string().contains("reads versions 1 to"), "{e}");
+        let e = is(with(&[(desc + 8, &0u32.to_le_bytes())]), "version 0");
+        assert!(matches!(e, DumpError::Version { found: 0, .. }), "{e}");
         // Without the KJUMP note, the file is a core file but not a dump.
         let e = is(with(&[(at + 8, &7u32.to_le_bytes())]), "note type");
         assert!(
@@ -2252,6 +2472,140 @@ mod tests {
         assert!(d.problems[0].contains("RAM ranges differ"), "{d}");
         // The common range is compared: memory() has 5 non-zero pages there.
         assert_eq!(d.pages.len(), 5, "{d}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn record() -> ResumeRecord {
+        let mut peer_state = sample_state();
+        peer_state.regs.rbx = 0xa11ce;
+        ResumeRecord {
+            scenario: "ping-pong".into(),
+            cycles: 7,
+            kimage_a: Some([1, 2, 3, 4, 5, 6, 7, 8]),
+            kimage_b: None,
+            uart: UartState::from(&SerialState {
+                line_control: 0x03,
+                in_buffer: vec![b'x'],
+                ..Default::default()
+            }),
+            peer: Some(SuspendRecord {
+                kernel: Kernel::A,
+                suspended_at: CheckpointId {
+                    index: 3,
+                    cycle: 3,
+                    kernel: Kernel::A,
+                    direction: Direction::Suspend,
+                },
+                state: peer_state,
+                uart: UartState::from(&SerialState::default()),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_resume_record_round_trips_and_is_checked() {
+        let dir = scratch("resume-record");
+        let (s, id, mem, r) = (sample_state(), id(), memory(), record());
+        let path = dir.join("r.core");
+        let inp = DumpInput {
+            resume: Some(&r),
+            ..input(&s, &id, &mem)
+        };
+        write_dump(&path, &inp).unwrap();
+        let d = read_dump(&path).unwrap();
+        assert_eq!(d.resume(), Some(&r));
+        assert_eq!(d.meta().version, KJUMP_VERSION);
+        let uart = SerialState::from(&d.resume().unwrap().uart);
+        assert_eq!((uart.line_control, uart.in_buffer), (0x03, vec![b'x']));
+        let text = inspect(&d);
+        assert!(
+            text.contains("resume record: ping-pong of 7 cycles, kernel a away since #3 cycle 3 kernel a suspend"),
+            "{text}"
+        );
+        assert_eq!(inspect_json(&d)["resume"]["cycles"], 7);
+        // Without a record: nothing to resume, said so.
+        let plain = read_dump(&write_sample(&dir, "plain.core")).unwrap();
+        assert!(plain.resume().is_none());
+        assert!(inspect(&plain).contains("no resume record"));
+
+        // A peer that cannot be the peer of this checkpoint (kernel b
+        // resumes at #5: the peer is a, suspended before #5).
+        for (what, edit) in [
+            (
+                "peer is b",
+                (|p: &mut SuspendRecord| p.kernel = Kernel::B) as fn(&mut SuspendRecord),
+            ),
+            ("suspended later", |p| p.suspended_at.index = 9),
+            ("at a resume", |p| {
+                p.suspended_at.direction = Direction::Resume
+            }),
+            ("short xsave", |p| p.state.xsave.truncate(100)),
+        ] {
+            let mut bad = record();
+            edit(bad.peer.as_mut().unwrap());
+            let inp = DumpInput {
+                resume: Some(&bad),
+                ..input(&s, &id, &mem)
+            };
+            write_dump(&path, &inp).unwrap();
+            let e = read_dump(&path).expect_err(what);
+            assert!(matches!(e, DumpError::Corrupt { .. }), "{what}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Rewrites the KJUMP note of a version 2 dump without a resume record
+    /// as version 1, as an older kjump wrote it.
+    fn as_version_1(bytes: &mut [u8]) {
+        let at = bytes.windows(6).position(|w| w == b"KJUMP\0").unwrap() - 12;
+        let descsz = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let desc = &mut bytes[at + 20..at + 20 + descsz];
+        assert_eq!(u32_at(desc, KJUMP_RESUME_SIZE), 0);
+        desc[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let sum = checksum(desc);
+        desc[KJUMP_CHECKSUM..KJUMP_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    #[test]
+    fn version_1_dumps_are_still_read() {
+        let dir = scratch("v1");
+        let path = write_sample(&dir, "a.core");
+        let mut bytes = std::fs::read(&path).unwrap();
+        as_version_1(&mut bytes);
+        let d = read_bytes(&dir.join("v1.core"), &bytes).unwrap();
+        assert_eq!((d.meta().version, d.meta().id), (1, id()));
+        assert_eq!(d.state(), &sample_state());
+        assert!(d.resume().is_none());
+        // Version 1's reserved field must stay zero.
+        let at = bytes.windows(6).position(|w| w == b"KJUMP\0").unwrap() - 12 + 20;
+        bytes[at + KJUMP_RESUME_SIZE] = 1;
+        let sum = checksum(&bytes[at..at + u32_at(&bytes, at - 16) as usize]);
+        bytes[at + KJUMP_CHECKSUM..at + KJUMP_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+        let e = read_bytes(&dir.join("v1.core"), &bytes).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dump_skips_its_holes_for_readers() {
+        let dir = scratch("skip");
+        let d = read_dump(&write_sample(&dir, "a.core")).unwrap();
+        // memory(): data at 0x1000, 0x2000, 0x80000 (one byte), ...
+        // (A file system without hole tracking skips nothing.)
+        let next = d.skip_zeros(0x3000, RAM.1);
+        assert!(
+            (0x3000..=0x8_0000).contains(&next) && next.is_multiple_of(PAGE),
+            "{next:#x}"
+        );
+        assert_eq!(d.skip_zeros(0x10_0000, 0x10_0000), 0x10_0000);
+        assert_eq!(d.skip_zeros(0x1234, RAM.1), 0x1000);
+        let mem = memory();
+        assert_eq!(
+            mem.skip_zeros(0x3456, RAM.1),
+            0x3000,
+            "GuestMem skips nothing"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -61,14 +61,20 @@ fn moved(moves: &BTreeMap<u64, u64>, addr: u64) -> u64 {
     moves.get(&page).map_or(addr, |p| p + (addr - page))
 }
 
-fn walk(mem: &GuestMem, head: u64) -> Result<BTreeMap<u64, u64>, KimageError> {
+/// Walks the list at `head`, its entries read where `parked` says their
+/// pages are (empty: in place).
+fn walk(
+    mem: &GuestMem,
+    head: u64,
+    parked: &BTreeMap<u64, u64>,
+) -> Result<BTreeMap<u64, u64>, KimageError> {
     let mut map = BTreeMap::new();
     let mut outside = None;
     let read = |a: u64| {
-        if a % 8 != 0 {
+        if !a.is_multiple_of(8) {
             return None;
         }
-        mem.read_obj::<u64>(GuestAddress(a)).ok()
+        mem.read_obj::<u64>(GuestAddress(moved(parked, a))).ok()
     };
     kimage::walk(head, MAX_ENTRIES, read, |p: Pair| {
         if outside.is_none() {
@@ -90,6 +96,17 @@ fn walk(mem: &GuestMem, head: u64) -> Result<BTreeMap<u64, u64>, KimageError> {
 impl Kimage {
     /// Reads the kimage described by a `Kimage` harness message.
     pub fn read(mem: &GuestMem, args: &[u64; 8]) -> Result<Self, KimageError> {
+        Self::read_parked(mem, args, &BTreeMap::new())
+    }
+
+    /// Reads the kimage of a kernel that is away, whose pages (the list's
+    /// among them) are parked as `parked` says (home page -> where it is),
+    /// e.g. kernel b's while a runs, for `kjump resume`.
+    pub fn read_parked(
+        mem: &GuestMem,
+        args: &[u64; 8],
+        parked: &BTreeMap<u64, u64>,
+    ) -> Result<Self, KimageError> {
         let role =
             Role::from_u64(args[KimageArgs::ROLE]).ok_or(KimageError::Bad("unknown role"))?;
         let backup = match args[KimageArgs::MODE] {
@@ -99,7 +116,9 @@ impl Kimage {
         };
         let control = args[KimageArgs::CONTROL];
         let control_pages = args[KimageArgs::CONTROL_PAGES];
-        if control % PAGE_SIZE != 0 || !(control::PAGE_TABLES + 3..=4096).contains(&control_pages) {
+        if !control.is_multiple_of(PAGE_SIZE)
+            || !(control::PAGE_TABLES + 3..=4096).contains(&control_pages)
+        {
             return Err(KimageError::Bad(
                 "control pages misaligned or of absurd count",
             ));
@@ -111,14 +130,18 @@ impl Kimage {
             });
         }
         let (peer_start, peer_end) = (args[KimageArgs::PEER_START], args[KimageArgs::PEER_END]);
-        if peer_start >= peer_end || peer_start % PAGE_SIZE != 0 || peer_end % PAGE_SIZE != 0 {
+        if peer_start >= peer_end
+            || !peer_start.is_multiple_of(PAGE_SIZE)
+            || !peer_end.is_multiple_of(PAGE_SIZE)
+        {
             return Err(KimageError::Bad("peer region empty or misaligned"));
         }
         let head = args[KimageArgs::HEAD];
         let head2 = args[KimageArgs::HEAD2];
-        let parked = walk(mem, head)?;
+        let moves = parked;
+        let parked = walk(mem, head, moves)?;
         let peer_parked = if backup {
-            walk(mem, head2)?
+            walk(mem, head2, moves)?
         } else {
             BTreeMap::new()
         };
@@ -229,6 +252,30 @@ mod tests {
         assert_eq!(k.owner_parked_at(0x5000), 0x5000);
         assert_eq!(k.owner_parked_at(0x10_1123), 0xa0_1123);
         assert_eq!(k.control_range(), (0x80_0000, 0x80_6000));
+    }
+
+    #[test]
+    fn a_parked_list_is_read_where_it_is_parked() {
+        let m = mem();
+        let mut lm = M(&m, 0x90_0000);
+        let mut b = Builder::new();
+        b.add_page(&mut lm, 0x10_0000, 0xa0_0000).unwrap();
+        let (head, _) = b.finish(&mut lm).unwrap();
+        // The list's page moves away, and its home is overwritten.
+        let list = head & !(PAGE_SIZE - 1);
+        let mut page = [0u8; PAGE_SIZE as usize];
+        m.read_slice(&mut page, GuestAddress(list)).unwrap();
+        m.write_slice(&page, GuestAddress(0xc0_0000)).unwrap();
+        m.write_slice(&[0xff; PAGE_SIZE as usize], GuestAddress(list))
+            .unwrap();
+        let want: BTreeMap<u64, u64> = [(0x10_0000, 0xa0_0000)].into();
+        assert_ne!(
+            Kimage::read(&m, &args(head)).ok().map(|k| k.parked),
+            Some(want.clone())
+        );
+        let parked: BTreeMap<u64, u64> = [(list, 0xc0_0000)].into();
+        let k = Kimage::read_parked(&m, &args(head), &parked).unwrap();
+        assert_eq!(k.parked, want);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! kernels through their jumps; at each checkpoint [`snapshot`] captures the
 //! vCPU, [`pages`] tracks guest RAM, [`oracle`] compares, and [`report`]
 //! explains (with [`symbols`] from the kernel's ELF); [`dump`] writes and
-//! reads the ELF core dumps that gdb opens and `kjump resume` restarts.
+//! reads the ELF core dumps that gdb opens and [`resume`] goes on from.
 
 pub mod boot;
 pub mod checkpoint;
@@ -18,6 +18,7 @@ pub mod oracle;
 pub mod pages;
 pub mod pingpong;
 pub mod report;
+pub mod resume;
 pub mod scenario;
 pub mod serial;
 pub mod snapshot;

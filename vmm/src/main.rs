@@ -59,34 +59,68 @@ fn main() -> ExitCode {
                 handle_signals: true,
                 ..Default::default()
             };
-            match scenario::run_scenario_with(&args, &opts) {
-                Ok(outcome) => {
-                    if !outcome.report.checkpoints.is_empty() {
-                        print!("{}", outcome.report.summary());
-                    }
-                    println!("{}", outcome.summary());
-                    if let Some(path) = &args.report
-                        && let Err(e) = outcome.report.write(path)
-                    {
-                        report_error(&e, None);
-                        return ExitCode::from(2);
-                    }
-                    ExitCode::from(outcome.exit_code())
-                }
-                Err(e) => {
-                    report_error(&e, e.regs().map(ToString::to_string));
-                    if let Some(path) = &args.report {
-                        // The run could not be carried out: the report says
-                        // so, with the error.
-                        let mut r = Report::new(args.scenario.name(), args.cycles, "none", &[]);
-                        r.finish(Some(error_line(&e)), 0);
-                        if let Err(e) = r.write(path) {
-                            report_error(&e, None);
-                        }
-                    }
-                    ExitCode::from(2)
+            let result = scenario::run_scenario_with(&args, &opts);
+            finish(
+                result.map_err(|e| {
+                    let regs = e.regs().map(ToString::to_string);
+                    (Box::new(e) as Box<dyn Error>, regs)
+                }),
+                args.report.as_deref(),
+                (args.scenario.name(), args.cycles),
+            )
+        }
+        Command::Resume(args) => {
+            let opts = RunOptions {
+                handle_signals: true,
+                ..Default::default()
+            };
+            let result = kjump::resume::resume(&args, &opts);
+            finish(
+                result.map_err(|e| {
+                    let regs = e.regs().map(ToString::to_string);
+                    (Box::new(e) as Box<dyn Error>, regs)
+                }),
+                args.report.as_deref(),
+                // The cycles asked for are in the dump, which may not read.
+                ("ping-pong", 0),
+            )
+        }
+    }
+}
+
+/// Prints a run's summary, writes its report, and gives its exit code; a
+/// run that could not be carried out is one error line (and the registers
+/// of a guest that failed), a report saying so with the error, and exit
+/// code 2.
+fn finish(
+    result: Result<scenario::Outcome, (Box<dyn Error>, Option<String>)>,
+    report: Option<&std::path::Path>,
+    (scenario_name, cycles): (&str, u64),
+) -> ExitCode {
+    match result {
+        Ok(outcome) => {
+            if !outcome.report.checkpoints.is_empty() {
+                print!("{}", outcome.report.summary());
+            }
+            println!("{}", outcome.summary());
+            if let Some(path) = report
+                && let Err(e) = outcome.report.write(path)
+            {
+                report_error(&e, None);
+                return ExitCode::from(2);
+            }
+            ExitCode::from(outcome.exit_code())
+        }
+        Err((e, regs)) => {
+            report_error(&*e, regs);
+            if let Some(path) = report {
+                let mut r = Report::new(scenario_name, cycles, "none", &[]);
+                r.finish(Some(error_line(&*e)), 0);
+                if let Err(e) = r.write(path) {
+                    report_error(&e, None);
                 }
             }
+            ExitCode::from(2)
         }
     }
 }

@@ -339,6 +339,19 @@ pub fn record_view(
     shadow: &Shadow,
     pages: impl IntoIterator<Item = u64>,
 ) -> Result<View, OracleError> {
+    record_view_moved(kernel, shadow, pages, &BTreeMap::new())
+}
+
+/// Records the view of a kernel that is away, as [`check_view`] with the
+/// same `moved` finds it: page `home` of `pages` from where `moved` parks
+/// it (`home` itself when `moved` does not name it). For `kjump resume`,
+/// which learns the view of a kernel that is away from a dump.
+pub fn record_view_moved(
+    kernel: &str,
+    shadow: &Shadow,
+    pages: impl IntoIterator<Item = u64>,
+    moved: &BTreeMap<u64, u64>,
+) -> Result<View, OracleError> {
     let regions: Vec<(u64, &[PageHash])> = shadow.regions().collect();
     let mut tables: Vec<Vec<PageHash>> = regions
         .iter()
@@ -359,7 +372,10 @@ pub fn record_view(
                 .ok_or(OracleError::NotRam(a))?;
         }
         let i = ((a - regions[r].0) / PAGE_SIZE as u64) as usize;
-        tables[r][i] = regions[r].1[i];
+        tables[r][i] = match moved.get(&a) {
+            None => regions[r].1[i],
+            Some(&at) => shadow.get(at).ok_or(OracleError::NotRam(at))?,
+        };
     }
     let mut spans = Vec::new();
     let mut len = 0;
@@ -1008,6 +1024,36 @@ mod tests {
             check_view(&partial, &w.shadow, &moved, &w.store, None),
             vec![]
         );
+    }
+
+    #[test]
+    fn a_view_recorded_where_it_is_parked_checks_clean_there() {
+        let mem = mem(0x20_0000, 0x8_0000);
+        let mut store = PageStore::new();
+        for (i, p) in (0..0x20_0000u64).step_by(PAGE_SIZE).enumerate() {
+            mem.write_obj(i as u32 + 1, GuestAddress(p)).unwrap();
+        }
+        let shadow = Shadow::build(&mem, &mut store).unwrap();
+        let pages: Vec<u64> = (0x1000..0x8000).step_by(PAGE_SIZE).collect();
+        let moved: BTreeMap<u64, u64> = [(0x2000, 0x10_0000), (0x5000, 0x1_0000_2000)].into();
+        let view = record_view_moved("b", &shadow, pages.iter().copied(), &moved).unwrap();
+        assert_eq!(view.len(), pages.len());
+        assert_eq!(view.get(0x2000), shadow.get(0x10_0000));
+        assert_eq!(view.get(0x5000), shadow.get(0x1_0000_2000));
+        assert_eq!(view.get(0x3000), shadow.get(0x3000));
+        assert!(check_view(&view, &shadow, &moved, &store, None).is_empty());
+        // At home, the moved pages differ.
+        let home: Vec<u64> = check_view(&view, &shadow, &BTreeMap::new(), &store, None)
+            .iter()
+            .map(|m| m.home)
+            .collect();
+        assert_eq!(home, [0x2000, 0x5000]);
+        // Parked outside RAM: refused.
+        let out: BTreeMap<u64, u64> = [(0x2000, 0x9000_0000)].into();
+        assert!(matches!(
+            record_view_moved("b", &shadow, pages, &out),
+            Err(OracleError::NotRam(0x9000_0000))
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use vm_superio::serial::SerialState;
 
 use crate::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
 use crate::cli::{CompareMode, DumpPolicy, Inject, RunArgs};
-use crate::dump::{self, DumpError, DumpInput, RamSource};
+use crate::dump::{self, DumpError, DumpInput, RamSource, ResumeRecord, SuspendRecord, UartState};
 use crate::harness::HarnessEvent;
 use crate::kimage::Kimage;
 use crate::oracle::{self, Allowlist, View};
@@ -84,13 +84,25 @@ fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
 
 /// What the oracle keeps about one kernel.
 #[derive(Default)]
-struct KernelRecord {
-    kimage: Option<Kimage>,
+pub(crate) struct KernelRecord {
+    pub(crate) kimage: Option<Kimage>,
+    /// The report `kimage` was read from (the `Kimage` message's arguments).
+    pub(crate) kimage_args: Option<[u64; 8]>,
     /// The kernel's last suspend checkpoint.
-    suspended_at: Option<CheckpointId>,
-    regs: Option<VcpuState>,
-    uart: Option<SerialState>,
-    view: Option<View>,
+    pub(crate) suspended_at: Option<CheckpointId>,
+    pub(crate) regs: Option<VcpuState>,
+    pub(crate) uart: Option<SerialState>,
+    pub(crate) view: Option<View>,
+}
+
+/// Where a run resumed from a dump starts (`kjump resume`): the dump's
+/// checkpoint, and what the oracle knew of each kernel there (kimages, the
+/// record of the away kernel's last suspend, and of the dump's kernel if
+/// it suspends there). Views are not given: [`run_from`] records them from
+/// the VM's RAM.
+pub(crate) struct Seed {
+    pub(crate) at: CheckpointId,
+    pub(crate) kernels: [KernelRecord; 2],
 }
 
 struct Checker<'a> {
@@ -152,6 +164,70 @@ impl Checker<'_> {
                     .collect()
             }
         })
+    }
+
+    /// Home page -> where it is parked, for `k`'s pages while `k` is away.
+    fn away_moves(&self, k: Kernel) -> Result<&BTreeMap<u64, u64>, RunError> {
+        let a = self.kimage_a()?;
+        Ok(if k == Kernel::A {
+            a.owner_moves()
+        } else {
+            a.peer_moves()
+        })
+    }
+
+    /// Seeds the oracle for a run that goes on from a dump taken at
+    /// `seed.at`, whose RAM the VM holds: the tracker as after that
+    /// checkpoint, the kernels' records, the shadow of RAM, and the views
+    /// the run had there. The dump's kernel is at home: at a suspend its
+    /// view is recorded as the run recorded it. The other kernel, once
+    /// booted, is away: its view is recorded where its kimage parks its
+    /// pages (where the run that wrote the dump had just checked them).
+    fn seed(&mut self, vm: &Vm, seed: Seed) -> Result<(), RunError> {
+        let at = seed.at;
+        self.tracker = Tracker::resume_after(at).ok_or(RunError::Protocol(
+            "the dump's checkpoint is not one of the ping-pong sequence",
+        ))?;
+        self.kernels = seed.kernels;
+        let shadow = Shadow::build(vm.memory(), &mut self.store)?;
+        let k = at.kernel;
+        if at.direction == Direction::Suspend {
+            let pages = self.view_pages(k, &shadow)?;
+            let view = oracle::record_view(k.name(), &shadow, pages)?;
+            self.rec(k).view = Some(view);
+        }
+        let p = k.peer();
+        if self.tracker.is_away(p) {
+            let pages = self.view_pages(p, &shadow)?;
+            let view = oracle::record_view_moved(p.name(), &shadow, pages, self.away_moves(p)?)?;
+            self.rec(p).view = Some(view);
+        }
+        self.shadow = Some(shadow);
+        Ok(())
+    }
+
+    /// What `kjump resume` needs to go on from checkpoint `id` (written
+    /// into the dump): the kimage reports, the UART now, and the record of
+    /// the kernel that is away.
+    fn resume_record(&self, id: &CheckpointId, uart: &SerialState) -> ResumeRecord {
+        let peer = id.kernel.peer();
+        let r = &self.kernels[idx(peer)];
+        ResumeRecord {
+            scenario: self.args.scenario.name().to_owned(),
+            cycles: self.args.cycles,
+            kimage_a: self.kernels[0].kimage_args,
+            kimage_b: self.kernels[1].kimage_args,
+            uart: UartState::from(uart),
+            peer: match (&r.suspended_at, &r.regs, &r.uart) {
+                (Some(at), Some(regs), Some(u)) => Some(SuspendRecord {
+                    kernel: peer,
+                    suspended_at: *at,
+                    state: regs.clone(),
+                    uart: UartState::from(u),
+                }),
+                _ => None,
+            },
+        }
     }
 
     /// Where `k`'s page `home` is while `k` is away.
@@ -319,6 +395,7 @@ impl Checker<'_> {
         id: &CheckpointId,
         mem: &dyn RamSource,
         size: u64,
+        resume: Option<&ResumeRecord>,
     ) -> Result<(), RunError> {
         let kernel_name = self
             .args
@@ -334,26 +411,40 @@ impl Checker<'_> {
             kernel_name: &kernel_name,
             mem_size: size,
             kjump_version: env!("CARGO_PKG_VERSION"),
+            resume,
         };
         dump::write_dump(path, &input)?;
         log::info!("dump written: {}", path.display());
         Ok(())
     }
 
-    /// `--dump every-jump`: the VM as it is at this checkpoint.
-    fn dump_now(&self, vm: &Vm, id: &CheckpointId, state: &VcpuState) -> Result<(), RunError> {
+    /// `--dump every-jump`: the VM as it is at this checkpoint, resumable.
+    fn dump_now(
+        &self,
+        vm: &Vm,
+        id: &CheckpointId,
+        state: &VcpuState,
+        uart: &SerialState,
+    ) -> Result<(), RunError> {
         self.write(
             &self.dump_path(id, ""),
             state,
             id,
             vm.memory(),
             vm.mem_size(),
+            Some(&self.resume_record(id, uart)),
         )
     }
 
     /// `--dump on-mismatch`: the kernel when it jumped away (its registers
     /// and view) and as it is now.
-    fn dump_mismatch(&self, vm: &Vm, id: &CheckpointId, state: &VcpuState) -> Result<(), RunError> {
+    fn dump_mismatch(
+        &self,
+        vm: &Vm,
+        id: &CheckpointId,
+        state: &VcpuState,
+        uart: &SerialState,
+    ) -> Result<(), RunError> {
         // The kernel whose state differs: the resuming one, or else the
         // one that is away.
         let k = if id.direction == Direction::Resume {
@@ -368,7 +459,15 @@ impl Checker<'_> {
                 view,
                 store: &self.store,
             };
-            self.write(&self.dump_path(at, "-left"), old, at, &ram, vm.mem_size())?;
+            // A mix of then and now: for diffing, not for resuming.
+            self.write(
+                &self.dump_path(at, "-left"),
+                old,
+                at,
+                &ram,
+                vm.mem_size(),
+                None,
+            )?;
         }
         self.write(
             &self.dump_path(id, "-found"),
@@ -376,6 +475,7 @@ impl Checker<'_> {
             id,
             vm.memory(),
             vm.mem_size(),
+            Some(&self.resume_record(id, uart)),
         )
     }
 }
@@ -397,6 +497,19 @@ pub fn run(
     run: &mut RunState,
     args: &RunArgs,
     kernel: &[u8],
+) -> Result<crate::scenario::Outcome, RunError> {
+    run_from(vm, run, args, kernel, None)
+}
+
+/// Runs ping-pong on a booted VM, or (with a seed) on one built from a
+/// dump, going on from the dump's checkpoint. `kernel` is the ELF the
+/// symbols come from.
+pub(crate) fn run_from(
+    vm: &mut Vm,
+    run: &mut RunState,
+    args: &RunArgs,
+    kernel: &[u8],
+    seed: Option<Seed>,
 ) -> Result<crate::scenario::Outcome, RunError> {
     let symbols = Symbols::from_elf(kernel).ok();
     let fault = args.inject.as_ref().map(parse_fault).transpose()?.flatten();
@@ -420,6 +533,12 @@ pub fn run(
         ck.allow.entries(),
     );
     let progress = Progress::new(args.cycles);
+    if let Some(seed) = seed {
+        ck.seed(vm, seed)?;
+        vm.set_console_name(ck.tracker.running().name());
+        run.cycles = ck.tracker.cycles_completed();
+        progress.set_cycle(run.cycles);
+    }
     loop {
         let mut id = None;
         let tracker = &mut ck.tracker;
@@ -444,6 +563,7 @@ pub fn run(
                     k.control
                 );
                 ck.rec(kernel).kimage = Some(k);
+                ck.rec(kernel).kimage_args = Some(a);
                 continue;
             }
             VmEvent::Message(HarnessEvent::Progress { cycles }) => {
@@ -564,7 +684,7 @@ fn checkpoint(
             let r = ck.rec(k);
             r.suspended_at = Some(*id);
             r.regs = Some(state.clone());
-            r.uart = Some(uart);
+            r.uart = Some(uart.clone());
             r.view = Some(view);
             let mut ex = Vec::new();
             ck.excused(k, &mut ex);
@@ -596,12 +716,7 @@ fn checkpoint(
     // The kernel that is away must find its pages where they are parked.
     let peer = k.peer();
     if let Some(view) = &ck.kernels[idx(peer)].view {
-        let a = ck.kimage_a()?;
-        let moves = if peer == Kernel::A {
-            a.owner_moves()
-        } else {
-            a.peer_moves()
-        };
+        let moves = ck.away_moves(peer)?;
         for m in oracle::check_view(view, &shadow, moves, &ck.store, ck.symbols.as_ref()) {
             out.push(Mismatch::memory(&at, &m));
         }
@@ -616,8 +731,8 @@ fn checkpoint(
 
     if ck.args.dump_dir.is_some() {
         match ck.args.dump {
-            DumpPolicy::EveryJump => ck.dump_now(vm, id, &state)?,
-            DumpPolicy::OnMismatch if !out.is_empty() => ck.dump_mismatch(vm, id, &state)?,
+            DumpPolicy::EveryJump => ck.dump_now(vm, id, &state, &uart)?,
+            DumpPolicy::OnMismatch if !out.is_empty() => ck.dump_mismatch(vm, id, &state, &uart)?,
             _ => {}
         }
     }

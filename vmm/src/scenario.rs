@@ -262,7 +262,7 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
 /// Runs the scenario `args` names, console on stdout, without signal handling.
 /// Creates the dump directory and proves it writable before the run, so a
 /// bad `--dump-dir` is refused up front, not at the first mismatch.
-fn check_dump_dir(dir: &std::path::Path) -> Result<(), RunError> {
+pub(crate) fn check_dump_dir(dir: &std::path::Path) -> Result<(), RunError> {
     let err = |source| RunError::DumpDir {
         path: dir.to_path_buf(),
         source,

@@ -3,6 +3,8 @@
 //! [`Vm::new`] sets a VM up in the order a reader expects: check the input,
 //! open KVM and check its capabilities, create the VM, allocate guest RAM and
 //! register it (with dirty logging), load the guest, create the vCPU.
+//! [`Vm::from_image`] builds the same VM from an image of a running one (a
+//! dump's RAM and vCPU state) instead of loading a guest.
 //! [`Vm::run_until_event`] then runs the guest until it says something on
 //! the harness port or executes the checkpoint instruction.
 //!
@@ -18,14 +20,16 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::serial::SerialState;
 
 use crate::GuestMem;
 use crate::boot::{self, BootError, BootInfo};
+use crate::dump::{DumpError, RamSource};
 use crate::harness::{Harness, HarnessEvent};
 use crate::layout::{self, PAGE_SIZE};
 use crate::serial::{Console, ConsoleSink};
+use crate::snapshot::{self, SnapshotError, VcpuState};
 use crate::vcpu::{self, ExitAction, GuestFault, PortIo, RegDump, VcpuError};
 use crate::watchdog::{KickGuard, StopFlag, StopReason};
 
@@ -137,6 +141,19 @@ pub enum VmError {
     /// a UART state was refused
     #[error("cannot set the UART state")]
     SerialState(#[source] vm_superio::serial::Error<io::Error>),
+    /// an image's RAM is not laid out as a VM of its size
+    #[error("the image's RAM ranges {found} are not those of a VM with {} of RAM ({expected})", mib_or_bytes(*.size))]
+    ImageLayout {
+        size: u64,
+        found: String,
+        expected: String,
+    },
+    /// an image's RAM could not be read
+    #[error("cannot copy the image's RAM into the VM")]
+    ImageRead(#[source] DumpError),
+    /// an image's vCPU state was refused
+    #[error("cannot restore the vCPU state")]
+    Restore(#[source] SnapshotError),
 }
 
 fn mib_or_bytes(n: u64) -> String {
@@ -198,7 +215,8 @@ pub struct Vm {
     slots: Vec<Slot>,
     console: Console,
     harness: Harness,
-    boot: BootInfo,
+    /// `None` for a VM built from an image.
+    boot: Option<BootInfo>,
     msrs: Vec<u32>,
     stop: StopFlag,
     mem_size: u64,
@@ -282,6 +300,82 @@ fn set_memory_slot(vm: &VmFd, slot: Slot, host: u64) -> Result<(), VmError> {
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest RAM with KVM"))
 }
 
+/// KVM with a VM and its RAM registered, nothing loaded yet.
+struct Machine {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMem,
+    slots: Vec<Slot>,
+}
+
+impl Machine {
+    fn create(mem_size: u64, irqchip: bool) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        check_kvm(&kvm)?;
+        crate::watchdog::install_kick_handler()
+            .map_err(|e| kvm_err("install the vCPU kick handler")(e.into()))?;
+
+        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        // Intel needs three pages for real-mode emulation; kjump never uses
+        // real mode, but KVM insists on the address being outside RAM.
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        if irqchip {
+            vm.create_irq_chip()
+                .map_err(kvm_err("create the in-kernel irqchip"))?;
+        }
+
+        let (ranges, n) = layout::ram_ranges(mem_size);
+        let ranges: Vec<_> = ranges[..n]
+            .iter()
+            .map(|&(a, l)| (GuestAddress(a), l as usize))
+            .collect();
+        let mem = GuestMem::from_ranges(&ranges).map_err(|source| VmError::Memory {
+            size: mem_size,
+            source,
+        })?;
+        let slots = register_memory(&vm, &mem)?;
+        Ok(Self {
+            kvm,
+            vm,
+            mem,
+            slots,
+        })
+    }
+}
+
+/// Copies the non-zero pages of `ram` (whose ranges are `mem`'s) into
+/// `mem`; returns how many there were.
+fn copy_image(mem: &GuestMem, ram: &dyn RamSource) -> Result<u64, VmError> {
+    const CHUNK: usize = 1 << 20;
+    let page = PAGE_SIZE as usize;
+    let mut buf = vec![0u8; CHUNK];
+    let mut copied = 0;
+    for (start, len) in ram.ram_ranges() {
+        let end = start + len;
+        let mut pos = start;
+        while pos < end {
+            pos = ram.skip_zeros(pos, end).max(pos);
+            if pos >= end {
+                break;
+            }
+            let n = (end - pos).min(CHUNK as u64) as usize;
+            ram.read_ram(pos, &mut buf[..n])
+                .map_err(VmError::ImageRead)?;
+            for (i, p) in buf[..n].chunks(page).enumerate() {
+                if p.iter().any(|&b| b != 0) {
+                    let at = GuestAddress(pos + (i * page) as u64);
+                    mem.write_slice(p, at)
+                        .map_err(|_| VmError::ImageRead(DumpError::Memory(at.0)))?;
+                    copied += 1;
+                }
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(copied)
+}
+
 /// Appends the page addresses of the set bits of a dirty bitmap.
 fn push_dirty(pages: &mut Vec<u64>, base: u64, kvm: &[u64], vmm: &[u64]) {
     let words = kvm.len().max(vmm.len());
@@ -303,31 +397,12 @@ impl Vm {
         let initramfs_len = cfg.initramfs.as_ref().map(|b| b.len() as u64);
         boot::plan(cfg.mem_size, &cfg.kernel, initramfs_len, &cfg.cmdline)?;
 
-        let kvm = open_kvm()?;
-        check_kvm(&kvm)?;
-        crate::watchdog::install_kick_handler()
-            .map_err(|e| kvm_err("install the vCPU kick handler")(e.into()))?;
-
-        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        // Intel needs three pages for real-mode emulation; kjump never uses
-        // real mode, but KVM insists on the address being outside RAM.
-        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
-            .map_err(kvm_err("set the TSS address"))?;
-        if cfg.irqchip {
-            vm.create_irq_chip()
-                .map_err(kvm_err("create the in-kernel irqchip"))?;
-        }
-
-        let (ranges, n) = layout::ram_ranges(cfg.mem_size);
-        let ranges: Vec<_> = ranges[..n]
-            .iter()
-            .map(|&(a, l)| (GuestAddress(a), l as usize))
-            .collect();
-        let mem = GuestMem::from_ranges(&ranges).map_err(|source| VmError::Memory {
-            size: cfg.mem_size,
-            source,
-        })?;
-        let slots = register_memory(&vm, &mem)?;
+        let Machine {
+            kvm,
+            vm,
+            mem,
+            slots,
+        } = Machine::create(cfg.mem_size, cfg.irqchip)?;
 
         let boot = boot::load(
             &mem,
@@ -358,11 +433,78 @@ impl Vm {
             slots,
             console: Console::new(&cfg.console_name, cfg.console.clone()),
             harness: Harness::new(),
-            boot,
+            boot: Some(boot),
             msrs,
             stop: cfg.stop.clone(),
             mem_size: cfg.mem_size,
         })
+    }
+
+    /// Builds a VM that goes on from an image of a running one: `mem_size`
+    /// bytes of RAM laid out as [`Vm::new`] lays them out, filled from
+    /// `ram` (zero pages are left alone: fresh RAM is zero), the in-kernel
+    /// irqchip (the state has a local APIC), the vCPU with the CPUID of a
+    /// normal boot and then every part of `state`. No kernel is loaded and
+    /// no `boot_params` written. From `cfg` only the console, its name and
+    /// the stop flag are used. The dirty logs start empty: the first
+    /// [`Vm::dirty_pages`] reports the guest's writes only.
+    pub fn from_image(
+        cfg: &VmConfig,
+        mem_size: u64,
+        ram: &dyn RamSource,
+        state: &VcpuState,
+    ) -> Result<Vm, VmError> {
+        check_ram_size(mem_size)?;
+        let (expected, n) = layout::ram_ranges(mem_size);
+        let expected = &expected[..n];
+        let found = ram.ram_ranges();
+        if found != expected {
+            let show = |r: &[(u64, u64)]| {
+                r.iter()
+                    .map(|(a, l)| format!("[{a:#x}..{:#x})", a + l))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            return Err(VmError::ImageLayout {
+                size: mem_size,
+                found: show(&found),
+                expected: show(expected),
+            });
+        }
+        let Machine {
+            kvm,
+            vm,
+            mem,
+            slots,
+        } = Machine::create(mem_size, true)?;
+        let copied = copy_image(&mem, ram)?;
+
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
+        vcpu::setup_cpuid(&kvm, &vcpu)?;
+        let msrs = vcpu::readable_msrs(&kvm, &vcpu)?;
+        snapshot::restore(&vcpu, state).map_err(VmError::Restore)?;
+        log::info!(
+            "VM from an image: {copied} non-zero pages of {} MiB, rip {:#x}",
+            mem_size >> 20,
+            state.regs.rip
+        );
+
+        let mut vm = Vm {
+            vcpu,
+            vm,
+            kvm,
+            mem,
+            slots,
+            console: Console::new(&cfg.console_name, cfg.console.clone()),
+            harness: Harness::new(),
+            boot: None,
+            msrs,
+            stop: cfg.stop.clone(),
+            mem_size,
+        };
+        // The copy went through vm-memory's log of the VMM's writes.
+        vm.dirty_pages()?;
+        Ok(vm)
     }
 
     /// Guest RAM.
@@ -375,9 +517,10 @@ impl Vm {
         self.mem_size
     }
 
-    /// Where the boot put the kernel, initramfs and command line.
-    pub fn boot_info(&self) -> &BootInfo {
-        &self.boot
+    /// Where the boot put the kernel, initramfs and command line (`None`
+    /// for a VM built from an image).
+    pub fn boot_info(&self) -> Option<&BootInfo> {
+        self.boot.as_ref()
     }
 
     pub fn vcpu_fd(&self) -> &VcpuFd {
@@ -770,6 +913,65 @@ mod tests {
             }
         );
         assert_eq!(vm.vcpu_fd().get_regs().unwrap().rip, ENTRY + 0x12);
+    }
+
+    #[test]
+    fn a_vm_built_from_an_image_goes_on_where_the_image_was_taken() {
+        if !kvm_or_skip("a_vm_built_from_an_image_goes_on_where_the_image_was_taken") {
+            return;
+        }
+        let (mut cfg, _) = config(PROG, 0);
+        cfg.irqchip = true;
+        let mut vm = Vm::new(&cfg).unwrap();
+        let mut msg = HarnessMsg::new(MsgKind::Log);
+        msg.text_ptr = 0x10_1000;
+        msg.text_len = 5;
+        vm.memory()
+            .write_slice(&msg.to_bytes(), GuestAddress(0x10_0000))
+            .unwrap();
+        vm.memory()
+            .write_slice(b"again", GuestAddress(0x10_1000))
+            .unwrap();
+        vm.run_until_event(&mut || ANSWER_JUMP).unwrap();
+        let state = snapshot::capture(vm.vcpu_fd(), vm.msr_index_list()).unwrap();
+
+        let (cfg2, console) = config(PROG, 0);
+        let mut again = Vm::from_image(&cfg2, cfg.mem_size, vm.memory(), &state).unwrap();
+        assert!(again.boot_info().is_none() && vm.boot_info().is_some());
+        assert_eq!(
+            snapshot::capture(again.vcpu_fd(), again.msr_index_list())
+                .unwrap()
+                .regs,
+            state.regs
+        );
+        assert!(
+            again.dirty_pages().unwrap().is_empty(),
+            "the copy is not in the dirty log"
+        );
+        let word: u32 = again.memory().read_obj(GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(word.to_le_bytes(), msg.to_bytes()[..4]);
+        // It goes on after the `in`: it stores the answer, then sends the
+        // message it finds in the copied RAM.
+        let ev = again
+            .run_until_event(&mut || panic!("no checkpoint"))
+            .unwrap();
+        assert_eq!(
+            ev,
+            VmEvent::Message(HarnessEvent::Log {
+                text: "again".into()
+            })
+        );
+        let stored: u32 = again.memory().read_obj(GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(stored, ANSWER_JUMP);
+        assert!(again.dirty_pages().unwrap().contains(&0x30_0000));
+        assert!(console.lock().unwrap().is_empty(), "nothing was booted");
+
+        // RAM laid out for another size is refused.
+        let e = Vm::from_image(&cfg2, 128 << 20, vm.memory(), &state)
+            .err()
+            .unwrap();
+        assert!(matches!(e, VmError::ImageLayout { .. }), "{e}");
+        assert!(e.to_string().contains("128 MiB"), "{e}");
     }
 
     #[test]
