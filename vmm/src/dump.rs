@@ -1343,30 +1343,6 @@ fn segment_json(s: &kvm_segment) -> serde_json::Value {
     })
 }
 
-fn general_regs(s: &VcpuState) -> [(&'static str, u64); 18] {
-    let r = &s.regs;
-    [
-        ("rax", r.rax),
-        ("rbx", r.rbx),
-        ("rcx", r.rcx),
-        ("rdx", r.rdx),
-        ("rsi", r.rsi),
-        ("rdi", r.rdi),
-        ("rsp", r.rsp),
-        ("rbp", r.rbp),
-        ("r8", r.r8),
-        ("r9", r.r9),
-        ("r10", r.r10),
-        ("r11", r.r11),
-        ("r12", r.r12),
-        ("r13", r.r13),
-        ("r14", r.r14),
-        ("r15", r.r15),
-        ("rip", r.rip),
-        ("rflags", r.rflags),
-    ]
-}
-
 fn segments(s: &VcpuState) -> [(&'static str, &kvm_segment); 8] {
     let sr = &s.sregs;
     [
@@ -1478,7 +1454,7 @@ pub fn inspect(d: &Dump) -> String {
         }
     );
     o.push_str("registers:\n");
-    for row in general_regs(s).chunks(4) {
+    for row in s.general_regs().chunks(4) {
         o.push(' ');
         for (n, v) in row {
             let _ = write!(o, " {n:>6} {v:#018x}");
@@ -1548,7 +1524,8 @@ pub fn inspect(d: &Dump) -> String {
 /// [`VcpuState::fields`] as text), `memory`, `notes`.
 pub fn inspect_json(d: &Dump) -> serde_json::Value {
     let s = &d.state;
-    let regs: serde_json::Map<_, _> = general_regs(s)
+    let regs: serde_json::Map<_, _> = s
+        .general_regs()
         .iter()
         .map(|(n, v)| (n.to_string(), json!(v)))
         .collect();

@@ -460,17 +460,10 @@ impl VcpuState {
         self.regs.rax
     }
 
-    /// The state as named fields, in a stable order: general registers,
-    /// segments and system registers, FPU/SSE and the rest of the XSAVE
-    /// area, XCRs, debug registers, the local APIC, events, mp_state, MSRs.
-    /// Padding and reserved fields of KVM's structures are left out; the
-    /// XSAVE area is covered completely (the legacy region by register, the
-    /// rest in 64-byte chunks `xsave[0x240..0x280]`).
-    pub fn fields(&self) -> Vec<(String, FieldValue)> {
-        let mut f = Vec::with_capacity(320);
-        let mut u = |name: &str, v: u64| f.push((name.to_string(), FieldValue::U64(v)));
+    /// The general-purpose registers, rip and rflags, by name.
+    pub fn general_regs(&self) -> [(&'static str, u64); 18] {
         let r = &self.regs;
-        for (n, v) in [
+        [
             ("rax", r.rax),
             ("rbx", r.rbx),
             ("rcx", r.rcx),
@@ -489,7 +482,19 @@ impl VcpuState {
             ("r15", r.r15),
             ("rip", r.rip),
             ("rflags", r.rflags),
-        ] {
+        ]
+    }
+
+    /// The state as named fields, in a stable order: general registers,
+    /// segments and system registers, FPU/SSE and the rest of the XSAVE
+    /// area, XCRs, debug registers, the local APIC, events, mp_state, MSRs.
+    /// Padding and reserved fields of KVM's structures are left out; the
+    /// XSAVE area is covered completely (the legacy region by register, the
+    /// rest in 64-byte chunks `xsave[0x240..0x280]`).
+    pub fn fields(&self) -> Vec<(String, FieldValue)> {
+        let mut f = Vec::with_capacity(320);
+        let mut u = |name: &str, v: u64| f.push((name.to_string(), FieldValue::U64(v)));
+        for (n, v) in self.general_regs() {
             u(n, v);
         }
         let s = &self.sregs;
