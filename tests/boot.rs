@@ -177,3 +177,108 @@ fn unknown_scenario_is_refused() {
     let (_, err) = assert_exit(&kjump(&["--scenario", "no-such-thing"]), 2);
     assert!(err.contains("no-such-thing"), "{err}");
 }
+
+#[test]
+fn inject_list_prints_the_catalog() {
+    let (out, _) = assert_exit(&kjump(&["--inject", "list"]), 0);
+    for k in [
+        "flip-a",
+        "flip-b",
+        "saved-REG",
+        "uart-lcr",
+        "kjump.fault=ud2",
+        "kjump.fault=hang",
+    ] {
+        assert!(out.contains(k), "{k} missing:\n{out}");
+    }
+}
+
+/// Bad kernels: each is one clear line and exit code 2, before any guest
+/// runs.
+#[test]
+fn bad_kernels_are_refused_with_one_line() {
+    let d = scratch("bad-kernels");
+    let good = kjump::DEFAULT_KERNEL;
+    let mut arm = good.to_vec();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    let cases: [(&str, &[u8]); 4] = [
+        ("empty", b""),
+        ("truncated", &good[..200]),
+        ("aarch64", &arm),
+        ("garbage", &[0x7f, b'E', b'L', b'F', 9, 9, 9, 9]),
+    ];
+    for (name, bytes) in cases {
+        let k = d.join(name);
+        std::fs::write(&k, bytes).unwrap();
+        let (_, err) = assert_exit(
+            &kjump(&["--scenario", "boot", "--kernel", k.to_str().unwrap()]),
+            2,
+        );
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(err.starts_with("kjump: error: "), "{name}: {err}");
+    }
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "boot", "--kernel", "/no/such/kernel"]),
+        2,
+    );
+    assert!(err.contains("/no/such/kernel"), "{err}");
+}
+
+#[test]
+fn absurd_memory_sizes_are_refused() {
+    for mem in ["100000G", "0", "12Q"] {
+        let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--mem", mem]), 2);
+        assert_eq!(err.lines().count(), 1, "{mem}: {err}");
+    }
+}
+
+#[test]
+fn initramfs_without_the_kernel_image_is_refused() {
+    let d = scratch("no-kernel-b");
+    let mut a = kjump_initramfs::Archive::new();
+    a.file("kjump/config", b"x=1").unwrap();
+    let p = d.join("initramfs.cpio");
+    std::fs::write(&p, a.finish()).unwrap();
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--initramfs",
+            p.to_str().unwrap(),
+        ]),
+        2,
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no kjump/kernel-b in the archive"), "{err}");
+    // Garbage too.
+    std::fs::write(&p, [b'x'; 200]).unwrap();
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--initramfs",
+            p.to_str().unwrap(),
+        ]),
+        2,
+    );
+    assert!(err.contains("not a newc cpio header"), "{err}");
+}
+
+#[test]
+fn unwritable_dump_dir_is_refused_before_the_run() {
+    let d = scratch("ro-dumps");
+    let file = d.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    // A path under a regular file can never be a directory.
+    let bad = file.join("dumps");
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--dump-dir",
+            bad.to_str().unwrap(),
+        ]),
+        2,
+    );
+    assert!(err.contains("dump directory"), "{err}");
+}

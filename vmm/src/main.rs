@@ -54,6 +54,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Run(args) if args.inject.as_ref().is_some_and(|i| i.kind == "list") => {
+            out(&kjump::pingpong::catalog());
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => {
             let opts = RunOptions {
                 handle_signals: true,

@@ -62,6 +62,52 @@ enum HostFault {
     UartLcr,
 }
 
+/// Guest-side faults: command-line switches of the guest kernel.
+pub const GUEST_FAULTS: &[(&str, &str)] = &[
+    (
+        "kjump.fault=ud2",
+        "the kernel executes ud2: a #UD reported with its rip",
+    ),
+    (
+        "kjump.fault=pf",
+        "the kernel reads unmapped memory: a #PF reported with cr2",
+    ),
+    (
+        "kjump.fault=df",
+        "the kernel overflows its stack: a #DF on the IST stack",
+    ),
+    (
+        "kjump.fault=panic",
+        "the kernel panics: its message and location",
+    ),
+    (
+        "kjump.fault=hang",
+        "the kernel spins with interrupts off: the watchdog stops it",
+    ),
+    (
+        "kjump.fault=triple",
+        "the kernel triple-faults: KVM_EXIT_SHUTDOWN",
+    ),
+    (
+        "kjump.fault=wild-pointer",
+        "the kernel hands the harness a pointer outside RAM",
+    ),
+    ("kjump.b.fault=KIND", "the same faults, in kernel B"),
+];
+
+/// `--inject list`: the fault catalog.
+pub fn catalog() -> String {
+    let mut s = String::from("host-side faults (--inject KIND[@CYCLE]):\n");
+    for (k, what) in HOST_FAULTS {
+        s.push_str(&format!("  {k:<12} {what}\n"));
+    }
+    s.push_str("guest-side faults (--append WORD):\n");
+    for (k, what) in GUEST_FAULTS {
+        s.push_str(&format!("  {k:<26} {what}\n"));
+    }
+    s
+}
+
 /// Refuses an unknown `--inject` kind before anything boots.
 pub fn check_fault(inject: &Inject) -> Result<(), RunError> {
     parse_fault(inject).map(|_| ())

@@ -164,6 +164,9 @@ pub enum RunError {
     /// The guest broke the harness protocol.
     #[error("guest protocol error: {0}")]
     Protocol(&'static str),
+    /// A user-supplied initramfs the scenario cannot use.
+    #[error("initramfs {}: {why}", .path.display())]
+    BadInitramfs { path: PathBuf, why: String },
     /// `--inject` named no known fault.
     #[error("unknown fault {0:?} (see --inject list)")]
     UnknownFault(String),
@@ -243,10 +246,22 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
         None => crate::DEFAULT_KERNEL.to_vec(),
     };
     let initramfs = match &args.initramfs {
-        Some(path) => std::fs::read(path).map_err(|source| RunError::ReadInitramfs {
-            path: path.clone(),
-            source,
-        })?,
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| RunError::ReadInitramfs {
+                path: path.clone(),
+                source,
+            })?;
+            // Ping-pong cannot run without the kernel A jumps to: refuse
+            // the archive up front. (The boot scenario hands any archive to
+            // the guest, whose own reader is what it tests.)
+            if args.scenario == Scenario::PingPong {
+                check_initramfs(&bytes).map_err(|why| RunError::BadInitramfs {
+                    path: path.clone(),
+                    why,
+                })?;
+            }
+            bytes
+        }
         // Kernel B is the same kernel as A.
         None => kjump_initramfs::scenario_initramfs(&kernel, &config_text(args))
             .map_err(RunError::Initramfs)?,
@@ -260,6 +275,20 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
 }
 
 /// Runs the scenario `args` names, console on stdout, without signal handling.
+/// The initramfs must be a valid newc archive holding kernel B's ELF.
+fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
+    use kjump_guest::cpio::Reader;
+    use kjump_initramfs::KERNEL_B_PATH;
+    match Reader::find(bytes, KERNEL_B_PATH) {
+        Err(e) => Err(e.to_string()),
+        Ok(None) => Err(format!("no {KERNEL_B_PATH} in the archive")),
+        Ok(Some(e)) if !e.data.starts_with(b"\x7fELF") => {
+            Err(format!("{KERNEL_B_PATH} is not an ELF file"))
+        }
+        Ok(Some(_)) => Ok(()),
+    }
+}
+
 /// Creates the dump directory and proves it writable before the run, so a
 /// bad `--dump-dir` is refused up front, not at the first mismatch.
 pub(crate) fn check_dump_dir(dir: &std::path::Path) -> Result<(), RunError> {
