@@ -233,14 +233,14 @@ fn fifty_cycles_in_swap_and_backup_mode() {
 }
 
 #[test]
-fn hundred_cycles_with_dirty_and_full_compare() {
-    if !kvm_or_skip("hundred_cycles_with_dirty_and_full_compare") {
+fn hundred_cycles_in_both_modes_with_dirty_and_full_compare() {
+    if !kvm_or_skip("hundred_cycles_in_both_modes_with_dirty_and_full_compare") {
         return;
     }
-    for compare in ["dirty", "full"] {
+    for (mode, compare) in [("swap", "dirty"), ("swap", "full"), ("backup", "dirty")] {
         let (_, _, r) = ping_pong(
-            &format!("pp-100-{compare}"),
-            &["--cycles", "100", "--compare", compare],
+            &format!("pp-100-{mode}-{compare}"),
+            &["--cycles", "100", "--mode", mode, "--compare", compare],
             0,
         );
         assert_clean(&r, 100);
@@ -249,7 +249,7 @@ fn hundred_cycles_with_dirty_and_full_compare() {
         // than the 65536 pages of RAM.
         assert!(
             r.checkpoints.iter().skip(1).all(|c| c.dirty_pages < 16384),
-            "{compare}"
+            "{mode} {compare}"
         );
     }
 }
