@@ -395,3 +395,127 @@ fn every_jump_dumps_of_a_clean_run_show_the_same_registers() {
         "{out}"
     );
 }
+
+/// A deliberately buggy kernel, chosen on its command line: each bug is
+/// caught at the first checkpoint that can see it, and named exactly.
+fn guest_fault(name: &str, append: &str, code: i32) -> (String, String, Report) {
+    ping_pong(
+        name,
+        &["--cycles", "3", "--timeout", "10", "--append", append],
+        code,
+    )
+}
+
+#[test]
+fn a_reentry_path_that_forgets_a_register_is_caught() {
+    if !kvm_or_skip("a_reentry_path_that_forgets_a_register_is_caught") {
+        return;
+    }
+    for (reg, kernel, cycle) in [
+        ("rbx", "a", 1),
+        ("r15", "a", 1),
+        ("r13", "a", 1),
+        ("cr3", "a", 1),
+        ("r12", "b", 2),
+    ] {
+        let append = if kernel == "a" {
+            format!("kjump.fault=forget-{reg}")
+        } else {
+            format!("kjump.b.fault=forget-{reg}")
+        };
+        let (_, _, r) = guest_fault(&format!("gf-forget-{reg}"), &append, 1);
+        let m = &r.mismatches[0];
+        assert_eq!(m.kind, MismatchKind::Register, "{reg}: {:#?}", r.mismatches);
+        assert_eq!(m.name.as_deref(), Some(reg), "{reg}: {:#?}", r.mismatches);
+        assert_eq!(
+            (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+            (kernel, "resume", cycle)
+        );
+    }
+}
+
+#[test]
+fn a_reentry_path_that_forgets_rflags_is_caught() {
+    if !kvm_or_skip("a_reentry_path_that_forgets_rflags_is_caught") {
+        return;
+    }
+    let (_, _, r) = guest_fault("gf-forget-rflags", "kjump.fault=forget-rflags", 1);
+    assert!(
+        r.mismatches
+            .iter()
+            .any(|m| m.name.as_deref() == Some("rflags")),
+        "{:#?}",
+        r.mismatches
+    );
+}
+
+#[test]
+fn fpu_and_uart_not_restored_are_caught() {
+    if !kvm_or_skip("fpu_and_uart_not_restored_are_caught") {
+        return;
+    }
+    let (_, _, r) = guest_fault("gf-no-fpu", "kjump.fault=no-fpu-restore", 1);
+    let names: Vec<&str> = r
+        .mismatches
+        .iter()
+        .filter_map(|m| m.name.as_deref())
+        .collect();
+    assert!(
+        names.contains(&"mxcsr") && names.contains(&"xmm0"),
+        "{names:?}"
+    );
+    assert!(
+        r.mismatches
+            .iter()
+            .all(|m| m.kind == MismatchKind::Register)
+    );
+
+    let (_, _, r) = guest_fault("gf-no-uart", "kjump.fault=no-uart-restore", 1);
+    let m = only_mismatch(&r);
+    assert_eq!(m.kind, MismatchKind::Device);
+    assert_eq!(m.name.as_deref(), Some("uart scr"));
+    // A's scratch register is 0xa0, B's 0xb0: A found B's.
+    assert_eq!((m.expected.as_str(), m.actual.as_str()), ("0xa0", "0xb0"));
+}
+
+#[test]
+fn a_peer_that_writes_outside_its_memory_is_caught_at_the_address() {
+    if !kvm_or_skip("a_peer_that_writes_outside_its_memory_is_caught_at_the_address") {
+        return;
+    }
+    let (_, _, r) = guest_fault("gf-write-outside", "kjump.b.fault=write-outside", 1);
+    let m = only_mismatch(&r);
+    // B's RAM is [1 MiB, 9 MiB): the word lands at 9 MiB + 0x100, in A.
+    assert_eq!(m.kind, MismatchKind::Memory);
+    assert_eq!(m.name.as_deref(), Some("page of kernel a"));
+    assert_eq!(m.address, Some(0x90_0000));
+    assert_eq!((m.ranges[0].start, m.ranges[0].end), (0x90_0100, 0x90_0108));
+    assert_eq!(
+        (m.at.kernel.as_str(), m.at.direction.as_str()),
+        ("b", "suspend")
+    );
+}
+
+#[test]
+fn a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip() {
+    if !kvm_or_skip("a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip") {
+        return;
+    }
+    for (fault, says) in [("hang", "watchdog"), ("triple", "triple fault")] {
+        let (_, err) = assert_exit(
+            &kjump(&[
+                "--scenario",
+                "ping-pong",
+                "--timeout",
+                "3",
+                "--append",
+                &format!("kjump.b.fault={fault}"),
+            ]),
+            2,
+        );
+        assert!(
+            err.contains("guest b") && err.contains(says) && err.contains("rip=0x"),
+            "{err}"
+        );
+    }
+}

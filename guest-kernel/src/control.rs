@@ -44,6 +44,15 @@ pub const DATA_PAIRS: u64 = 0x640;
 pub const DATA_HEAD2: u64 = 0x648;
 /// 16 bytes of scratch for `sgdt`/`lgdt` (limit and base, packed).
 pub const DATA_SCRATCH: u64 = 0x650;
+/// Fault injection only: a bit mask of what the re-entry path "forgets".
+/// Bit `n` < 64 for a [`Slot`] `n` (GPRs, rflags, cr3) leaves that register
+/// as found; [`FAULT_NO_FPU_RESTORE`] and [`FAULT_NO_UART_RESTORE`] skip
+/// those restores. Zero in a correct kernel.
+pub const DATA_FAULT: u64 = 0x660;
+/// Bit of [`DATA_FAULT`]: skip `fxrstor`.
+pub const FAULT_NO_FPU_RESTORE: u64 = 40;
+/// Bit of [`DATA_FAULT`]: skip restoring the UART.
+pub const FAULT_NO_UART_RESTORE: u64 = 41;
 
 pub const MODE_SWAP: u64 = 0;
 pub const MODE_BACKUP: u64 = 1;
@@ -286,7 +295,7 @@ mod tests {
         assert_eq!(slot_by_name("r15"), Some(Slot::R15 as u64));
         assert_eq!(slot_by_name("uart"), Some(Slot::Uart as u64));
         assert_eq!(slot_by_name("xmm0"), None);
-        const { assert!(DATA_SCRATCH + 16 <= CONTEXT) };
+        const { assert!(DATA_SCRATCH + 16 <= DATA_FAULT && DATA_FAULT + 8 <= CONTEXT) };
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
     }
 

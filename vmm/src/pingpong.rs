@@ -92,7 +92,23 @@ pub const GUEST_FAULTS: &[(&str, &str)] = &[
         "kjump.fault=wild-pointer",
         "the kernel hands the harness a pointer outside RAM",
     ),
-    ("kjump.b.fault=KIND", "the same faults, in kernel B"),
+    (
+        "kjump.fault=forget-REG",
+        "the re-entry path does not restore REG (a GPR but rdi, rflags, cr3)",
+    ),
+    (
+        "kjump.fault=no-fpu-restore",
+        "the re-entry path skips fxrstor",
+    ),
+    (
+        "kjump.fault=no-uart-restore",
+        "the re-entry path does not reprogram the UART",
+    ),
+    (
+        "kjump.b.fault=write-outside",
+        "kernel B writes one word past the RAM it was given",
+    ),
+    ("kjump.b.fault=KIND", "any of these faults, in kernel B"),
 ];
 
 /// `--inject list`: the fault catalog.

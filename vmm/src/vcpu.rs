@@ -327,7 +327,7 @@ pub enum GuestFault {
     #[error("protocol error: {0}")]
     Protocol(HarnessError),
     /// The watchdog fired.
-    #[error("hung: no verdict within {} s (watchdog)", .after.as_secs_f64())]
+    #[error("hung: no progress for {} s (watchdog)", .after.as_secs_f64())]
     Timeout { after: Duration },
     /// SIGINT or SIGTERM.
     #[error("run interrupted by {}", signal_name(*.signal))]
@@ -629,7 +629,7 @@ mod tests {
                 after: Duration::from_secs(5)
             }
             .to_string(),
-            "hung: no verdict within 5 s (watchdog)"
+            "hung: no progress for 5 s (watchdog)"
         );
         assert!(
             GuestFault::InternalError { suberror: 1 }

@@ -148,6 +148,61 @@ fn ring0_return_offset() -> u64 {
     (&raw const relocate_ring0_return as u64) - (&raw const relocate_start as u64)
 }
 
+/// A deliberately buggy jump, chosen on the command line
+/// (`kjump.fault=`, for B `kjump.b.fault=` on A's): kjump must catch each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JumpFault {
+    /// The re-entry path does not restore this saved-context slot (a GPR
+    /// other than rdi, rflags or cr3): `forget-REG`.
+    Forget(u64),
+    /// The re-entry path skips `fxrstor`: `no-fpu-restore`.
+    NoFpuRestore,
+    /// The re-entry path does not reprogram the UART: `no-uart-restore`.
+    NoUartRestore,
+    /// The kernel writes one word just past the end of the RAM it was
+    /// given: `write-outside`.
+    WriteOutside,
+}
+
+impl JumpFault {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "no-fpu-restore" => Self::NoFpuRestore,
+            "no-uart-restore" => Self::NoUartRestore,
+            "write-outside" => Self::WriteOutside,
+            _ => {
+                let reg = name.strip_prefix("forget-")?;
+                let slot = control::slot_by_name(reg)?;
+                // rdi carries the control page into the re-entry path and
+                // equals its saved value; the others are registers the
+                // re-entry path can "forget".
+                if slot == Slot::Rdi as u64 || slot > Slot::Cr3 as u64 || slot == Slot::Cr0 as u64 {
+                    return None;
+                }
+                Self::Forget(slot)
+            }
+        })
+    }
+
+    /// The bit of `control::DATA_FAULT` for this fault, if it is one.
+    fn mask(self) -> u64 {
+        match self {
+            Self::Forget(slot) => 1 << slot,
+            Self::NoFpuRestore => 1 << control::FAULT_NO_FPU_RESTORE,
+            Self::NoUartRestore => 1 << control::FAULT_NO_UART_RESTORE,
+            Self::WriteOutside => 0,
+        }
+    }
+}
+
+fn jump_fault(boot: &BootInfo) -> Option<JumpFault> {
+    let f = JumpFault::parse(cmdline::get(boot.cmdline, "kjump.fault")?);
+    if let Some(f) = f {
+        crate::println!("{}: INJECTED FAULT: {f:?}", boot.role.name());
+    }
+    f
+}
+
 fn setup_control_pages(role: Role, map_top: u64) -> (u64, u64) {
     let n = control::control_pages(map_top);
     let Some(cp) = mem::alloc_pages(n, CONTROL_MAX_END, (0, 0)) else {
@@ -512,6 +567,8 @@ pub fn run_a(boot: &BootInfo) -> ! {
     let npages = (peer_end - peer_start) / PAGE_SIZE;
     let map_top = ram_top.max(4 * GIB);
     let (cp, control_pages) = setup_control_pages(Role::A, map_top);
+    let fault = jump_fault(boot);
+    phys_write_u64(cp + control::DATA_FAULT, fault.map_or(0, JumpFault::mask));
 
     // Source pages: B's image, page for page (zeroed by the allocator).
     let src_of = |sources: u64, d: u64| sources + (d - peer_start);
@@ -658,6 +715,21 @@ pub fn run_b(boot: &BootInfo) -> ! {
     };
     let map_top = mem::ram_top().max(4 * GIB);
     let (cp, control_pages) = setup_control_pages(Role::B, map_top);
+    let fault = jump_fault(boot);
+    phys_write_u64(cp + control::DATA_FAULT, fault.map_or(0, JumpFault::mask));
+    if fault == Some(JumpFault::WriteOutside) {
+        // One word just past the RAM B was given: A's memory, which B's
+        // identity map reaches but B must never touch.
+        let end = boot
+            .e820()
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.addr + e.size)
+            .max()
+            .unwrap_or(0);
+        crate::println!("b: writing one word at {:#x}, outside my RAM", end + 0x100);
+        phys_write_u64(end + 0x100, 0xbad0_b0b0_bad0_b0b0);
+    }
     // B's jump-back kimage has no pages: A's relocation code swaps A's
     // pages back when B enters it.
     let mut frames = Frames { avoid: (0, 0) };
