@@ -519,3 +519,32 @@ fn a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip() {
         );
     }
 }
+
+#[test]
+fn a_swap_back_that_skips_a_page_is_caught_on_both_sides() {
+    if !kvm_or_skip("a_swap_back_that_skips_a_page_is_caught_on_both_sides") {
+        return;
+    }
+    let (_, _, r) = guest_fault("gf-skip-swap-back", "kjump.fault=skip-swap-back", 1);
+    // The first page of B's region stayed B's: A finds B's content at home,
+    // and B's parked copy is A's.
+    let pages: Vec<(Option<&str>, Option<u64>)> = r
+        .mismatches
+        .iter()
+        .map(|m| (m.name.as_deref(), m.address))
+        .collect();
+    assert_eq!(
+        pages,
+        [
+            (Some("page of kernel a"), Some(0x10_0000)),
+            (Some("page of kernel b"), Some(0x10_0000))
+        ]
+    );
+    assert_eq!(
+        (
+            r.mismatches[0].at.kernel.as_str(),
+            r.mismatches[0].at.direction.as_str()
+        ),
+        ("a", "resume")
+    );
+}

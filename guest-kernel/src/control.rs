@@ -53,6 +53,8 @@ pub const DATA_FAULT: u64 = 0x660;
 pub const FAULT_NO_FPU_RESTORE: u64 = 40;
 /// Bit of [`DATA_FAULT`]: skip restoring the UART.
 pub const FAULT_NO_UART_RESTORE: u64 = 41;
+/// Bit of [`DATA_FAULT`]: on the way back, do not swap the list's first page.
+pub const FAULT_SKIP_SWAP_BACK: u64 = 42;
 
 pub const MODE_SWAP: u64 = 0;
 pub const MODE_BACKUP: u64 = 1;

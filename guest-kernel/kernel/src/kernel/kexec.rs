@@ -162,6 +162,9 @@ enum JumpFault {
     /// The kernel writes one word just past the end of the RAM it was
     /// given: `write-outside`.
     WriteOutside,
+    /// The relocation code does not swap the first page back:
+    /// `skip-swap-back`.
+    SkipSwapBack,
 }
 
 impl JumpFault {
@@ -170,6 +173,7 @@ impl JumpFault {
             "no-fpu-restore" => Self::NoFpuRestore,
             "no-uart-restore" => Self::NoUartRestore,
             "write-outside" => Self::WriteOutside,
+            "skip-swap-back" => Self::SkipSwapBack,
             _ => {
                 let reg = name.strip_prefix("forget-")?;
                 let slot = control::slot_by_name(reg)?;
@@ -190,6 +194,7 @@ impl JumpFault {
             Self::Forget(slot) => 1 << slot,
             Self::NoFpuRestore => 1 << control::FAULT_NO_FPU_RESTORE,
             Self::NoUartRestore => 1 << control::FAULT_NO_UART_RESTORE,
+            Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
             Self::WriteOutside => 0,
         }
     }

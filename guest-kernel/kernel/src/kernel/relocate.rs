@@ -661,6 +661,15 @@ global_asm!(
     "33:",
     "test r8, {ind_source}",
     "jz 38f",
+    // Fault injection only (`kjump.fault=skip-swap-back`): on the way
+    // back, leave the first page of the list where it is.
+    "test r12d, r12d",
+    "jz 37f",
+    "bt qword ptr [rbx + {fault}], {bit_skip_swap_back}",
+    "jnc 37f",
+    "cmp qword ptr [rbx + {pairs}], 0",
+    "je 36f",
+    "37:",
     "cmp r13d, 1",
     "je 34f",
     "ja 35f",
@@ -715,6 +724,7 @@ global_asm!(
     bit_cr3 = const Slot::Cr3 as u64,
     bit_no_fpu = const control::FAULT_NO_FPU_RESTORE,
     bit_no_uart = const control::FAULT_NO_UART_RESTORE,
+    bit_skip_swap_back = const control::FAULT_SKIP_SWAP_BACK,
     back = const ANSWER_BACK,
     jump = const ANSWER_JUMP,
     rax = const slot_offset(Slot::Rax),
