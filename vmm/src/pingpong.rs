@@ -337,23 +337,21 @@ impl Checker<'_> {
             let a = s.address_of_suffix(sym)? + 0x123;
             Some((a, s.lookup(a).unwrap_or_default()))
         };
+        // Damage the away kernel's parked copy of its pattern: A's while B
+        // runs (at B's suspend), B's while A runs (at A's resume).
+        let flip = |victim: Kernel| -> Result<String, RunError> {
+            let (home, sym) = target("kexec::STATIC_PATTERN")
+                .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
+            let at = self.parked_at(victim, home);
+            flip_byte(vm, at)?;
+            Ok(format!(
+                "flipped a byte of {}'s page {home:#x} ({sym}) parked at {at:#x}",
+                victim.name()
+            ))
+        };
         let note = match (&fault, id.kernel, id.direction) {
-            // B runs, A is away: damage A's parked copy of its pattern.
-            (HostFault::FlipA, Kernel::B, Direction::Suspend) => {
-                let (home, sym) = target("kexec::STATIC_PATTERN")
-                    .ok_or(RunError::Protocol("no pattern symbol in kernel a"))?;
-                let at = self.parked_at(Kernel::A, home);
-                flip_byte(vm, at)?;
-                format!("flipped a byte of a's page {home:#x} ({sym}) parked at {at:#x}")
-            }
-            // A runs, B is away: damage B's parked copy.
-            (HostFault::FlipB, Kernel::A, Direction::Resume) => {
-                let (home, sym) = target("kexec::STATIC_PATTERN")
-                    .ok_or(RunError::Protocol("no pattern symbol in kernel b"))?;
-                let at = self.parked_at(Kernel::B, home);
-                flip_byte(vm, at)?;
-                format!("flipped a byte of b's page {home:#x} ({sym}) parked at {at:#x}")
-            }
+            (HostFault::FlipA, Kernel::B, Direction::Suspend) => flip(Kernel::A)?,
+            (HostFault::FlipB, Kernel::A, Direction::Resume) => flip(Kernel::B)?,
             (HostFault::SavedReg(slot, name), Kernel::A, Direction::Suspend) => {
                 let cp = self.kimage_a()?.control;
                 let at = GuestAddress(cp + control::CONTEXT + 8 * slot);
