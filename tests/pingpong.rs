@@ -451,6 +451,147 @@ fn a_reentry_path_that_forgets_rflags_is_caught() {
     );
 }
 
+/// B runs with CR0.WP, CR4.PGE and EFER.NXE set, A without: a control
+/// register that the re-entry path forgets holds the peer's value.
+#[test]
+fn a_reentry_path_that_forgets_a_control_register_is_caught() {
+    if !kvm_or_skip("a_reentry_path_that_forgets_a_control_register_is_caught") {
+        return;
+    }
+    for (reg, bit, kernel, cycle) in [
+        ("cr0", 1u64 << 16, "a", 1),
+        ("cr4", 1 << 7, "a", 1),
+        ("efer", 1 << 11, "a", 1),
+        ("cr0", 1 << 16, "b", 2),
+        ("efer", 1 << 11, "b", 2),
+    ] {
+        let append = if kernel == "a" {
+            format!("kjump.fault=forget-{reg}")
+        } else {
+            format!("kjump.b.fault=forget-{reg}")
+        };
+        let (_, _, r) = guest_fault(&format!("gf-forget-{reg}-{kernel}"), &append, 1);
+        let m = only_mismatch(&r);
+        assert_eq!(
+            (m.kind, m.name.as_deref()),
+            (MismatchKind::Register, Some(reg)),
+            "{kernel} {reg}: {:#?}",
+            r.mismatches
+        );
+        assert_eq!(
+            (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+            (kernel, "resume", cycle)
+        );
+        // Exactly the peer's bit: A gains it, B loses it.
+        let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
+        let (left, found) = (hex(&m.expected), hex(&m.actual));
+        assert_eq!(left ^ found, bit, "{kernel} {reg}: {left:#x} -> {found:#x}");
+        assert_eq!(found & bit != 0, kernel == "a");
+    }
+}
+
+/// The GDT (and separately the IDT) not reloaded on the way back: the
+/// kernel resumes on the relocation code's tables in its control page, and
+/// the report says so.
+#[test]
+fn gdt_and_idt_not_restored_are_caught_on_the_relocation_tables() {
+    if !kvm_or_skip("gdt_and_idt_not_restored_are_caught_on_the_relocation_tables") {
+        return;
+    }
+    for (append, kernel, table, what) in [
+        ("kjump.fault=no-gdt-restore", "a", "gdt", "GDT"),
+        ("kjump.b.fault=no-gdt-restore", "b", "gdt", "GDT"),
+        ("kjump.fault=no-idt-restore", "a", "idt", "IDT"),
+        ("kjump.b.fault=no-idt-restore", "b", "idt", "IDT"),
+    ] {
+        let (_, _, r) = guest_fault(&format!("gf-no-{table}-{kernel}"), append, 1);
+        assert_eq!(r.exit_code, 1);
+        let base = format!("{table}.base");
+        let m = r
+            .mismatches
+            .iter()
+            .find(|m| m.name.as_deref() == Some(base.as_str()))
+            .unwrap_or_else(|| panic!("{append}: no {base}: {:#?}", r.mismatches));
+        assert_eq!(m.at.kernel, kernel);
+        assert_eq!(m.at.direction, "resume");
+        let note = m.note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains(&format!("{kernel}'s control page"))
+                && note.contains(&format!("the relocation code's {what}")),
+            "{append}: {note}"
+        );
+        // Nothing but the table registers (and, with the GDT, the TR
+        // that lives in it) differs.
+        let prefixes: &[&str] = if table == "gdt" {
+            &["gdt.", "tr."]
+        } else {
+            &["idt."]
+        };
+        for m in &r.mismatches {
+            let n = m.name.as_deref().unwrap_or_default();
+            assert!(
+                prefixes.iter().any(|p| n.starts_with(p)),
+                "{append}: unexpected {n}"
+            );
+        }
+    }
+}
+
+/// The peer's re-entry point read from the wrong stack slot, or not
+/// recorded at all (the preserve-context flag lost on the way back): the
+/// jump that would enter the peer at the wrong place is stopped at its
+/// checkpoint, with the slot and both addresses.
+#[test]
+fn a_wrong_reentry_point_is_caught_before_the_jump() {
+    if !kvm_or_skip("a_wrong_reentry_point_is_caught_before_the_jump") {
+        return;
+    }
+    let entry = {
+        let elf = kjump::DEFAULT_KERNEL;
+        u64::from_le_bytes(elf[24..32].try_into().unwrap())
+    };
+    for (append, kernel, peer, found) in [
+        ("kjump.fault=wrong-reentry-slot", "a", "b", None),
+        ("kjump.b.fault=wrong-reentry-slot", "b", "a", None),
+        ("kjump.fault=lose-preserve", "a", "b", Some(entry)),
+    ] {
+        let (out, err, r) = guest_fault(&format!("gf-{}", append.replace('=', "-")), append, 1);
+        let m = only_mismatch(&r);
+        assert_eq!(m.kind, MismatchKind::Entry, "{append}");
+        assert_eq!(
+            (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+            (kernel, "suspend", 2),
+            "{append}"
+        );
+        assert_eq!(
+            m.name.as_deref(),
+            Some(format!("{kernel}'s entry into {peer}").as_str())
+        );
+        // The slot: DATA_PEER_ENTRY of the jumping kernel's control page.
+        assert_eq!(m.address.map(|a| a & 0xfff), Some(0x600), "{append}");
+        assert!(
+            m.symbol
+                .as_deref()
+                .unwrap_or_default()
+                .contains("DATA_PEER_ENTRY"),
+            "{m:?}"
+        );
+        assert!(
+            m.expected.contains(&format!("{peer}'s control page"))
+                && m.expected.contains("relocate_peer_returned"),
+            "{append}: {}",
+            m.expected
+        );
+        if let Some(f) = found {
+            assert!(m.actual.starts_with(&format!("{f:#x} ")), "{}", m.actual);
+        }
+        assert!(
+            format!("{out}{err}").contains(&format!("{kernel}'s entry into {peer}")),
+            "{out}{err}"
+        );
+    }
+}
+
 #[test]
 fn fpu_and_uart_not_restored_are_caught() {
     if !kvm_or_skip("fpu_and_uart_not_restored_are_caught") {

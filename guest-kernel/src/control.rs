@@ -45,16 +45,32 @@ pub const DATA_HEAD2: u64 = 0x648;
 /// 16 bytes of scratch for `sgdt`/`lgdt` (limit and base, packed).
 pub const DATA_SCRATCH: u64 = 0x650;
 /// Fault injection only: a bit mask of what the re-entry path "forgets".
-/// Bit `n` < 64 for a [`Slot`] `n` (GPRs, rflags, cr3) leaves that register
-/// as found; [`FAULT_NO_FPU_RESTORE`] and [`FAULT_NO_UART_RESTORE`] skip
-/// those restores. Zero in a correct kernel.
+/// Bit `n` < [`SLOTS`] for a [`Slot`] `n` leaves that register as found:
+/// the GPRs but rdi, rflags, CR0, CR3, CR4 and EFER; the bit of
+/// [`Slot::GdtrBase`] skips `lgdt` (and so leaves TR, which lives in the
+/// GDT, as found too), the bit of [`Slot::IdtrBase`] skips `lidt`. The
+/// `FAULT_*` bits below are the other bugs. Zero in a correct kernel.
 pub const DATA_FAULT: u64 = 0x660;
+/// Where a peer enters this kernel to resume it: the copy of the
+/// relocation code's `relocate_peer_returned` in this control page (what B
+/// is given as `kexec_jump_back_entry`). Written once, at set-up; the VMM
+/// checks every jump against it (a jump must enter a booted peer exactly
+/// here).
+pub const DATA_OWN_ENTRY: u64 = 0x668;
 /// Bit of [`DATA_FAULT`]: skip `fxrstor`.
 pub const FAULT_NO_FPU_RESTORE: u64 = 40;
 /// Bit of [`DATA_FAULT`]: skip restoring the UART.
 pub const FAULT_NO_UART_RESTORE: u64 = 41;
 /// Bit of [`DATA_FAULT`]: on the way back, do not swap the list's first page.
 pub const FAULT_SKIP_SWAP_BACK: u64 = 42;
+/// Bit of [`DATA_FAULT`]: take the peer's re-entry point from the stack
+/// slot above its return address (past the top of the peer's control-page
+/// stack: the first word of its swap page), not from the return address.
+pub const FAULT_WRONG_REENTRY_SLOT: u64 = 43;
+/// Bit of [`DATA_FAULT`]: on the way back, forget that the jump preserves
+/// context: the peer's re-entry point is not recorded, so the next jump
+/// enters it where it was entered before (boots it afresh).
+pub const FAULT_LOSE_PRESERVE: u64 = 44;
 
 pub const MODE_SWAP: u64 = 0;
 pub const MODE_BACKUP: u64 = 1;
@@ -297,7 +313,9 @@ mod tests {
         assert_eq!(slot_by_name("r15"), Some(Slot::R15 as u64));
         assert_eq!(slot_by_name("uart"), Some(Slot::Uart as u64));
         assert_eq!(slot_by_name("xmm0"), None);
-        const { assert!(DATA_SCRATCH + 16 <= DATA_FAULT && DATA_FAULT + 8 <= CONTEXT) };
+        const { assert!(DATA_SCRATCH + 16 <= DATA_FAULT && DATA_FAULT + 8 <= DATA_OWN_ENTRY) };
+        const { assert!(DATA_OWN_ENTRY + 8 <= CONTEXT) };
+        const { assert!(SLOTS <= FAULT_NO_FPU_RESTORE && FAULT_LOSE_PRESERVE < 64) };
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
     }
 

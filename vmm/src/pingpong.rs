@@ -30,7 +30,7 @@ use crate::oracle::{self, Allowlist, View};
 use crate::pages::{PageStore, Shadow};
 use crate::report::{At, CheckpointRecord, ExcusedPage, Mismatch, MismatchKind, Progress};
 use crate::scenario::{RunError, RunState, Verdict, handle_message};
-use crate::snapshot::{self, VcpuState};
+use crate::snapshot::{self, FieldValue, VcpuState};
 use crate::symbols::Symbols;
 use crate::vm::{Vm, VmEvent};
 
@@ -94,7 +94,27 @@ pub const GUEST_FAULTS: &[(&str, &str)] = &[
     ),
     (
         "kjump.fault=forget-REG",
-        "the re-entry path does not restore REG (a GPR but rdi, rflags, cr3)",
+        "the re-entry path does not restore REG (a GPR but rdi; rflags, cr0, cr3, cr4, efer)",
+    ),
+    (
+        "kjump.fault=no-gdt-restore",
+        "the re-entry path keeps the relocation code's GDT (and the TR in it)",
+    ),
+    (
+        "kjump.fault=no-idt-restore",
+        "the re-entry path keeps the relocation code's IDT",
+    ),
+    (
+        "kjump.fault=wrong-reentry-slot",
+        "the relocation code reads the peer's re-entry point one stack slot too high",
+    ),
+    (
+        "kjump.fault=lose-preserve",
+        "the relocation code does not record the peer's re-entry point: the next jump reboots it",
+    ),
+    (
+        "kjump.fault=skip-swap-back",
+        "the relocation code leaves the first page of the list unswapped on the way back",
     ),
     (
         "kjump.fault=no-fpu-restore",
@@ -155,6 +175,9 @@ pub(crate) struct KernelRecord {
     pub(crate) regs: Option<VcpuState>,
     pub(crate) uart: Option<SerialState>,
     pub(crate) view: Option<View>,
+    /// Where the kernel asked to be re-entered (its control page's
+    /// `DATA_OWN_ENTRY`), read at its suspends.
+    pub(crate) own_entry: Option<u64>,
 }
 
 /// Where a run resumed from a dump starts (`kjump resume`): the dump's
@@ -265,6 +288,16 @@ impl Checker<'_> {
             self.rec(p).view = Some(view);
         }
         self.shadow = Some(shadow);
+        // The re-entry points: the dump's kernel's from its control page at
+        // home, the away kernel's (once booted) from where it is parked.
+        self.kernels[idx(k)].own_entry = match self.kernels[idx(k)].kimage {
+            Some(_) => Some(self.read_control(vm, k, control::DATA_OWN_ENTRY, false)?),
+            None => None,
+        };
+        if self.tracker.is_away(p) && self.kernels[idx(p)].kimage.is_some() {
+            self.kernels[idx(p)].own_entry =
+                Some(self.read_control(vm, p, control::DATA_OWN_ENTRY, true)?);
+        }
         Ok(())
     }
 
@@ -290,6 +323,136 @@ impl Checker<'_> {
                 _ => None,
             },
         }
+    }
+
+    /// Reads a u64 of `k`'s control page at `offset`, where the page is
+    /// now: at home, or parked when `k` is away.
+    fn read_control(&self, vm: &Vm, k: Kernel, offset: u64, away: bool) -> Result<u64, RunError> {
+        let cp = self.kernels[idx(k)]
+            .kimage
+            .as_ref()
+            .ok_or(RunError::Protocol(
+                "a kernel jumped without reporting its kimage",
+            ))?
+            .control;
+        let home = cp + offset;
+        let page = home & !(PAGE_SIZE - 1);
+        let at = if away {
+            self.parked_at(k, page) + (home - page)
+        } else {
+            home
+        };
+        vm.memory()
+            .read_obj(GuestAddress(at))
+            .map_err(|_| RunError::Protocol("a control page is outside guest RAM"))
+    }
+
+    /// What an address is, for reports: a place in a kernel's control
+    /// pages, or a symbol of the kernel image.
+    fn place_of(&self, addr: u64) -> Option<String> {
+        for k in [Kernel::A, Kernel::B] {
+            if let Some(ki) = &self.kernels[idx(k)].kimage {
+                let (c0, c1) = ki.control_range();
+                if (c0..c1).contains(&addr) {
+                    let off = addr - c0;
+                    let what = match off {
+                        o if o < control::CODE_MAX => {
+                            let sym = self.symbols.as_ref().and_then(|s| {
+                                let start = s.address_of_suffix("relocate_start")?;
+                                s.lookup(start + o)
+                            });
+                            sym.map_or_else(
+                                || "relocation code".to_owned(),
+                                |s| format!("copy of {s}"),
+                            )
+                        }
+                        o if (control::RELOC_GDT..control::RELOC_GDT_PTR).contains(&o) => {
+                            "the relocation code's GDT".to_owned()
+                        }
+                        o if (control::RELOC_IDT..control::RELOC_TSS).contains(&o) => {
+                            "the relocation code's IDT".to_owned()
+                        }
+                        o if (control::RELOC_TSS..control::RELOC_END).contains(&o) => {
+                            "the relocation code's TSS".to_owned()
+                        }
+                        control::DATA_PEER_ENTRY => "the peer's entry (DATA_PEER_ENTRY)".to_owned(),
+                        control::DATA_OWN_ENTRY => {
+                            "its own re-entry point (DATA_OWN_ENTRY)".to_owned()
+                        }
+                        o if (control::CONTEXT..control::CONTEXT + 8 * control::SLOTS)
+                            .contains(&o) =>
+                        {
+                            let slot = ((o - control::CONTEXT) / 8) as usize;
+                            format!("saved {}", control::SLOT_NAMES[slot])
+                        }
+                        o if (control::FXSAVE..control::FXSAVE + 512).contains(&o) => {
+                            "saved FXSAVE area".to_owned()
+                        }
+                        o if o < PAGE_SIZE => "control page".to_owned(),
+                        o if o < 2 * PAGE_SIZE => "swap page".to_owned(),
+                        _ => "identity-map page tables".to_owned(),
+                    };
+                    return Some(format!(
+                        "{}'s control page {c0:#x} + {off:#x}: {what}",
+                        k.name()
+                    ));
+                }
+            }
+        }
+        self.symbols.as_ref().and_then(|s| s.lookup(addr))
+    }
+
+    /// A jump must enter a booted peer exactly where the peer asked to be
+    /// re-entered (the return address it pushed when it jumped to us,
+    /// which the relocation code records in `DATA_PEER_ENTRY`). Checked at
+    /// `k`'s suspend, before the relocation code runs: a wrong entry is
+    /// reported with the slot that holds it instead of as the crash it
+    /// would become. Also records `k`'s own entry for the peer's jumps.
+    fn check_peer_entry(
+        &mut self,
+        vm: &Vm,
+        k: Kernel,
+        at: &At,
+    ) -> Result<Option<Mismatch>, RunError> {
+        let own = self.read_control(vm, k, control::DATA_OWN_ENTRY, false)?;
+        self.rec(k).own_entry = Some(own);
+        let peer = k.peer();
+        // A peer that never jumped has not been booted: its first entry
+        // is its ELF entry, nothing to hold it to.
+        let Some(expected) = self.kernels[idx(peer)].own_entry else {
+            return Ok(None);
+        };
+        let found = self.read_control(vm, k, control::DATA_PEER_ENTRY, false)?;
+        if found == expected {
+            return Ok(None);
+        }
+        let show = |a: u64| match self.place_of(a) {
+            Some(p) => format!("{a:#x} ({p})"),
+            None => format!("{a:#x}"),
+        };
+        let cp = self.kernels[idx(k)]
+            .kimage
+            .as_ref()
+            .map_or(0, |ki| ki.control);
+        let slot = cp + control::DATA_PEER_ENTRY;
+        Ok(Some(Mismatch {
+            at: at.clone(),
+            kind: MismatchKind::Entry,
+            name: Some(format!("{}'s entry into {}", k.name(), peer.name())),
+            address: Some(slot),
+            location: None,
+            expected: show(expected),
+            actual: show(found),
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: self.place_of(slot),
+            note: Some(format!(
+                "kernel {} is about to jump to kernel {} at {found:#x}, but {} left asking to be re-entered at {expected:#x}; its context would not be resumed",
+                k.name(),
+                peer.name(),
+                peer.name()
+            )),
+        }))
     }
 
     /// Where `k`'s page `home` is while `k` is away.
@@ -739,6 +902,7 @@ fn checkpoint(
             if let Some(m) = oracle::check_answer(&state, id.direction.answer(), "suspend") {
                 out.push(Mismatch::register(&at, &m));
             }
+            out.extend(ck.check_peer_entry(vm, k, &at)?);
             let pages = ck.view_pages(k, &shadow)?;
             let view = oracle::record_view(k.name(), &shadow, pages)?;
             let r = ck.rec(k);
@@ -755,7 +919,15 @@ fn checkpoint(
             let (Some(regs), Some(old_uart), Some(view)) = (&r.regs, &r.uart, &r.view) else {
                 return Err(RunError::Protocol("a kernel resumed that never suspended"));
             };
-            for m in oracle::compare_vcpu(regs, &state, ANSWER_BACK, &ck.allow) {
+            for mut m in oracle::compare_vcpu(regs, &state, ANSWER_BACK, &ck.allow) {
+                // A register left pointing into a control page (a GDT, IDT
+                // or TSS the relocation code loaded) says which.
+                if let (None, FieldValue::U64(v)) = (&m.note, &m.actual) {
+                    m.note = ck
+                        .place_of(*v)
+                        .filter(|p| p.contains("control page"))
+                        .map(|p| format!("found value is in {p}"));
+                }
                 out.push(Mismatch::register(&at, &m));
             }
             for m in oracle::compare_uart(old_uart, &uart) {

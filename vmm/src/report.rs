@@ -135,6 +135,9 @@ pub enum MismatchKind {
     Register,
     Memory,
     Device,
+    /// A jump about to enter the peer somewhere else than where the peer
+    /// asked to be re-entered.
+    Entry,
 }
 
 /// A byte range `[start, end)` of guest-physical addresses.
@@ -257,6 +260,20 @@ impl Mismatch {
                     let _ = write!(s, " ({n})");
                 }
                 s.push('\n');
+            }
+            MismatchKind::Entry => {
+                let name = self.name.as_deref().unwrap_or("entry");
+                let _ = write!(s, "{where_}: {name}: {} -> {}", self.expected, self.actual);
+                if let Some(a) = self.address {
+                    let _ = write!(s, "\n    held at {a:#x}");
+                    if let Some(sym) = &self.symbol {
+                        let _ = write!(s, " ({sym})");
+                    }
+                }
+                s.push('\n');
+                if let Some(n) = &self.note {
+                    let _ = writeln!(s, "    {n}");
+                }
             }
             MismatchKind::Memory => {
                 let home = self.address.unwrap_or(0);

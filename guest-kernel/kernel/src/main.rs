@@ -29,7 +29,7 @@ mod kernel {
     pub mod serial;
     pub mod sync;
 
-    pub use cpu::{halt_forever, rdmsr};
+    pub use cpu::{halt_forever, rdmsr, wrmsr};
 }
 
 use kernel::{bootinfo, fault, gdt, harness, idt, logger, mem, paging, scenario, serial};

@@ -86,3 +86,15 @@ pub fn rdmsr(msr: u32) -> u64 {
     };
     (u64::from(hi) << 32) | u64::from(lo)
 }
+
+/// Writes a model-specific register.
+///
+/// # Safety
+/// The MSR must exist and the value must be one the caller has checked is
+/// valid and harmless for the running kernel (an invalid one raises #GP).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller vouches for the MSR and the value.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
+    };
+}

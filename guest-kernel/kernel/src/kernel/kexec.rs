@@ -153,8 +153,17 @@ fn ring0_return_offset() -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum JumpFault {
     /// The re-entry path does not restore this saved-context slot (a GPR
-    /// other than rdi, rflags or cr3): `forget-REG`.
+    /// other than rdi, rflags, cr0, cr3, cr4 or efer): `forget-REG`.
     Forget(u64),
+    /// The re-entry path does not reload the GDT (`no-gdt-restore`) or
+    /// the IDT (`no-idt-restore`): the slot of its base.
+    NoTableRestore(u64),
+    /// The relocation code takes the peer's re-entry point from the wrong
+    /// stack slot: `wrong-reentry-slot`.
+    WrongReentrySlot,
+    /// The relocation code does not record the peer's re-entry point, so
+    /// the next jump boots the peer again: `lose-preserve`.
+    LosePreserve,
     /// The re-entry path skips `fxrstor`: `no-fpu-restore`.
     NoFpuRestore,
     /// The re-entry path does not reprogram the UART: `no-uart-restore`.
@@ -174,13 +183,17 @@ impl JumpFault {
             "no-uart-restore" => Self::NoUartRestore,
             "write-outside" => Self::WriteOutside,
             "skip-swap-back" => Self::SkipSwapBack,
+            "no-gdt-restore" => Self::NoTableRestore(Slot::GdtrBase as u64),
+            "no-idt-restore" => Self::NoTableRestore(Slot::IdtrBase as u64),
+            "wrong-reentry-slot" => Self::WrongReentrySlot,
+            "lose-preserve" => Self::LosePreserve,
             _ => {
                 let reg = name.strip_prefix("forget-")?;
                 let slot = control::slot_by_name(reg)?;
                 // rdi carries the control page into the re-entry path and
                 // equals its saved value; the others are registers the
                 // re-entry path can "forget".
-                if slot == Slot::Rdi as u64 || slot > Slot::Cr3 as u64 || slot == Slot::Cr0 as u64 {
+                if slot == Slot::Rdi as u64 || slot > Slot::Efer as u64 {
                     return None;
                 }
                 Self::Forget(slot)
@@ -191,7 +204,9 @@ impl JumpFault {
     /// The bit of `control::DATA_FAULT` for this fault, if it is one.
     fn mask(self) -> u64 {
         match self {
-            Self::Forget(slot) => 1 << slot,
+            Self::Forget(slot) | Self::NoTableRestore(slot) => 1 << slot,
+            Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
+            Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
             Self::NoFpuRestore => 1 << control::FAULT_NO_FPU_RESTORE,
             Self::NoUartRestore => 1 << control::FAULT_NO_UART_RESTORE,
             Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
@@ -232,6 +247,7 @@ fn setup_control_pages(role: Role, map_top: u64) -> (u64, u64) {
         cp + control::PAGE_SWAP * PAGE_SIZE,
     );
     phys_write_u64(cp + control::DATA_REENTRY, &raw const kjump_reentry as u64);
+    phys_write_u64(cp + control::DATA_OWN_ENTRY, cp + peer_returned_offset());
     (cp, n)
 }
 
@@ -584,7 +600,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         phys_write(src_of(sources, seg.paddr), seg.data);
     }
     // B's zero page and command line in its first two pages.
-    let jump_back_entry = cp + peer_returned_offset();
+    let jump_back_entry = phys_read_u64(cp + control::DATA_OWN_ENTRY);
     let mut cmd = harness::TextBuf::new();
     let _ = write!(
         cmd,
@@ -709,6 +725,41 @@ pub fn run_a(boot: &BootInfo) -> ! {
     super::halt_forever()
 }
 
+const MSR_EFER: u32 = 0xc000_0080;
+/// CR0.WP: ring 0 honours read-only pages.
+const CR0_WP: u64 = 1 << 16;
+/// CR4.PGE: global pages.
+const CR4_PGE: u64 = 1 << 7;
+/// EFER.NXE: the no-execute bit of page-table entries.
+const EFER_NXE: u64 = 1 << 11;
+
+/// B runs with CR0, CR4 and EFER of its own (A keeps the values it booted
+/// with), as two different kernels would: a re-entry path that forgets to
+/// restore one of them leaves the peer's value, which the oracle sees.
+/// All three bits are harmless here: every page is writable, no entry is
+/// global or no-execute.
+fn set_b_control_bits() {
+    let (cr0, cr4): (u64, u64);
+    // SAFETY: reads of CR0 and CR4.
+    unsafe { core::arch::asm!("mov {}, cr0", "mov {}, cr4", out(reg) cr0, out(reg) cr4) };
+    // SAFETY: setting CR0.WP and CR4.PGE changes no mapping of this
+    // kernel's (all pages are writable and none is global).
+    unsafe {
+        core::arch::asm!("mov cr0, {}", "mov cr4, {}", in(reg) cr0 | CR0_WP, in(reg) cr4 | CR4_PGE)
+    };
+    // NX must be supported for EFER.NXE (CPUID 0x8000_0001 EDX bit 20).
+    let nx = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 20) != 0;
+    if nx {
+        // SAFETY: EFER exists on every x86_64 CPU; NXE is valid when CPUID
+        // reports NX, and no page-table entry of ours sets bit 63.
+        unsafe { super::wrmsr(MSR_EFER, super::rdmsr(MSR_EFER) | EFER_NXE) };
+    }
+    crate::println!(
+        "b: cr0.wp and cr4.pge set{}: my control registers differ from a's",
+        if nx { ", efer.nxe too" } else { "" }
+    );
+}
+
 /// Kernel B: booted once by A; jumps back, and is resumed again and again.
 pub fn run_b(boot: &BootInfo) -> ! {
     let Some(entry) =
@@ -718,6 +769,7 @@ pub fn run_b(boot: &BootInfo) -> ! {
             "b: no kexec_jump_back_entry= on the command line"
         ))
     };
+    set_b_control_bits();
     let map_top = mem::ram_top().max(4 * GIB);
     let (cp, control_pages) = setup_control_pages(Role::B, map_top);
     let fault = jump_fault(boot);
