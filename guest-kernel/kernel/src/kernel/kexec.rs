@@ -248,6 +248,7 @@ fn setup_control_pages(role: Role, map_top: u64) -> (u64, u64) {
     );
     phys_write_u64(cp + control::DATA_REENTRY, &raw const kjump_reentry as u64);
     phys_write_u64(cp + control::DATA_OWN_ENTRY, cp + peer_returned_offset());
+    mem::zero_in_ring3(cp);
     (cp, n)
 }
 

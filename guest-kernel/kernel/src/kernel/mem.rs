@@ -63,14 +63,50 @@ pub fn init(boot: &BootInfo) {
     FREE.with(|f| *f = set);
 }
 
+/// The control page whose ring-3 trip zeroes new pages, once there is one
+/// (0 before).
+static ZERO_IN_RING3: AtomicU64 = AtomicU64::new(0);
+
+/// From now on, zero allocated pages in ring 3 through the trip of the
+/// control page at `cp` (see relocate.rs: on the software KVM backend of
+/// the test machines every ring-0 instruction is emulated, and zeroing a
+/// 64 MiB peer region in ring 0 took ~8 s). `cp` must be set up for
+/// `kjump_ring3_call` (relocation code, user-accessible identity map of
+/// all RAM, ring-3 tables) and stay so.
+pub fn zero_in_ring3(cp: u64) {
+    ZERO_IN_RING3.store(cp, Ordering::Relaxed);
+}
+
+/// Ring 3: zeroes the block `[start, start + size)` given as `&(start,
+/// size)`.
+extern "sysv64" fn zero_ring3(block: u64) -> u64 {
+    // SAFETY: `block` is the `&(u64, u64)` that `alloc_pages` passed.
+    let (start, size) = unsafe { *(block as *const (u64, u64)) };
+    // SAFETY: as in `alloc_pages`: the block is ours alone and mapped (the
+    // control map is user-accessible over all RAM).
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, size as usize) };
+    0
+}
+
 /// `count` contiguous zeroed pages, all below `max_end`, not overlapping the
 /// half-open range `avoid` (`(0, 0)` for none); the highest such block.
 pub fn alloc_pages(count: u64, max_end: u64, avoid: (u64, u64)) -> Option<u64> {
     let size = count.checked_mul(PAGE_SIZE)?;
     let start = FREE.with(|f| f.alloc_top(size, PAGE_SIZE, max_end, avoid))?;
-    // SAFETY: the block was free RAM and is now ours alone; all RAM is
-    // identity-mapped (boot map, then the kernel's own map of [0, ram_top)).
-    unsafe { core::ptr::write_bytes(start as *mut u8, 0, size as usize) };
+    let cp = ZERO_IN_RING3.load(Ordering::Relaxed);
+    if cp != 0 {
+        let block = (start, size);
+        // SAFETY: `cp` was set up for the trip (`zero_in_ring3`'s
+        // contract); interrupts are off for the kernel's whole life;
+        // `zero_ring3` writes only the block, which is ours, and reads
+        // `block`, alive for the call.
+        unsafe { super::relocate::kjump_ring3_call(cp, zero_ring3, &raw const block as u64) };
+    } else {
+        // SAFETY: the block was free RAM and is now ours alone; all RAM is
+        // identity-mapped (boot map, then the kernel's own map of
+        // [0, ram_top)).
+        unsafe { core::ptr::write_bytes(start as *mut u8, 0, size as usize) };
+    }
     Some(start)
 }
 
