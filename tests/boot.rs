@@ -3,7 +3,14 @@
 //! line.
 
 mod common;
-use common::{assert_exit, kjump, kvm_or_skip, scratch};
+use common::{assert_exit, kjump, kjump_command, kvm_or_skip, scratch, skip};
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use kjump::report::{Report, Verdict};
 
 #[test]
 fn boot_scenario_passes() {
@@ -181,16 +188,19 @@ fn unknown_scenario_is_refused() {
 #[test]
 fn inject_list_prints_the_catalog() {
     let (out, _) = assert_exit(&kjump(&["--inject", "list"]), 0);
-    for k in [
-        "flip-a",
-        "flip-b",
-        "saved-REG",
-        "uart-lcr",
-        "kjump.fault=ud2",
-        "kjump.fault=hang",
-    ] {
+    for k in ["flip-a", "flip-b", "saved-REG", "uart-lcr"] {
         assert!(out.contains(k), "{k} missing:\n{out}");
     }
+    // Every guest-side fault of the shared catalog, with its kernels.
+    for e in kjump_guest::fault::CATALOG {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(e.name) && l.contains(e.what)),
+            "{} missing:\n{out}",
+            e.name
+        );
+    }
+    assert!(out.contains("b:KIND"), "{out}");
 }
 
 /// Bad kernels: each is one clear line and exit code 2, before any guest
@@ -281,4 +291,246 @@ fn unwritable_dump_dir_is_refused_before_the_run() {
         2,
     );
     assert!(err.contains("dump directory"), "{err}");
+}
+
+// ------------------------------------------------------- the KVM device
+
+/// Runs a ping-pong run that would dump every checkpoint and write a
+/// report, with the KVM device `dev` (by `--kvm-device`, or by
+/// `KJUMP_KVM_DEVICE` when `by_env`), the child set up by `setup`. Asserts
+/// that it is refused before the guest runs: exit code 2, nothing on
+/// stdout, one line `kjump: error: ...` naming `dev` and holding each of
+/// `causes`, no dump (nor any temporary file) written, and the report a
+/// whole error report with that line. Returns the line.
+fn refused_kvm_device(
+    name: &str,
+    dev: &Path,
+    causes: &[&str],
+    by_env: bool,
+    setup: impl FnOnce(&mut Command),
+) -> String {
+    let d = scratch(name);
+    let dumps = d.join("dumps");
+    let report = d.join("report.json");
+    let mut args = vec![
+        "--scenario",
+        "ping-pong",
+        "--cycles",
+        "1",
+        "--timeout",
+        "20",
+        "--dump",
+        "every-jump",
+        "--dump-dir",
+        dumps.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    if !by_env {
+        args.extend(["--kvm-device", dev.to_str().unwrap()]);
+    }
+    let mut cmd = kjump_command(&args);
+    if by_env {
+        cmd.env("KJUMP_KVM_DEVICE", dev);
+    }
+    setup(&mut cmd);
+    let (out, err) = assert_exit(&cmd.output().expect("kjump runs"), 2);
+    assert_eq!(out, "", "{name}: stdout");
+    assert_eq!(err.lines().count(), 1, "{name}: {err}");
+    let line = err.trim_end().to_owned();
+    assert!(line.starts_with("kjump: error: "), "{name}: {line}");
+    assert!(line.contains(dev.to_str().unwrap()), "{name}: {line}");
+    for cause in causes {
+        assert!(line.contains(cause), "{name}: no {cause:?} in: {line}");
+    }
+
+    // No dump: the dump directory (made and probed before the VM) is empty.
+    let left: Vec<_> = std::fs::read_dir(&dumps)
+        .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "{name}: files in the dump directory: {left:?}"
+    );
+    let mut files: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert!(
+        files.iter().all(|f| f == "report.json" || f == "dumps"),
+        "{name}: stray files {files:?}"
+    );
+    // The report is whole: an error report with the same line.
+    let json = std::fs::read_to_string(&report).expect("the error report was written");
+    let r = Report::from_json(&json).expect("the report parses");
+    assert_eq!((r.verdict, r.exit_code), (Verdict::Error, 2), "{name}");
+    assert!(r.checkpoints.is_empty(), "{name}: {:?}", r.checkpoints);
+    assert_eq!(
+        r.error.as_deref(),
+        line.strip_prefix("kjump: error: "),
+        "{name}"
+    );
+    line
+}
+
+#[test]
+fn a_missing_kvm_device_is_one_line_and_exit_2() {
+    let d = scratch("kvm-dev-missing");
+    let dev = d.join("no-such-kvm");
+    let line = refused_kvm_device(
+        "kvm-dev-missing-run",
+        &dev,
+        &[
+            "cannot open the KVM device",
+            "No such file or directory",
+            "is KVM enabled",
+        ],
+        false,
+        |_| {},
+    );
+    // The same through the environment.
+    let by_env = refused_kvm_device("kvm-dev-missing-env", &dev, &[], true, |_| {});
+    assert_eq!(by_env, line);
+    // And the option after a subcommand (it is global).
+    let (_, err) = assert_exit(&kjump(&["run", "--kvm-device", dev.to_str().unwrap()]), 2);
+    assert_eq!(err.trim_end(), line);
+}
+
+#[test]
+fn a_regular_file_is_not_a_kvm_device() {
+    let d = scratch("kvm-dev-file");
+    let dev = d.join("kvm");
+    std::fs::write(&dev, b"not a device").unwrap();
+    refused_kvm_device(
+        "kvm-dev-file-run",
+        &dev,
+        &[
+            "is not a KVM device (a regular file",
+            "KVM_GET_API_VERSION: Inappropriate ioctl for device",
+        ],
+        false,
+        |_| {},
+    );
+}
+
+#[test]
+fn a_directory_is_not_a_kvm_device() {
+    let d = scratch("kvm-dev-dir");
+    let dev = d.join("kvm.d");
+    std::fs::create_dir(&dev).unwrap();
+    refused_kvm_device(
+        "kvm-dev-dir-run",
+        &dev,
+        &["is not a KVM device (a directory)"],
+        false,
+        |_| {},
+    );
+}
+
+#[test]
+fn dev_null_is_not_a_kvm_device() {
+    refused_kvm_device(
+        "kvm-dev-null",
+        Path::new("/dev/null"),
+        &[
+            "/dev/null is not a KVM device (a character device 1:3",
+            "KVM_GET_API_VERSION: Inappropriate ioctl for device",
+        ],
+        false,
+        |_| {},
+    );
+}
+
+/// `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` (Linux
+/// `include/uapi/linux/capability.h`): with them root opens any file
+/// whatever its mode.
+const CAP_DAC_OVERRIDE: libc::c_int = 1;
+const CAP_DAC_READ_SEARCH: libc::c_int = 2;
+
+/// Makes `cmd`'s child lose the capabilities that let root ignore a file's
+/// mode: out of the bounding set (so that exec does not give them back to
+/// root) and out of the ambient set. A failure (no `CAP_SETPCAP`: then the
+/// caller is not root and needs none of this) is left for
+/// [`dac_caps_of`] to see.
+fn without_dac_override(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // makes prctl system calls, which are async-signal-safe, allocate
+    // nothing and touch no memory of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            for cap in [CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH] {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// The effective `CAP_DAC_*` capabilities of a child set up by `setup`
+/// (from its `/proc/self/status`); `None` when that cannot be read.
+fn dac_caps_of(setup: impl FnOnce(&mut Command)) -> Option<u64> {
+    let mut cmd = Command::new("cat");
+    cmd.arg("/proc/self/status");
+    setup(&mut cmd);
+    let out = cmd.output().ok()?;
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let eff = u64::from_str_radix(eff.trim(), 16).ok()?;
+    Some(eff & (1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH))
+}
+
+#[test]
+fn a_kvm_device_without_permission_is_one_line_and_exit_2() {
+    let test = "a_kvm_device_without_permission_is_one_line_and_exit_2";
+    let d = scratch("kvm-dev-denied");
+    // A real KVM device node (10:232) where one can be made (root), else a
+    // plain file; mode 000 either way.
+    let dev = d.join("kvm");
+    let node = Command::new("mknod")
+        .args(["-m", "000"])
+        .arg(&dev)
+        .args(["c", "10", "232"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node {
+        std::fs::write(&dev, b"").unwrap();
+        std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    match dac_caps_of(without_dac_override) {
+        Some(0) => {}
+        Some(caps) => {
+            let why = format!(
+                "a child keeps CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (effective {caps:#x}) \
+                 after leaving the bounding and ambient sets (inheritable capabilities?), \
+                 so a mode-000 file cannot be denied to it"
+            );
+            skip(test, &why);
+            return;
+        }
+        None => {
+            skip(test, "cannot read a child's /proc/self/status");
+            return;
+        }
+    }
+    refused_kvm_device(
+        "kvm-dev-denied-run",
+        &dev,
+        &[
+            "no permission to open the KVM device",
+            "Permission denied",
+            "`kvm`",
+        ],
+        false,
+        without_dac_override,
+    );
+    // Leave no KVM device node behind.
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -430,3 +430,179 @@ fn gdb_shows_the_checkpoint_and_a_backtrace_of_a_real_dump() {
         assert!(stdout.contains("#1 ") && stdout.contains("kexec"), "{all}");
     }
 }
+
+/// The expected lines `kjump diff` prints for a kernel's suspend and its
+/// resume: the checkpoint's answer in rax and the TSC, nothing else.
+fn assert_only_answer_and_tsc_expected(out: &str) {
+    let expected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("expected: "))
+        .collect();
+    assert_eq!(expected.len(), 2, "{out}");
+    assert!(
+        expected[0].starts_with(
+            "expected: rax: 0x504d554a -> 0x4b434142 (checkpoint answer: JUMP at the suspend, BACK at the resume)"
+        ),
+        "{out}"
+    );
+    assert!(
+        expected[1].starts_with("expected: msr[0x00000010] TSC: ")
+            && expected[1]
+                .ends_with("(the TSC counts time; it runs on while the peer kernel runs)"),
+        "{out}"
+    );
+    assert!(out.contains("registers: 0 differ\n"), "{out}");
+}
+
+/// A run with an injected flip leaves "left" and "found" dumps of A's
+/// suspend and resume: `kjump diff` finds the flipped byte with its
+/// symbol, and the checkpoint's answer and the TSC only as expected.
+#[test]
+fn diff_of_a_mismatchs_dumps_finds_the_byte_and_expects_answer_and_tsc() {
+    if !kvm_or_skip("diff_of_a_mismatchs_dumps_finds_the_byte_and_expects_answer_and_tsc") {
+        return;
+    }
+    let dir = scratch("diff-flip");
+    let dumps = dir.join("dumps");
+    assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "3",
+            "--peer-mem",
+            "4M",
+            "--inject",
+            "flip-a@2",
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+        ]),
+        1,
+    );
+    let left = dumps.join("c00002-00003-a-suspend-left.core");
+    let found = dumps.join("c00002-00006-a-resume-found.core");
+    let (out, _) = assert_exit(
+        &kjump(&["diff", left.to_str().unwrap(), found.to_str().unwrap()]),
+        1,
+    );
+    assert!(
+        out.contains("pair: kernel a's suspend #3 and its resume #6"),
+        "{out}"
+    );
+    assert_only_answer_and_tsc_expected(&out);
+    assert!(out.contains("pages: 1 differ"), "{out}");
+    let pattern = Symbols::from_elf(kjump::DEFAULT_KERNEL)
+        .unwrap()
+        .address_of("kjump_guest::kernel::kexec::STATIC_PATTERN")
+        .expect("the guest has STATIC_PATTERN");
+    let at = pattern + 0x123;
+    assert!(
+        out.contains(&format!(
+            "[{at:#x}..{:#x}) kjump_guest::kernel::kexec::STATIC_PATTERN+0x123",
+            at + 1
+        )),
+        "{out}"
+    );
+    // The other way round: the same verdict.
+    let (back, _) = assert_exit(
+        &kjump(&["diff", found.to_str().unwrap(), left.to_str().unwrap()]),
+        1,
+    );
+    assert!(back.contains("registers: 0 differ\n"), "{back}");
+}
+
+/// A clean run's every-jump dumps of a kernel's suspend and its resume
+/// hold the same registers but what the oracle allows, for A and for B;
+/// dumps that are not such a pair are shown raw.
+#[test]
+fn diff_of_a_suspend_and_its_resume_expects_answer_and_tsc() {
+    if !kvm_or_skip("diff_of_a_suspend_and_its_resume_expects_answer_and_tsc") {
+        return;
+    }
+    let diff = |a: &Path, b: &Path| {
+        let o = kjump(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
+        common::text(&o).0
+    };
+    for (s, r, pair) in [
+        (
+            dump_of(3, 2, "a", "suspend"),
+            dump_of(6, 2, "a", "resume"),
+            "kernel a's suspend #3 and its resume #6",
+        ),
+        (
+            dump_of(5, 2, "b", "suspend"),
+            dump_of(8, 3, "b", "resume"),
+            "kernel b's suspend #5 and its resume #8",
+        ),
+    ] {
+        let out = diff(&s, &r);
+        assert!(out.contains(&format!("pair: {pair}")), "{out}");
+        assert_only_answer_and_tsc_expected(&out);
+        // Memory is compared as is: the peer's parked pages and the control
+        // pages changed between the two.
+        assert!(!out.contains("pages: 0 differ"), "{out}");
+    }
+    // A's suspend in cycle 2 and its resume in cycle 3 are no pair: rax and
+    // the TSC are plain differences.
+    let out = diff(
+        &dump_of(3, 2, "a", "suspend"),
+        &dump_of(10, 3, "a", "resume"),
+    );
+    assert!(
+        !out.contains("pair:") && !out.contains("expected:"),
+        "{out}"
+    );
+    assert!(out.contains("  rax: 0x504d554a -> 0x4b434142"), "{out}");
+    assert!(out.contains("  msr[0x00000010] TSC: "), "{out}");
+}
+
+/// `kjump resume` with an unusable KVM device: one line naming it, exit
+/// code 2, no dump written, an error report.
+#[test]
+fn resume_with_an_unusable_kvm_device_is_one_line_and_exit_2() {
+    if !kvm_or_skip("resume_with_an_unusable_kvm_device_is_one_line_and_exit_2") {
+        return;
+    }
+    let src = dump_of(3, 2, "a", "suspend");
+    let dir = scratch("resume-kvm-dev");
+    let missing = dir.join("no-such-kvm");
+    for (dev, cause) in [
+        (missing.as_path(), "No such file or directory"),
+        (
+            Path::new("/dev/null"),
+            "is not a KVM device (a character device 1:3",
+        ),
+    ] {
+        let dumps = dir.join("dumps");
+        let report = dir.join("report.json");
+        let o = kjump(&[
+            "resume",
+            src.to_str().unwrap(),
+            "--kvm-device",
+            dev.to_str().unwrap(),
+            "--dump",
+            "every-jump",
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        let (out, err) = assert_exit(&o, 2);
+        assert_eq!(out, "");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("kjump: error: ")
+                && err.contains(dev.to_str().unwrap())
+                && err.contains(cause),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dumps).unwrap().count(),
+            0,
+            "dumps written"
+        );
+        let r = Report::from_json(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!((r.verdict, r.exit_code), (Verdict::Error, 2));
+        assert!(r.error.unwrap().contains(cause));
+    }
+}

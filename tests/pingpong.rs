@@ -347,9 +347,13 @@ fn a_failing_run_leaves_two_dumps_that_diff_explains() {
         )),
         "{out}"
     );
-    assert!(out.contains("registers: 2 differ"), "{out}");
-    assert!(out.contains("rax: 0x504d554a -> 0x4b434142"), "{out}");
-    assert!(out.contains("TSC"), "{out}");
+    // A's suspend and its resume: the answer and the TSC are expected.
+    assert!(out.contains("registers: 0 differ"), "{out}");
+    assert!(
+        out.contains("expected: rax: 0x504d554a -> 0x4b434142 (checkpoint answer"),
+        "{out}"
+    );
+    assert!(out.contains("expected: msr[0x00000010] TSC: "), "{out}");
 }
 
 /// `--dump every-jump` writes one dump per checkpoint; a kernel's dumps at
@@ -391,9 +395,10 @@ fn every_jump_dumps_of_a_clean_run_show_the_same_registers() {
         &kjump(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]),
         1,
     );
-    assert!(out.contains("registers: 2 differ"), "{out}");
+    assert!(out.contains("registers: 0 differ"), "{out}");
     assert!(
-        out.contains("rax: 0x504d554a -> 0x4b434142") && out.contains("TSC"),
+        out.contains("expected: rax: 0x504d554a -> 0x4b434142 (checkpoint answer")
+            && out.contains("expected: msr[0x00000010] TSC: "),
         "{out}"
     );
 }
@@ -690,4 +695,71 @@ fn a_swap_back_that_skips_a_page_is_caught_on_both_sides() {
         ),
         ("a", "resume")
     );
+}
+
+/// Guest-side faults through `--inject [b:]KIND@CYCLE`: armed for the
+/// kernel's jump in that cycle only, caught when the kernel comes back
+/// from it; stop faults fire when the kernel arrives in that cycle.
+#[test]
+fn guest_faults_through_inject_fire_in_the_chosen_cycle() {
+    if !kvm_or_skip("guest_faults_through_inject_fire_in_the_chosen_cycle") {
+        return;
+    }
+    for (inject, kernel, cycle, reg) in [
+        ("b:forget-r12@3", "b", 4, "r12"),
+        ("forget-rbx@2", "a", 2, "rbx"),
+        ("no-idt-restore@3", "a", 3, "idt.base"),
+    ] {
+        let (_, _, r) = ping_pong(
+            &format!("inject-{}", inject.replace([':', '@'], "-")),
+            &["--cycles", "5", "--inject", inject],
+            1,
+        );
+        let m = &r.mismatches[0];
+        assert_eq!(
+            m.name.as_deref(),
+            Some(reg),
+            "{inject}: {:#?}",
+            r.mismatches
+        );
+        assert_eq!(
+            (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+            (kernel, "resume", cycle),
+            "{inject}"
+        );
+        // The first mismatch is in that cycle: the ones before were clean.
+        assert!(r.cycles_completed >= cycle - 1, "{inject}");
+    }
+    // A stop fault in cycle 3: kernel b triple-faults when resumed there.
+    let (out, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "5",
+            "--inject",
+            "b:triple@3",
+        ]),
+        2,
+    );
+    assert!(err.contains("guest b: triple fault"), "{err}");
+    // B is resumed for the second time in cycle 3, and A never comes back.
+    assert!(
+        out.contains("b: resumed #2 ") && !out.contains("a: cycle 3:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn guest_faults_for_the_wrong_kernel_are_refused() {
+    for (inject, says) in [
+        ("write-outside", "use --inject b:write-outside"),
+        ("b:skip-swap-back", "kernel a's only"),
+        ("b:forget-rdi", "unknown fault"),
+        ("b:no-such-fault", "unknown fault"),
+    ] {
+        let (_, err) = assert_exit(&kjump(&["--scenario", "ping-pong", "--inject", inject]), 2);
+        assert!(err.contains(says), "{inject}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }

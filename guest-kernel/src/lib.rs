@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod control;
 pub mod cpio;
 pub mod elf;
+pub mod fault;
 pub mod frames;
 pub mod kimage;
 pub mod layout;

@@ -25,13 +25,29 @@ pub fn kvm_or_skip(test: &str) -> bool {
     ok
 }
 
+/// Skips the calling test with a loud line saying why; with
+/// `KJUMP_REQUIRE_KVM=1` (CI) a skip is a failure instead.
+pub fn skip(test: &str, why: &str) {
+    let msg = format!("SKIPPED {test}: {why}");
+    if std::env::var("KJUMP_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("{msg} (KJUMP_REQUIRE_KVM=1 turns the skip into a failure)");
+    }
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+}
+
+/// The `kjump` binary with `args`, to adjust (environment, ...) and run.
+/// `KJUMP_KVM_DEVICE` is cleared: a test names the device it wants.
+pub fn kjump_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kjump"));
+    c.args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("KJUMP_KVM_DEVICE");
+    c
+}
+
 /// Runs `kjump` with `args`; returns its output.
 pub fn kjump(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("kjump runs")
+    kjump_command(args).output().expect("kjump runs")
 }
 
 /// stdout and stderr as text, for assertions and for failure messages.

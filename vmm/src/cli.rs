@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::scenario::Scenario;
+use crate::scenario::{RunOptions, Scenario};
 
 /// A KVM harness that proves kexec jump right.
 #[derive(Debug, Parser)]
@@ -30,6 +30,11 @@ pub struct Cli {
     /// Errors only.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// The KVM device that `run` and `resume` open.
+    #[arg(long, global = true, value_name = "PATH", env = "KJUMP_KVM_DEVICE",
+          default_value = crate::vm::DEFAULT_KVM_DEVICE)]
+    pub kvm_device: PathBuf,
 }
 
 impl Cli {
@@ -59,6 +64,14 @@ impl Cli {
     /// The subcommand to carry out (`run` when none was named).
     pub fn into_command(self) -> Command {
         self.command.unwrap_or(Command::Run(self.run))
+    }
+
+    /// How a run or resume is hosted, from the global options.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            kvm_device: Some(self.kvm_device.clone()),
+            ..RunOptions::default()
+        }
     }
 
     /// The log level that -v/-q ask for (default: warnings).
@@ -279,9 +292,14 @@ impl FromStr for Inject {
             None => (s, None),
         };
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        if kind.is_empty() || !kind.chars().all(valid) {
+        // `b:KIND`: a guest-side fault for kernel b.
+        let bare = kind
+            .strip_prefix("a:")
+            .or_else(|| kind.strip_prefix("b:"))
+            .unwrap_or(kind);
+        if bare.is_empty() || !bare.chars().all(valid) {
             return Err(format!(
-                "{kind:?} is not a fault kind (lowercase letters, digits, '-')"
+                "{kind:?} is not a fault kind (lowercase letters, digits, '-'; b:KIND for kernel b)"
             ));
         }
         Ok(Self {
@@ -502,6 +520,34 @@ mod tests {
             e.contains("no-such-thing") && e.contains("ping-pong"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kvm_device_is_global_and_defaults_to_dev_kvm() {
+        // The environment variable is not set under `cargo test` (it would
+        // change the default); clap reads it, which the integration tests
+        // show.
+        if std::env::var_os("KJUMP_KVM_DEVICE").is_none() {
+            let c = parse(&[]).unwrap();
+            assert_eq!(c.kvm_device, PathBuf::from("/dev/kvm"));
+            assert_eq!(
+                c.run_options().kvm_device.as_deref(),
+                Some(std::path::Path::new("/dev/kvm"))
+            );
+        }
+        for args in [
+            &["--kvm-device", "/dev/kvm1", "--scenario", "boot"][..],
+            &["run", "--kvm-device", "/dev/kvm1"],
+            &["--kvm-device", "/dev/kvm1", "run"],
+            &["resume", "d.core", "--kvm-device", "/dev/kvm1"],
+            &["--kvm-device", "/dev/kvm1", "resume", "d.core"],
+        ] {
+            let c = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(c.kvm_device, PathBuf::from("/dev/kvm1"), "{args:?}");
+            assert_eq!(c.run_options().kvm_device, Some(PathBuf::from("/dev/kvm1")));
+        }
+        assert!(parse(&["--kvm-device", ""]).is_err());
+        assert!(parse(&["--kvm-device"]).is_err());
     }
 
     #[test]

@@ -43,8 +43,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::serial::SerialState;
 
 use crate::GuestMem;
-use crate::checkpoint::{CheckpointId, Direction, Kernel};
-use crate::oracle::{DiffRange, diff_ranges, hexdump};
+use crate::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
+use crate::oracle::{self, Allowlist, DiffRange, diff_ranges, hexdump};
 use crate::pages::{PAGE_SIZE, Page, ZERO_PAGE};
 use crate::snapshot::{FieldValue, VcpuState, XSAVE_SIZE};
 use crate::symbols::{SymbolError, Symbols};
@@ -433,11 +433,45 @@ impl Load {
     }
 }
 
+/// Where a dump's bytes are: its file, read on demand (a dump is as large
+/// as guest RAM), or a buffer ([`read_dump_bytes`]).
+#[derive(Debug)]
+enum Backing {
+    File(File),
+    Bytes(Vec<u8>),
+}
+
+impl Backing {
+    /// Fills `buf` from offset `off`; past the end is an error, as for a file.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        match self {
+            Self::File(f) => f.read_exact_at(buf, off),
+            Self::Bytes(b) => {
+                let src = usize::try_from(off)
+                    .ok()
+                    .and_then(|o| b.get(o..o.checked_add(buf.len())?))
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+
+    /// The first offset at or after `off` that is not in a hole (see
+    /// [`seek_data`]); a buffer has no holes.
+    fn seek_data(&self, off: u64) -> Option<u64> {
+        match self {
+            Self::File(f) => seek_data(f, off),
+            Self::Bytes(b) => (off < b.len() as u64).then_some(off),
+        }
+    }
+}
+
 /// A dump read back and validated. Memory is read from the file on demand.
 #[derive(Debug)]
 pub struct Dump {
     path: PathBuf,
-    file: File,
+    file: Backing,
     len: u64,
     entry: u64,
     meta: KjumpNote,
@@ -1021,6 +1055,23 @@ fn parse_resume(b: &[u8], id: &CheckpointId) -> Result<ResumeRecord, String> {
 /// Reads and validates a dump. The file is untrusted: whatever is wrong
 /// with it is a [`DumpError`] naming the first problem found.
 pub fn read_dump(path: &Path) -> Result<Dump, DumpError> {
+    let rerr = |source| DumpError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(rerr)?;
+    let len = file.metadata().map_err(rerr)?.len();
+    parse_dump(Backing::File(file), len, path)
+}
+
+/// [`read_dump`] on a dump already in memory; `path` only names it in
+/// errors and [`inspect`]. Checks exactly what [`read_dump`] checks.
+pub fn read_dump_bytes(bytes: Vec<u8>, path: &Path) -> Result<Dump, DumpError> {
+    let len = bytes.len() as u64;
+    parse_dump(Backing::Bytes(bytes), len, path)
+}
+
+fn parse_dump(file: Backing, len: u64, path: &Path) -> Result<Dump, DumpError> {
     let p = || path.to_path_buf();
     let rerr = |source| DumpError::Read { path: p(), source };
     let not_dump = |why: &str| DumpError::NotADump {
@@ -1030,8 +1081,6 @@ pub fn read_dump(path: &Path) -> Result<Dump, DumpError> {
     let truncated = |what: String| DumpError::Truncated { path: p(), what };
     let corrupt = |what: String| DumpError::Corrupt { path: p(), what };
 
-    let file = File::open(path).map_err(rerr)?;
-    let len = file.metadata().map_err(rerr)?.len();
     let read = |off: u64, n: usize| -> Result<Vec<u8>, DumpError> {
         let mut b = vec![0u8; n];
         file.read_exact_at(&mut b, off).map_err(rerr)?;
@@ -1267,7 +1316,7 @@ impl Dump {
         if rel >= l.filesz {
             return end;
         }
-        match seek_data(&self.file, l.offset + rel) {
+        match self.file.seek_data(l.offset + rel) {
             Some(off) if off < l.offset + l.filesz => (l.paddr + (off - l.offset)) & !(PAGE - 1),
             Some(_) => end,
             None => end,
@@ -1593,6 +1642,18 @@ pub struct PageDiff {
     pub symbol: Option<String>,
 }
 
+/// A register difference the oracle allows between a kernel's suspend and
+/// its resume, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExpectedDiff {
+    #[serde(flatten)]
+    pub register: RegisterDiff,
+    pub why: String,
+}
+
+/// Why `rax` differs between a kernel's suspend and its resume.
+const ANSWER_WHY: &str = "checkpoint answer: JUMP at the suspend, BACK at the resume";
+
 /// What differs from dump `a` (old) to dump `b` (new).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DumpDiff {
@@ -1601,6 +1662,14 @@ pub struct DumpDiff {
     /// Differing metadata (checkpoint, entry, ...): shown, but not a
     /// difference of the guest's state.
     pub meta: Vec<String>,
+    /// When the dumps are one kernel's suspend and its next resume (in
+    /// either order), the two checkpoints, suspend first: the oracle's
+    /// pair, whose allowed differences are `expected`.
+    pub pair: Option<[CheckpointId; 2]>,
+    /// Register differences the oracle allows for `pair` (none without
+    /// one): not differences of the kernel's state.
+    pub expected: Vec<ExpectedDiff>,
+    /// Register differences not expected.
     pub registers: Vec<RegisterDiff>,
     pub pages: Vec<PageDiff>,
     /// RAM ranges in one dump only, and pages that could not be read.
@@ -1608,7 +1677,8 @@ pub struct DumpDiff {
 }
 
 impl DumpDiff {
-    /// True when the guest states differ (registers, memory or layout).
+    /// True when the guest states differ (registers, memory or layout)
+    /// beyond the expected differences.
     pub fn differs(&self) -> bool {
         !self.registers.is_empty() || !self.pages.is_empty() || !self.problems.is_empty()
     }
@@ -1621,8 +1691,31 @@ impl fmt::Display for DumpDiff {
         for m in &self.meta {
             writeln!(f, "meta: {m}")?;
         }
+        if let Some([s, r]) = &self.pair {
+            writeln!(
+                f,
+                "pair: kernel {}'s suspend #{} and its resume #{}: what the oracle allows is expected",
+                s.kernel.name(),
+                s.index,
+                r.index
+            )?;
+        }
+        for e in &self.expected {
+            let r = &e.register;
+            writeln!(
+                f,
+                "expected: {}: {} -> {} ({})",
+                r.name, r.old, r.new, e.why
+            )?;
+        }
         if !self.differs() {
-            return writeln!(f, "identical: registers and memory");
+            return match self.expected.len() {
+                0 => writeln!(f, "identical: registers and memory"),
+                n => writeln!(
+                    f,
+                    "identical: registers and memory, but for the {n} expected difference(s)"
+                ),
+            };
         }
         writeln!(f, "registers: {} differ", self.registers.len())?;
         for r in &self.registers {
@@ -1681,6 +1774,64 @@ fn register_diffs(a: &VcpuState, b: &VcpuState) -> Vec<RegisterDiff> {
     out
 }
 
+/// The checkpoint at which the kernel that suspends at `suspend` resumes
+/// next: its first checkpoint after `suspend` in the ping-pong sequence.
+fn resume_of(suspend: CheckpointId) -> Option<CheckpointId> {
+    if suspend.direction != Direction::Suspend {
+        return None;
+    }
+    // The ids come from files: leave room for the steps below.
+    suspend.index.checked_add(8)?;
+    suspend.cycle.checked_add(2)?;
+    let mut t = Tracker::resume_after(suspend)?;
+    // The peer runs one or two checkpoints before control comes back.
+    (0..4)
+        .map(|_| t.next())
+        .find(|id| id.kernel == suspend.kernel)
+}
+
+/// `[suspend, resume]` when checkpoints `a` and `b` are one kernel's
+/// suspend and its next resume, in either order: the states the oracle
+/// compares.
+fn suspend_resume_pair(a: &CheckpointId, b: &CheckpointId) -> Option<[CheckpointId; 2]> {
+    let (s, r) = match (a.direction, b.direction) {
+        (Direction::Suspend, Direction::Resume) => (a, b),
+        (Direction::Resume, Direction::Suspend) => (b, a),
+        _ => return None,
+    };
+    (resume_of(*s) == Some(*r)).then_some([*s, *r])
+}
+
+/// Splits the register differences between a kernel's `suspend` and
+/// `resume` states as the oracle judges them: `rax` is expected when each
+/// state holds its checkpoint's answer ([`oracle::check_answer`]), another
+/// field when the oracle's allowlist excuses it ([`Allowlist::excuse`]).
+/// Returns the unexpected differences and the expected ones.
+fn split_expected(
+    diffs: Vec<RegisterDiff>,
+    suspend: &VcpuState,
+    resume: &VcpuState,
+) -> (Vec<RegisterDiff>, Vec<ExpectedDiff>) {
+    let answered = oracle::check_answer(suspend, Direction::Suspend.answer(), "suspend").is_none()
+        && oracle::check_answer(resume, Direction::Resume.answer(), "resume").is_none();
+    let (rax, rest): (Vec<_>, Vec<_>) =
+        diffs.into_iter().partition(|d| answered && d.name == "rax");
+    let allow = Allowlist::standard();
+    let (unexpected, excused) = allow.excuse(rest, |d| &d.name);
+    let expected = rax
+        .into_iter()
+        .map(|register| ExpectedDiff {
+            register,
+            why: ANSWER_WHY.to_owned(),
+        })
+        .chain(excused.into_iter().map(|(register, e)| ExpectedDiff {
+            register,
+            why: e.reason.clone(),
+        }))
+        .collect();
+    (unexpected, expected)
+}
+
 fn meta_diffs(a: &KjumpNote, b: &KjumpNote) -> Vec<String> {
     let mut out = Vec::new();
     let mut cmp = |what: &str, x: String, y: String| {
@@ -1735,13 +1886,25 @@ fn page_diff(
 
 /// Compares dump `a` (old) with dump `b` (new): every field of the vCPU
 /// state, and every page of the RAM both have. Holes in both files are
-/// skipped without reading.
+/// skipped without reading. When the dumps are one kernel's suspend and
+/// its next resume, the register differences the oracle allows there
+/// (the checkpoint's answer in `rax`, the allowlist) are `expected`, apart
+/// from the others; memory is compared as is.
 pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
+    let pair = suspend_resume_pair(&a.meta.id, &b.meta.id);
+    let registers = register_diffs(&a.state, &b.state);
+    let (registers, expected) = match pair {
+        Some([s, _]) if s == a.meta.id => split_expected(registers, &a.state, &b.state),
+        Some(_) => split_expected(registers, &b.state, &a.state),
+        None => (registers, Vec::new()),
+    };
     let mut out = DumpDiff {
         a: a.path.display().to_string(),
         b: b.path.display().to_string(),
         meta: meta_diffs(&a.meta, &b.meta),
-        registers: register_diffs(&a.state, &b.state),
+        pair,
+        expected,
+        registers,
         pages: Vec::new(),
         problems: Vec::new(),
     };
@@ -1968,6 +2131,39 @@ mod tests {
         };
         write_dump(&again, &inp).unwrap();
         assert!(std::fs::read(&path).unwrap() == std::fs::read(&again).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dump_in_memory_reads_as_its_file_does() {
+        let dir = scratch("bytes");
+        let path = write_sample(&dir, "a.core");
+        let bytes = std::fs::read(&path).unwrap();
+        let (f, b) = (
+            read_dump(&path).unwrap(),
+            read_dump_bytes(bytes.clone(), &path).unwrap(),
+        );
+        assert_eq!(
+            (b.meta(), b.state(), b.ranges()),
+            (f.meta(), f.state(), f.ranges())
+        );
+        assert_eq!(b.nonzero_pages().unwrap(), f.nonzero_pages().unwrap());
+        for addr in [0, 0x1000, 0x20_0000, 0x8_0000, HIGH.0 + 0xf_f000, RAM.1] {
+            assert!(b.read_page(addr) == f.read_page(addr), "page {addr:#x}");
+        }
+        assert_eq!(inspect(&b), inspect(&f));
+        assert!(!diff(&b, &f, None).differs());
+        // A damaged buffer is the same error as the damaged file.
+        let cut = dir.join("cut.core");
+        for n in [0, 3, 63, 200, 3000, bytes.len() - 1] {
+            assert_eq!(
+                read_dump_bytes(bytes[..n].to_vec(), &cut)
+                    .unwrap_err()
+                    .to_string(),
+                read_bytes(&cut, &bytes[..n]).unwrap_err().to_string(),
+                "cut at {n}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -2432,6 +2628,208 @@ mod tests {
             cmd_diff(&a, &b, b"not an elf"),
             Err(DumpError::Symbols(_))
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn ck(index: u64, cycle: u64, kernel: Kernel, direction: Direction) -> CheckpointId {
+        CheckpointId {
+            index,
+            cycle,
+            kernel,
+            direction,
+        }
+    }
+
+    #[test]
+    fn a_suspend_pairs_with_the_kernels_next_resume_only() {
+        use Direction::{Resume, Suspend};
+        use Kernel::{A, B};
+        assert_eq!(resume_of(ck(0, 1, A, Suspend)), Some(ck(2, 1, A, Resume)));
+        assert_eq!(resume_of(ck(1, 1, B, Suspend)), Some(ck(4, 2, B, Resume)));
+        assert_eq!(resume_of(ck(3, 2, A, Suspend)), Some(ck(6, 2, A, Resume)));
+        assert_eq!(resume_of(ck(5, 2, B, Suspend)), Some(ck(8, 3, B, Resume)));
+        // Over a long sequence: each suspend pairs with the same kernel's
+        // next checkpoint, a resume, in either order of the dumps.
+        let mut t = Tracker::new();
+        let seq: Vec<CheckpointId> = (0..41).map(|_| t.next()).collect();
+        for (i, s) in seq.iter().enumerate() {
+            let next = seq[i + 1..].iter().find(|n| n.kernel == s.kernel);
+            match (s.direction, next) {
+                (Suspend, Some(r)) => {
+                    assert_eq!(r.direction, Resume);
+                    assert_eq!(suspend_resume_pair(s, r), Some([*s, *r]));
+                    assert_eq!(suspend_resume_pair(r, s), Some([*s, *r]));
+                }
+                (Resume, _) => assert_eq!(resume_of(*s), None),
+                _ => {}
+            }
+        }
+        // Not a pair: two suspends, a later resume, the other kernel, a
+        // checkpoint not in the sequence, ids at the end of the range.
+        for (a, b) in [
+            (ck(3, 2, A, Suspend), ck(3, 2, A, Suspend)),
+            (ck(3, 2, A, Suspend), ck(10, 3, A, Resume)),
+            (ck(3, 2, A, Suspend), ck(4, 2, B, Resume)),
+            (ck(4, 2, A, Suspend), ck(7, 2, A, Resume)),
+            (
+                ck(u64::MAX - 1, u64::MAX / 4 + 2, A, Suspend),
+                ck(u64::MAX, 1, A, Resume),
+            ),
+        ] {
+            assert_eq!(suspend_resume_pair(&a, &b), None, "{a:?} {b:?}");
+        }
+        let top = (u64::MAX - 3) / 4 + 2;
+        assert_eq!(resume_of(ck(u64::MAX - 3, top, A, Suspend)), None);
+    }
+
+    /// Dumps of kernel A at its suspend #3 (`suspend`) and at `resume_id`
+    /// (`resume`), with the sample memory; `touch` changes the resume's
+    /// memory.
+    fn pair_dumps(
+        dir: &Path,
+        suspend: &VcpuState,
+        resume: &VcpuState,
+        resume_id: CheckpointId,
+        touch: Option<u64>,
+    ) -> (PathBuf, PathBuf) {
+        let (sid, mem) = (ck(3, 2, Kernel::A, Direction::Suspend), memory());
+        let a = dir.join("c00002-00003-a-suspend.core");
+        write_dump(&a, &input(suspend, &sid, &mem)).unwrap();
+        if let Some(at) = touch {
+            mem.write_slice(&[0xee], GuestAddress(at)).unwrap();
+        }
+        let b = dir.join("c00002-00006-a-resume.core");
+        write_dump(&b, &input(resume, &resume_id, &mem)).unwrap();
+        (a, b)
+    }
+
+    fn names(regs: &[RegisterDiff]) -> Vec<&str> {
+        regs.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_suspend_and_its_resume_expect_the_answer_and_the_tsc() {
+        use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP};
+        let dir = scratch("diff-pair");
+        let s = sample_state();
+        let mut r = s.clone();
+        r.regs.rax = ANSWER_BACK.into();
+        *r.msrs.get_mut(&0x10).unwrap() += 1_000_000;
+        let rid = ck(6, 2, Kernel::A, Direction::Resume);
+        let tsc = "msr[0x00000010] TSC";
+
+        // Only what the oracle allows differs: the dumps do not differ.
+        let (a, b) = pair_dumps(&dir, &s, &r, rid, None);
+        let (da, db) = (read_dump(&a).unwrap(), read_dump(&b).unwrap());
+        let d = diff(&da, &db, None);
+        assert_eq!(d.pair, Some([da.meta().id, rid]));
+        assert!(
+            !d.differs() && d.registers.is_empty() && d.pages.is_empty(),
+            "{d}"
+        );
+        let expected: Vec<_> = d
+            .expected
+            .iter()
+            .map(|e| (e.register.name.as_str(), &e.register.old, &e.register.new))
+            .collect();
+        assert_eq!(
+            expected,
+            [
+                (
+                    "rax",
+                    &FieldValue::U64(ANSWER_JUMP.into()),
+                    &FieldValue::U64(ANSWER_BACK.into())
+                ),
+                (tsc, &FieldValue::U64(123_456), &FieldValue::U64(1_123_456)),
+            ]
+        );
+        assert_eq!(d.expected[0].why, ANSWER_WHY);
+        assert_eq!(
+            d.expected[1].why,
+            Allowlist::standard().entries()[0].reason,
+            "the oracle's own reason"
+        );
+        let text = d.to_string();
+        for want in [
+            "pair: kernel a's suspend #3 and its resume #6: what the oracle allows is expected",
+            "expected: rax: 0x504d554a -> 0x4b434142 (checkpoint answer: JUMP at the suspend, BACK at the resume)",
+            "expected: msr[0x00000010] TSC: 0x1e240 -> 0x112480 (the TSC counts time",
+            "identical: registers and memory, but for the 2 expected difference(s)",
+        ] {
+            assert!(text.contains(want), "no {want:?} in:\n{text}");
+        }
+        assert!(!text.contains("registers:"), "{text}");
+        let (out, differs) = cmd_diff(&a, &b, &[]).unwrap();
+        assert!(!differs, "{out}");
+        // Either order: the same differences are expected.
+        let back = diff(&db, &da, None);
+        assert_eq!(back.pair, d.pair);
+        assert_eq!(names(&back.registers), Vec::<&str>::new());
+        assert_eq!(back.expected.len(), 2);
+
+        // Anything else still differs, next to the expected: a register,
+        // a byte, XSAVE values (then xstate_bv is not excused either).
+        let mut r2 = r.clone();
+        r2.regs.rbx = 0x2222;
+        r2.xsave[512] |= 0x4; // xstate_bv (the XSAVE header)
+        r2.xsave[576] = 0x80;
+        let (a, b) = pair_dumps(&dir, &s, &r2, rid, Some(0x20_0123));
+        let d = diff(&read_dump(&a).unwrap(), &read_dump(&b).unwrap(), None);
+        assert!(d.differs());
+        assert_eq!(
+            names(&d.registers),
+            ["rbx", "xsave.xstate_bv", "xsave[0x240..0x280]"]
+        );
+        assert_eq!(
+            d.expected
+                .iter()
+                .map(|e| e.register.name.as_str())
+                .collect::<Vec<_>>(),
+            ["rax", tsc]
+        );
+        assert_eq!(d.pages.len(), 1);
+        assert_eq!(d.pages[0].ranges[0].start, 0x20_0123);
+        let text = d.to_string();
+        assert!(
+            text.contains("registers: 3 differ") && text.contains("rbx: 0x1111 -> 0x2222"),
+            "{text}"
+        );
+        assert!(text.contains("expected: rax: "), "{text}");
+        // xstate_bv alone (values equal) is expected, as in the oracle.
+        let mut r3 = r.clone();
+        r3.xsave[512] |= 0x4;
+        let (a, b) = pair_dumps(&dir, &s, &r3, rid, None);
+        let d = diff(&read_dump(&a).unwrap(), &read_dump(&b).unwrap(), None);
+        assert!(!d.differs(), "{d}");
+        assert_eq!(d.expected.len(), 3, "{d}");
+
+        // A wrong answer is not expected: rax differs, the TSC is still
+        // excused.
+        let mut wrong = r.clone();
+        wrong.regs.rax = 0x1234;
+        let (a, b) = pair_dumps(&dir, &s, &wrong, rid, None);
+        let d = diff(&read_dump(&a).unwrap(), &read_dump(&b).unwrap(), None);
+        assert!(d.differs());
+        assert_eq!(names(&d.registers), ["rax"]);
+        assert_eq!(d.expected.len(), 1);
+        let (out, differs) = cmd_diff(&a, &b, &[]).unwrap();
+        assert!(
+            differs && out.contains("rax: 0x504d554a -> 0x1234"),
+            "{out}"
+        );
+
+        // Not the pair (A's resume a cycle later): nothing is expected,
+        // the raw differences are shown.
+        let later = ck(10, 3, Kernel::A, Direction::Resume);
+        let (a, b) = pair_dumps(&dir, &s, &r, later, None);
+        let d = diff(&read_dump(&a).unwrap(), &read_dump(&b).unwrap(), None);
+        assert_eq!((d.pair, d.expected.len()), (None, 0));
+        assert_eq!(names(&d.registers), ["rax", tsc]);
+        let text = d.to_string();
+        assert!(
+            text.contains("registers: 2 differ") && !text.contains("expected"),
+            "{text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

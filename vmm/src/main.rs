@@ -15,6 +15,11 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     init_logging(cli.log_level());
+    // For the subcommands that open KVM (run, resume).
+    let opts = RunOptions {
+        handle_signals: true,
+        ..cli.run_options()
+    };
     match cli.into_command() {
         Command::Inspect { file, json } => match kjump::dump::cmd_inspect(&file, json) {
             Ok(text) => {
@@ -59,10 +64,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            let opts = RunOptions {
-                handle_signals: true,
-                ..Default::default()
-            };
             let result = scenario::run_scenario_with(&args, &opts);
             finish(
                 result.map_err(|e| {
@@ -74,10 +75,6 @@ fn main() -> ExitCode {
             )
         }
         Command::Resume(args) => {
-            let opts = RunOptions {
-                handle_signals: true,
-                ..Default::default()
-            };
             let result = kjump::resume::resume(&args, &opts);
             finish(
                 result.map_err(|e| {

@@ -111,11 +111,36 @@ impl Allowlist {
         &self.entries
     }
 
-    fn rule(&self, field: &str) -> Option<AllowRule> {
-        self.entries
-            .iter()
-            .find(|e| e.field == field)
-            .map(|e| e.rule)
+    fn entry(&self, field: &str) -> Option<&AllowEntry> {
+        self.entries.iter().find(|e| e.field == field)
+    }
+
+    /// Splits the fields that differ between a kernel's suspend and resume
+    /// states (`rax` aside: see [`check_answer`]) into those nothing
+    /// excuses and those this list excuses, with the entry that does. A
+    /// rule may depend on the other differences ([`AllowRule::XsaveValuesEqual`]),
+    /// so all of them are passed at once; `field` names each.
+    pub fn excuse<T>(
+        &self,
+        diffs: Vec<T>,
+        field: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, Vec<(T, &AllowEntry)>) {
+        let xsave_values_differ = diffs.iter().any(|d| {
+            let f = field(d);
+            f != XSTATE_BV && is_xsave_field(f)
+        });
+        let mut unexcused = Vec::new();
+        let mut excused = Vec::new();
+        for d in diffs {
+            match self.entry(field(&d)) {
+                Some(e) if e.rule == AllowRule::Always => excused.push((d, e)),
+                Some(e) if e.rule == AllowRule::XsaveValuesEqual && !xsave_values_differ => {
+                    excused.push((d, e))
+                }
+                _ => unexcused.push(d),
+            }
+        }
+        (unexcused, excused)
     }
 }
 
@@ -218,14 +243,7 @@ pub fn compare_vcpu(
         });
     }
 
-    let xsave_values_differ = diffs
-        .iter()
-        .any(|d| d.field != XSTATE_BV && is_xsave_field(&d.field));
-    out.extend(diffs.into_iter().filter(|d| match allow.rule(&d.field) {
-        Some(AllowRule::Always) => false,
-        Some(AllowRule::XsaveValuesEqual) => xsave_values_differ,
-        None => true,
-    }));
+    out.extend(allow.excuse(diffs, |d| &d.field).0);
     out
 }
 
@@ -858,6 +876,23 @@ mod tests {
         let m = compare_vcpu(&s, &r, ANSWER_BACK, &Allowlist::standard());
         let names: Vec<&str> = m.iter().map(|m| m.field.as_str()).collect();
         assert_eq!(names, [XSTATE_BV, "xsave[0x240..0x280]"]);
+    }
+
+    #[test]
+    fn excuse_names_the_entry_and_keeps_the_order() {
+        let tsc = "msr[0x00000010] TSC";
+        let allow = Allowlist::standard();
+        let (rest, excused) = allow.excuse(vec!["rbx", tsc, XSTATE_BV, "cr3"], |d| d);
+        assert_eq!(rest, ["rbx", "cr3"]);
+        let by: Vec<_> = excused
+            .iter()
+            .map(|(d, e)| (*d, e.field.as_str(), e.reason.is_empty()))
+            .collect();
+        assert_eq!(by, [(tsc, tsc, false), (XSTATE_BV, XSTATE_BV, false)]);
+        // A differing XSAVE value takes the excuse of xstate_bv back.
+        let (rest, excused) = allow.excuse(vec![XSTATE_BV, "xmm0", tsc], |d| d);
+        assert_eq!((rest, excused.len()), (vec![XSTATE_BV, "xmm0"], 1));
+        assert_eq!(Allowlist::strict().excuse(vec![tsc], |d| d).0, [tsc]);
     }
 
     #[test]

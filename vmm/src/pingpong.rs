@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use kjump_guest::abi::ANSWER_BACK;
 use kjump_guest::control::{self, slot_by_name};
+use kjump_guest::fault::{self, Fault, Who};
 use kjump_guest::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 use vm_superio::serial::SerialState;
@@ -62,84 +63,24 @@ enum HostFault {
     UartLcr,
 }
 
-/// Guest-side faults: command-line switches of the guest kernel.
-pub const GUEST_FAULTS: &[(&str, &str)] = &[
-    (
-        "kjump.fault=ud2",
-        "the kernel executes ud2: a #UD reported with its rip",
-    ),
-    (
-        "kjump.fault=pf",
-        "the kernel reads unmapped memory: a #PF reported with cr2",
-    ),
-    (
-        "kjump.fault=df",
-        "the kernel overflows its stack: a #DF on the IST stack",
-    ),
-    (
-        "kjump.fault=panic",
-        "the kernel panics: its message and location",
-    ),
-    (
-        "kjump.fault=hang",
-        "the kernel spins with interrupts off: the watchdog stops it",
-    ),
-    (
-        "kjump.fault=triple",
-        "the kernel triple-faults: KVM_EXIT_SHUTDOWN",
-    ),
-    (
-        "kjump.fault=wild-pointer",
-        "the kernel hands the harness a pointer outside RAM",
-    ),
-    (
-        "kjump.fault=forget-REG",
-        "the re-entry path does not restore REG (a GPR but rdi; rflags, cr0, cr3, cr4, efer)",
-    ),
-    (
-        "kjump.fault=no-gdt-restore",
-        "the re-entry path keeps the relocation code's GDT (and the TR in it)",
-    ),
-    (
-        "kjump.fault=no-idt-restore",
-        "the re-entry path keeps the relocation code's IDT",
-    ),
-    (
-        "kjump.fault=wrong-reentry-slot",
-        "the relocation code reads the peer's re-entry point one stack slot too high",
-    ),
-    (
-        "kjump.fault=lose-preserve",
-        "the relocation code does not record the peer's re-entry point: the next jump reboots it",
-    ),
-    (
-        "kjump.fault=skip-swap-back",
-        "the relocation code leaves the first page of the list unswapped on the way back",
-    ),
-    (
-        "kjump.fault=no-fpu-restore",
-        "the re-entry path skips fxrstor",
-    ),
-    (
-        "kjump.fault=no-uart-restore",
-        "the re-entry path does not reprogram the UART",
-    ),
-    (
-        "kjump.b.fault=write-outside",
-        "kernel B writes one word past the RAM it was given",
-    ),
-    ("kjump.b.fault=KIND", "any of these faults, in kernel B"),
-];
-
 /// `--inject list`: the fault catalog.
 pub fn catalog() -> String {
-    let mut s = String::from("host-side faults (--inject KIND[@CYCLE]):\n");
+    let mut s =
+        String::from("host-side faults (--inject KIND[@CYCLE]; the VMM damages the run):\n");
     for (k, what) in HOST_FAULTS {
-        s.push_str(&format!("  {k:<12} {what}\n"));
+        s.push_str(&format!("  {k:<20} {what}\n"));
     }
-    s.push_str("guest-side faults (--append WORD):\n");
-    for (k, what) in GUEST_FAULTS {
-        s.push_str(&format!("  {k:<26} {what}\n"));
+    s.push_str(
+        "guest-side faults (--inject KIND[@CYCLE] for kernel a, --inject b:KIND[@CYCLE] for kernel b;\n\
+         or --append kjump.fault=KIND / kjump.b.fault=KIND; without @CYCLE armed from boot):\n",
+    );
+    for e in fault::CATALOG {
+        let who = match e.who {
+            Who::Both => "a, b",
+            Who::AOnly => "a",
+            Who::BOnly => "b",
+        };
+        s.push_str(&format!("  {:<20} {who:<5} {}\n", e.name, e.what));
     }
     s
 }
@@ -149,7 +90,50 @@ pub fn check_fault(inject: &Inject) -> Result<(), RunError> {
     parse_fault(inject).map(|_| ())
 }
 
+/// A guest-side `--inject`: the fault and the kernel that is to have it.
+fn parse_guest_fault(kind: &str) -> Result<Option<(Fault, Kernel)>, RunError> {
+    let (kernel, name) = match kind.split_once(':') {
+        Some(("a", n)) => (Kernel::A, n),
+        Some(("b", n)) => (Kernel::B, n),
+        Some(_) => return Err(RunError::UnknownFault(kind.to_owned())),
+        None => (Kernel::A, kind),
+    };
+    let Some(f) = Fault::parse(name) else {
+        return Ok(None);
+    };
+    match (f.entry().who, kernel) {
+        (Who::AOnly, Kernel::B) => Err(RunError::FaultNotFor(format!(
+            "fault {name} is kernel a's only (only a's relocation code swaps pages)"
+        ))),
+        (Who::BOnly, Kernel::A) => Err(RunError::FaultNotFor(format!(
+            "fault {name} is kernel b's only: use --inject b:{name}"
+        ))),
+        _ => Ok(Some((f, kernel))),
+    }
+}
+
+/// The guest command-line words of a guest-side `--inject` (none for a
+/// host-side fault).
+pub fn guest_fault_words(inject: &Inject) -> Vec<String> {
+    let Ok(Some((_, kernel))) = parse_guest_fault(&inject.kind) else {
+        return Vec::new();
+    };
+    let name = inject.kind.rsplit(':').next().unwrap_or_default();
+    let (key, cycle_key) = match kernel {
+        Kernel::A => (fault::KEY, fault::CYCLE_KEY),
+        Kernel::B => (fault::B_KEY, fault::B_CYCLE_KEY),
+    };
+    let mut w = vec![format!("{key}={name}")];
+    if let Some(c) = inject.cycle {
+        w.push(format!("{cycle_key}={c}"));
+    }
+    w
+}
+
 fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
+    if parse_guest_fault(&inject.kind)?.is_some() {
+        return Ok(None);
+    }
     Ok(Some(match inject.kind.as_str() {
         "flip-a" => HostFault::FlipA,
         "flip-b" => HostFault::FlipB,

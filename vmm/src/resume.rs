@@ -244,11 +244,15 @@ pub fn resume(args: &ResumeArgs, opts: &RunOptions) -> Result<Outcome, ResumeErr
         grace: watchdog::DEFAULT_GRACE,
     };
     let console = opts.console.clone();
+    let kvm_device = opts.kvm_device.clone();
     let start = Instant::now();
     let outcome = watchdog::run_guarded(&wd, move |stop| {
         let mut cfg = VmConfig::new(Vec::new(), "");
         cfg.console = console;
         cfg.stop = stop;
+        if let Some(dev) = kvm_device {
+            cfg.kvm_device = dev;
+        }
         let mut vm = Vm::from_image(&cfg, dump.meta().mem_size, &dump, dump.state())?;
         vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
         let seed = seed(&vm, dump.state(), &plan)?;

@@ -170,6 +170,9 @@ pub enum RunError {
     /// `--inject` named no known fault.
     #[error("unknown fault {0:?} (see --inject list)")]
     UnknownFault(String),
+    /// `--inject` named a fault for a kernel that cannot have it.
+    #[error("{0} (see --inject list)")]
+    FaultNotFor(String),
     #[error("cannot capture the vCPU state")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("cannot read guest memory")]
@@ -207,6 +210,8 @@ pub struct RunOptions {
     pub console: ConsoleSink,
     /// Stop on SIGINT/SIGTERM (for the command line; tests leave it off).
     pub handle_signals: bool,
+    /// The KVM device to open (`--kvm-device`; `None`: /dev/kvm).
+    pub kvm_device: Option<std::path::PathBuf>,
 }
 
 /// The guest command line for a run.
@@ -218,7 +223,12 @@ pub fn guest_cmdline(args: &RunArgs) -> String {
         args.mode.name(),
         format_size(args.peer_mem)
     );
-    for word in &args.append {
+    let injected = args
+        .inject
+        .as_ref()
+        .map(crate::pingpong::guest_fault_words)
+        .unwrap_or_default();
+    for word in injected.iter().chain(&args.append) {
         c.push(' ');
         c.push_str(word);
     }
@@ -271,6 +281,9 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
     cfg.initramfs = Some(initramfs);
     cfg.timeout = args.timeout();
     cfg.console = opts.console.clone();
+    if let Some(dev) = &opts.kvm_device {
+        cfg.kvm_device = dev.clone();
+    }
     Ok(cfg)
 }
 
@@ -569,6 +582,7 @@ mod tests {
             &RunOptions {
                 console,
                 handle_signals: false,
+                kvm_device: None,
             },
         );
         let lines = lines.lock().unwrap().clone();

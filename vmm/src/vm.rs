@@ -10,8 +10,10 @@
 //!
 //! Only this module and [`crate::vcpu`] talk to KVM.
 
+use std::ffi::CString;
 use std::io;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -37,6 +39,11 @@ use crate::watchdog::{KickGuard, StopFlag, StopReason};
 pub const DEFAULT_MEM: u64 = 256 << 20;
 /// Default run time limit.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The KVM device kjump opens unless `--kvm-device` names another.
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
+/// KVM's device number, 10:232 (misc device `KVM_MINOR`, Linux
+/// `include/linux/miscdevice.h`).
+const KVM_DEVICE_NUMBER: (u32, u32) = (10, 232);
 
 /// What a VM is made of.
 #[derive(Clone, Debug)]
@@ -63,6 +70,8 @@ pub struct VmConfig {
     /// until the watchdog fires), but `KVM_GET_LAPIC` then fails (EINVAL),
     /// so a snapshot has no local APIC state.
     pub irqchip: bool,
+    /// The KVM device to open ([`DEFAULT_KVM_DEVICE`] unless told).
+    pub kvm_device: PathBuf,
 }
 
 impl VmConfig {
@@ -78,6 +87,7 @@ impl VmConfig {
             console: ConsoleSink::Stdout,
             stop: StopFlag::new(),
             irqchip: false,
+            kvm_device: DEFAULT_KVM_DEVICE.into(),
         }
     }
 }
@@ -85,20 +95,43 @@ impl VmConfig {
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// no /dev/kvm
+    // The KVM device errors carry their cause in the message, before the
+    // hint, so that the line reads in order; hence no `#[source]`.
+    /// the KVM device does not exist (or has no driver behind it)
     #[error(
-        "/dev/kvm does not exist: this machine has no KVM (or it is not passed into this container)"
+        "cannot open the KVM device {}: {errno}; is KVM enabled here (the kvm_intel or kvm_amd \
+         module loaded, the device passed into this container)?",
+        .path.display()
     )]
-    KvmMissing(#[source] kvm_ioctls::Error),
-    /// /dev/kvm not accessible
-    #[error("no permission to open /dev/kvm (join the `kvm` group, or run as root)")]
-    KvmPermission(#[source] kvm_ioctls::Error),
-    /// /dev/kvm cannot be opened
-    #[error("cannot open /dev/kvm")]
-    KvmOpen(#[source] kvm_ioctls::Error),
+    KvmMissing {
+        path: PathBuf,
+        errno: kvm_ioctls::Error,
+    },
+    /// the KVM device is not accessible
+    #[error(
+        "no permission to open the KVM device {}: {errno}; add your user to the group that \
+         owns it (usually `kvm`) and log in again, or run as root",
+        .path.display()
+    )]
+    KvmPermission {
+        path: PathBuf,
+        errno: kvm_ioctls::Error,
+    },
+    /// the path opens, but is no KVM device
+    #[error("{} is not a KVM device ({what})", .path.display())]
+    NotKvm { path: PathBuf, what: String },
+    /// the KVM device cannot be opened for another reason
+    #[error("cannot open the KVM device {}: {errno}", .path.display())]
+    KvmOpen {
+        path: PathBuf,
+        errno: kvm_ioctls::Error,
+    },
     /// unexpected KVM API
-    #[error("KVM API version {0}; kjump needs {KVM_API_VERSION}")]
-    KvmApiVersion(i32),
+    #[error(
+        "the KVM device {} has KVM API version {version}; kjump needs {KVM_API_VERSION}",
+        .path.display()
+    )]
+    KvmApiVersion { path: PathBuf, version: i32 },
     /// a capability is missing
     #[error("this KVM lacks {0}, which kjump needs")]
     MissingCap(&'static str),
@@ -242,20 +275,83 @@ pub fn check_ram_size(size: u64) -> Result<(), VmError> {
     Err(VmError::RamSize { size, why })
 }
 
-/// Opens /dev/kvm, telling apart "no KVM here" from "not allowed".
-fn open_kvm() -> Result<Kvm, VmError> {
-    Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing(e),
-        libc::EACCES | libc::EPERM => VmError::KvmPermission(e),
-        _ => VmError::KvmOpen(e),
-    })
+/// Opens the KVM device at `path` and checks it speaks KVM's API, telling
+/// apart "no KVM here", "not allowed", "not a KVM device" and "another
+/// API version".
+fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
+    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| VmError::NotKvm {
+        path: path.to_path_buf(),
+        what: "the path holds a NUL byte".into(),
+    })?;
+    let kvm = Kvm::new_with_path(&cpath).map_err(|e| open_error(path, e))?;
+    // Any file opens read-write (as root); only a KVM device answers
+    // KVM_GET_API_VERSION, which returns -1 with errno set otherwise.
+    let version = kvm.get_api_version();
+    let errno = io::Error::last_os_error();
+    api_version_error(path, version, &errno).map_or(Ok(kvm), Err)
+}
+
+/// Why opening the KVM device at `path` failed, by errno.
+fn open_error(path: &Path, errno: kvm_ioctls::Error) -> VmError {
+    let path = path.to_path_buf();
+    match errno.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing { path, errno },
+        libc::EACCES | libc::EPERM => VmError::KvmPermission { path, errno },
+        // open(O_RDWR) of a directory.
+        libc::EISDIR => VmError::NotKvm {
+            what: file_kind(&path),
+            path,
+        },
+        _ => VmError::KvmOpen { path, errno },
+    }
+}
+
+/// The error for what `KVM_GET_API_VERSION` returned on the device at
+/// `path` (`errno` read right after it), if it is not KVM's version.
+fn api_version_error(path: &Path, version: i32, errno: &io::Error) -> Option<VmError> {
+    let path = path.to_path_buf();
+    if version < 0 {
+        let what = format!("{}; KVM_GET_API_VERSION: {errno}", file_kind(&path));
+        return Some(VmError::NotKvm { path, what });
+    }
+    (version != KVM_API_VERSION as i32).then_some(VmError::KvmApiVersion { path, version })
+}
+
+/// What `path` is, for an error message: "a regular file", "a character
+/// device 1:3", ...
+fn file_kind(path: &Path) -> String {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = std::fs::metadata(path) else {
+        return "it cannot be examined".into();
+    };
+    let t = m.file_type();
+    let dev = |kind: &str| {
+        let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+        let kvm = if (major, minor) == KVM_DEVICE_NUMBER {
+            ", KVM's number"
+        } else {
+            ""
+        };
+        format!("a {kind} device {major}:{minor}{kvm}")
+    };
+    if t.is_dir() {
+        "a directory".into()
+    } else if t.is_file() {
+        "a regular file".into()
+    } else if t.is_char_device() {
+        dev("character")
+    } else if t.is_block_device() {
+        dev("block")
+    } else if t.is_fifo() {
+        "a FIFO".into()
+    } else if t.is_socket() {
+        "a socket".into()
+    } else {
+        "not a device".into()
+    }
 }
 
 fn check_kvm(kvm: &Kvm) -> Result<(), VmError> {
-    let version = kvm.get_api_version();
-    if version != KVM_API_VERSION as i32 {
-        return Err(VmError::KvmApiVersion(version));
-    }
     let required = [
         (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
         (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
@@ -309,8 +405,8 @@ struct Machine {
 }
 
 impl Machine {
-    fn create(mem_size: u64, irqchip: bool) -> Result<Self, VmError> {
-        let kvm = open_kvm()?;
+    fn create(kvm_device: &Path, mem_size: u64, irqchip: bool) -> Result<Self, VmError> {
+        let kvm = open_kvm(kvm_device)?;
         check_kvm(&kvm)?;
         crate::watchdog::install_kick_handler()
             .map_err(|e| kvm_err("install the vCPU kick handler")(e.into()))?;
@@ -402,7 +498,7 @@ impl Vm {
             vm,
             mem,
             slots,
-        } = Machine::create(cfg.mem_size, cfg.irqchip)?;
+        } = Machine::create(&cfg.kvm_device, cfg.mem_size, cfg.irqchip)?;
 
         let boot = boot::load(
             &mem,
@@ -476,7 +572,7 @@ impl Vm {
             vm,
             mem,
             slots,
-        } = Machine::create(mem_size, true)?;
+        } = Machine::create(&cfg.kvm_device, mem_size, true)?;
         let copied = copy_image(&mem, ram)?;
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
@@ -801,6 +897,105 @@ mod tests {
             Vm::new(&cfg),
             Err(VmError::Boot(BootError::InitramfsTooLarge { .. }))
         ));
+    }
+
+    /// The one line `main` prints for `e` (message and causes).
+    fn line(e: &VmError) -> String {
+        let mut s = e.to_string();
+        let mut c = std::error::Error::source(e);
+        while let Some(x) = c {
+            s += &format!(": {x}");
+            c = x.source();
+        }
+        s
+    }
+
+    #[test]
+    fn a_kvm_device_that_is_missing_or_not_kvm_is_named_with_its_cause() {
+        // These hold with or without /dev/kvm.
+        let dir = std::env::temp_dir().join(format!("kjump-vm-kvmdev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, b"not kvm").unwrap();
+        let missing = dir.join("nope");
+
+        let e = open_kvm(&missing).unwrap_err();
+        assert!(matches!(&e, VmError::KvmMissing { path, .. } if *path == missing));
+        let l = line(&e);
+        assert!(
+            l.starts_with(&format!(
+                "cannot open the KVM device {}: No such file or directory",
+                missing.display()
+            )) && l.contains("is KVM enabled"),
+            "{l}"
+        );
+
+        for (p, kind) in [
+            (&file, "a regular file; KVM_GET_API_VERSION: "),
+            (&dir, "a directory"),
+            (&PathBuf::from("/dev/null"), "a character device 1:3; "),
+        ] {
+            let e = open_kvm(p).unwrap_err();
+            assert!(matches!(&e, VmError::NotKvm { .. }), "{p:?}: {e:?}");
+            let l = line(&e);
+            assert!(
+                l.starts_with(&format!("{} is not a KVM device ({kind}", p.display())),
+                "{l}"
+            );
+        }
+        let e = open_kvm(Path::new("bad\0path")).unwrap_err();
+        assert!(line(&e).contains("NUL byte"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kvm_device_errors_by_errno_and_api_version() {
+        let p = Path::new("/dev/kvm0");
+        let e = |n| open_error(p, kvm_ioctls::Error::new(n));
+        assert!(matches!(e(libc::ENODEV), VmError::KvmMissing { .. }));
+        assert!(matches!(e(libc::ENXIO), VmError::KvmMissing { .. }));
+        let denied = e(libc::EACCES);
+        assert!(matches!(denied, VmError::KvmPermission { .. }));
+        let l = line(&denied);
+        assert!(
+            l.starts_with("no permission to open the KVM device /dev/kvm0: Permission denied")
+                && l.contains("`kvm`"),
+            "{l}"
+        );
+        assert!(matches!(e(libc::EPERM), VmError::KvmPermission { .. }));
+        assert!(matches!(e(libc::EISDIR), VmError::NotKvm { .. }));
+        let other = e(libc::ELOOP);
+        assert!(matches!(other, VmError::KvmOpen { .. }));
+        assert!(
+            line(&other).contains("/dev/kvm0: Too many levels"),
+            "{other}"
+        );
+
+        let ok = io::Error::from_raw_os_error(0);
+        assert!(api_version_error(p, KVM_API_VERSION as i32, &ok).is_none());
+        let v = api_version_error(p, 11, &ok).unwrap();
+        assert!(matches!(v, VmError::KvmApiVersion { version: 11, .. }));
+        assert_eq!(
+            v.to_string(),
+            format!(
+                "the KVM device /dev/kvm0 has KVM API version 11; kjump needs {KVM_API_VERSION}"
+            )
+        );
+        let not = api_version_error(p, -1, &io::Error::from_raw_os_error(libc::ENOTTY)).unwrap();
+        assert!(
+            line(&not).contains("KVM_GET_API_VERSION: Inappropriate ioctl for device"),
+            "{not}"
+        );
+    }
+
+    #[test]
+    fn the_real_kvm_device_opens_and_is_named_as_kvm() {
+        if !kvm_or_skip("the_real_kvm_device_opens_and_is_named_as_kvm") {
+            return;
+        }
+        assert!(open_kvm(Path::new(DEFAULT_KVM_DEVICE)).is_ok());
+        assert!(file_kind(Path::new(DEFAULT_KVM_DEVICE)).ends_with("10:232, KVM's number"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use kjump_guest::bootparams::{self, E820_RAM, E820Entry};
 use kjump_guest::cmdline;
 use kjump_guest::control::{self, Slot, slot_offset};
 use kjump_guest::elf::Elf;
+use kjump_guest::fault::{self, Fault, JumpFault};
 use kjump_guest::kimage::{Builder, ListMemory};
 use kjump_guest::layout::{HIGH_RAM_START, PAGE_SIZE};
 
@@ -148,79 +149,61 @@ fn ring0_return_offset() -> u64 {
     (&raw const relocate_ring0_return as u64) - (&raw const relocate_start as u64)
 }
 
-/// A deliberately buggy jump, chosen on the command line
-/// (`kjump.fault=`, for B `kjump.b.fault=` on A's): kjump must catch each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JumpFault {
-    /// The re-entry path does not restore this saved-context slot (a GPR
-    /// other than rdi, rflags, cr0, cr3, cr4 or efer): `forget-REG`.
-    Forget(u64),
-    /// The re-entry path does not reload the GDT (`no-gdt-restore`) or
-    /// the IDT (`no-idt-restore`): the slot of its base.
-    NoTableRestore(u64),
-    /// The relocation code takes the peer's re-entry point from the wrong
-    /// stack slot: `wrong-reentry-slot`.
-    WrongReentrySlot,
-    /// The relocation code does not record the peer's re-entry point, so
-    /// the next jump boots the peer again: `lose-preserve`.
-    LosePreserve,
-    /// The re-entry path skips `fxrstor`: `no-fpu-restore`.
-    NoFpuRestore,
-    /// The re-entry path does not reprogram the UART: `no-uart-restore`.
-    NoUartRestore,
-    /// The kernel writes one word just past the end of the RAM it was
-    /// given: `write-outside`.
-    WriteOutside,
-    /// The relocation code does not swap the first page back:
-    /// `skip-swap-back`.
-    SkipSwapBack,
+/// The fault this kernel was asked to have (`kjump.fault=`, for B
+/// `kjump.b.fault=` on A's) and the cycle it is armed in
+/// (`kjump.fault_cycle=`; every cycle when absent): see
+/// `kjump_guest::fault`. kjump must catch each.
+#[derive(Clone, Copy)]
+struct Injected {
+    fault: Option<Fault>,
+    cycle: Option<u64>,
 }
 
-impl JumpFault {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "no-fpu-restore" => Self::NoFpuRestore,
-            "no-uart-restore" => Self::NoUartRestore,
-            "write-outside" => Self::WriteOutside,
-            "skip-swap-back" => Self::SkipSwapBack,
-            "no-gdt-restore" => Self::NoTableRestore(Slot::GdtrBase as u64),
-            "no-idt-restore" => Self::NoTableRestore(Slot::IdtrBase as u64),
-            "wrong-reentry-slot" => Self::WrongReentrySlot,
-            "lose-preserve" => Self::LosePreserve,
-            _ => {
-                let reg = name.strip_prefix("forget-")?;
-                let slot = control::slot_by_name(reg)?;
-                // rdi carries the control page into the re-entry path and
-                // equals its saved value; the others are registers the
-                // re-entry path can "forget".
-                if slot == Slot::Rdi as u64 || slot > Slot::Efer as u64 {
-                    return None;
-                }
-                Self::Forget(slot)
-            }
-        })
+impl Injected {
+    fn from_cmdline(boot: &BootInfo) -> Self {
+        let fault = cmdline::get(boot.cmdline, fault::KEY).and_then(Fault::parse);
+        let cycle = cmdline::get(boot.cmdline, fault::CYCLE_KEY).and_then(cmdline::parse_u64);
+        if let Some(f) = fault {
+            crate::println!(
+                "{}: INJECTED FAULT: {f:?}{}",
+                boot.role.name(),
+                if cycle.is_some() { " in one cycle" } else { "" }
+            );
+        }
+        Self { fault, cycle }
     }
 
-    /// The bit of `control::DATA_FAULT` for this fault, if it is one.
-    fn mask(self) -> u64 {
-        match self {
-            Self::Forget(slot) | Self::NoTableRestore(slot) => 1 << slot,
-            Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
-            Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
-            Self::NoFpuRestore => 1 << control::FAULT_NO_FPU_RESTORE,
-            Self::NoUartRestore => 1 << control::FAULT_NO_UART_RESTORE,
-            Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
-            Self::WriteOutside => 0,
+    fn armed(&self, cycle: u64) -> bool {
+        self.cycle.is_none_or(|c| c == cycle)
+    }
+
+    /// The jump fault armed for the kernel's jump in `cycle`.
+    fn jump(&self, cycle: u64) -> Option<JumpFault> {
+        match self.fault {
+            Some(Fault::Jump(j)) if self.armed(cycle) => Some(j),
+            _ => None,
         }
     }
-}
 
-fn jump_fault(boot: &BootInfo) -> Option<JumpFault> {
-    let f = JumpFault::parse(cmdline::get(boot.cmdline, "kjump.fault")?);
-    if let Some(f) = f {
-        crate::println!("{}: INJECTED FAULT: {f:?}", boot.role.name());
+    /// Arms the relocation and re-entry code for the jump in `cycle` (or
+    /// disarms it).
+    fn arm(&self, cp: u64, cycle: u64) {
+        phys_write_u64(
+            cp + control::DATA_FAULT,
+            self.jump(cycle).map_or(0, JumpFault::mask),
+        );
     }
-    f
+
+    /// The kernel has arrived in `cycle` (A: back from B; B: booted or
+    /// resumed): a stop fault chosen for this cycle fires now. (Without a
+    /// cycle, stop faults fired at boot.)
+    fn arrived(&self, cycle: u64) {
+        if let (Some(Fault::Stop(f)), Some(c)) = (self.fault, self.cycle)
+            && c == cycle
+        {
+            super::fault::fire(f)
+        }
+    }
 }
 
 fn setup_control_pages(role: Role, map_top: u64) -> (u64, u64) {
@@ -589,8 +572,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
     let npages = (peer_end - peer_start) / PAGE_SIZE;
     let map_top = ram_top.max(4 * GIB);
     let (cp, control_pages) = setup_control_pages(Role::A, map_top);
-    let fault = jump_fault(boot);
-    phys_write_u64(cp + control::DATA_FAULT, fault.map_or(0, JumpFault::mask));
+    let injected = Injected::from_cmdline(boot);
 
     // Source pages: B's image, page for page (zeroed by the allocator).
     let src_of = |sources: u64, d: u64| sources + (d - peer_start);
@@ -611,8 +593,11 @@ pub fn run_a(boot: &BootInfo) -> ! {
         if cfg.backup { "backup" } else { "swap" },
     );
     // Faults meant for B travel on A's command line as `kjump.b.fault=`.
-    if let Some(f) = cmdline::get(boot.cmdline, "kjump.b.fault") {
-        let _ = write!(cmd, " kjump.fault={f}");
+    if let Some(f) = cmdline::get(boot.cmdline, fault::B_KEY) {
+        let _ = write!(cmd, " {}={f}", fault::KEY);
+    }
+    if let Some(c) = cmdline::get(boot.cmdline, fault::B_CYCLE_KEY) {
+        let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
     }
     let mut cmd_bytes = [0u8; 512];
     let n = cmd.as_str().len().min(cmd_bytes.len() - 1);
@@ -703,7 +688,9 @@ pub fn run_a(boot: &BootInfo) -> ! {
     );
     for cycle in 1..=cfg.cycles {
         let before = cpu_view();
+        injected.arm(cp, cycle);
         img.jump();
+        injected.arm(cp, 0);
         check_cpu(Role::A, &before);
         pattern.check(Role::A);
         let moved = img.pairs_moved();
@@ -715,6 +702,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         }
         crate::println!("a: cycle {cycle}: back from b, state intact");
         harness::progress(cycle);
+        injected.arrived(cycle);
     }
     let mut msg = harness::TextBuf::new();
     let _ = write!(
@@ -773,21 +761,15 @@ pub fn run_b(boot: &BootInfo) -> ! {
     set_b_control_bits();
     let map_top = mem::ram_top().max(4 * GIB);
     let (cp, control_pages) = setup_control_pages(Role::B, map_top);
-    let fault = jump_fault(boot);
-    phys_write_u64(cp + control::DATA_FAULT, fault.map_or(0, JumpFault::mask));
-    if fault == Some(JumpFault::WriteOutside) {
-        // One word just past the RAM B was given: A's memory, which B's
-        // identity map reaches but B must never touch.
-        let end = boot
-            .e820()
-            .iter()
-            .filter(|e| e.kind == E820_RAM)
-            .map(|e| e.addr + e.size)
-            .max()
-            .unwrap_or(0);
-        crate::println!("b: writing one word at {:#x}, outside my RAM", end + 0x100);
-        phys_write_u64(end + 0x100, 0xbad0_b0b0_bad0_b0b0);
-    }
+    let injected = Injected::from_cmdline(boot);
+    injected.arrived(1);
+    let ram_end = boot
+        .e820()
+        .iter()
+        .filter(|e| e.kind == E820_RAM)
+        .map(|e| e.addr + e.size)
+        .max()
+        .unwrap_or(0);
     // B's jump-back kimage has no pages: A's relocation code swaps A's
     // pages back when B enters it.
     let mut frames = Frames { avoid: (0, 0) };
@@ -819,8 +801,21 @@ pub fn run_b(boot: &BootInfo) -> ! {
     loop {
         // SAFETY: single CPU, interrupts off: nothing else touches RESUMES.
         let before_count = unsafe { RESUMES };
+        // B's jump number n + 1 is in cycle n + 1 (it boots in cycle 1).
+        let cycle = before_count + 1;
+        if injected.jump(cycle) == Some(JumpFault::WriteOutside) {
+            // One word just past the RAM B was given: A's memory, which
+            // B's identity map reaches but B must never touch.
+            crate::println!(
+                "b: writing one word at {:#x}, outside my RAM",
+                ram_end + 0x100
+            );
+            phys_write_u64(ram_end + 0x100, 0xbad0_b0b0_bad0_b0b0);
+        }
         let before = cpu_view();
+        injected.arm(cp, cycle);
         img.jump();
+        injected.arm(cp, 0);
         check_cpu(Role::B, &before);
         pattern.check(Role::B);
         // SAFETY: as above.
@@ -834,5 +829,6 @@ pub fn run_b(boot: &BootInfo) -> ! {
             ));
         }
         crate::println!("b: resumed #{n} (not rebooted), state intact");
+        injected.arrived(n + 1);
     }
 }
