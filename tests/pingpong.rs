@@ -649,7 +649,18 @@ fn a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip() {
     if !kvm_or_skip("a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip") {
         return;
     }
-    for (fault, says) in [("hang", "watchdog"), ("triple", "triple fault")] {
+    for (fault, says, at) in [
+        (
+            "hang",
+            "watchdog",
+            "(kjump_guest::kernel::cpu::spin_forever+",
+        ),
+        (
+            "triple",
+            "triple fault",
+            "(kjump_guest::kernel::fault::fire+",
+        ),
+    ] {
         let (_, err) = assert_exit(
             &kjump(&[
                 "--scenario",
@@ -665,6 +676,8 @@ fn a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip() {
             err.contains("guest b") && err.contains(says) && err.contains("rip=0x"),
             "{err}"
         );
+        // The rip is named by its symbol.
+        assert!(err.lines().next().unwrap_or_default().contains(at), "{err}");
     }
 }
 

@@ -61,6 +61,18 @@ fn moved(moves: &BTreeMap<u64, u64>, addr: u64) -> u64 {
     moves.get(&page).map_or(addr, |p| p + (addr - page))
 }
 
+/// The most entries a list that ends can have in `mem`: a walk that reads
+/// an entry address a second time goes round from there forever, so a list
+/// that ends reads each 8-byte slot of RAM (and of the pages `parked` moves
+/// elsewhere) at most once. A looping list is refused after that many
+/// reads rather than after [`MAX_ENTRIES`], seconds in a small guest.
+fn max_entries(mem: &GuestMem, parked: &BTreeMap<u64, u64>) -> usize {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let ram: u64 = mem.iter().map(|r| r.len()).sum();
+    let slots = ram.saturating_add((parked.len() as u64).saturating_mul(PAGE_SIZE)) / 8;
+    usize::try_from(slots).map_or(MAX_ENTRIES, |n| n.min(MAX_ENTRIES))
+}
+
 /// Walks the list at `head`, its entries read where `parked` says their
 /// pages are (empty: in place).
 fn walk(
@@ -76,7 +88,7 @@ fn walk(
         }
         mem.read_obj::<u64>(GuestAddress(moved(parked, a))).ok()
     };
-    kimage::walk(head, MAX_ENTRIES, read, |p: Pair| {
+    kimage::walk(head, max_entries(mem, parked), read, |p: Pair| {
         if outside.is_none() {
             if !in_ram(mem, p.dest, PAGE_SIZE) {
                 outside = Some(("destination page", p.dest));
@@ -276,6 +288,37 @@ mod tests {
         let parked: BTreeMap<u64, u64> = [(list, 0xc0_0000)].into();
         let k = Kimage::read_parked(&m, &args(head), &parked).unwrap();
         assert_eq!(k.parked, want);
+    }
+
+    #[test]
+    fn a_loop_is_refused_after_as_many_entries_as_ram_holds() {
+        // Eight pages, every slot an entry: destinations, a link at the end
+        // of each page, done in the very last slot. It ends, so it reads:
+        // 4096 entries, all of RAM.
+        let m = GuestMem::from_ranges(&[(GuestAddress(0), 0x8000)]).unwrap();
+        for page in (0..0x8000).step_by(PAGE_SIZE as usize) {
+            for slot in (page..page + PAGE_SIZE - 8).step_by(8) {
+                m.write_obj(kimage::IND_DESTINATION, GuestAddress(slot))
+                    .unwrap();
+            }
+            let link = (page + PAGE_SIZE) | kimage::IND_INDIRECTION;
+            m.write_obj(link, GuestAddress(page + PAGE_SIZE - 8))
+                .unwrap();
+        }
+        m.write_obj(kimage::IND_DONE, GuestAddress(0x7ff8)).unwrap();
+        let mut a = args(kimage::IND_INDIRECTION);
+        a[KimageArgs::CONTROL] = 0;
+        assert!(Kimage::read(&m, &a).unwrap().parked.is_empty());
+        // The last page links back to the first: refused after 4096
+        // entries (not MAX_ENTRIES, seconds of walking).
+        m.write_obj(kimage::IND_INDIRECTION, GuestAddress(0x7ff8))
+            .unwrap();
+        let e = Kimage::read(&m, &a).unwrap_err();
+        assert!(e.to_string().contains("longer than 4096 entries"), "{e}");
+        // Parked pages hold entries too.
+        let parked: BTreeMap<u64, u64> = [(0x10_0000, 0x1000)].into();
+        let e = Kimage::read_parked(&m, &a, &parked).unwrap_err();
+        assert!(e.to_string().contains("longer than 4608 entries"), "{e}");
     }
 
     #[test]

@@ -253,11 +253,14 @@ pub fn resume(args: &ResumeArgs, opts: &RunOptions) -> Result<Outcome, ResumeErr
         if let Some(dev) = kvm_device {
             cfg.kvm_device = dev;
         }
-        let mut vm = Vm::from_image(&cfg, dump.meta().mem_size, &dump, dump.state())?;
-        vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
-        let seed = seed(&vm, dump.state(), &plan)?;
-        let mut run = RunState::new(Scenario::PingPong, start);
-        pingpong::run_from(&mut vm, &mut run, &run_args, &kernel, Some(seed))
+        let run = || -> Result<_, RunError> {
+            let mut vm = Vm::from_image(&cfg, dump.meta().mem_size, &dump, dump.state())?;
+            vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
+            let seed = seed(&vm, dump.state(), &plan)?;
+            let mut run = RunState::new(Scenario::PingPong, start);
+            pingpong::run_from(&mut vm, &mut run, &run_args, &kernel, Some(seed))
+        };
+        run().map_err(|e| e.symbolize(&kernel))
     })
     .map_err(RunError::from)??;
     Ok(outcome)

@@ -144,8 +144,9 @@ pub enum RunError {
     },
     /// a CPU exception reached the guest's IDT
     #[error(
-        "guest {guest}: exception {} at rip={rip:#x} (vector {vector}, error code {error_code:#x}, cr2={cr2:#x}, rsp={rsp:#x}, rflags={rflags:#x}, cs={cs:#x})",
-        vector_name(*.vector)
+        "guest {guest}: exception {} at rip={rip:#x}{} (vector {vector}, error code {error_code:#x}, cr2={cr2:#x}, rsp={rsp:#x}, rflags={rflags:#x}, cs={cs:#x})",
+        vector_name(*.vector),
+        crate::vcpu::in_parens(.rip_symbol.as_deref())
     )]
     GuestException {
         guest: String,
@@ -156,6 +157,8 @@ pub enum RunError {
         rflags: u64,
         rsp: u64,
         cr2: u64,
+        /// The guest kernel symbol of `rip`, once looked up.
+        rip_symbol: Option<String>,
         regs: Box<RegDump>,
     },
     /// the watchdog or the vCPU thread failed
@@ -200,6 +203,30 @@ impl RunError {
             Self::GuestPanic { regs, .. } | Self::GuestException { regs, .. } => Some(regs),
             _ => None,
         }
+    }
+
+    /// Names the guest symbols of the failing rip (and of the vCPU's) from
+    /// the guest kernel's ELF, so that a hang, a triple fault or an
+    /// exception says where.
+    pub fn symbolize(mut self, kernel_elf: &[u8]) -> Self {
+        let Ok(symbols) = crate::symbols::Symbols::from_elf(kernel_elf) else {
+            return self;
+        };
+        match &mut self {
+            Self::Vm(e) => e.symbolize(&symbols),
+            Self::GuestException {
+                rip,
+                rip_symbol,
+                regs,
+                ..
+            } => {
+                *rip_symbol = symbols.lookup(*rip);
+                regs.rip_symbol = symbols.lookup(regs.regs.rip);
+            }
+            Self::GuestPanic { regs, .. } => regs.rip_symbol = symbols.lookup(regs.regs.rip),
+            _ => {}
+        }
+        self
     }
 }
 
@@ -345,13 +372,16 @@ pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, R
         // The oracle captures the local APIC, which needs KVM's in-kernel
         // irqchip.
         cfg.irqchip = scenario == Scenario::PingPong;
-        let mut vm = Vm::new(&cfg)?;
-        let mut run = RunState::new(scenario, start);
-        match scenario {
-            Scenario::Boot => boot(&mut vm, &mut run),
-            Scenario::PingPong => crate::pingpong::run(&mut vm, &mut run, &args, &cfg.kernel),
-            other => Err(RunError::NotBuilt(other)),
-        }
+        let run = || {
+            let mut vm = Vm::new(&cfg)?;
+            let mut run = RunState::new(scenario, start);
+            match scenario {
+                Scenario::Boot => boot(&mut vm, &mut run),
+                Scenario::PingPong => crate::pingpong::run(&mut vm, &mut run, &args, &cfg.kernel),
+                other => Err(RunError::NotBuilt(other)),
+            }
+        };
+        run().map_err(|e| e.symbolize(&cfg.kernel))
     })?
 }
 
@@ -451,6 +481,7 @@ pub fn handle_message(
                 rflags,
                 rsp,
                 cr2,
+                rip_symbol: None,
                 regs: Box::new(vm.registers()),
             });
         }
@@ -556,15 +587,35 @@ mod tests {
             rflags: 0x10046,
             rsp: 0x40_0000,
             cr2: 0xdead_b000,
+            rip_symbol: None,
             regs: Box::default(),
         };
         let s = e.to_string();
         assert!(
-            s.starts_with("guest a: exception #PF page fault at rip=0x201000"),
+            s.starts_with("guest a: exception #PF page fault at rip=0x201000 (vector"),
             "{s}"
         );
         assert!(s.contains("cr2=0xdeadb000"));
         assert!(e.regs().is_some());
+        // With the kernel's symbols, the rip is named.
+        let k = crate::DEFAULT_KERNEL;
+        let sym = crate::symbols::Symbols::from_elf(k).unwrap();
+        let at = sym.address_of_suffix("kernel::fault::fire").unwrap();
+        let e = RunError::GuestException {
+            guest: "a".into(),
+            vector: 6,
+            error_code: 0,
+            rip: at + 4,
+            cs: 8,
+            rflags: 2,
+            rsp: 0,
+            cr2: 0,
+            rip_symbol: None,
+            regs: Box::default(),
+        }
+        .symbolize(k);
+        let s = e.to_string();
+        assert!(s.contains("kernel::fault::fire+0x4"), "{s}");
     }
 
     #[test]

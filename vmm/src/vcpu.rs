@@ -202,10 +202,12 @@ pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, VcpuError> {
 }
 
 /// The registers of a stopped guest, for error messages.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RegDump {
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
+    /// The guest kernel symbol `rip` is in, once looked up.
+    pub rip_symbol: Option<String>,
 }
 
 impl RegDump {
@@ -214,14 +216,18 @@ impl RegDump {
         Self {
             regs: vcpu.get_regs().unwrap_or_default(),
             sregs: vcpu.get_sregs().unwrap_or_default(),
+            rip_symbol: None,
         }
     }
 
-    /// One line: `rip=0x... rsp=0x... rflags=0x...`.
+    /// One line: `rip=0x... (symbol) rsp=0x... rflags=0x...`.
     pub fn summary(&self) -> String {
         format!(
-            "rip={:#x} rsp={:#x} rflags={:#x}",
-            self.regs.rip, self.regs.rsp, self.regs.rflags
+            "rip={:#x}{} rsp={:#x} rflags={:#x}",
+            self.regs.rip,
+            in_parens(self.rip_symbol.as_deref()),
+            self.regs.rsp,
+            self.regs.rflags
         )
     }
 }
@@ -242,6 +248,11 @@ fn fmt_segment(f: &mut fmt::Formatter<'_>, name: &str, s: &kvm_segment) -> fmt::
         s.g,
         if s.unusable != 0 { " unusable" } else { "" }
     )
+}
+
+/// ` (text)`, or nothing.
+pub fn in_parens(text: Option<&str>) -> String {
+    text.map(|t| format!(" ({t})")).unwrap_or_default()
 }
 
 /// The multi-line register dump printed under a guest failure.

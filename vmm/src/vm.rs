@@ -205,6 +205,20 @@ impl VmError {
             _ => None,
         }
     }
+
+    fn regs_mut(&mut self) -> Option<&mut RegDump> {
+        match self {
+            Self::Guest { regs, .. } => Some(regs),
+            _ => None,
+        }
+    }
+
+    /// Names the guest symbol of the failed guest's rip, from `symbols`.
+    pub fn symbolize(&mut self, symbols: &crate::symbols::Symbols) {
+        if let Some(r) = self.regs_mut() {
+            r.rip_symbol = symbols.lookup(r.regs.rip);
+        }
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
