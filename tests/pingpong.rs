@@ -200,6 +200,54 @@ fn the_uart_changed_behind_a_is_caught() {
     assert_eq!((m.expected.as_str(), m.actual.as_str()), ("0x3", "0x7"));
 }
 
+/// State no kernel saves (debug registers, MSRs, the local APIC) changed
+/// behind the kernels' backs: only the VMM's capture can see it, and does,
+/// at the next resume (A's in cycle 1; B's from cycle 2 on, as B resumes
+/// first after A's suspend).
+#[test]
+fn vcpu_state_changed_behind_the_kernels_is_caught() {
+    if !kvm_or_skip("vcpu_state_changed_behind_the_kernels_is_caught") {
+        return;
+    }
+    for (inject, fields, kernel, cycle) in [
+        ("vcpu-dr0", &["dr0"][..], "a", 1),
+        (
+            "vcpu-sysenter-eip",
+            &["msr[0x00000176] SYSENTER_EIP"][..],
+            "a",
+            1,
+        ),
+        // The TPR shows in CR8 and the processor priority too.
+        (
+            "vcpu-lapic-tpr",
+            &["cr8", "lapic.tpr", "lapic.ppr"][..],
+            "a",
+            1,
+        ),
+        ("vcpu-dr0@2", &["dr0"][..], "b", 2),
+    ] {
+        let (_, _, r) = ping_pong(
+            &format!("inject-{}", inject.replace('@', "-")),
+            &["--cycles", "3", "--inject", inject],
+            1,
+        );
+        let names: Vec<&str> = r
+            .mismatches
+            .iter()
+            .filter_map(|m| m.name.as_deref())
+            .collect();
+        assert_eq!(names, fields, "{inject}");
+        for m in &r.mismatches {
+            assert_eq!(m.kind, MismatchKind::Register);
+            assert_eq!(
+                (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+                (kernel, "resume", cycle),
+                "{inject}"
+            );
+        }
+    }
+}
+
 #[test]
 fn unknown_fault_is_refused() {
     let (_, err) = assert_exit(

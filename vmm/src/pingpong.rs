@@ -53,7 +53,33 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
         "uart-lcr",
         "change the UART's line control register when A resumes, behind its back",
     ),
+    (
+        "vcpu-dr0",
+        "change debug register DR0 of the vCPU at A's suspend (no kernel saves it)",
+    ),
+    (
+        "vcpu-sysenter-eip",
+        "change MSR SYSENTER_EIP of the vCPU at A's suspend (no kernel saves it)",
+    ),
+    (
+        "vcpu-lapic-tpr",
+        "change the local APIC's task-priority register at A's suspend",
+    ),
 ];
+
+/// vCPU state the jump does not save and no kernel touches: damage to it
+/// at A's suspend (a VMM or hypervisor bug) is seen only by the VMM's
+/// capture, at the next resume (A's in cycle 1: B is booted, not resumed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VcpuField {
+    Dr0,
+    SysenterEip,
+    LapicTpr,
+}
+
+const MSR_SYSENTER_EIP: u32 = 0x176;
+/// Offset of the TPR in the local APIC register page.
+const LAPIC_TPR: usize = 0x80;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum HostFault {
@@ -61,6 +87,7 @@ enum HostFault {
     FlipB,
     SavedReg(u64, String),
     UartLcr,
+    Vcpu(VcpuField),
 }
 
 /// `--inject list`: the fault catalog.
@@ -138,6 +165,9 @@ fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
         "flip-a" => HostFault::FlipA,
         "flip-b" => HostFault::FlipB,
         "uart-lcr" => HostFault::UartLcr,
+        "vcpu-dr0" => HostFault::Vcpu(VcpuField::Dr0),
+        "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::SysenterEip),
+        "vcpu-lapic-tpr" => HostFault::Vcpu(VcpuField::LapicTpr),
         k => match k
             .strip_prefix("saved-")
             .and_then(|r| slot_by_name(r).map(|s| (s, r)))
@@ -514,6 +544,9 @@ impl Checker<'_> {
                     v ^ 1
                 )
             }
+            (HostFault::Vcpu(field), Kernel::A, Direction::Suspend) => {
+                change_vcpu_field(vm, *field)?
+            }
             (HostFault::UartLcr, Kernel::A, Direction::Resume) => {
                 let mut s = vm.serial_state();
                 let old = s.line_control;
@@ -685,6 +718,50 @@ impl Checker<'_> {
             Some(&self.resume_record(id, uart)),
         )
     }
+}
+
+/// Changes `field` of the vCPU (the `vcpu-*` faults); says what it did.
+fn change_vcpu_field(vm: &Vm, field: VcpuField) -> Result<String, RunError> {
+    let vcpu = vm.vcpu_fd();
+    let failed = |_| RunError::Protocol("the vcpu-* fault could not change the vCPU");
+    Ok(match field {
+        VcpuField::Dr0 => {
+            let mut d = vcpu.get_debug_regs().map_err(failed)?;
+            let old = d.db[0];
+            d.db[0] ^= 0x1000;
+            vcpu.set_debug_regs(&d).map_err(failed)?;
+            format!("changed the vCPU's dr0 {old:#x} -> {:#x}", d.db[0])
+        }
+        VcpuField::SysenterEip => {
+            let entry = |data| kvm_bindings::kvm_msr_entry {
+                index: MSR_SYSENTER_EIP,
+                data,
+                ..Default::default()
+            };
+            let mut msrs = kvm_bindings::Msrs::from_entries(&[entry(0)])
+                .map_err(|_| RunError::Protocol("cannot build an MSR list"))?;
+            if vcpu.get_msrs(&mut msrs).map_err(failed)? != 1 {
+                return Err(RunError::Protocol("this KVM does not expose SYSENTER_EIP"));
+            }
+            let old = msrs.as_slice()[0].data;
+            let new = kvm_bindings::Msrs::from_entries(&[entry(old ^ 0x5a)])
+                .map_err(|_| RunError::Protocol("cannot build an MSR list"))?;
+            if vcpu.set_msrs(&new).map_err(failed)? != 1 {
+                return Err(RunError::Protocol("KVM refused to set SYSENTER_EIP"));
+            }
+            format!(
+                "changed the vCPU's SYSENTER_EIP {old:#x} -> {:#x}",
+                old ^ 0x5a
+            )
+        }
+        VcpuField::LapicTpr => {
+            let mut l = vcpu.get_lapic().map_err(failed)?;
+            let old = l.regs[LAPIC_TPR] as u8;
+            l.regs[LAPIC_TPR] = (old ^ 0x10) as _;
+            vcpu.set_lapic(&l).map_err(failed)?;
+            format!("changed the local APIC's TPR {old:#x} -> {:#x}", old ^ 0x10)
+        }
+    })
 }
 
 fn flip_byte(vm: &Vm, at: u64) -> Result<(), RunError> {
