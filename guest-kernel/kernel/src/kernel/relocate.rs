@@ -39,6 +39,9 @@ const COM1: u16 = 0x3f8;
 const CR4_SMEP_SMAP: u64 = (1 << 20) | (1 << 21);
 /// RFLAGS in ring 3: only the always-one bit (interrupts stay off, IOPL 0).
 const TRIP_RFLAGS: u64 = 0x2;
+/// RFLAGS the relocation code hands the re-entry path: AC and the
+/// always-one bit.
+const HANDOVER_RFLAGS: u64 = 0x2 | (1 << 18);
 /// Busy bit of a TSS descriptor's type, in its access byte (byte 5).
 const TSS_BUSY: u8 = 1 << 1;
 
@@ -616,6 +619,12 @@ global_asm!(
     "lea rsp, [rbx + {stack_top}]",
     "mov esi, 1", // direction: 1 = inbound
     "call 10f",
+    // Hand over with marked flags: AC, which no kernel has at its jump
+    // (and which does nothing here: CR0.AM is clear). A re-entry path
+    // that does not restore the kernel's own rflags leaves it set, so the
+    // oracle sees that whatever the arithmetic flags happen to be.
+    "push {handover_rflags}",
+    "popfq",
     "mov rdi, rbx",
     "jmp qword ptr [rbx + {reentry}]",
     // transfer(rbx = cp, esi = direction), ring 0, any CR3 that maps the
@@ -847,6 +856,7 @@ global_asm!(
     user_ds = const control::RELOC_USER_DS,
     user_cs = const control::RELOC_USER_CS,
     trip_rflags = const TRIP_RFLAGS,
+    handover_rflags = const HANDOVER_RFLAGS,
     cr4_smep_smap = const CR4_SMEP_SMAP,
     star_msr = const MSR_STAR,
     lstar_msr = const MSR_LSTAR,
