@@ -461,32 +461,74 @@ fn guest_fault(name: &str, append: &str, code: i32) -> (String, String, Report) 
     )
 }
 
+/// Every GPR the re-entry path can forget, in A and (some) in B: the
+/// relocation code hands over with each GPR poisoned as `POISON + slot`, so
+/// the forgotten register is found holding exactly its own poison.
 #[test]
 fn a_reentry_path_that_forgets_a_register_is_caught() {
     if !kvm_or_skip("a_reentry_path_that_forgets_a_register_is_caught") {
         return;
     }
-    for (reg, kernel, cycle) in [
-        ("rbx", "a", 1),
-        ("r15", "a", 1),
-        ("r13", "a", 1),
-        ("cr3", "a", 1),
+    use kjump_guest::control::{HANDOVER_POISON, slot_by_name};
+    let gprs = [
+        "rbx", "rcx", "rsi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    ];
+    let cases = gprs.iter().map(|r| (*r, "a", 1)).chain([
         ("r12", "b", 2),
-    ] {
-        let append = if kernel == "a" {
-            format!("kjump.fault=forget-{reg}")
+        ("rbp", "b", 2),
+        ("r15", "b", 2),
+    ]);
+    for (reg, kernel, cycle) in cases {
+        let inject = if kernel == "a" {
+            format!("forget-{reg}")
         } else {
-            format!("kjump.b.fault=forget-{reg}")
+            format!("b:forget-{reg}")
         };
-        let (_, _, r) = guest_fault(&format!("gf-forget-{reg}"), &append, 1);
-        let m = &r.mismatches[0];
+        let (_, _, r) = ping_pong(
+            &format!("gf-forget-{reg}-{kernel}"),
+            &["--cycles", "3", "--inject", &inject],
+            1,
+        );
+        let m = only_mismatch(&r);
         assert_eq!(m.kind, MismatchKind::Register, "{reg}: {:#?}", r.mismatches);
         assert_eq!(m.name.as_deref(), Some(reg), "{reg}: {:#?}", r.mismatches);
         assert_eq!(
             (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
             (kernel, "resume", cycle)
         );
+        let poison = HANDOVER_POISON + slot_by_name(reg).unwrap();
+        assert_eq!(m.actual, format!("{poison:#x}"), "{reg}");
     }
+    // rdx carries the checkpoint port: forgotten, the checkpoint reads port
+    // 0x0003 (the poison's low bits), whose answer is neither JUMP nor
+    // BACK, and the kernel stops on the ud2 that follows the dispatch.
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "3",
+            "--inject",
+            "forget-rdx",
+        ]),
+        2,
+    );
+    let line = err.lines().next().unwrap_or_default();
+    assert!(
+        line.contains("guest a: exception #UD") && line.contains("(kjump_checkpoint+0x"),
+        "{err}"
+    );
+    // rsp: left on the relocation code's stack, and the report says so.
+    let (_, _, r) = guest_fault("gf-forget-rsp", "kjump.fault=forget-rsp", 1);
+    let m = &r.mismatches[0];
+    assert_eq!(m.name.as_deref(), Some("rsp"));
+    assert!(
+        m.note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the top of the relocation code's stack"),
+        "{m:?}"
+    );
 }
 
 #[test]

@@ -72,6 +72,12 @@ pub const FAULT_WRONG_REENTRY_SLOT: u64 = 43;
 /// enters it where it was entered before (boots it afresh).
 pub const FAULT_LOSE_PRESERVE: u64 = 44;
 
+/// What the relocation code leaves in each GPR (but rdi and rsp) when it
+/// hands over to the re-entry path: this plus the register's [`Slot`]
+/// index ("kjump" in ASCII, then the slot). A register the re-entry path
+/// forgets to restore shows as this value.
+pub const HANDOVER_POISON: u64 = 0x6b6a_756d_7000_0000;
+
 pub const MODE_SWAP: u64 = 0;
 pub const MODE_BACKUP: u64 = 1;
 

@@ -43,7 +43,7 @@ pub enum StopFault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JumpFault {
     /// The re-entry path does not restore this saved-context slot (a GPR
-    /// but rdi; rflags, cr0, cr3, cr4, efer): `forget-REG`.
+    /// but rax and rdi; rflags, cr0, cr3, cr4, efer): `forget-REG`.
     Forget(u64),
     /// The re-entry path does not reload the GDT (`no-gdt-restore`) or the
     /// IDT (`no-idt-restore`): the slot of the table's base.
@@ -95,7 +95,7 @@ pub const CATALOG: &[Entry] = &[
     Entry {
         name: "forget-REG",
         who: Who::Both,
-        what: "the re-entry path does not restore REG (a GPR but rdi; rflags, cr0, cr3, cr4, efer)",
+        what: "the re-entry path does not restore REG (a GPR but rax, rdi; rflags, cr0, cr3, cr4, efer)",
     },
     Entry {
         name: "no-gdt-restore",
@@ -198,10 +198,12 @@ impl Fault {
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
-                // equals its saved value: it cannot be forgotten. Past
-                // EFER, the slots are restored by other means (tables,
-                // selectors, MSRs) or by `no-*-restore`.
-                if slot == Slot::Rdi as u64 || slot > Slot::Efer as u64 {
+                // equals its saved value, and the checkpoint's `in eax, dx`
+                // overwrites rax with the VMM's answer: neither can be
+                // forgotten. Past EFER, the slots are restored by other
+                // means (tables, selectors, MSRs) or by `no-*-restore`.
+                if slot == Slot::Rdi as u64 || slot == Slot::Rax as u64 || slot > Slot::Efer as u64
+                {
                     return None;
                 }
                 Self::Jump(J::Forget(slot))
@@ -270,12 +272,12 @@ mod tests {
 
     #[test]
     fn forget_takes_the_restorable_registers_only() {
-        for ok in ["rax", "r15", "rsp", "rflags", "cr0", "cr3", "cr4", "efer"] {
+        for ok in ["rbx", "r15", "rsp", "rflags", "cr0", "cr3", "cr4", "efer"] {
             let f = Fault::parse(&format!("forget-{ok}"));
             let slot = control::slot_by_name(ok).unwrap();
             assert_eq!(f, Some(Fault::Jump(JumpFault::Forget(slot))), "{ok}");
         }
-        for bad in ["rdi", "gdtr.base", "tr", "cs", "uart", "xmm0", ""] {
+        for bad in ["rax", "rdi", "gdtr.base", "tr", "cs", "uart", "xmm0", ""] {
             assert_eq!(Fault::parse(&format!("forget-{bad}")), None, "{bad}");
         }
         assert_eq!(Fault::parse("forget"), None);

@@ -389,6 +389,7 @@ impl Checker<'_> {
                         o if (control::RELOC_TSS..control::RELOC_END).contains(&o) => {
                             "the relocation code's TSS".to_owned()
                         }
+                        control::STACK_TOP => "the top of the relocation code's stack".to_owned(),
                         control::DATA_PEER_ENTRY => "the peer's entry (DATA_PEER_ENTRY)".to_owned(),
                         control::DATA_OWN_ENTRY => {
                             "its own re-entry point (DATA_OWN_ENTRY)".to_owned()

@@ -119,14 +119,20 @@ impl Symbols {
         self.symbols.is_empty()
     }
 
-    /// The innermost symbol covering `addr`, and the offset into it.
+    /// The innermost symbol covering `addr`, and the offset into it. An
+    /// address in no sized symbol belongs to the label just before it, if
+    /// that is an untyped, size-less one (an assembly label such as
+    /// `kjump_checkpoint`: its code runs on to the next symbol), as gdb
+    /// reads it.
     pub fn symbol_at(&self, addr: u64) -> Option<(&str, u64)> {
         let end = self.symbols.partition_point(|s| s.start <= addr);
-        self.symbols[..end]
+        let before = &self.symbols[..end];
+        before
             .iter()
             .rev()
             .take(MAX_OVERLAP)
             .find(|s| s.covers(addr))
+            .or_else(|| before.last().filter(|s| s.size == 0))
             .map(|s| (s.name.as_str(), addr - s.start))
     }
 
@@ -254,8 +260,13 @@ mod tests {
         assert_eq!(t.lookup(0x21_2040).as_deref(), Some(".data+0x40"));
         assert_eq!(
             t.lookup(0x20_0101).as_deref(),
-            Some(".text+0x101"),
-            "a zero-size symbol covers one byte"
+            Some("marker+0x1 (.text)"),
+            "code after an assembly label is the label's"
+        );
+        assert_eq!(
+            t.lookup(0x20_0080).as_deref(),
+            Some(".text+0x80"),
+            "past a sized symbol's end: no symbol"
         );
         assert_eq!(t.lookup(0x21_2100), None);
         assert_eq!(t.lookup(0x1000), None);
@@ -280,6 +291,12 @@ mod tests {
         assert!(
             entry.ends_with(" (.text)") && !entry.contains('+'),
             "{entry}"
+        );
+        // Code after an assembly label: the checkpoint's `ret`.
+        let cp = t.address_of("kjump_checkpoint").unwrap();
+        assert_eq!(
+            t.lookup(cp + 1).as_deref(),
+            Some("kjump_checkpoint+0x1 (.text)")
         );
         assert!(matches!(
             Symbols::from_elf(b"not an elf"),

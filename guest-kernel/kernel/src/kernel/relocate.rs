@@ -625,8 +625,26 @@ global_asm!(
     // oracle sees that whatever the arithmetic flags happen to be.
     "push {handover_rflags}",
     "popfq",
+    // And with every GPR but rdi (the control page) and rsp poisoned with
+    // its own value, `POISON + slot`: a register the re-entry path does
+    // not restore is seen, and named by its value, even where the peer
+    // happened to leave what the kernel had.
     "mov rdi, rbx",
-    "jmp qword ptr [rbx + {reentry}]",
+    "mov rax, {poison}",
+    "lea rbx, [rax + {rbx_slot}]",
+    "lea rcx, [rax + {rcx_slot}]",
+    "lea rdx, [rax + {rdx_slot}]",
+    "lea rsi, [rax + {rsi_slot}]",
+    "lea rbp, [rax + {rbp_slot}]",
+    "lea r8, [rax + {r8_slot}]",
+    "lea r9, [rax + {r9_slot}]",
+    "lea r10, [rax + {r10_slot}]",
+    "lea r11, [rax + {r11_slot}]",
+    "lea r12, [rax + {r12_slot}]",
+    "lea r13, [rax + {r13_slot}]",
+    "lea r14, [rax + {r14_slot}]",
+    "lea r15, [rax + {r15_slot}]",
+    "jmp qword ptr [rdi + {reentry}]",
     // transfer(rbx = cp, esi = direction), ring 0, any CR3 that maps the
     // control pages, rsp on the control page's stack. Returns in ring 0
     // with the state described above; clobbers all GPRs but rbx, rsp, rbp,
@@ -857,6 +875,20 @@ global_asm!(
     user_cs = const control::RELOC_USER_CS,
     trip_rflags = const TRIP_RFLAGS,
     handover_rflags = const HANDOVER_RFLAGS,
+    poison = const control::HANDOVER_POISON,
+    rbx_slot = const Slot::Rbx as u64,
+    rcx_slot = const Slot::Rcx as u64,
+    rdx_slot = const Slot::Rdx as u64,
+    rsi_slot = const Slot::Rsi as u64,
+    rbp_slot = const Slot::Rbp as u64,
+    r8_slot = const Slot::R8 as u64,
+    r9_slot = const Slot::R9 as u64,
+    r10_slot = const Slot::R10 as u64,
+    r11_slot = const Slot::R11 as u64,
+    r12_slot = const Slot::R12 as u64,
+    r13_slot = const Slot::R13 as u64,
+    r14_slot = const Slot::R14 as u64,
+    r15_slot = const Slot::R15 as u64,
     cr4_smep_smap = const CR4_SMEP_SMAP,
     star_msr = const MSR_STAR,
     lstar_msr = const MSR_LSTAR,
