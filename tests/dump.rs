@@ -434,9 +434,11 @@ fn gdb_shows_the_checkpoint_and_a_backtrace_of_a_real_dump() {
 /// The expected lines `kjump diff` prints for a kernel's suspend and its
 /// resume: the checkpoint's answer in rax and the TSC, nothing else.
 fn assert_only_answer_and_tsc_expected(out: &str) {
+    // xstate_bv may be expected too on hosts whose KVM reports cleared
+    // components differently between checkpoints (the allowlist's reason).
     let expected: Vec<&str> = out
         .lines()
-        .filter(|l| l.starts_with("expected: "))
+        .filter(|l| l.starts_with("expected: ") && !l.starts_with("expected: xsave.xstate_bv"))
         .collect();
     assert_eq!(expected.len(), 2, "{out}");
     assert!(

@@ -57,6 +57,10 @@ pub const DATA_FAULT: u64 = 0x660;
 /// checks every jump against it (a jump must enter a booted peer exactly
 /// here).
 pub const DATA_OWN_ENTRY: u64 = 0x668;
+/// The peer's boot entry (B's ELF entry, in A's control page; 0 in B's),
+/// for the `lose-preserve` fault only: the jump that forgets it preserves
+/// context enters the peer there next time.
+pub const DATA_PEER_BOOT_ENTRY: u64 = 0x670;
 /// Bit of [`DATA_FAULT`]: skip `fxrstor`.
 pub const FAULT_NO_FPU_RESTORE: u64 = 40;
 /// Bit of [`DATA_FAULT`]: skip restoring the UART.
@@ -68,8 +72,9 @@ pub const FAULT_SKIP_SWAP_BACK: u64 = 42;
 /// stack: the first word of its swap page), not from the return address.
 pub const FAULT_WRONG_REENTRY_SLOT: u64 = 43;
 /// Bit of [`DATA_FAULT`]: on the way back, forget that the jump preserves
-/// context: the peer's re-entry point is not recorded, so the next jump
-/// enters it where it was entered before (boots it afresh).
+/// context: the peer's next entry is recorded as its boot entry
+/// ([`DATA_PEER_BOOT_ENTRY`]), not the re-entry point it pushed, so the
+/// next jump boots it afresh.
 pub const FAULT_LOSE_PRESERVE: u64 = 44;
 
 /// What the relocation code leaves in each GPR (but rdi and rsp) when it
@@ -320,7 +325,8 @@ mod tests {
         assert_eq!(slot_by_name("uart"), Some(Slot::Uart as u64));
         assert_eq!(slot_by_name("xmm0"), None);
         const { assert!(DATA_SCRATCH + 16 <= DATA_FAULT && DATA_FAULT + 8 <= DATA_OWN_ENTRY) };
-        const { assert!(DATA_OWN_ENTRY + 8 <= CONTEXT) };
+        const { assert!(DATA_OWN_ENTRY + 8 <= DATA_PEER_BOOT_ENTRY) };
+        const { assert!(DATA_PEER_BOOT_ENTRY + 8 <= CONTEXT) };
         const { assert!(SLOTS <= FAULT_NO_FPU_RESTORE && FAULT_LOSE_PRESERVE < 64) };
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
     }

@@ -58,8 +58,9 @@ pub enum JumpFault {
     /// The relocation code takes the peer's re-entry point from the wrong
     /// stack slot: `wrong-reentry-slot`.
     WrongReentrySlot,
-    /// The relocation code does not record the peer's re-entry point, so
-    /// the next jump boots the peer again: `lose-preserve`.
+    /// The relocation code records the peer's boot entry instead of its
+    /// re-entry point, so the next jump boots the peer again:
+    /// `lose-preserve` (A: B cannot boot A).
     LosePreserve,
     /// The kernel writes one word just past the end of the RAM it was
     /// given, before it jumps: `write-outside` (B: A has all the RAM).
@@ -124,8 +125,8 @@ pub const CATALOG: &[Entry] = &[
     },
     Entry {
         name: "lose-preserve",
-        who: Who::Both,
-        what: "the relocation code does not record the peer's re-entry point: the next jump reboots it",
+        who: Who::AOnly,
+        what: "the relocation code records the peer's boot entry, not its re-entry point: the next jump reboots it",
     },
     Entry {
         name: "skip-swap-back",

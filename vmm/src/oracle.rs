@@ -176,6 +176,19 @@ pub fn check_answer(state: &VcpuState, answer: u32, at: &str) -> Option<Register
     })
 }
 
+/// The note for a register found holding the relocation code's handover
+/// poison ([`kjump_guest::control::HANDOVER_POISON`] + slot): which register's it is.
+pub fn poison_of(v: u64) -> Option<String> {
+    // The GPRs are slots 0..16.
+    let slot = v
+        .checked_sub(kjump_guest::control::HANDOVER_POISON)
+        .filter(|&s| s < 16)?;
+    Some(format!(
+        "the relocation code's handover poison for {}: the re-entry path did not restore it",
+        kjump_guest::control::SLOT_NAMES[slot as usize]
+    ))
+}
+
 /// Fields taken from the XSAVE area (the legacy region and the rest).
 fn is_xsave_field(name: &str) -> bool {
     let numbered = |prefix: &str| {

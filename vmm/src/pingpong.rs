@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use kjump_guest::abi::ANSWER_BACK;
 use kjump_guest::control::{self, slot_by_name};
-use kjump_guest::fault::{self, Fault, Who};
+use kjump_guest::fault::{self, Fault, JumpFault, Who};
 use kjump_guest::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 use vm_superio::serial::SerialState;
@@ -30,7 +30,7 @@ use crate::kimage::Kimage;
 use crate::oracle::{self, Allowlist, View};
 use crate::pages::{PageStore, Shadow};
 use crate::report::{At, CheckpointRecord, ExcusedPage, Mismatch, MismatchKind, Progress};
-use crate::scenario::{RunError, RunState, Verdict, handle_message};
+use crate::scenario::{RunError, RunState, Scenario, Verdict, handle_message};
 use crate::snapshot::{self, FieldValue, VcpuState};
 use crate::symbols::Symbols;
 use crate::vm::{Vm, VmEvent};
@@ -112,9 +112,51 @@ pub fn catalog() -> String {
     s
 }
 
-/// Refuses an unknown `--inject` kind before anything boots.
-pub fn check_fault(inject: &Inject) -> Result<(), RunError> {
-    parse_fault(inject).map(|_| ())
+/// Refuses, before anything boots, an unknown `--inject` kind, and one
+/// that this run could not catch: in a scenario it does not belong to, or
+/// in a cycle too late for the run's `--cycles` to see its effect (an
+/// injected fault that the run could not catch would pass silently).
+pub fn check_fault(inject: &Inject, scenario: Scenario, cycles: u64) -> Result<(), RunError> {
+    let host = parse_fault(inject)?;
+    let guest = parse_guest_fault(&inject.kind)?;
+    let name = match inject.cycle {
+        Some(c) => format!("{}@{c}", inject.kind),
+        None => inject.kind.clone(),
+    };
+    let refuse = |why: String| Err(RunError::FaultNotFor(format!("--inject {name}: {why}")));
+    if inject.cycle == Some(0) {
+        return refuse("cycles count from 1".into());
+    }
+    if scenario != Scenario::PingPong {
+        // Only a stop fault of kernel a, at boot, means anything there.
+        return match guest {
+            Some((Fault::Stop(_), Kernel::A)) if inject.cycle.is_none() => Ok(()),
+            _ => refuse(format!("needs --scenario ping-pong (this is {scenario})")),
+        };
+    }
+    let c = inject.cycle.unwrap_or(1);
+    let shows_in = match (host, guest) {
+        // flip-b damages B's parked pages as A resumes: seen at the next
+        // checkpoint, in the next cycle.
+        (Some(HostFault::FlipB), _) => c + 1,
+        (Some(_), _) => c,
+        (None, Some((Fault::Stop(_), _))) => c,
+        (None, Some((Fault::Jump(j), k))) => match (j, k) {
+            // Recorded wrong on the way back, seen at the next jump.
+            (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
+            (JumpFault::WriteOutside, _) => c,
+            (_, Kernel::A) => c,
+            // B's jump in cycle c comes back in cycle c + 1.
+            (_, Kernel::B) => c + 1,
+        },
+        (None, None) => return Err(RunError::UnknownFault(inject.kind.clone())),
+    };
+    if shows_in > cycles {
+        return refuse(format!(
+            "its effect shows in cycle {shows_in}, the run has {cycles} (use --cycles {shows_in} or more)"
+        ));
+    }
+    Ok(())
 }
 
 /// A guest-side `--inject`: the fault and the kernel that is to have it.
@@ -130,7 +172,7 @@ fn parse_guest_fault(kind: &str) -> Result<Option<(Fault, Kernel)>, RunError> {
     };
     match (f.entry().who, kernel) {
         (Who::AOnly, Kernel::B) => Err(RunError::FaultNotFor(format!(
-            "fault {name} is kernel a's only (only a's relocation code swaps pages)"
+            "fault {name} is kernel a's only"
         ))),
         (Who::BOnly, Kernel::A) => Err(RunError::FaultNotFor(format!(
             "fault {name} is kernel b's only: use --inject b:{name}"
@@ -304,13 +346,16 @@ impl Checker<'_> {
         self.shadow = Some(shadow);
         // The re-entry points: the dump's kernel's from its control page at
         // home, the away kernel's (once booted) from where it is parked.
+        // (0: a kernel that does not say, e.g. in a dump older than the
+        // slot; its entries are not checked.)
         self.kernels[idx(k)].own_entry = match self.kernels[idx(k)].kimage {
             Some(_) => Some(self.read_control(vm, k, control::DATA_OWN_ENTRY, false)?),
             None => None,
-        };
+        }
+        .filter(|&e| e != 0);
         if self.tracker.is_away(p) && self.kernels[idx(p)].kimage.is_some() {
-            self.kernels[idx(p)].own_entry =
-                Some(self.read_control(vm, p, control::DATA_OWN_ENTRY, true)?);
+            let e = self.read_control(vm, p, control::DATA_OWN_ENTRY, true)?;
+            self.kernels[idx(p)].own_entry = (e != 0).then_some(e);
         }
         Ok(())
     }
@@ -373,7 +418,7 @@ impl Checker<'_> {
                         o if o < control::CODE_MAX => {
                             let sym = self.symbols.as_ref().and_then(|s| {
                                 let start = s.address_of_suffix("relocate_start")?;
-                                s.lookup(start + o)
+                                s.lookup(start.checked_add(o)?)
                             });
                             sym.map_or_else(
                                 || "relocation code".to_owned(),
@@ -429,8 +474,9 @@ impl Checker<'_> {
         k: Kernel,
         at: &At,
     ) -> Result<Option<Mismatch>, RunError> {
+        // 0: a kernel that does not say (one older than the slot).
         let own = self.read_control(vm, k, control::DATA_OWN_ENTRY, false)?;
-        self.rec(k).own_entry = Some(own);
+        self.rec(k).own_entry = (own != 0).then_some(own);
         let peer = k.peer();
         // A peer that never jumped has not been booted: its first entry
         // is its ELF entry, nothing to hold it to.
@@ -797,6 +843,11 @@ pub(crate) fn run_from(
     seed: Option<Seed>,
 ) -> Result<crate::scenario::Outcome, RunError> {
     let symbols = Symbols::from_elf(kernel).ok();
+    vm.set_checkpoint_rip(
+        symbols
+            .as_ref()
+            .and_then(|s| s.address_of("kjump_checkpoint")),
+    );
     let fault = args.inject.as_ref().map(parse_fault).transpose()?.flatten();
     let mut ck = Checker {
         args,
@@ -862,6 +913,11 @@ pub(crate) fn run_from(
                     // A's verdict: every cycle it was asked for must have been
                     // checked by the VMM too.
                     let verdict = match verdict {
+                        // An injected fault must be caught.
+                        Verdict::Pass if args.inject.is_some() => Verdict::Fail(format!(
+                            "the injected fault {} was not caught: the run passed",
+                            args.inject.as_ref().map_or("", |i| i.kind.as_str())
+                        )),
                         Verdict::Pass if ck.tracker.cycles_completed() != args.cycles => {
                             Verdict::Fail(format!(
                                 "kernel a reported pass after {} verified cycles, {} were asked",
@@ -985,10 +1041,11 @@ fn checkpoint(
                 // A register left pointing into a control page (a GDT, IDT
                 // or TSS the relocation code loaded) says which.
                 if let (None, FieldValue::U64(v)) = (&m.note, &m.actual) {
-                    m.note = ck
-                        .place_of(*v)
-                        .filter(|p| p.contains("control page"))
-                        .map(|p| format!("found value is in {p}"));
+                    m.note = oracle::poison_of(*v).or_else(|| {
+                        ck.place_of(*v)
+                            .filter(|p| p.contains("control page"))
+                            .map(|p| format!("found value is in {p}"))
+                    });
                 }
                 out.push(Mismatch::register(&at, &m));
             }

@@ -352,7 +352,7 @@ pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, R
         return Err(RunError::NotBuilt(args.scenario));
     }
     if let Some(inject) = &args.inject {
-        crate::pingpong::check_fault(inject)?;
+        crate::pingpong::check_fault(inject, args.scenario, args.cycles)?;
     }
     if let Some(dir) = &args.dump_dir {
         check_dump_dir(dir)?;

@@ -37,6 +37,8 @@ struct Section {
     start: u64,
     end: u64,
     name: String,
+    /// Holds code (`SHF_EXECINSTR`; by name, `.text…`, in `from_parts`).
+    exec: bool,
 }
 
 /// The function and object symbols and the loaded sections of a kernel.
@@ -78,14 +80,34 @@ impl Symbols {
                 _ => s.address() != 0,
             })
             .filter(|s| s.size() > 0)
-            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), s.size())))
+            .filter_map(|s| {
+                let exec = match s.flags() {
+                    SectionFlags::Elf { sh_flags, .. } => {
+                        sh_flags.0 & object::elf::SHF_EXECINSTR.0 != 0
+                    }
+                    _ => s.kind() == object::SectionKind::Text,
+                };
+                Some((s.name().ok()?.to_string(), s.address(), s.size(), exec))
+            })
             .collect();
-        Ok(Self::from_parts(symbols, sections))
+        Ok(Self::build(symbols, sections))
     }
 
     /// Builds a table from `(name, address, size)` of symbols (mangled
     /// names are demangled) and of sections.
+    /// Sections named `.text…` hold code.
     pub fn from_parts(symbols: Vec<(String, u64, u64)>, sections: Vec<(String, u64, u64)>) -> Self {
+        let sections = sections
+            .into_iter()
+            .map(|(name, start, size)| {
+                let exec = name.starts_with(".text");
+                (name, start, size, exec)
+            })
+            .collect();
+        Self::build(symbols, sections)
+    }
+
+    fn build(symbols: Vec<(String, u64, u64)>, sections: Vec<(String, u64, u64, bool)>) -> Self {
         let mut symbols: Vec<Symbol> = symbols
             .into_iter()
             .map(|(name, start, size)| Symbol {
@@ -100,10 +122,11 @@ impl Symbols {
         symbols.dedup();
         let mut sections: Vec<Section> = sections
             .into_iter()
-            .map(|(name, start, size)| Section {
+            .map(|(name, start, size, exec)| Section {
                 start,
                 end: start.saturating_add(size),
                 name,
+                exec,
             })
             .collect();
         sections.sort_by_key(|s| s.start);
@@ -119,11 +142,12 @@ impl Symbols {
         self.symbols.is_empty()
     }
 
-    /// The innermost symbol covering `addr`, and the offset into it. An
-    /// address in no sized symbol belongs to the label just before it, if
-    /// that is an untyped, size-less one (an assembly label such as
+    /// The innermost symbol covering `addr`, and the offset into it. Code
+    /// in no sized symbol belongs to the size-less label just before it in
+    /// the same code section (an assembly label such as
     /// `kjump_checkpoint`: its code runs on to the next symbol), as gdb
-    /// reads it.
+    /// reads it; data and linker markers (`__bss_end`) name only their own
+    /// address.
     pub fn symbol_at(&self, addr: u64) -> Option<(&str, u64)> {
         let end = self.symbols.partition_point(|s| s.start <= addr);
         let before = &self.symbols[..end];
@@ -132,8 +156,21 @@ impl Symbols {
             .rev()
             .take(MAX_OVERLAP)
             .find(|s| s.covers(addr))
-            .or_else(|| before.last().filter(|s| s.size == 0))
+            .or_else(|| {
+                before
+                    .last()
+                    .filter(|s| s.size == 0 && self.same_code_section(s.start, addr))
+            })
             .map(|s| (s.name.as_str(), addr - s.start))
+    }
+
+    /// True when `a` and `b` lie in one section that holds code.
+    fn same_code_section(&self, a: u64, b: u64) -> bool {
+        let sec = |x: u64| {
+            let end = self.sections.partition_point(|s| s.start <= x);
+            self.sections[..end].last().filter(|s| x < s.end)
+        };
+        matches!((sec(a), sec(b)), (Some(s), Some(t)) if s.exec && std::ptr::eq(s, t))
     }
 
     /// The loaded section holding `addr`, and the offset into it.
@@ -292,6 +329,8 @@ mod tests {
             entry.ends_with(" (.text)") && !entry.contains('+'),
             "{entry}"
         );
+        // Far past the image, after the linker's last marker: nothing.
+        assert_eq!(t.lookup(0x90_0000), None);
         // Code after an assembly label: the checkpoint's `ret`.
         let cp = t.address_of("kjump_checkpoint").unwrap();
         assert_eq!(

@@ -337,6 +337,13 @@ pub enum GuestFault {
     /// A bad harness message or port access.
     #[error("protocol error: {0}")]
     Protocol(HarnessError),
+    /// The checkpoint instruction (`in eax, dx`) read another port.
+    #[error(
+        "the checkpoint instruction read port {port:#x}, not the checkpoint port {:#x}: rdx = {rdx:#x}{}",
+        CHECKPOINT_PORT,
+        crate::vcpu::in_parens(crate::oracle::poison_of(*.rdx).as_deref())
+    )]
+    CheckpointPort { port: u16, rdx: u64 },
     /// The watchdog fired.
     #[error("hung: no progress for {} s (watchdog)", .after.as_secs_f64())]
     Timeout { after: Duration },
@@ -375,6 +382,9 @@ pub enum ExitAction {
     HarnessMessage { addr: u64 },
     /// The guest cannot go on.
     Fault(GuestFault),
+    /// A read of a port kjump does not emulate (answered with all ones):
+    /// the VM checks it was not the checkpoint instruction.
+    StrayIn { port: u16 },
 }
 
 /// Legacy ports a PC guest may touch that kjump does not emulate (POST
@@ -413,7 +423,7 @@ pub fn handle_exit(
         }
         VcpuExit::IoIn(port, data) if ignored_port(port) => {
             data.fill(0xff);
-            ExitAction::Continue
+            ExitAction::StrayIn { port }
         }
         VcpuExit::IoOut(port, _) if ignored_port(port) => ExitAction::Continue,
         VcpuExit::IoIn(port, data) => {
@@ -561,7 +571,7 @@ mod tests {
             let mut d = [0u8; 2];
             assert_eq!(
                 handle_exit(VcpuExit::IoIn(port, &mut d), &mut log, &mut no_answer),
-                ExitAction::Continue
+                ExitAction::StrayIn { port }
             );
             assert_eq!(d, [0xff, 0xff], "port {port:#x}");
             assert_eq!(

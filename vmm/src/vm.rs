@@ -267,6 +267,10 @@ pub struct Vm {
     msrs: Vec<u32>,
     stop: StopFlag,
     mem_size: u64,
+    /// The guest's checkpoint instruction (`kjump_checkpoint`), when known:
+    /// a port read there that is not the checkpoint port is a kernel that
+    /// lost its checkpoint port (rdx), reported as such.
+    checkpoint_rip: Option<u64>,
 }
 
 // The scenario may build a VM on one thread and run it on another.
@@ -297,6 +301,19 @@ fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
         path: path.to_path_buf(),
         what: "the path holds a NUL byte".into(),
     })?;
+    // Only a character device can be KVM; refuse anything else before
+    // opening it (opening some files has effects of its own: a FIFO blocks,
+    // a watchdog device arms). A path that cannot be examined is left to
+    // open(), whose errno says why.
+    if let Ok(m) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_char_device() {
+            return Err(VmError::NotKvm {
+                path: path.to_path_buf(),
+                what: file_kind(path),
+            });
+        }
+    }
     let kvm = Kvm::new_with_path(&cpath).map_err(|e| open_error(path, e))?;
     // Any file opens read-write (as root); only a KVM device answers
     // KVM_GET_API_VERSION, which returns -1 with errno set otherwise.
@@ -547,6 +564,7 @@ impl Vm {
             msrs,
             stop: cfg.stop.clone(),
             mem_size: cfg.mem_size,
+            checkpoint_rip: None,
         })
     }
 
@@ -611,6 +629,7 @@ impl Vm {
             msrs,
             stop: cfg.stop.clone(),
             mem_size,
+            checkpoint_rip: None,
         };
         // The copy went through vm-memory's log of the VMM's writes.
         vm.dirty_pages()?;
@@ -655,6 +674,12 @@ impl Vm {
     }
 
     /// The vCPU's general and special registers, now.
+    /// Tells the VM where the guest's checkpoint instruction is (see
+    /// `checkpoint_rip`).
+    pub fn set_checkpoint_rip(&mut self, rip: Option<u64>) {
+        self.checkpoint_rip = rip;
+    }
+
     pub fn registers(&self) -> RegDump {
         RegDump::read(&self.vcpu)
     }
@@ -724,6 +749,18 @@ impl Vm {
             };
             match action {
                 ExitAction::Continue => {}
+                ExitAction::StrayIn { port } => {
+                    if let Some(at) = self.checkpoint_rip {
+                        let regs = self.vcpu.get_regs().unwrap_or_default();
+                        // At the I/O exit rip is the `in`, or just past it.
+                        if regs.rip == at || regs.rip == at + 1 {
+                            return Err(self.guest_error(GuestFault::CheckpointPort {
+                                port,
+                                rdx: regs.rdx,
+                            }));
+                        }
+                    }
+                }
                 ExitAction::Checkpoint { answer } => {
                     self.complete_io()?;
                     self.stop.pet();
@@ -946,7 +983,7 @@ mod tests {
         );
 
         for (p, kind) in [
-            (&file, "a regular file; KVM_GET_API_VERSION: "),
+            (&file, "a regular file)"),
             (&dir, "a directory"),
             (&PathBuf::from("/dev/null"), "a character device 1:3; "),
         ] {

@@ -40,6 +40,8 @@ pub fn halt_forever() -> ! {
 
 /// Spins forever with interrupts off and no `hlt` (the `hang` fault: the
 /// VMM's watchdog must notice a guest that burns CPU without exiting).
+/// Never inlined: the VMM names the hang's rip by this symbol.
+#[inline(never)]
 pub fn spin_forever() -> ! {
     // SAFETY: `cli` only masks interrupts, which the kernel never uses.
     unsafe { asm!("cli", options(nomem, nostack)) };

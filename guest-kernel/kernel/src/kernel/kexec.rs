@@ -662,6 +662,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         },
     );
     phys_write_u64(cp + control::DATA_PEER_ENTRY, elf.entry);
+    phys_write_u64(cp + control::DATA_PEER_BOOT_ENTRY, elf.entry);
     phys_write_u64(cp + control::DATA_PEER_ARG, peer_start);
     let img = JumpImage {
         role: Role::A,

@@ -610,12 +610,14 @@ global_asm!(
     "jnc 2f",
     "mov rcx, [rsp]",
     "2:",
-    // Fault injection only (`kjump.fault=lose-preserve`): do not record
-    // it, as if the jump did not preserve the peer's context.
+    // Fault injection only (`kjump.fault=lose-preserve`): record the
+    // peer's boot entry instead, as if the jump did not preserve the
+    // peer's context.
     "bt qword ptr [rbx + {fault}], {bit_lose_preserve}",
-    "jc 2f",
-    "mov [rbx + {peer_entry}], rcx",
+    "jnc 2f",
+    "mov rcx, [rbx + {peer_boot_entry}]",
     "2:",
+    "mov [rbx + {peer_entry}], rcx",
     "lea rsp, [rbx + {stack_top}]",
     "mov esi, 1", // direction: 1 = inbound
     "call 10f",
@@ -857,6 +859,7 @@ global_asm!(
     stack_top = const control::STACK_TOP,
     page_table = const control::DATA_PAGE_TABLE,
     peer_entry = const control::DATA_PEER_ENTRY,
+    peer_boot_entry = const control::DATA_PEER_BOOT_ENTRY,
     peer_arg = const control::DATA_PEER_ARG,
     peer_booted = const control::DATA_PEER_BOOTED,
     reentry = const control::DATA_REENTRY,
