@@ -5,7 +5,7 @@
 //! to the end of the scenario, checked all the way.
 
 mod common;
-use common::{assert_exit, kjump, kvm_or_skip, scratch};
+use common::{assert_exit, assert_only_answer_and_tsc_expected, kjump, kvm_or_skip, scratch};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -429,31 +429,6 @@ fn gdb_shows_the_checkpoint_and_a_backtrace_of_a_real_dump() {
         assert!(frames > 1, "{frames} frames: {all}");
         assert!(stdout.contains("#1 ") && stdout.contains("kexec"), "{all}");
     }
-}
-
-/// The expected lines `kjump diff` prints for a kernel's suspend and its
-/// resume: the checkpoint's answer in rax and the TSC, nothing else.
-fn assert_only_answer_and_tsc_expected(out: &str) {
-    // xstate_bv may be expected too on hosts whose KVM reports cleared
-    // components differently between checkpoints (the allowlist's reason).
-    let expected: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("expected: ") && !l.starts_with("expected: xsave.xstate_bv"))
-        .collect();
-    assert_eq!(expected.len(), 2, "{out}");
-    assert!(
-        expected[0].starts_with(
-            "expected: rax: 0x504d554a -> 0x4b434142 (checkpoint answer: JUMP at the suspend, BACK at the resume)"
-        ),
-        "{out}"
-    );
-    assert!(
-        expected[1].starts_with("expected: msr[0x00000010] TSC: ")
-            && expected[1]
-                .ends_with("(the TSC counts time; it runs on while the peer kernel runs)"),
-        "{out}"
-    );
-    assert!(out.contains("registers: 0 differ\n"), "{out}");
 }
 
 /// A run with an injected flip leaves "left" and "found" dumps of A's

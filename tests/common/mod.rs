@@ -77,3 +77,28 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("scratch dir");
     d
 }
+
+/// The expected lines `kjump diff` prints for a kernel's suspend and its
+/// resume: the checkpoint's answer in rax and the TSC, nothing else.
+pub fn assert_only_answer_and_tsc_expected(out: &str) {
+    // xstate_bv may be expected too on hosts whose KVM reports cleared
+    // components differently between checkpoints (the allowlist's reason).
+    let expected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("expected: ") && !l.starts_with("expected: xsave.xstate_bv"))
+        .collect();
+    assert_eq!(expected.len(), 2, "{out}");
+    assert!(
+        expected[0].starts_with(
+            "expected: rax: 0x504d554a -> 0x4b434142 (checkpoint answer: JUMP at the suspend, BACK at the resume)"
+        ),
+        "{out}"
+    );
+    assert!(
+        expected[1].starts_with("expected: msr[0x00000010] TSC: ")
+            && expected[1]
+                .ends_with("(the TSC counts time; it runs on while the peer kernel runs)"),
+        "{out}"
+    );
+    assert!(out.contains("registers: 0 differ\n"), "{out}");
+}
