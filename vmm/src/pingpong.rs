@@ -62,6 +62,10 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
         "change MSR SYSENTER_EIP of the vCPU at A's suspend (no kernel saves it)",
     ),
     (
+        "vcpu-tsc-aux",
+        "change MSR TSC_AUX (which this KVM does not list) at A's suspend",
+    ),
+    (
         "vcpu-lapic-tpr",
         "change the local APIC's task-priority register at A's suspend",
     ),
@@ -73,11 +77,11 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VcpuField {
     Dr0,
-    SysenterEip,
+    /// An MSR: its index and name.
+    Msr(u32, &'static str),
     LapicTpr,
 }
 
-const MSR_SYSENTER_EIP: u32 = 0x176;
 /// Offset of the TPR in the local APIC register page.
 const LAPIC_TPR: usize = 0x80;
 
@@ -208,7 +212,8 @@ fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
         "flip-b" => HostFault::FlipB,
         "uart-lcr" => HostFault::UartLcr,
         "vcpu-dr0" => HostFault::Vcpu(VcpuField::Dr0),
-        "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::SysenterEip),
+        "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::Msr(0x176, "SYSENTER_EIP")),
+        "vcpu-tsc-aux" => HostFault::Vcpu(VcpuField::Msr(0xc000_0103, "TSC_AUX")),
         "vcpu-lapic-tpr" => HostFault::Vcpu(VcpuField::LapicTpr),
         k => match k
             .strip_prefix("saved-")
@@ -779,27 +784,24 @@ fn change_vcpu_field(vm: &Vm, field: VcpuField) -> Result<String, RunError> {
             vcpu.set_debug_regs(&d).map_err(failed)?;
             format!("changed the vCPU's dr0 {old:#x} -> {:#x}", d.db[0])
         }
-        VcpuField::SysenterEip => {
+        VcpuField::Msr(index, name) => {
             let entry = |data| kvm_bindings::kvm_msr_entry {
-                index: MSR_SYSENTER_EIP,
+                index,
                 data,
                 ..Default::default()
             };
             let mut msrs = kvm_bindings::Msrs::from_entries(&[entry(0)])
                 .map_err(|_| RunError::Protocol("cannot build an MSR list"))?;
             if vcpu.get_msrs(&mut msrs).map_err(failed)? != 1 {
-                return Err(RunError::Protocol("this KVM does not expose SYSENTER_EIP"));
+                return Err(RunError::Protocol("this KVM does not expose the MSR"));
             }
             let old = msrs.as_slice()[0].data;
             let new = kvm_bindings::Msrs::from_entries(&[entry(old ^ 0x5a)])
                 .map_err(|_| RunError::Protocol("cannot build an MSR list"))?;
             if vcpu.set_msrs(&new).map_err(failed)? != 1 {
-                return Err(RunError::Protocol("KVM refused to set SYSENTER_EIP"));
+                return Err(RunError::Protocol("KVM refused to set the MSR"));
             }
-            format!(
-                "changed the vCPU's SYSENTER_EIP {old:#x} -> {:#x}",
-                old ^ 0x5a
-            )
+            format!("changed the vCPU's {name} {old:#x} -> {:#x}", old ^ 0x5a)
         }
         VcpuField::LapicTpr => {
             let mut l = vcpu.get_lapic().map_err(failed)?;
