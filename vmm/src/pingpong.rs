@@ -121,8 +121,7 @@ pub fn catalog() -> String {
 /// in a cycle too late for the run's `--cycles` to see its effect (an
 /// injected fault that the run could not catch would pass silently).
 pub fn check_fault(inject: &Inject, scenario: Scenario, cycles: u64) -> Result<(), RunError> {
-    let host = parse_fault(inject)?;
-    let guest = parse_guest_fault(&inject.kind)?;
+    let injection = parse_injection(inject)?;
     let name = match inject.cycle {
         Some(c) => format!("{}@{c}", inject.kind),
         None => inject.kind.clone(),
@@ -133,19 +132,18 @@ pub fn check_fault(inject: &Inject, scenario: Scenario, cycles: u64) -> Result<(
     }
     if scenario != Scenario::PingPong {
         // Only a stop fault of kernel a, at boot, means anything there.
-        return match guest {
-            Some((Fault::Stop(_), Kernel::A)) if inject.cycle.is_none() => Ok(()),
+        return match injection {
+            Injection::Guest(Fault::Stop(_), Kernel::A, _) if inject.cycle.is_none() => Ok(()),
             _ => refuse(format!("needs --scenario ping-pong (this is {scenario})")),
         };
     }
     let c = inject.cycle.unwrap_or(1);
-    let shows_in = match (host, guest) {
+    let shows_in = match injection {
         // flip-b damages B's parked pages as A resumes: seen at the next
         // checkpoint, in the next cycle.
-        (Some(HostFault::FlipB), _) => c + 1,
-        (Some(_), _) => c,
-        (None, Some((Fault::Stop(_), _))) => c,
-        (None, Some((Fault::Jump(j), k))) => match (j, k) {
+        Injection::Host(HostFault::FlipB) => c + 1,
+        Injection::Host(_) | Injection::Guest(Fault::Stop(_), _, _) => c,
+        Injection::Guest(Fault::Jump(j), k, _) => match (j, k) {
             // Recorded wrong on the way back, seen at the next jump.
             (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
             (JumpFault::WriteOutside, _) => c,
@@ -153,7 +151,6 @@ pub fn check_fault(inject: &Inject, scenario: Scenario, cycles: u64) -> Result<(
             // B's jump in cycle c comes back in cycle c + 1.
             (_, Kernel::B) => c + 1,
         },
-        (None, None) => return Err(RunError::UnknownFault(inject.kind.clone())),
     };
     if shows_in > cycles {
         return refuse(format!(
@@ -163,51 +160,35 @@ pub fn check_fault(inject: &Inject, scenario: Scenario, cycles: u64) -> Result<(
     Ok(())
 }
 
-/// A guest-side `--inject`: the fault and the kernel that is to have it.
-fn parse_guest_fault(kind: &str) -> Result<Option<(Fault, Kernel)>, RunError> {
+/// What an `--inject` asks for: damage the VMM does, or a buggy kernel
+/// (the fault, the kernel that is to have it, and the fault's bare name).
+enum Injection<'a> {
+    Host(HostFault),
+    Guest(Fault, Kernel, &'a str),
+}
+
+/// Parses `--inject KIND`: a guest fault of the shared catalog
+/// (`[a:|b:]NAME`), else a host fault.
+fn parse_injection(inject: &Inject) -> Result<Injection<'_>, RunError> {
+    let kind = inject.kind.as_str();
     let (kernel, name) = match kind.split_once(':') {
         Some(("a", n)) => (Kernel::A, n),
         Some(("b", n)) => (Kernel::B, n),
         Some(_) => return Err(RunError::UnknownFault(kind.to_owned())),
         None => (Kernel::A, kind),
     };
-    let Some(f) = Fault::parse(name) else {
-        return Ok(None);
-    };
-    match (f.entry().who, kernel) {
-        (Who::AOnly, Kernel::B) => Err(RunError::FaultNotFor(format!(
-            "fault {name} is kernel a's only"
-        ))),
-        (Who::BOnly, Kernel::A) => Err(RunError::FaultNotFor(format!(
-            "fault {name} is kernel b's only: use --inject b:{name}"
-        ))),
-        _ => Ok(Some((f, kernel))),
+    if let Some(f) = Fault::parse(name) {
+        return match (f.entry().who, kernel) {
+            (Who::AOnly, Kernel::B) => Err(RunError::FaultNotFor(format!(
+                "fault {name} is kernel a's only"
+            ))),
+            (Who::BOnly, Kernel::A) => Err(RunError::FaultNotFor(format!(
+                "fault {name} is kernel b's only: use --inject b:{name}"
+            ))),
+            _ => Ok(Injection::Guest(f, kernel, name)),
+        };
     }
-}
-
-/// The guest command-line words of a guest-side `--inject` (none for a
-/// host-side fault).
-pub fn guest_fault_words(inject: &Inject) -> Vec<String> {
-    let Ok(Some((_, kernel))) = parse_guest_fault(&inject.kind) else {
-        return Vec::new();
-    };
-    let name = inject.kind.rsplit(':').next().unwrap_or_default();
-    let (key, cycle_key) = match kernel {
-        Kernel::A => (fault::KEY, fault::CYCLE_KEY),
-        Kernel::B => (fault::B_KEY, fault::B_CYCLE_KEY),
-    };
-    let mut w = vec![format!("{key}={name}")];
-    if let Some(c) = inject.cycle {
-        w.push(format!("{cycle_key}={c}"));
-    }
-    w
-}
-
-fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
-    if parse_guest_fault(&inject.kind)?.is_some() {
-        return Ok(None);
-    }
-    Ok(Some(match inject.kind.as_str() {
+    Ok(Injection::Host(match kind {
         "flip-a" => HostFault::FlipA,
         "flip-b" => HostFault::FlipB,
         "uart-lcr" => HostFault::UartLcr,
@@ -223,6 +204,31 @@ fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
             None => return Err(RunError::UnknownFault(k.to_owned())),
         },
     }))
+}
+
+/// The guest command-line words of a guest-side `--inject` (none for a
+/// host-side fault).
+pub fn guest_fault_words(inject: &Inject) -> Vec<String> {
+    let Ok(Injection::Guest(_, kernel, name)) = parse_injection(inject) else {
+        return Vec::new();
+    };
+    let (key, cycle_key) = match kernel {
+        Kernel::A => (fault::KEY, fault::CYCLE_KEY),
+        Kernel::B => (fault::B_KEY, fault::B_CYCLE_KEY),
+    };
+    let mut w = vec![format!("{key}={name}")];
+    if let Some(c) = inject.cycle {
+        w.push(format!("{cycle_key}={c}"));
+    }
+    w
+}
+
+/// The host-side fault of an `--inject`, if it names one.
+fn parse_fault(inject: &Inject) -> Result<Option<HostFault>, RunError> {
+    Ok(match parse_injection(inject)? {
+        Injection::Host(h) => Some(h),
+        Injection::Guest(..) => None,
+    })
 }
 
 /// What the oracle keeps about one kernel.
@@ -351,16 +357,11 @@ impl Checker<'_> {
         self.shadow = Some(shadow);
         // The re-entry points: the dump's kernel's from its control page at
         // home, the away kernel's (once booted) from where it is parked.
-        // (0: a kernel that does not say, e.g. in a dump older than the
-        // slot; its entries are not checked.)
-        self.kernels[idx(k)].own_entry = match self.kernels[idx(k)].kimage {
-            Some(_) => Some(self.read_control(vm, k, control::DATA_OWN_ENTRY, false)?),
-            None => None,
+        if self.kernels[idx(k)].kimage.is_some() {
+            self.kernels[idx(k)].own_entry = self.read_own_entry(vm, k, false)?;
         }
-        .filter(|&e| e != 0);
         if self.tracker.is_away(p) && self.kernels[idx(p)].kimage.is_some() {
-            let e = self.read_control(vm, p, control::DATA_OWN_ENTRY, true)?;
-            self.kernels[idx(p)].own_entry = (e != 0).then_some(e);
+            self.kernels[idx(p)].own_entry = self.read_own_entry(vm, p, true)?;
         }
         Ok(())
     }
@@ -411,9 +412,25 @@ impl Checker<'_> {
             .map_err(|_| RunError::Protocol("a control page is outside guest RAM"))
     }
 
+    /// Where `k` asks to be re-entered (`DATA_OWN_ENTRY` of its control
+    /// page, at home or parked when `k` is away); `None` for a kernel that
+    /// does not say (0: one older than the slot, e.g. in an old dump), whose
+    /// entries are then not checked.
+    fn read_own_entry(&self, vm: &Vm, k: Kernel, away: bool) -> Result<Option<u64>, RunError> {
+        let e = self.read_control(vm, k, control::DATA_OWN_ENTRY, away)?;
+        Ok((e != 0).then_some(e))
+    }
+
     /// What an address is, for reports: a place in a kernel's control
     /// pages, or a symbol of the kernel image.
     fn place_of(&self, addr: u64) -> Option<String> {
+        self.control_place(addr)
+            .or_else(|| self.symbols.as_ref().and_then(|s| s.lookup(addr)))
+    }
+
+    /// What an address in a kernel's control pages is: "a's control page
+    /// 0x… + 0xa40: the relocation code's GDT".
+    fn control_place(&self, addr: u64) -> Option<String> {
         for k in [Kernel::A, Kernel::B] {
             if let Some(ki) = &self.kernels[idx(k)].kimage {
                 let (c0, c1) = ki.control_range();
@@ -464,7 +481,7 @@ impl Checker<'_> {
                 }
             }
         }
-        self.symbols.as_ref().and_then(|s| s.lookup(addr))
+        None
     }
 
     /// A jump must enter a booted peer exactly where the peer asked to be
@@ -479,9 +496,7 @@ impl Checker<'_> {
         k: Kernel,
         at: &At,
     ) -> Result<Option<Mismatch>, RunError> {
-        // 0: a kernel that does not say (one older than the slot).
-        let own = self.read_control(vm, k, control::DATA_OWN_ENTRY, false)?;
-        self.rec(k).own_entry = (own != 0).then_some(own);
+        self.rec(k).own_entry = self.read_own_entry(vm, k, false)?;
         let peer = k.peer();
         // A peer that never jumped has not been booted: its first entry
         // is its ELF entry, nothing to hold it to.
@@ -1044,8 +1059,7 @@ fn checkpoint(
                 // or TSS the relocation code loaded) says which.
                 if let (None, FieldValue::U64(v)) = (&m.note, &m.actual) {
                     m.note = oracle::poison_of(*v).or_else(|| {
-                        ck.place_of(*v)
-                            .filter(|p| p.contains("control page"))
+                        ck.control_place(*v)
                             .map(|p| format!("found value is in {p}"))
                     });
                 }
