@@ -680,19 +680,11 @@ impl Checker<'_> {
         ))
     }
 
-    /// Where kernel `k` is re-entered: its control page's
-    /// `relocate_peer_returned` (what B is given as `kexec_jump_back_entry`).
+    /// Where kernel `k` is re-entered (its `DATA_OWN_ENTRY`, the copy of
+    /// `relocate_peer_returned` in its control page: what B is given as
+    /// `kexec_jump_back_entry`); 0 when unknown.
     fn jump_back_entry(&self, k: Kernel) -> u64 {
-        let (Some(ki), Some(sy)) = (&self.kernels[idx(k)].kimage, &self.symbols) else {
-            return 0;
-        };
-        match (
-            sy.address_of_suffix("relocate_peer_returned"),
-            sy.address_of_suffix("relocate_start"),
-        ) {
-            (Some(r), Some(s)) if r >= s => ki.control + control::CODE + (r - s),
-            _ => 0,
-        }
+        self.kernels[idx(k)].own_entry.unwrap_or(0)
     }
 
     fn write(
