@@ -192,7 +192,7 @@ fn inject_list_prints_the_catalog() {
         assert!(out.contains(k), "{k} missing:\n{out}");
     }
     // Every guest-side fault of the shared catalog, with its kernels.
-    for e in kjump_guest::fault::CATALOG {
+    for e in kjump_abi::fault::CATALOG {
         assert!(
             out.lines()
                 .any(|l| l.trim_start().starts_with(e.name) && l.contains(e.what)),

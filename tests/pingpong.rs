@@ -389,7 +389,7 @@ fn a_failing_run_leaves_two_dumps_that_diff_explains() {
     assert!(out.contains("pages: 1 differ"), "{out}");
     assert!(
         out.contains(&format!(
-            "[{:#x}..{:#x}) kjump_guest::kernel::kexec::STATIC_PATTERN+0x123",
+            "[{:#x}..{:#x}) kjump_kernel::kexec::STATIC_PATTERN+0x123",
             target,
             target + 1
         )),
@@ -459,7 +459,7 @@ fn a_reentry_path_that_forgets_a_register_is_caught() {
     if !kvm_or_skip("a_reentry_path_that_forgets_a_register_is_caught") {
         return;
     }
-    use kjump_guest::control::{HANDOVER_POISON, slot_by_name};
+    use kjump_abi::control::{HANDOVER_POISON, slot_by_name};
     let gprs = [
         "rbx", "rcx", "rsi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
     ];
@@ -761,16 +761,8 @@ fn a_peer_that_hangs_or_triple_faults_ends_the_run_with_its_rip() {
         return;
     }
     for (fault, says, at) in [
-        (
-            "hang",
-            "watchdog",
-            "(kjump_guest::kernel::cpu::spin_forever+",
-        ),
-        (
-            "triple",
-            "triple fault",
-            "(kjump_guest::kernel::fault::fire+",
-        ),
+        ("hang", "watchdog", "(kjump_kernel::cpu::spin_forever+"),
+        ("triple", "triple fault", "(kjump_kernel::fault::fire+"),
     ] {
         let (_, err) = assert_exit(
             &kjump(&[

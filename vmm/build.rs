@@ -14,8 +14,8 @@ const TARGET: &str = "x86_64-unknown-none";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let shared_dir = manifest_dir.join("../guest-kernel");
-    let guest_dir = shared_dir.join("kernel");
+    let shared_dir = manifest_dir.join("../guest-abi");
+    let guest_dir = manifest_dir.join("../guest-kernel");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
@@ -56,7 +56,7 @@ fn main() {
 
     let target_dir = out_dir.join("guest");
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--bin", "kjump-guest", "--profile", "guest"])
+    cmd.args(["build", "--bin", "kjump-kernel", "--profile", "guest"])
         .args(["--target", TARGET])
         .arg("--manifest-path")
         .arg(guest_dir.join("Cargo.toml"))
@@ -97,7 +97,7 @@ fn main() {
     if !status.success() {
         panic!("building the guest kernel for {TARGET} failed (see the errors above)");
     }
-    let kernel = target_dir.join(TARGET).join("guest").join("kjump-guest");
+    let kernel = target_dir.join(TARGET).join("guest").join("kjump-kernel");
     assert!(
         kernel.exists(),
         "guest kernel not found at {}",

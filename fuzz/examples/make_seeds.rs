@@ -16,11 +16,11 @@ use kjump::dump::{
 };
 use kjump::snapshot::VcpuState;
 use kjump_fuzz::fix_kjump_checksum;
-use kjump_guest::abi::{HarnessMsg, KimageArgs, MsgKind};
-use kjump_guest::control::{MODE_BACKUP, MODE_SWAP};
-use kjump_guest::cpio::{HEADER_LEN, MODE_DIR, MODE_REG, TRAILER, write_header};
-use kjump_guest::kimage::{Builder, IND_INDIRECTION, ListMemory};
-use kjump_guest::layout::PAGE_SIZE;
+use kjump_abi::abi::{HarnessMsg, KimageArgs, MsgKind};
+use kjump_abi::control::{MODE_BACKUP, MODE_SWAP};
+use kjump_abi::cpio::{HEADER_LEN, MODE_DIR, MODE_REG, TRAILER, write_header};
+use kjump_abi::kimage::{Builder, IND_INDIRECTION, ListMemory};
+use kjump_abi::layout::PAGE_SIZE;
 
 /// Seeds must stay small: the repository keeps them.
 const MAX_SEED: usize = 64 << 10;
@@ -182,14 +182,14 @@ fn add_sections(v: &mut Vec<u8>, segs: &[(u64, u64, u64, u64)]) {
     let syms = [
         (name("_start"), 0x10, 1u16, text_addr, 0u64),
         (
-            name("_ZN11kjump_guest6kernel4main17h0123456789abcdefE"),
+            name("_ZN12kjump_kernel4main17h0123456789abcdefE"),
             0x12,
             1,
             text_addr + 4,
             8,
         ),
         (
-            name("_ZN11kjump_guest6kernel5kexec14STATIC_PATTERN17hfedcba9876543210E"),
+            name("_ZN12kjump_kernel5kexec14STATIC_PATTERN17hfedcba9876543210E"),
             0x11,
             2,
             bss_addr,

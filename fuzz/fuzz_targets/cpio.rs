@@ -10,7 +10,7 @@
 #![no_main]
 
 use kjump_fuzz::{offset_in, within};
-use kjump_guest::cpio::{CpioError, Entry, HEADER_LEN, Reader, TRAILER, write_header};
+use kjump_abi::cpio::{CpioError, Entry, HEADER_LEN, Reader, TRAILER, write_header};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,4 +1,4 @@
-//! The ELF code kjump owns: the guest's loader (`kjump_guest::elf`, kernel
+//! The ELF code kjump owns: the guest's loader (`kjump_abi::elf`, kernel
 //! A on kernel B's image), the VMM's checks before a kernel is loaded
 //! (`boot::inspect_kernel`, `check_kernel_fits`, `plan`; linux-loader's own
 //! parsing is not ours) and the symbol table reports use (`Symbols`).
@@ -16,8 +16,8 @@
 use kjump::boot::{self, KernelInfo};
 use kjump::symbols::Symbols;
 use kjump_fuzz::within;
-use kjump_guest::elf::{Elf, PT_LOAD};
-use kjump_guest::layout;
+use kjump_abi::elf::{Elf, PT_LOAD};
+use kjump_abi::layout;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -18,7 +18,7 @@
 
 use kjump::harness::{Harness, HarnessError, HarnessEvent, MAX_LOG_MESSAGES};
 use kjump_fuzz::{RAM, Ram};
-use kjump_guest::abi::{ExceptionArgs, HarnessMsg, MAX_TEXT, MSG_MAGIC, MsgKind, Role};
+use kjump_abi::abi::{ExceptionArgs, HarnessMsg, MAX_TEXT, MSG_MAGIC, MsgKind, Role};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -2,10 +2,10 @@
 //! initramfs: the kernel image kernel A will kexec (`kjump/kernel-b`) and the
 //! scenario's settings (`kjump/config`).
 //!
-//! The archive is read back in the guest by [`kjump_guest::cpio`], and the
+//! The archive is read back in the guest by [`kjump_abi::cpio`], and the
 //! tests here round-trip every archive through that very reader.
 
-use kjump_guest::cpio::{self, HEADER_LEN, MODE_DIR, MODE_REG, TRAILER};
+use kjump_abi::cpio::{self, HEADER_LEN, MODE_DIR, MODE_REG, TRAILER};
 
 /// Where the kernel that A loads and jumps to is stored.
 pub const KERNEL_B_PATH: &str = "kjump/kernel-b";
@@ -98,7 +98,7 @@ pub fn scenario_initramfs(kernel_b: &[u8], config: &str) -> Result<Vec<u8>, Arch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kjump_guest::cpio::Reader;
+    use kjump_abi::cpio::Reader;
 
     #[test]
     fn scenario_archive_round_trips_through_the_guest_reader() {

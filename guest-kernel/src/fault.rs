@@ -1,309 +1,69 @@
-//! The guest-side fault catalog: the deliberately buggy kernels kjump must
-//! catch. One table for both sides: the guest parses its command line with
-//! it (`kjump.fault=KIND`, `kjump.fault_cycle=N`; for B, A's
-//! `kjump.b.fault=` and `kjump.b.fault_cycle=`), and the VMM validates
-//! `--inject` and prints `--inject list` from it.
+//! The stop faults of the catalog (`kjump_abi::fault`): `kjump.fault=NAME`
+//! makes the kernel fail right after boot (or, with `kjump.fault_cycle=`,
+//! when the ping-pong scenario reaches that cycle), so that tests can show
+//! the VMM catches and reports each kind of guest failure. The jump faults
+//! are the scenario's (kexec.rs).
 
-use crate::control::{self, Slot};
+use core::arch::asm;
 
-/// Command-line key of a kernel's own fault.
-pub const KEY: &str = "kjump.fault";
-/// Command-line key of the cycle the fault is armed in.
-pub const CYCLE_KEY: &str = "kjump.fault_cycle";
-/// On A's command line: the fault A passes on to B as its `kjump.fault`.
-pub const B_KEY: &str = "kjump.b.fault";
-/// On A's command line: B's `kjump.fault_cycle`.
-pub const B_CYCLE_KEY: &str = "kjump.b.fault_cycle";
+use kjump_abi::fault::{self, Fault, StopFault};
 
-/// Faults that stop a kernel outright. Without a cycle they fire at boot;
-/// with `kjump.fault_cycle=N`, when the kernel arrives in cycle N (A once
-/// it is back from B in cycle N, B when it is booted in cycle 1 or
-/// resumed in cycle N).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopFault {
-    /// Execute `ud2`: #UD, reported by the IDT handler.
-    Ud2,
-    /// `panic!`: reported by the panic handler.
-    Panic,
-    /// Spin forever with interrupts off and no `hlt`: the VMM's watchdog.
-    Hang,
-    /// Load a zero-limit IDT and fault: a triple fault.
-    Triple,
-    /// A harness message whose text pointer is far outside RAM.
-    WildPointer,
-    /// Read above the identity map: #PF with CR2 = that address.
-    PageFault,
-    /// Overflow onto an unmapped stack: #DF on the IST stack.
-    DoubleFault,
-}
+use crate::bootinfo::BootInfo;
+use crate::{cpu, harness, idt, paging};
 
-/// Bugs of the jump itself. Without a cycle they are armed for every jump;
-/// with `kjump.fault_cycle=N`, for the kernel's jump in cycle N only (the
-/// re-entry bugs show when it comes back from that jump).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JumpFault {
-    /// The re-entry path does not restore this saved-context slot (a GPR
-    /// but rax and rdi; rflags, cr0, cr3, cr4, efer): `forget-REG`.
-    Forget(u64),
-    /// The re-entry path does not reload the GDT (`no-gdt-restore`) or the
-    /// IDT (`no-idt-restore`): the slot of the table's base.
-    NoTableRestore(u64),
-    /// The re-entry path skips `fxrstor`: `no-fpu-restore`.
-    NoFpuRestore,
-    /// The re-entry path does not reprogram the UART: `no-uart-restore`.
-    NoUartRestore,
-    /// The relocation code does not swap the first page back:
-    /// `skip-swap-back` (A: only A's list has pages).
-    SkipSwapBack,
-    /// The relocation code takes the peer's re-entry point from the wrong
-    /// stack slot: `wrong-reentry-slot`.
-    WrongReentrySlot,
-    /// The relocation code records the peer's boot entry instead of its
-    /// re-entry point, so the next jump boots the peer again:
-    /// `lose-preserve` (A: B cannot boot A).
-    LosePreserve,
-    /// The kernel writes one word just past the end of the RAM it was
-    /// given, before it jumps: `write-outside` (B: A has all the RAM).
-    WriteOutside,
-}
-
-/// A guest-side fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    Stop(StopFault),
-    Jump(JumpFault),
-}
-
-/// Which kernel a fault can be given to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Who {
-    Both,
-    AOnly,
-    BOnly,
-}
-
-/// One catalog entry: the name (`REG` stands for a register name), which
-/// kernel can have it, and what it does.
-#[derive(Clone, Copy, Debug)]
-pub struct Entry {
-    pub name: &'static str,
-    pub who: Who,
-    pub what: &'static str,
-}
-
-/// The catalog, in the order `--inject list` prints it.
-pub const CATALOG: &[Entry] = &[
-    Entry {
-        name: "forget-REG",
-        who: Who::Both,
-        what: "the re-entry path does not restore REG (a GPR but rax, rdi; rflags, cr0, cr3, cr4, efer)",
-    },
-    Entry {
-        name: "no-gdt-restore",
-        who: Who::Both,
-        what: "the re-entry path keeps the relocation code's GDT (and the TR in it)",
-    },
-    Entry {
-        name: "no-idt-restore",
-        who: Who::Both,
-        what: "the re-entry path keeps the relocation code's IDT",
-    },
-    Entry {
-        name: "no-fpu-restore",
-        who: Who::Both,
-        what: "the re-entry path skips fxrstor",
-    },
-    Entry {
-        name: "no-uart-restore",
-        who: Who::Both,
-        what: "the re-entry path does not reprogram the UART",
-    },
-    Entry {
-        name: "wrong-reentry-slot",
-        who: Who::Both,
-        what: "the relocation code reads the peer's re-entry point one stack slot too high",
-    },
-    Entry {
-        name: "lose-preserve",
-        who: Who::AOnly,
-        what: "the relocation code records the peer's boot entry, not its re-entry point: the next jump reboots it",
-    },
-    Entry {
-        name: "skip-swap-back",
-        who: Who::AOnly,
-        what: "the relocation code leaves the first page of the list unswapped on the way back",
-    },
-    Entry {
-        name: "write-outside",
-        who: Who::BOnly,
-        what: "kernel b writes one word past the RAM it was given",
-    },
-    Entry {
-        name: "hang",
-        who: Who::Both,
-        what: "the kernel spins with interrupts off: the watchdog stops it",
-    },
-    Entry {
-        name: "triple",
-        who: Who::Both,
-        what: "the kernel triple-faults: KVM_EXIT_SHUTDOWN",
-    },
-    Entry {
-        name: "ud2",
-        who: Who::Both,
-        what: "the kernel executes ud2: a #UD reported with its rip",
-    },
-    Entry {
-        name: "pf",
-        who: Who::Both,
-        what: "the kernel reads unmapped memory: a #PF reported with cr2",
-    },
-    Entry {
-        name: "df",
-        who: Who::Both,
-        what: "the kernel overflows its stack: a #DF on the IST stack",
-    },
-    Entry {
-        name: "panic",
-        who: Who::Both,
-        what: "the kernel panics: its message and location",
-    },
-    Entry {
-        name: "wild-pointer",
-        who: Who::Both,
-        what: "the kernel hands the harness a pointer outside RAM",
-    },
-];
-
-impl Fault {
-    /// Parses a fault name (`forget-rbx`, `no-gdt-restore`, `hang`, ...).
-    pub fn parse(name: &str) -> Option<Self> {
-        use JumpFault as J;
-        use StopFault as S;
-        Some(match name {
-            "ud2" => Self::Stop(S::Ud2),
-            "panic" => Self::Stop(S::Panic),
-            "hang" => Self::Stop(S::Hang),
-            "triple" => Self::Stop(S::Triple),
-            "wild-pointer" => Self::Stop(S::WildPointer),
-            "pf" => Self::Stop(S::PageFault),
-            "df" => Self::Stop(S::DoubleFault),
-            "no-gdt-restore" => Self::Jump(J::NoTableRestore(Slot::GdtrBase as u64)),
-            "no-idt-restore" => Self::Jump(J::NoTableRestore(Slot::IdtrBase as u64)),
-            "no-fpu-restore" => Self::Jump(J::NoFpuRestore),
-            "no-uart-restore" => Self::Jump(J::NoUartRestore),
-            "skip-swap-back" => Self::Jump(J::SkipSwapBack),
-            "wrong-reentry-slot" => Self::Jump(J::WrongReentrySlot),
-            "lose-preserve" => Self::Jump(J::LosePreserve),
-            "write-outside" => Self::Jump(J::WriteOutside),
-            _ => {
-                let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
-                // rdi carries the control page into the re-entry path and
-                // equals its saved value, and the checkpoint's `in eax, dx`
-                // overwrites rax with the VMM's answer: neither can be
-                // forgotten. Past EFER, the slots are restored by other
-                // means (tables, selectors, MSRs) or by `no-*-restore`.
-                if slot == Slot::Rdi as u64 || slot == Slot::Rax as u64 || slot > Slot::Efer as u64
-                {
-                    return None;
-                }
-                Self::Jump(J::Forget(slot))
-            }
-        })
-    }
-
-    /// The catalog entry of this fault.
-    pub fn entry(self) -> &'static Entry {
-        use JumpFault as J;
-        use StopFault as S;
-        let name = match self {
-            Self::Stop(S::Ud2) => "ud2",
-            Self::Stop(S::Panic) => "panic",
-            Self::Stop(S::Hang) => "hang",
-            Self::Stop(S::Triple) => "triple",
-            Self::Stop(S::WildPointer) => "wild-pointer",
-            Self::Stop(S::PageFault) => "pf",
-            Self::Stop(S::DoubleFault) => "df",
-            Self::Jump(J::Forget(_)) => "forget-REG",
-            Self::Jump(J::NoTableRestore(s)) if s == Slot::GdtrBase as u64 => "no-gdt-restore",
-            Self::Jump(J::NoTableRestore(_)) => "no-idt-restore",
-            Self::Jump(J::NoFpuRestore) => "no-fpu-restore",
-            Self::Jump(J::NoUartRestore) => "no-uart-restore",
-            Self::Jump(J::SkipSwapBack) => "skip-swap-back",
-            Self::Jump(J::WrongReentrySlot) => "wrong-reentry-slot",
-            Self::Jump(J::LosePreserve) => "lose-preserve",
-            Self::Jump(J::WriteOutside) => "write-outside",
-        };
-        CATALOG
-            .iter()
-            .find(|e| e.name == name)
-            .expect("every fault has a catalog entry")
+/// Fires the stop fault named by `kjump.fault=` at boot, unless it is
+/// meant for a later cycle (`kjump.fault_cycle=`, see kexec.rs). Only
+/// returns when there is none.
+pub fn inject(boot: &BootInfo) {
+    let Some(name) = boot.fault() else { return };
+    match Fault::parse(name) {
+        Some(Fault::Stop(f)) if boot.arg(fault::CYCLE_KEY).is_none() => fire(f),
+        Some(_) => log::info!("kjump.fault={name} is left to the scenario"),
+        None => log::warn!("kjump.fault={name}: no such fault"),
     }
 }
 
-impl JumpFault {
-    /// The bits of [`control::DATA_FAULT`] that arm this fault in the
-    /// relocation and re-entry code (none for `write-outside`, which the
-    /// kernel itself does).
-    pub fn mask(self) -> u64 {
-        match self {
-            Self::Forget(slot) | Self::NoTableRestore(slot) => 1 << slot,
-            Self::NoFpuRestore => 1 << control::FAULT_NO_FPU_RESTORE,
-            Self::NoUartRestore => 1 << control::FAULT_NO_UART_RESTORE,
-            Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
-            Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
-            Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
-            Self::WriteOutside => 0,
+/// Makes the kernel fail in the way `fault` names; never returns.
+pub fn fire(fault: StopFault) -> ! {
+    log::info!("injecting fault {fault:?}");
+    match fault {
+        StopFault::Ud2 => {
+            // SAFETY: ud2 raises #UD, which the IDT handler reports; it never
+            // returns here.
+            unsafe { asm!("ud2", options(nomem, nostack, noreturn)) }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_catalog_entry_parses_back_to_itself() {
-        for e in CATALOG {
-            let name = e.name.replace("REG", "rbx");
-            let f = Fault::parse(&name).unwrap_or_else(|| panic!("{name}"));
-            assert_eq!(f.entry().name, e.name);
+        StopFault::Panic => panic!("injected panic"),
+        StopFault::Hang => cpu::spin_forever(),
+        StopFault::Triple => {
+            idt::load_empty();
+            // SAFETY: with no IDT, #UD escalates to a triple fault; the CPU
+            // shuts down and never comes back here.
+            unsafe { asm!("ud2", options(nomem, nostack, noreturn)) }
         }
-    }
-
-    #[test]
-    fn forget_takes_the_restorable_registers_only() {
-        for ok in ["rbx", "r15", "rsp", "rflags", "cr0", "cr3", "cr4", "efer"] {
-            let f = Fault::parse(&format!("forget-{ok}"));
-            let slot = control::slot_by_name(ok).unwrap();
-            assert_eq!(f, Some(Fault::Jump(JumpFault::Forget(slot))), "{ok}");
+        StopFault::WildPointer => {
+            harness::wild_pointer();
+            // The VMM must end the run on the bad message; if it does not,
+            // stop without a verdict.
+            cpu::halt_forever()
         }
-        for bad in ["rax", "rdi", "gdtr.base", "tr", "cs", "uart", "xmm0", ""] {
-            assert_eq!(Fault::parse(&format!("forget-{bad}")), None, "{bad}");
+        StopFault::PageFault => {
+            let addr = paging::mapped_top();
+            let _value: u64;
+            // SAFETY: `addr` is the first address the kernel's identity map
+            // leaves unmapped: the read raises #PF, which the IDT handler
+            // reports; it never completes.
+            unsafe {
+                asm!("mov {}, [{}]", out(reg) _value, in(reg) addr, options(nostack, readonly))
+            };
+            unreachable!("the read at {addr:#x} above the identity map did not fault");
         }
-        assert_eq!(Fault::parse("forget"), None);
-        assert_eq!(Fault::parse("hang2"), None);
-    }
-
-    #[test]
-    fn masks_are_distinct_single_bits() {
-        let faults: [JumpFault; 8] = [
-            JumpFault::Forget(Slot::Rbx as u64),
-            JumpFault::NoTableRestore(Slot::GdtrBase as u64),
-            JumpFault::NoTableRestore(Slot::IdtrBase as u64),
-            JumpFault::NoFpuRestore,
-            JumpFault::NoUartRestore,
-            JumpFault::SkipSwapBack,
-            JumpFault::WrongReentrySlot,
-            JumpFault::LosePreserve,
-        ];
-        let mut all = 0u64;
-        for f in faults {
-            let m = f.mask();
-            assert_eq!(m.count_ones(), 1, "{f:?}");
-            assert_eq!(all & m, 0, "{f:?} overlaps");
-            all |= m;
+        StopFault::DoubleFault => {
+            // A push stores below RSP: keep the whole slot above the map.
+            let top = paging::mapped_top() + 0x1000;
+            // SAFETY: the push to an unmapped stack faults, and so does the
+            // delivery of that #PF: the CPU raises #DF, which the IDT sends
+            // to its IST stack; the handler reports it and never returns.
+            unsafe { asm!("mov rsp, {}", "push 0", in(reg) top, options(noreturn)) }
         }
-        assert_eq!(JumpFault::WriteOutside.mask(), 0);
     }
 }

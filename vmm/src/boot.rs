@@ -9,7 +9,7 @@
 
 use std::io::Cursor;
 
-use kjump_guest::bootparams::{E820_RAM, E820_RESERVED, E820Entry};
+use kjump_abi::bootparams::{E820_RAM, E820_RESERVED, E820Entry};
 use kvm_bindings::kvm_segment;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -597,7 +597,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::tiny_elf;
     use super::*;
-    use kjump_guest::bootparams::ZeroPage;
+    use kjump_abi::bootparams::ZeroPage;
     use vm_memory::GuestMemoryBackend;
 
     fn mem(ram: u64) -> GuestMem {
@@ -834,7 +834,7 @@ mod tests {
         assert_eq!(v.cmd_line_ptr(), layout::CMDLINE);
         assert_eq!(v.cmdline_size(), 16);
         assert_eq!(v.e820().collect::<Vec<_>>(), e820_map(ram));
-        assert_eq!(zp[kjump_guest::bootparams::TYPE_OF_LOADER], 0xff);
+        assert_eq!(zp[kjump_abi::bootparams::TYPE_OF_LOADER], 0xff);
         assert_eq!(&zp[0x202..0x206], b"HdrS");
         assert_eq!(&zp[0x1fe..0x200], &[0x55, 0xaa]);
 

@@ -8,7 +8,7 @@
 //! A.suspend, B.suspend (end of B's first boot), A.resume, then per cycle
 //! A.suspend, B.resume, B.suspend, A.resume.
 
-use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, Role};
+use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, Role};
 use serde::{Deserialize, Serialize};
 
 /// Which way a kernel passes its checkpoint.

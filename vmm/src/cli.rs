@@ -285,7 +285,7 @@ impl FromStr for Inject {
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, cycle) = match s.split_once('@') {
             Some((k, c)) => {
-                let c = kjump_guest::cmdline::parse_u64(c)
+                let c = kjump_abi::cmdline::parse_u64(c)
                     .ok_or_else(|| format!("{c:?} is not a cycle number"))?;
                 (k, Some(c))
             }
@@ -311,7 +311,7 @@ impl FromStr for Inject {
 
 /// Parses `--mem`-style sizes (`512M`, `2G`, `0x1000`, `1048576`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    kjump_guest::cmdline::parse_size(s)
+    kjump_abi::cmdline::parse_size(s)
         .ok_or_else(|| format!("{s:?} is not a size (use bytes, or a K/M/G suffix: 512M, 2G)"))
 }
 

@@ -2746,7 +2746,7 @@ mod tests {
 
     #[test]
     fn a_suspend_and_its_resume_expect_the_answer_and_the_tsc() {
-        use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP};
+        use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP};
         let dir = scratch("diff-pair");
         let s = sample_state();
         let mut r = s.clone();

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use kjump_guest::abi::{
+use kjump_abi::abi::{
     ExceptionArgs, HARNESS_PORT, HarnessMsg, MAX_TEXT, MSG_MAGIC, MsgKind, Role, vector_name,
 };
 use vm_memory::{Bytes, GuestAddress};
@@ -40,7 +40,7 @@ pub enum HarnessEvent {
         rsp: u64,
         cr2: u64,
     },
-    /// The kimage the guest is about to jump with (see [`kjump_guest::abi::KimageArgs`]).
+    /// The kimage the guest is about to jump with (see [`kjump_abi::abi::KimageArgs`]).
     Kimage { args: [u64; 8] },
 }
 
@@ -202,7 +202,7 @@ fn read_text(mem: &GuestMem, addr: u64, msg: &HarnessMsg) -> Result<String, Harn
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kjump_guest::layout;
+    use kjump_abi::layout;
 
     const RAM: u64 = 32 << 20;
     const MSG: u64 = 0x10_0000;

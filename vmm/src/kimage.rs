@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use kjump_guest::abi::{KimageArgs, Role};
-use kjump_guest::control::{self, MODE_BACKUP, MODE_SWAP};
-use kjump_guest::kimage::{self, Pair, WalkError};
-use kjump_guest::layout::PAGE_SIZE;
+use kjump_abi::abi::{KimageArgs, Role};
+use kjump_abi::control::{self, MODE_BACKUP, MODE_SWAP};
+use kjump_abi::kimage::{self, Pair, WalkError};
+use kjump_abi::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMem;
@@ -215,7 +215,7 @@ impl Kimage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kjump_guest::kimage::{Builder, ListMemory};
+    use kjump_abi::kimage::{Builder, ListMemory};
     use vm_memory::GuestAddress;
 
     struct M<'a>(&'a GuestMem, u64);

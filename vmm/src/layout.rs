@@ -1,10 +1,10 @@
 //! Guest-physical layout of a kjump VM.
 //!
-//! The contract with the guest kernel lives in [`kjump_guest::layout`] (both
+//! The contract with the guest kernel lives in [`kjump_abi::layout`] (both
 //! sides compile it) and is re-exported here; what follows it are the
 //! placement rules only the VMM needs.
 
-pub use kjump_guest::layout::*;
+pub use kjump_abi::layout::*;
 
 /// The initramfs ends at or below this address: the top of the RAM below the
 /// 32-bit hole, as Linux boot loaders place it (`initrd_addr_max`).

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
-use kjump_guest::abi::ANSWER_JUMP;
+use kjump_abi::abi::ANSWER_JUMP;
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
@@ -177,15 +177,15 @@ pub fn check_answer(state: &VcpuState, answer: u32, at: &str) -> Option<Register
 }
 
 /// The note for a register found holding the relocation code's handover
-/// poison ([`kjump_guest::control::HANDOVER_POISON`] + slot): which register's it is.
+/// poison ([`kjump_abi::control::HANDOVER_POISON`] + slot): which register's it is.
 pub fn poison_of(v: u64) -> Option<String> {
     // The GPRs are slots 0..16.
     let slot = v
-        .checked_sub(kjump_guest::control::HANDOVER_POISON)
+        .checked_sub(kjump_abi::control::HANDOVER_POISON)
         .filter(|&s| s < 16)?;
     Some(format!(
         "the relocation code's handover poison for {}: the re-entry path did not restore it",
-        kjump_guest::control::SLOT_NAMES[slot as usize]
+        kjump_abi::control::SLOT_NAMES[slot as usize]
     ))
 }
 
@@ -759,7 +759,7 @@ mod tests {
     use super::*;
     use crate::pages::tests::mem;
     use crate::snapshot::tests::sample_state;
-    use kjump_guest::abi::ANSWER_BACK;
+    use kjump_abi::abi::ANSWER_BACK;
     use vm_memory::{Bytes, GuestAddress};
 
     fn resumed(s: &VcpuState) -> VcpuState {
@@ -925,7 +925,7 @@ mod tests {
     fn symbols() -> Symbols {
         Symbols::from_parts(
             vec![(
-                "_ZN11kjump_guest6kernel7PATTERN17h0123456789abcdefE".into(),
+                "_ZN12kjump_kernel7PATTERN17h0123456789abcdefE".into(),
                 0x20_3000,
                 0x2000,
             )],
@@ -988,13 +988,13 @@ mod tests {
         assert_eq!((m.ranges[0].start, m.ranges[0].end), (0x20_4123, 0x20_4124));
         assert_eq!(
             m.symbol.as_deref(),
-            Some("kjump_guest::kernel::PATTERN+0x1123 (.bss)")
+            Some("kjump_kernel::PATTERN+0x1123 (.bss)")
         );
         assert!(m.hexdump.contains("0x0000204120 - "), "{}", m.hexdump);
         assert!(m.hexdump.contains("             + "), "{}", m.hexdump);
         assert!(
             m.to_string()
-                .contains("[0x204123..0x204124) kjump_guest::kernel::PATTERN+0x1123"),
+                .contains("[0x204123..0x204124) kjump_kernel::PATTERN+0x1123"),
             "{m}"
         );
         // The caret sits under the flipped byte of the actual (+) line.

@@ -15,10 +15,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use kjump_guest::abi::ANSWER_BACK;
-use kjump_guest::control::{self, slot_by_name};
-use kjump_guest::fault::{self, Fault, JumpFault, Who};
-use kjump_guest::layout::PAGE_SIZE;
+use kjump_abi::abi::ANSWER_BACK;
+use kjump_abi::control::{self, slot_by_name};
+use kjump_abi::fault::{self, Fault, JumpFault, Who};
+use kjump_abi::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 use vm_superio::serial::SerialState;
 

@@ -607,7 +607,7 @@ mod tests {
                 cycle: i / 2,
                 kernel: if i % 2 == 0 { "a" } else { "b" }.into(),
                 direction: "suspend".into(),
-                answer: kjump_guest::abi::ANSWER_JUMP,
+                answer: kjump_abi::abi::ANSWER_JUMP,
                 rip: 0x20_1000,
                 dirty_pages: 10,
                 pages_compared: 2048,
@@ -646,10 +646,10 @@ mod tests {
             ranges: vec![DiffRange {
                 start: 0x20_4123,
                 end: 0x20_4124,
-                symbol: Some("kjump_guest::kernel::PATTERN+0x1123 (.bss)".into()),
+                symbol: Some("kjump_kernel::PATTERN+0x1123 (.bss)".into()),
             }],
             hexdump: "0x0000204120 -  00 ...\n             +  00 ...\n".into(),
-            symbol: Some("kjump_guest::kernel::PATTERN+0x1123 (.bss)".into()),
+            symbol: Some("kjump_kernel::PATTERN+0x1123 (.bss)".into()),
         };
         r.push_mismatches([Mismatch::memory(&at(), &mm)]);
         r.finish(None, 1_500_000);
@@ -722,9 +722,9 @@ mod tests {
             s.contains("checkpoint 7 (cycle 2, kernel a, resume): register rbx: 0x1111 -> 0x2222"),
             "{s}"
         );
-        assert!(s.contains("memory: page of kernel a 0x204000 (looked for at 0x304000) in kjump_guest::kernel::PATTERN+0x1123 (.bss)"), "{s}");
+        assert!(s.contains("memory: page of kernel a 0x204000 (looked for at 0x304000) in kjump_kernel::PATTERN+0x1123 (.bss)"), "{s}");
         assert!(
-            s.contains("    bytes [0x204123..0x204124) kjump_guest::kernel::PATTERN"),
+            s.contains("    bytes [0x204123..0x204124) kjump_kernel::PATTERN"),
             "{s}"
         );
         assert!(s.contains("    0x0000204120 -  00"), "{s}");

@@ -12,7 +12,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kjump_guest::abi::{ANSWER_BACK, vector_name};
+use kjump_abi::abi::{ANSWER_BACK, vector_name};
 
 use crate::cli::{RunArgs, format_size};
 use crate::harness::HarnessEvent;
@@ -317,7 +317,7 @@ pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError
 /// Runs the scenario `args` names, console on stdout, without signal handling.
 /// The initramfs must be a valid newc archive holding kernel B's ELF.
 fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
-    use kjump_guest::cpio::Reader;
+    use kjump_abi::cpio::Reader;
     use kjump_initramfs::KERNEL_B_PATH;
     match Reader::find(bytes, KERNEL_B_PATH) {
         Err(e) => Err(e.to_string()),
@@ -532,8 +532,7 @@ mod tests {
         );
         let c = guest_cmdline(&a);
         assert_eq!(
-            kjump_guest::cmdline::get(&c, "kjump.peer_mem")
-                .and_then(kjump_guest::cmdline::parse_size),
+            kjump_abi::cmdline::get(&c, "kjump.peer_mem").and_then(kjump_abi::cmdline::parse_size),
             Some(8 << 20)
         );
         assert!(config_text(&a).contains("mode=backup\n"));
@@ -600,7 +599,7 @@ mod tests {
         // With the kernel's symbols, the rip is named.
         let k = crate::DEFAULT_KERNEL;
         let sym = crate::symbols::Symbols::from_elf(k).unwrap();
-        let at = sym.address_of_suffix("kernel::fault::fire").unwrap();
+        let at = sym.address_of_suffix("kjump_kernel::fault::fire").unwrap();
         let e = RunError::GuestException {
             guest: "a".into(),
             vector: 6,
@@ -615,7 +614,7 @@ mod tests {
         }
         .symbolize(k);
         let s = e.to_string();
-        assert!(s.contains("kernel::fault::fire+0x4"), "{s}");
+        assert!(s.contains("kjump_kernel::fault::fire+0x4"), "{s}");
     }
 
     #[test]

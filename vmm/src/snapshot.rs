@@ -665,7 +665,7 @@ pub(crate) mod tests {
     /// A plausible 64-bit kernel state for unit tests.
     pub(crate) fn sample_state() -> VcpuState {
         let mut s = VcpuState::default();
-        s.regs.rax = u64::from(kjump_guest::abi::ANSWER_JUMP);
+        s.regs.rax = u64::from(kjump_abi::abi::ANSWER_JUMP);
         s.regs.rbx = 0x1111;
         s.regs.rsp = 0x30_0ff0;
         s.regs.rip = 0x20_1234;
@@ -818,7 +818,7 @@ pub(crate) mod tests {
 #[cfg(test)]
 mod kvm_tests {
     use super::*;
-    use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
+    use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
     use kvm_bindings::kvm_userspace_memory_region;
     use kvm_ioctls::{Kvm, VcpuExit, VmFd};
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};

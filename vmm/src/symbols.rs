@@ -1,5 +1,5 @@
 //! Guest addresses to kernel symbols, from the kernel's ELF, for reports:
-//! `kjump_guest::kernel::gdt::TABLES+0x18 (.bss)`, or `.data+0x40` where no
+//! `kjump_kernel::gdt::TABLES+0x18 (.bss)`, or `.data+0x40` where no
 //! symbol covers the address. kjump guests run identity-mapped, so a
 //! guest-physical address is the virtual address the ELF's symbols use.
 
@@ -50,7 +50,7 @@ pub struct Symbols {
     sections: Vec<Section>,
 }
 
-/// Rust symbol names without the hash: `kjump_guest::kernel::gdt::TABLES`.
+/// Rust symbol names without the hash: `kjump_kernel::gdt::TABLES`.
 fn demangle(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(name))
 }
@@ -235,7 +235,7 @@ mod tests {
         Symbols::from_parts(
             vec![
                 (
-                    "_ZN11kjump_guest6kernel7PATTERN17h0123456789abcdefE".into(),
+                    "_ZN12kjump_kernel7PATTERN17h0123456789abcdefE".into(),
                     0x21_0000,
                     0x1000,
                 ),
@@ -256,15 +256,15 @@ mod tests {
         let t = table();
         assert_eq!(
             t.lookup(0x21_0123).as_deref(),
-            Some("kjump_guest::kernel::PATTERN+0x123 (.bss)")
+            Some("kjump_kernel::PATTERN+0x123 (.bss)")
         );
         assert_eq!(
             t.lookup(0x21_0000).as_deref(),
-            Some("kjump_guest::kernel::PATTERN (.bss)")
+            Some("kjump_kernel::PATTERN (.bss)")
         );
         assert_eq!(
             t.lookup(0x21_0fff).as_deref(),
-            Some("kjump_guest::kernel::PATTERN+0xfff (.bss)")
+            Some("kjump_kernel::PATTERN+0xfff (.bss)")
         );
         assert_eq!(
             t.lookup(0x21_0104).as_deref(),
@@ -272,11 +272,8 @@ mod tests {
             "innermost wins"
         );
         assert_eq!(t.lookup(0x20_0100).as_deref(), Some("marker (.text)"));
-        assert_eq!(
-            t.address_of("kjump_guest::kernel::PATTERN"),
-            Some(0x21_0000)
-        );
-        assert_eq!(t.address_of_suffix("kernel::PATTERN"), Some(0x21_0000));
+        assert_eq!(t.address_of("kjump_kernel::PATTERN"), Some(0x21_0000));
+        assert_eq!(t.address_of_suffix("kjump_kernel::PATTERN"), Some(0x21_0000));
         assert_eq!(t.address_of_suffix("PATTERN"), Some(0x21_0000));
         assert_eq!(
             t.address_of_suffix("ATTERN"),

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use kjump_guest::abi::{CHECKPOINT_PORT, HARNESS_PORT, HARNESS_PORT_END};
+use kjump_abi::abi::{CHECKPOINT_PORT, HARNESS_PORT, HARNESS_PORT_END};
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
 };
@@ -471,7 +471,7 @@ pub fn handle_exit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kjump_guest::abi::ANSWER_BACK;
+    use kjump_abi::abi::ANSWER_BACK;
 
     #[derive(Default)]
     struct Log {

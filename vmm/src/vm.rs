@@ -858,7 +858,7 @@ mod tests {
     use super::*;
     use crate::boot::testing::tiny_elf;
     use crate::harness::HarnessEvent;
-    use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, HarnessMsg, MsgKind};
+    use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, HarnessMsg, MsgKind};
     use std::sync::{Arc, Mutex};
     use vm_memory::Bytes;
 

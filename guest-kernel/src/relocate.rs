@@ -21,9 +21,9 @@
 
 use core::arch::global_asm;
 
-use kjump_guest::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
-use kjump_guest::control::{self, Slot, slot_offset};
-use kjump_guest::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
+use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
+use kjump_abi::control::{self, Slot, slot_offset};
+use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_STAR: u32 = 0xc000_0081;

@@ -3,12 +3,12 @@
 //! out of the zero page at boot, so that later code need not trust or keep
 //! the loader's memory.
 
-use kjump_guest::abi::Role;
-use kjump_guest::bootparams::{E820_MAX, E820_RAM, E820Entry, SIZE as ZERO_PAGE_SIZE, ZeroPage};
-use kjump_guest::cmdline;
-use kjump_guest::layout::CMDLINE_MAX;
+use kjump_abi::abi::Role;
+use kjump_abi::bootparams::{E820_MAX, E820_RAM, E820Entry, SIZE as ZERO_PAGE_SIZE, ZeroPage};
+use kjump_abi::cmdline;
+use kjump_abi::layout::CMDLINE_MAX;
 
-use super::sync::Once;
+use crate::sync::Once;
 
 /// Everything the kernel learned from `boot_params`.
 pub struct BootInfo {

@@ -5,11 +5,11 @@
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use kjump_guest::textbuf::TextBuf;
+use kjump_abi::textbuf::TextBuf;
 
-use super::sync::Exclusive;
-use super::{cpu, harness};
 use crate::println;
+use crate::sync::Exclusive;
+use crate::{cpu, harness};
 
 static PANICKING: AtomicBool = AtomicBool::new(false);
 /// The message text (used once, see `PANICKING`).

@@ -1,4 +1,4 @@
-//! The harness-port client (see `kjump_guest::abi`): every message is an
+//! The harness-port client (see `kjump_abi::abi`): every message is an
 //! `out dx, eax` of its physical address on `HARNESS_PORT`. Messages and
 //! their text live in the kernel's image (statics, stack), which is
 //! identity-mapped below 4 GiB, so a virtual address is the physical one.
@@ -6,13 +6,13 @@
 use core::arch::asm;
 use core::fmt;
 
-use kjump_guest::abi::{HARNESS_PORT, HarnessMsg, MAX_TEXT, MsgKind, Role};
+use kjump_abi::abi::{HARNESS_PORT, HarnessMsg, MAX_TEXT, MsgKind, Role};
 
-use super::sync::Exclusive;
+use crate::sync::Exclusive;
 
 /// A text buffer the size of the harness's formatting buffer, for callers
 /// that build a message's text themselves (`core::fmt::Write`, truncating).
-pub type TextBuf = kjump_guest::textbuf::TextBuf<1024>;
+pub type TextBuf = kjump_abi::textbuf::TextBuf<1024>;
 
 /// Formatting buffer for messages with formatted text.
 static TEXT: Exclusive<TextBuf> = Exclusive::new(TextBuf::new());

@@ -4,14 +4,14 @@
 
 use core::fmt;
 
-use kjump_guest::abi::Role;
-use kjump_guest::bootparams::{E820_RAM, E820_RESERVED};
-use kjump_guest::cpio::{CpioError, Reader};
-use kjump_guest::layout::{CONFIG_PATH, KERNEL_B_PATH};
+use kjump_abi::abi::Role;
+use kjump_abi::bootparams::{E820_RAM, E820_RESERVED};
+use kjump_abi::cpio::{CpioError, Reader};
+use kjump_abi::layout::{CONFIG_PATH, KERNEL_B_PATH};
 
-use super::bootinfo::BootInfo;
-use super::{cpu, gdt, harness, kexec, mem, paging, serial};
+use crate::bootinfo::BootInfo;
 use crate::println;
+use crate::{cpu, gdt, harness, kexec, mem, paging, serial};
 
 /// Runs the scenario the command line names, then halts.
 pub fn run(boot: &'static BootInfo) -> ! {

@@ -6,7 +6,7 @@
 use core::arch::asm;
 use core::mem::size_of;
 
-use super::sync::Exclusive;
+use crate::sync::Exclusive;
 
 /// Selector of the 64-bit kernel code segment.
 pub const KERNEL_CS: u16 = 0x08;

@@ -14,21 +14,21 @@
 
 use core::fmt::Write;
 
-use kjump_guest::abi::{KimageArgs, Role};
-use kjump_guest::bootparams::{self, E820_RAM, E820Entry};
-use kjump_guest::cmdline;
-use kjump_guest::control::{self, Slot, slot_offset};
-use kjump_guest::elf::Elf;
-use kjump_guest::fault::{self, Fault, JumpFault};
-use kjump_guest::kimage::{Builder, ListMemory};
-use kjump_guest::layout::{HIGH_RAM_START, PAGE_SIZE};
+use kjump_abi::abi::{KimageArgs, Role};
+use kjump_abi::bootparams::{self, E820_RAM, E820Entry};
+use kjump_abi::cmdline;
+use kjump_abi::control::{self, Slot, slot_offset};
+use kjump_abi::elf::Elf;
+use kjump_abi::fault::{self, Fault, JumpFault};
+use kjump_abi::kimage::{Builder, ListMemory};
+use kjump_abi::layout::{HIGH_RAM_START, PAGE_SIZE};
 
-use super::bootinfo::BootInfo;
-use super::relocate::{
+use crate::bootinfo::BootInfo;
+use crate::relocate::{
     kjump_jump, kjump_reentry, kjump_ring3_call, relocate_end, relocate_peer_returned,
     relocate_ring0_return, relocate_start,
 };
-use super::{harness, mem, paging, serial};
+use crate::{harness, mem, paging, serial};
 
 /// Path of the kernel A jumps to, in the initramfs.
 pub const KERNEL_B_PATH: &str = "kjump/kernel-b";
@@ -51,7 +51,7 @@ impl Config {
         let num = |k, d| cmdline::get(cmd, k).map_or(Some(d), cmdline::parse_u64);
         let size = |k, d| cmdline::get(cmd, k).map_or(Some(d), cmdline::parse_size);
         let cycles = num("kjump.cycles", 10).ok_or("bad kjump.cycles")?;
-        let peer_mem = size("kjump.peer_mem", kjump_guest::layout::DEFAULT_PEER_MEM)
+        let peer_mem = size("kjump.peer_mem", kjump_abi::layout::DEFAULT_PEER_MEM)
             .ok_or("bad kjump.peer_mem")?;
         let backup = match cmdline::get(cmd, "kjump.mode").unwrap_or("swap") {
             "swap" => false,
@@ -125,7 +125,7 @@ fn fail(args: core::fmt::Arguments<'_>) -> ! {
     let _ = buf.write_fmt(args);
     crate::println!("{}", buf.as_str());
     harness::verdict(false, buf.as_str());
-    super::halt_forever()
+    crate::halt_forever()
 }
 
 // ---------------------------------------------------------------------------
@@ -152,7 +152,7 @@ fn ring0_return_offset() -> u64 {
 /// The fault this kernel was asked to have (`kjump.fault=`, for B
 /// `kjump.b.fault=` on A's) and the cycle it is armed in
 /// (`kjump.fault_cycle=`; every cycle when absent): see
-/// `kjump_guest::fault`. kjump must catch each.
+/// `kjump_abi::fault`. kjump must catch each.
 #[derive(Clone, Copy)]
 struct Injected {
     fault: Option<Fault>,
@@ -201,7 +201,7 @@ impl Injected {
         if let (Some(Fault::Stop(f)), Some(c)) = (self.fault, self.cycle)
             && c == cycle
         {
-            super::fault::fire(f)
+            crate::fault::fire(f)
         }
     }
 }
@@ -313,7 +313,7 @@ fn cpu_view() -> CpuView {
         cr0,
         cr3,
         cr4,
-        efer: super::rdmsr(0xc000_0080),
+        efer: crate::rdmsr(0xc000_0080),
         gdtr: dt(&gdt),
         idtr: dt(&idt),
         tr,
@@ -547,7 +547,7 @@ impl JumpImage {
 pub fn run_a(boot: &BootInfo) -> ! {
     let cfg = Config::parse(boot.cmdline).unwrap_or_else(|e| fail(format_args!("a: {e}")));
     let (peer_start, peer_end) = (cfg.peer_start, cfg.peer_end);
-    let image = match kjump_guest::cpio::Reader::find(boot.initramfs, KERNEL_B_PATH) {
+    let image = match kjump_abi::cpio::Reader::find(boot.initramfs, KERNEL_B_PATH) {
         Ok(Some(e)) => e.data,
         Ok(None) => fail(format_args!("a: no {KERNEL_B_PATH} in the initramfs")),
         Err(e) => fail(format_args!("a: initramfs: {e}")),
@@ -712,7 +712,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         cfg.cycles
     );
     harness::verdict(true, msg.as_str());
-    super::halt_forever()
+    crate::halt_forever()
 }
 
 const MSR_EFER: u32 = 0xc000_0080;
@@ -742,7 +742,7 @@ fn set_b_control_bits() {
     if nx {
         // SAFETY: EFER exists on every x86_64 CPU; NXE is valid when CPUID
         // reports NX, and no page-table entry of ours sets bit 63.
-        unsafe { super::wrmsr(MSR_EFER, super::rdmsr(MSR_EFER) | EFER_NXE) };
+        unsafe { crate::wrmsr(MSR_EFER, crate::rdmsr(MSR_EFER) | EFER_NXE) };
     }
     crate::println!(
         "b: cr0.wp and cr4.pge set{}: my control registers differ from a's",

@@ -12,27 +12,23 @@
 
 use core::arch::global_asm;
 
-mod kernel {
-    pub mod bootinfo;
-    pub mod cpu;
-    pub mod fault;
-    pub mod gdt;
-    pub mod harness;
-    pub mod idt;
-    pub mod kexec;
-    pub mod logger;
-    pub mod mem;
-    pub mod paging;
-    pub mod panic;
-    pub mod relocate;
-    pub mod scenario;
-    pub mod serial;
-    pub mod sync;
+mod bootinfo;
+mod cpu;
+mod fault;
+mod gdt;
+mod harness;
+mod idt;
+mod kexec;
+mod logger;
+mod mem;
+mod paging;
+mod panic;
+mod relocate;
+mod scenario;
+mod serial;
+mod sync;
 
-    pub use cpu::{halt_forever, rdmsr, wrmsr};
-}
-
-use kernel::{bootinfo, fault, gdt, harness, idt, logger, mem, paging, scenario, serial};
+pub use cpu::{halt_forever, rdmsr, wrmsr};
 
 /// Size of the boot stack (in .bss; `_start` zeroes .bss before using it).
 const BOOT_STACK_SIZE: usize = 64 * 1024;

@@ -1,17 +1,17 @@
 //! The physical frame allocator: e820 RAM minus what is in use at boot,
 //! handed out in contiguous, zeroed 4 KiB pages from the top of memory down
 //! (so that low memory, where kernel B's region is by default, stays free
-//! the longest). The range logic is `kjump_guest::frames` (host-tested);
+//! the longest). The range logic is `kjump_abi::frames` (host-tested);
 //! this module owns the one global instance.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kjump_guest::bootparams::E820_RAM;
-use kjump_guest::frames::FrameSet;
-use kjump_guest::layout::{HIGH_RAM_START, PAGE_SIZE};
+use kjump_abi::bootparams::E820_RAM;
+use kjump_abi::frames::FrameSet;
+use kjump_abi::layout::{HIGH_RAM_START, PAGE_SIZE};
 
-use super::bootinfo::BootInfo;
-use super::sync::Exclusive;
+use crate::bootinfo::BootInfo;
+use crate::sync::Exclusive;
 
 /// Room for every e820 entry plus the holes cut at boot and by `reserve`.
 const MAX_RANGES: usize = 256;
@@ -100,7 +100,7 @@ pub fn alloc_pages(count: u64, max_end: u64, avoid: (u64, u64)) -> Option<u64> {
         // contract); interrupts are off for the kernel's whole life;
         // `zero_ring3` writes only the block, which is ours, and reads
         // `block`, alive for the call.
-        unsafe { super::relocate::kjump_ring3_call(cp, zero_ring3, &raw const block as u64) };
+        unsafe { crate::relocate::kjump_ring3_call(cp, zero_ring3, &raw const block as u64) };
     } else {
         // SAFETY: the block was free RAM and is now ours alone; all RAM is
         // identity-mapped (boot map, then the kernel's own map of

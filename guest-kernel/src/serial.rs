@@ -10,9 +10,9 @@
 
 use core::fmt;
 
-use kjump_guest::abi::Role;
+use kjump_abi::abi::Role;
 
-use super::cpu::{inb, outb};
+use crate::cpu::{inb, outb};
 
 /// COM1's I/O base.
 pub const COM1: u16 = 0x3f8;
@@ -133,12 +133,12 @@ pub fn _print(args: fmt::Arguments<'_>) {
 /// Prints onto the UART console.
 #[macro_export]
 macro_rules! print {
-    ($($arg:tt)*) => ($crate::kernel::serial::_print(format_args!($($arg)*)));
+    ($($arg:tt)*) => ($crate::serial::_print(format_args!($($arg)*)));
 }
 
 /// Prints a line onto the UART console.
 #[macro_export]
 macro_rules! println {
     () => ($crate::print!("\n"));
-    ($($arg:tt)*) => ($crate::kernel::serial::_print(format_args!("{}\n", format_args!($($arg)*))));
+    ($($arg:tt)*) => ($crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))));
 }

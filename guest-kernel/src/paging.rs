@@ -8,9 +8,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kjump_guest::layout::PAGE_SIZE;
+use kjump_abi::layout::PAGE_SIZE;
 
-use super::{cpu, mem};
+use crate::{cpu, mem};
 
 /// A 2 MiB page.
 pub const LARGE_PAGE: u64 = 2 << 20;

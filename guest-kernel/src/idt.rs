@@ -12,13 +12,13 @@ use core::arch::{asm, global_asm};
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use kjump_guest::abi::{ExceptionArgs, MsgKind, vector_name};
-use kjump_guest::textbuf::TextBuf;
+use kjump_abi::abi::{ExceptionArgs, MsgKind, vector_name};
+use kjump_abi::textbuf::TextBuf;
 
-use super::gdt::{IST_DOUBLE_FAULT, IST_NMI, KERNEL_CS};
-use super::sync::Exclusive;
-use super::{cpu, harness};
+use crate::gdt::{IST_DOUBLE_FAULT, IST_NMI, KERNEL_CS};
 use crate::println;
+use crate::sync::Exclusive;
+use crate::{cpu, harness};
 
 /// Number of exception vectors.
 pub const EXCEPTIONS: usize = 32;
@@ -179,7 +179,7 @@ unsafe fn lidt(base: u64, limit: u16) {
 }
 
 /// Fills the IDT (exceptions only; #DF and NMI on their IST stacks) and loads it.
-/// Needs the kernel GDT ([`super::gdt::init`]) for its code selector and TSS.
+/// Needs the kernel GDT ([`crate::gdt::init`]) for its code selector and TSS.
 pub fn init() {
     // SAFETY: the table is an immutable array of 32 addresses emitted by the
     // `global_asm!` above.
