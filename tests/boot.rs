@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use kjump::report::{Report, Verdict};
+use kjump_core::report::{Report, Verdict};
 
 #[test]
 fn boot_scenario_passes() {

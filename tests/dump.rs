@@ -12,12 +12,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use kjump::GuestMem;
-use kjump::checkpoint::{CheckpointId, Direction, Kernel};
-use kjump::dump::{DumpInput, cmd_inspect, read_dump, write_dump};
-use kjump::report::{MismatchKind, Report, Verdict};
-use kjump::snapshot::VcpuState;
-use kjump::symbols::Symbols;
+use kjump::commands::inspect as cmd_inspect;
 use kjump_abi::elf::Elf;
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel};
+use kjump_core::dump::{DumpInput, read_dump, write_dump};
+use kjump_core::report::{MismatchKind, Report, Verdict};
+use kjump_core::state::VcpuState;
+use kjump_core::symbols::Symbols;
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress};
 

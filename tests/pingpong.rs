@@ -4,7 +4,7 @@
 
 mod common;
 use common::{assert_exit, assert_only_answer_and_tsc_expected, kjump, kvm_or_skip, scratch};
-use kjump::report::{MismatchKind, Report, Verdict};
+use kjump_core::report::{MismatchKind, Report, Verdict};
 
 /// Runs ping-pong; returns stdout, stderr and the JSON report.
 fn ping_pong(name: &str, extra: &[&str], code: i32) -> (String, String, Report) {
@@ -118,11 +118,11 @@ fn full_compare_cross_checks_the_dirty_log() {
 /// The address the memory faults damage: 0x123 bytes into A's (and B's)
 /// static pattern, whose symbol the report must name.
 fn pattern_target() -> u64 {
-    let s = kjump::symbols::Symbols::from_elf(kjump::DEFAULT_KERNEL).unwrap();
+    let s = kjump_core::symbols::Symbols::from_elf(kjump::DEFAULT_KERNEL).unwrap();
     s.address_of_suffix("kexec::STATIC_PATTERN").unwrap() + 0x123
 }
 
-fn only_mismatch(r: &Report) -> &kjump::report::Mismatch {
+fn only_mismatch(r: &Report) -> &kjump_core::report::Mismatch {
     assert_eq!(r.verdict, Verdict::Fail);
     assert_eq!(r.exit_code, 1);
     assert_eq!(r.mismatches.len(), 1, "{:#?}", r.mismatches);

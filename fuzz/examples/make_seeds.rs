@@ -10,17 +10,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kjump::checkpoint::{CheckpointId, Direction, Kernel};
-use kjump::dump::{
-    DumpError, DumpInput, RamSource, ResumeRecord, SuspendRecord, UartState, write_dump,
-};
-use kjump::snapshot::VcpuState;
-use kjump_fuzz::fix_kjump_checksum;
 use kjump_abi::abi::{HarnessMsg, KimageArgs, MsgKind};
 use kjump_abi::control::{MODE_BACKUP, MODE_SWAP};
 use kjump_abi::cpio::{HEADER_LEN, MODE_DIR, MODE_REG, TRAILER, write_header};
 use kjump_abi::kimage::{Builder, IND_INDIRECTION, ListMemory};
 use kjump_abi::layout::PAGE_SIZE;
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel};
+use kjump_core::dump::{
+    DumpError, DumpInput, RamSource, ResumeRecord, SuspendRecord, UartState, write_dump,
+};
+use kjump_core::state::VcpuState;
+use kjump_fuzz::fix_kjump_checksum;
 
 /// Seeds must stay small: the repository keeps them.
 const MAX_SEED: usize = 64 << 10;

@@ -9,8 +9,8 @@
 //! were written, whatever follows the trailer.
 #![no_main]
 
-use kjump_fuzz::{offset_in, within};
 use kjump_abi::cpio::{CpioError, Entry, HEADER_LEN, Reader, TRAILER, write_header};
+use kjump_fuzz::{offset_in, within};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use kjump::dump::{
+use kjump_core::dump::{
     Dump, DumpInput, diff, inspect, inspect_json, read_dump, read_dump_bytes, write_dump,
 };
 use kjump_fuzz::fix_kjump_checksum;

@@ -13,11 +13,11 @@
 //! and a section lookup a section that holds it.
 #![no_main]
 
-use kjump::boot::{self, KernelInfo};
-use kjump::symbols::Symbols;
-use kjump_fuzz::within;
 use kjump_abi::elf::{Elf, PT_LOAD};
 use kjump_abi::layout;
+use kjump_core::image::{self as boot, KernelInfo};
+use kjump_core::symbols::Symbols;
+use kjump_fuzz::within;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

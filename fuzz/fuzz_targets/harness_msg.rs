@@ -16,9 +16,9 @@
 //! are one line.
 #![no_main]
 
-use kjump::harness::{Harness, HarnessError, HarnessEvent, MAX_LOG_MESSAGES};
-use kjump_fuzz::{RAM, Ram};
 use kjump_abi::abi::{ExceptionArgs, HarnessMsg, MAX_TEXT, MSG_MAGIC, MsgKind, Role};
+use kjump_core::harness::{Harness, HarnessError, HarnessEvent, MAX_LOG_MESSAGES};
+use kjump_fuzz::{RAM, Ram};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -16,14 +16,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kjump::kimage::{Kimage, KimageError};
-use kjump_fuzz::{RAM, Ram};
 use kjump_abi::abi::KimageArgs;
 use kjump_abi::control::{self, MODE_BACKUP, MODE_SWAP};
-use kjump_abi::kimage::{
-    Builder, ENTRIES_PER_PAGE, ListMemory, OutOfPages, Pair, WalkError, walk,
-};
+use kjump_abi::kimage::{Builder, ENTRIES_PER_PAGE, ListMemory, OutOfPages, Pair, WalkError, walk};
 use kjump_abi::layout::PAGE_SIZE;
+use kjump_core::kimage::{Kimage, KimageError};
+use kjump_fuzz::{RAM, Ram};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -4,7 +4,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-pub use kjump::GuestMem;
+pub use kjump_core::GuestMem;
 
 /// Whether `inner` is a sub-slice of `outer` (same allocation, inside it).
 pub fn within(outer: &[u8], inner: &[u8]) -> bool {

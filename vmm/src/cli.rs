@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::scenario::{RunOptions, Scenario};
+use crate::config::{CompareMode, DumpPolicy, JumpMode, ResumeConfig, RunConfig, Scenario};
+use crate::faults::{FaultError, Injection};
+use crate::scenario::RunOptions;
 
 /// A KVM harness that proves kexec jump right.
 #[derive(Debug, Parser)]
@@ -150,13 +152,26 @@ pub struct ResumeArgs {
     pub dump: DumpPolicy,
 
     /// How memory is compared at a resume.
-    #[arg(long, value_enum, default_value_t = CompareMode::Dirty)]
-    pub compare: CompareMode,
+    #[arg(long, value_enum, default_value_t = CompareArg::Dirty)]
+    pub compare: CompareArg,
 }
 
 impl ResumeArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
+    }
+
+    /// The resumed run these options ask for.
+    pub fn into_config(self) -> ResumeConfig {
+        ResumeConfig {
+            file: self.file,
+            report: self.report,
+            timeout: self.timeout,
+            kernel: self.kernel,
+            dump_dir: self.dump_dir,
+            dump: self.dump,
+            compare: self.compare.into(),
+        }
     }
 }
 
@@ -205,8 +220,8 @@ pub struct RunArgs {
     pub dump: DumpPolicy,
 
     /// How memory is compared at a resume.
-    #[arg(long, value_enum, default_value_t = CompareMode::Dirty)]
-    pub compare: CompareMode,
+    #[arg(long, value_enum, default_value_t = CompareArg::Dirty)]
+    pub compare: CompareArg,
 
     /// How kexec keeps the jumping kernel's memory.
     #[arg(long, value_enum, default_value_t = JumpMode::Swap)]
@@ -225,6 +240,31 @@ impl RunArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
     }
+
+    /// The run these options ask for; `--inject` is parsed against the
+    /// fault catalog here, once.
+    pub fn into_config(self) -> Result<RunConfig, FaultError> {
+        let inject = self
+            .inject
+            .map(|i| Injection::parse(&i.kind, i.cycle))
+            .transpose()?;
+        Ok(RunConfig {
+            scenario: self.scenario,
+            cycles: self.cycles,
+            mem: self.mem,
+            kernel: self.kernel,
+            initramfs: self.initramfs,
+            timeout: self.timeout,
+            append: self.append,
+            report: self.report,
+            dump_dir: self.dump_dir,
+            dump: self.dump,
+            compare: self.compare.into(),
+            mode: self.mode,
+            peer_mem: self.peer_mem,
+            inject,
+        })
+    }
 }
 
 impl Default for RunArgs {
@@ -236,41 +276,54 @@ impl Default for RunArgs {
     }
 }
 
-/// `--dump`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DumpPolicy {
-    Never,
-    OnMismatch,
-    EveryJump,
+/// clap's view of the config enums: their names on the command line.
+macro_rules! value_enum {
+    ($t:ty, [$($v:expr => $name:literal $(: $help:literal)?),* $(,)?]) => {
+        impl ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($v),*]
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                match self {
+                    $(x if *x == $v => Some(clap::builder::PossibleValue::new($name)$(.help($help))?),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-/// `--compare`.
+value_enum!(DumpPolicy, [
+    DumpPolicy::Never => "never",
+    DumpPolicy::OnMismatch => "on-mismatch",
+    DumpPolicy::EveryJump => "every-jump",
+]);
+/// `--compare` (the oracle's [`CompareMode`], whose crate knows no clap).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CompareMode {
+pub enum CompareArg {
     /// Only the pages the dirty log reports.
     Dirty,
     /// All of RAM, cross-checking the dirty log.
     Full,
 }
 
-/// `--mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum JumpMode {
-    /// Swap source and destination pages (Linux's `relocate_kernel`).
-    Swap,
-    /// Back up the peer's region instead.
-    Backup,
-}
-
-impl JumpMode {
-    /// As written on the guest command line (`kjump.mode=`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Swap => "swap",
-            Self::Backup => "backup",
+impl From<CompareArg> for CompareMode {
+    fn from(c: CompareArg) -> Self {
+        match c {
+            CompareArg::Dirty => Self::Dirty,
+            CompareArg::Full => Self::Full,
         }
     }
 }
+value_enum!(JumpMode, [
+    JumpMode::Swap => "swap": "Swap source and destination pages (Linux's relocate_kernel)",
+    JumpMode::Backup => "backup": "Back up the peer's region instead",
+]);
+value_enum!(Scenario, [
+    Scenario::Boot => "boot": "Boot kernel A and let it check its boot data",
+    Scenario::PingPong => "ping-pong": "A→B→A→B… for --cycles, checked at every checkpoint",
+    Scenario::Hibernate => "hibernate": "A jumps to B, B saves A's image, a fresh kernel restores A",
+]);
 
 /// `--inject KIND[@CYCLE]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,17 +366,6 @@ impl FromStr for Inject {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     kjump_abi::cmdline::parse_size(s)
         .ok_or_else(|| format!("{s:?} is not a size (use bytes, or a K/M/G suffix: 512M, 2G)"))
-}
-
-/// Formats a size the way [`parse_size`] reads it back, as short as exact.
-pub fn format_size(n: u64) -> String {
-    match n {
-        0 => "0".into(),
-        n if n % (1 << 30) == 0 => format!("{}G", n >> 30),
-        n if n % (1 << 20) == 0 => format!("{}M", n >> 20),
-        n if n % (1 << 10) == 0 => format!("{}K", n >> 10),
-        n => n.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -397,7 +439,7 @@ mod tests {
                         DumpPolicy::EveryJump
                     )
                 );
-                assert_eq!((r.compare, r.kernel), (CompareMode::Dirty, None));
+                assert_eq!((r.compare, r.kernel), (CompareArg::Dirty, None));
             }
             other => panic!("{other:?}"),
         }
@@ -425,7 +467,7 @@ mod tests {
         );
         assert_eq!(
             (r.dump, r.compare, r.mode),
-            (DumpPolicy::OnMismatch, CompareMode::Dirty, JumpMode::Swap)
+            (DumpPolicy::OnMismatch, CompareArg::Dirty, JumpMode::Swap)
         );
         assert!(r.kernel.is_none() && r.initramfs.is_none() && r.inject.is_none());
         assert!(r.append.is_empty());
@@ -476,7 +518,7 @@ mod tests {
         assert_eq!(r.append, ["kjump.fault=ud2", "-x"]);
         assert_eq!(
             (r.dump, r.compare, r.mode),
-            (DumpPolicy::EveryJump, CompareMode::Full, JumpMode::Backup)
+            (DumpPolicy::EveryJump, CompareArg::Full, JumpMode::Backup)
         );
         assert_eq!(
             r.inject,
@@ -572,8 +614,8 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("1.5G").is_err());
         for n in [0, 1, 4096, 8 << 20, 3 << 30, (1 << 20) + 1024, 12345] {
-            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
+            assert_eq!(parse_size(&crate::config::format_size(n)), Ok(n), "{n}");
         }
-        assert_eq!(format_size(8 << 20), "8M");
+        assert_eq!(crate::config::format_size(8 << 20), "8M");
     }
 }

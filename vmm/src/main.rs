@@ -6,8 +6,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use kjump::cli::{Cli, Command};
-use kjump::report::Report;
 use kjump::scenario::{self, RunOptions};
+use kjump_core::report::Report;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args(std::env::args_os()) {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         ..cli.run_options()
     };
     match cli.into_command() {
-        Command::Inspect { file, json } => match kjump::dump::cmd_inspect(&file, json) {
+        Command::Inspect { file, json } => match kjump::commands::inspect(&file, json) {
             Ok(text) => {
                 out(&text);
                 ExitCode::SUCCESS
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Kernel { output } => {
-            match kjump::report::write_atomic(&output, kjump::DEFAULT_KERNEL) {
+            match kjump_core::files::write_atomic(&output, kjump::DEFAULT_KERNEL) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kjump: error: cannot write {}: {e}", output.display());
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match kjump::dump::cmd_diff(&a, &b, &elf) {
+            match kjump::commands::diff(&a, &b, &elf) {
                 Ok((text, differs)) => {
                     out(&text);
                     ExitCode::from(u8::from(differs))
@@ -60,22 +60,27 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) if args.inject.as_ref().is_some_and(|i| i.kind == "list") => {
-            out(&kjump::pingpong::catalog());
+            out(&kjump::faults::catalog());
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            let result = scenario::run_scenario_with(&args, &opts);
+            let (report, what) = (args.report.clone(), (args.scenario.name(), args.cycles));
+            let result = args
+                .into_config()
+                .map_err(scenario::RunError::from)
+                .and_then(|cfg| scenario::run_scenario_with(&cfg, &opts));
             finish(
                 result.map_err(|e| {
                     let regs = e.regs().map(ToString::to_string);
                     (Box::new(e) as Box<dyn Error>, regs)
                 }),
-                args.report.as_deref(),
-                (args.scenario.name(), args.cycles),
+                report.as_deref(),
+                what,
             )
         }
         Command::Resume(args) => {
-            let result = kjump::resume::resume(&args, &opts);
+            let args = args.into_config();
+            let result = kjump::scenario::resume::resume(&args, &opts);
             finish(
                 result.map_err(|e| {
                     let regs = e.regs().map(ToString::to_string);

@@ -77,7 +77,8 @@ impl Kernel {
             Self::B => Self::A,
         }
     }
-    fn idx(self) -> usize {
+    /// Index of the kernel in per-kernel arrays: A 0, B 1.
+    pub fn idx(self) -> usize {
         self as usize
     }
 }

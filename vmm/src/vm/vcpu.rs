@@ -14,10 +14,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
-use crate::boot::{BOOT_CS, BOOT_DS, BOOT_GDT_ENTRIES, segment_from_gdt};
-use crate::harness::HarnessError;
-use crate::layout;
-use crate::serial::{SERIAL_PORT, SERIAL_PORT_END};
+use crate::vm::boot::{BOOT_CS, BOOT_DS, BOOT_GDT_ENTRIES, segment_from_gdt};
+use crate::vm::serial::{SERIAL_PORT, SERIAL_PORT_END};
+use kjump_core::harness::HarnessError;
+use kjump_core::layout;
 
 /// Architectural MSRs set at boot (SDM vol. 4, table 2-2).
 pub mod msr {
@@ -349,7 +349,7 @@ pub enum GuestFault {
     #[error(
         "the checkpoint instruction read port {port:#x}, not the checkpoint port {:#x}: rdx = {rdx:#x}{}",
         CHECKPOINT_PORT,
-        crate::vcpu::in_parens(crate::oracle::poison_of(*.rdx).as_deref())
+        crate::vm::vcpu::in_parens(kjump_core::oracle::poison_of(*.rdx).as_deref())
     )]
     CheckpointPort { port: u16, rdx: u64 },
     /// The watchdog fired.
@@ -406,7 +406,7 @@ fn ignored_port(port: u16) -> bool {
 ///
 /// The `data` of an I/O exit is `count * size` bytes; a string I/O (`rep
 /// outsb`) to the UART sends each byte to the same register, which is what
-/// [`crate::serial::Console`] does with several bytes.
+/// [`crate::vm::serial::Console`] does with several bytes.
 pub fn handle_exit(
     exit: VcpuExit<'_>,
     io: &mut dyn PortIo,

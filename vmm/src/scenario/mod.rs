@@ -2,58 +2,28 @@
 //!
 //! [`run_scenario`] turns the command line into a [`VmConfig`] (kernel,
 //! initramfs, guest command line), runs the scenario on the vCPU thread
-//! under the [`crate::watchdog`], and returns its [`Outcome`]. Each scenario
+//! under the [`crate::vm::watchdog`], and returns its [`Outcome`]. Each scenario
 //! is a loop over [`Vm::run_until_event`]; the messages every scenario
 //! treats alike (hello, log, panic, exception, verdict) go through
 //! [`handle_message`].
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kjump_abi::abi::{ANSWER_BACK, vector_name};
+use kjump_abi::abi::vector_name;
 
-use crate::cli::{RunArgs, format_size};
-use crate::harness::HarnessEvent;
-use crate::serial::ConsoleSink;
-use crate::vcpu::RegDump;
-use crate::vm::{Vm, VmConfig, VmError, VmEvent};
-use crate::watchdog::{self, WatchdogConfig, WatchdogError};
+pub mod boot;
+pub mod pingpong;
+pub mod resume;
 
-/// The scenarios kjump knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// Boot kernel A and let it check its boot data.
-    Boot,
-    /// A→B→A→B… for --cycles, checked at every checkpoint.
-    PingPong,
-    /// A jumps to B, B saves A's image, a fresh kernel restores A.
-    Hibernate,
-}
-
-impl Scenario {
-    /// The name on the command lines (kjump's and the guest's).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Boot => "boot",
-            Self::PingPong => "ping-pong",
-            Self::Hibernate => "hibernate",
-        }
-    }
-
-    /// Whether this build can run it.
-    pub fn is_built(self) -> bool {
-        matches!(self, Self::Boot | Self::PingPong)
-    }
-}
-
-impl fmt::Display for Scenario {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::config::{RunConfig, Scenario, format_size};
+use crate::faults::FaultError;
+use crate::vm::serial::ConsoleSink;
+use crate::vm::vcpu::RegDump;
+use crate::vm::watchdog::{self, WatchdogConfig, WatchdogError};
+use crate::vm::{Vm, VmConfig, VmError};
+use kjump_core::harness::HarnessEvent;
 
 /// The guest's (or the oracle's) judgement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +45,7 @@ pub struct Outcome {
     /// The last cycle count the guest reported.
     pub cycles: u64,
     /// The checkpoint-by-checkpoint report.
-    pub report: crate::report::Report,
+    pub report: kjump_core::report::Report,
 }
 
 impl Outcome {
@@ -146,7 +116,7 @@ pub enum RunError {
     #[error(
         "guest {guest}: exception {} at rip={rip:#x}{} (vector {vector}, error code {error_code:#x}, cr2={cr2:#x}, rsp={rsp:#x}, rflags={rflags:#x}, cs={cs:#x})",
         vector_name(*.vector),
-        crate::vcpu::in_parens(.rip_symbol.as_deref())
+        crate::vm::vcpu::in_parens(.rip_symbol.as_deref())
     )]
     GuestException {
         guest: String,
@@ -170,22 +140,19 @@ pub enum RunError {
     /// A user-supplied initramfs the scenario cannot use.
     #[error("initramfs {}: {why}", .path.display())]
     BadInitramfs { path: PathBuf, why: String },
-    /// `--inject` named no known fault.
-    #[error("unknown fault {0:?} (see --inject list)")]
-    UnknownFault(String),
-    /// `--inject` named a fault for a kernel that cannot have it.
-    #[error("{0} (see --inject list)")]
-    FaultNotFor(String),
+    /// `--inject` named no known fault, or one this run cannot catch.
+    #[error(transparent)]
+    Fault(#[from] FaultError),
     #[error("cannot capture the vCPU state")]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] crate::vm::capture::SnapshotError),
     #[error("cannot read guest memory")]
-    Pages(#[from] crate::pages::PageError),
+    Pages(#[from] kjump_core::pages::PageError),
     #[error(transparent)]
-    Kimage(#[from] crate::kimage::KimageError),
-    #[error("oracle")]
-    Oracle(#[from] crate::oracle::OracleError),
+    Kimage(#[from] kjump_core::kimage::KimageError),
     #[error(transparent)]
-    Dump(#[from] crate::dump::DumpError),
+    Oracle(#[from] kjump_core::oracle::OracleError),
+    #[error(transparent)]
+    Dump(#[from] kjump_core::dump::DumpError),
     /// `--dump-dir` cannot be created or written.
     #[error("cannot use the dump directory {}", .path.display())]
     DumpDir {
@@ -209,7 +176,7 @@ impl RunError {
     /// the guest kernel's ELF, so that a hang, a triple fault or an
     /// exception says where.
     pub fn symbolize(mut self, kernel_elf: &[u8]) -> Self {
-        let Ok(symbols) = crate::symbols::Symbols::from_elf(kernel_elf) else {
+        let Ok(symbols) = kjump_core::symbols::Symbols::from_elf(kernel_elf) else {
             return self;
         };
         match &mut self {
@@ -242,7 +209,7 @@ pub struct RunOptions {
 }
 
 /// The guest command line for a run.
-pub fn guest_cmdline(args: &RunArgs) -> String {
+pub fn guest_cmdline(args: &RunConfig) -> String {
     let mut c = format!(
         "kjump.role=a kjump.scenario={} kjump.cycles={} kjump.mode={} kjump.peer_mem={}",
         args.scenario,
@@ -253,7 +220,7 @@ pub fn guest_cmdline(args: &RunArgs) -> String {
     let injected = args
         .inject
         .as_ref()
-        .map(crate::pingpong::guest_fault_words)
+        .map(|i| i.guest_words())
         .unwrap_or_default();
     for word in injected.iter().chain(&args.append) {
         c.push(' ');
@@ -263,7 +230,7 @@ pub fn guest_cmdline(args: &RunArgs) -> String {
 }
 
 /// The settings file put into the default initramfs (`kjump/config`).
-pub fn config_text(args: &RunArgs) -> String {
+pub fn config_text(args: &RunConfig) -> String {
     format!(
         "scenario={}\ncycles={}\nmode={}\npeer_mem={}\n",
         args.scenario,
@@ -274,7 +241,7 @@ pub fn config_text(args: &RunArgs) -> String {
 }
 
 /// Reads the kernel and initramfs and puts the VM's configuration together.
-pub fn vm_config(args: &RunArgs, opts: &RunOptions) -> Result<VmConfig, RunError> {
+pub fn vm_config(args: &RunConfig, opts: &RunOptions) -> Result<VmConfig, RunError> {
     let kernel = match &args.kernel {
         Some(path) => std::fs::read(path).map_err(|source| RunError::ReadKernel {
             path: path.clone(),
@@ -342,18 +309,16 @@ pub(crate) fn check_dump_dir(dir: &std::path::Path) -> Result<(), RunError> {
     std::fs::remove_file(&probe).map_err(err)
 }
 
-pub fn run_scenario(args: &RunArgs) -> Result<Outcome, RunError> {
+pub fn run_scenario(args: &RunConfig) -> Result<Outcome, RunError> {
     run_scenario_with(args, &RunOptions::default())
 }
 
 /// Runs the scenario `args` names on the vCPU thread, under the watchdog.
-pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, RunError> {
+pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
     if !args.scenario.is_built() {
         return Err(RunError::NotBuilt(args.scenario));
     }
-    if let Some(inject) = &args.inject {
-        crate::pingpong::check_fault(inject, args.scenario, args.cycles)?;
-    }
+    args.check_injection()?;
     if let Some(dir) = &args.dump_dir {
         check_dump_dir(dir)?;
     }
@@ -376,8 +341,10 @@ pub fn run_scenario_with(args: &RunArgs, opts: &RunOptions) -> Result<Outcome, R
             let mut vm = Vm::new(&cfg)?;
             let mut run = RunState::new(scenario, start);
             match scenario {
-                Scenario::Boot => boot(&mut vm, &mut run),
-                Scenario::PingPong => crate::pingpong::run(&mut vm, &mut run, &args, &cfg.kernel),
+                Scenario::Boot => boot::run(&mut vm, &mut run),
+                Scenario::PingPong => {
+                    crate::scenario::pingpong::run(&mut vm, &mut run, &args, &cfg.kernel)
+                }
                 other => Err(RunError::NotBuilt(other)),
             }
         };
@@ -392,7 +359,7 @@ pub struct RunState {
     pub start: Instant,
     pub checkpoints: u64,
     pub cycles: u64,
-    pub report: crate::report::Report,
+    pub report: kjump_core::report::Report,
 }
 
 impl RunState {
@@ -402,7 +369,7 @@ impl RunState {
             start,
             checkpoints: 0,
             cycles: 0,
-            report: crate::report::Report::new(scenario.name(), 0, "none", &[]),
+            report: kjump_core::report::Report::new(scenario.name(), 0, "none", &[]),
         }
     }
 
@@ -410,13 +377,13 @@ impl RunState {
     pub fn outcome(&mut self, verdict: Verdict, guest: &str) -> Outcome {
         let mut report = std::mem::replace(
             &mut self.report,
-            crate::report::Report::new(self.scenario.name(), 0, "none", &[]),
+            kjump_core::report::Report::new(self.scenario.name(), 0, "none", &[]),
         );
         report.cycles_completed = self.cycles;
         report.finish(None, self.start.elapsed().as_micros() as u64);
         if let (Verdict::Fail(why), true) = (&verdict, report.mismatches.is_empty()) {
             // A failure the guest itself reported (a self-check).
-            report.verdict = crate::report::Verdict::Fail;
+            report.verdict = kjump_core::report::Verdict::Fail;
             report.exit_code = 1;
             report.error = Some(why.clone());
         }
@@ -490,36 +457,14 @@ pub fn handle_message(
     Ok(None)
 }
 
-/// `boot`: kernel A boots and checks what the VMM gave it (e820, command
-/// line, initramfs); a checkpoint is answered "you are back".
-fn boot(vm: &mut Vm, run: &mut RunState) -> Result<Outcome, RunError> {
-    loop {
-        match vm.run_until_event(&mut || ANSWER_BACK)? {
-            VmEvent::Checkpoint { .. } => {
-                run.checkpoints += 1;
-                log::info!(
-                    "[{}] checkpoint {}: answered BACK",
-                    vm.console_name(),
-                    run.checkpoints
-                );
-            }
-            VmEvent::Message(event) => {
-                if let Some(verdict) = handle_message(vm, run, event)? {
-                    return Ok(run.outcome(verdict, vm.console_name()));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::JumpMode;
+    use crate::config::JumpMode;
 
     #[test]
     fn guest_command_line_carries_the_settings() {
-        let a = RunArgs {
+        let a = RunConfig {
             cycles: 3,
             mode: JumpMode::Backup,
             append: vec!["kjump.fault=ud2".into(), "kjump.log=debug".into()],
@@ -540,7 +485,7 @@ mod tests {
 
     #[test]
     fn unbuilt_scenarios_are_a_clear_error() {
-        let a = RunArgs {
+        let a = RunConfig {
             scenario: Scenario::Hibernate,
             ..Default::default()
         };
@@ -551,7 +496,7 @@ mod tests {
 
     #[test]
     fn missing_files_are_named() {
-        let a = RunArgs {
+        let a = RunConfig {
             kernel: Some("/no/such/kernel".into()),
             ..Default::default()
         };
@@ -598,7 +543,7 @@ mod tests {
         assert!(e.regs().is_some());
         // With the kernel's symbols, the rip is named.
         let k = crate::DEFAULT_KERNEL;
-        let sym = crate::symbols::Symbols::from_elf(k).unwrap();
+        let sym = kjump_core::symbols::Symbols::from_elf(k).unwrap();
         let at = sym.address_of_suffix("kjump_kernel::fault::fire").unwrap();
         let e = RunError::GuestException {
             guest: "a".into(),
@@ -623,7 +568,7 @@ mod tests {
             return;
         }
         let (console, lines) = ConsoleSink::capture();
-        let a = RunArgs {
+        let a = RunConfig {
             timeout: 60,
             ..Default::default()
         };

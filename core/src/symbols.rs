@@ -51,7 +51,7 @@ pub struct Symbols {
 }
 
 /// Rust symbol names without the hash: `kjump_kernel::gdt::TABLES`.
-fn demangle(name: &str) -> String {
+pub fn demangle(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(name))
 }
 
@@ -273,7 +273,10 @@ mod tests {
         );
         assert_eq!(t.lookup(0x20_0100).as_deref(), Some("marker (.text)"));
         assert_eq!(t.address_of("kjump_kernel::PATTERN"), Some(0x21_0000));
-        assert_eq!(t.address_of_suffix("kjump_kernel::PATTERN"), Some(0x21_0000));
+        assert_eq!(
+            t.address_of_suffix("kjump_kernel::PATTERN"),
+            Some(0x21_0000)
+        );
         assert_eq!(t.address_of_suffix("PATTERN"), Some(0x21_0000));
         assert_eq!(
             t.address_of_suffix("ATTERN"),
@@ -304,39 +307,5 @@ mod tests {
         );
         assert_eq!(t.lookup(0x21_2100), None);
         assert_eq!(t.lookup(0x1000), None);
-    }
-
-    #[test]
-    fn reads_the_real_guest_kernel() {
-        let t = Symbols::from_elf(crate::DEFAULT_KERNEL).unwrap();
-        assert!(t.len() > 10, "{} symbols", t.len());
-        // Every sized symbol resolves to itself, inside and at its start.
-        let file = object::File::parse(crate::DEFAULT_KERNEL).unwrap();
-        let sym = file
-            .symbols()
-            .find(|s| s.kind() == SymbolKind::Data && s.size() > 8)
-            .expect("the kernel has data objects");
-        let name = demangle(sym.name().unwrap());
-        assert!(!name.contains("17h"), "hash left in {name}");
-        let got = t.lookup(sym.address() + 3).unwrap();
-        assert!(got.starts_with(&format!("{name}+0x3 (")), "{got}");
-        // The entry point is an assembly label in .text.
-        let entry = t.lookup(file.entry()).unwrap();
-        assert!(
-            entry.ends_with(" (.text)") && !entry.contains('+'),
-            "{entry}"
-        );
-        // Far past the image, after the linker's last marker: nothing.
-        assert_eq!(t.lookup(0x90_0000), None);
-        // Code after an assembly label: the checkpoint's `ret`.
-        let cp = t.address_of("kjump_checkpoint").unwrap();
-        assert_eq!(
-            t.lookup(cp + 1).as_deref(),
-            Some("kjump_checkpoint+0x1 (.text)")
-        );
-        assert!(matches!(
-            Symbols::from_elf(b"not an elf"),
-            Err(SymbolError::Parse(_))
-        ));
     }
 }

@@ -8,7 +8,15 @@
 //! [`Vm::run_until_event`] then runs the guest until it says something on
 //! the harness port or executes the checkpoint instruction.
 //!
-//! Only this module and [`crate::vcpu`] talk to KVM.
+//! Only this module and its children ([`vcpu`], [`capture`], [`boot`],
+//! [`serial`], [`watchdog`]) talk to KVM: nothing else in kjump names
+//! kvm-ioctls.
+
+pub mod boot;
+pub mod capture;
+pub mod serial;
+pub mod vcpu;
+pub mod watchdog;
 
 use std::ffi::CString;
 use std::io;
@@ -25,15 +33,22 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::serial::SerialState;
 
-use crate::GuestMem;
-use crate::boot::{self, BootError, BootInfo};
-use crate::dump::{DumpError, RamSource};
-use crate::harness::{Harness, HarnessEvent};
-use crate::layout::{self, PAGE_SIZE};
-use crate::serial::{Console, ConsoleSink};
-use crate::snapshot::{self, SnapshotError, VcpuState};
-use crate::vcpu::{self, ExitAction, GuestFault, PortIo, RegDump, VcpuError};
-use crate::watchdog::{KickGuard, StopFlag, StopReason};
+use self::boot::BootInfo;
+use crate::vm::serial::{Console, ConsoleSink};
+use kjump_core::GuestMem;
+use kjump_core::dump::{DumpError, RamSource};
+use kjump_core::harness::{Harness, HarnessEvent};
+use kjump_core::image::BootError;
+use kjump_core::layout::{self, PAGE_SIZE};
+use kjump_core::state::{MachineState, UartState, VcpuState};
+
+use self::capture::SnapshotError;
+use self::vcpu::{ExitAction, GuestFault, PortIo, RegDump, VcpuError};
+use crate::faults::VcpuField;
+use crate::vm::watchdog::{KickGuard, StopFlag, StopReason};
+
+/// Offset of the TPR in the local APIC register page.
+const LAPIC_TPR: usize = 0x80;
 
 /// Default guest RAM.
 pub const DEFAULT_MEM: u64 = 256 << 20;
@@ -56,7 +71,7 @@ pub struct VmConfig {
     pub initramfs: Option<Vec<u8>>,
     /// The guest command line.
     pub cmdline: String,
-    /// The run's time limit (enforced by [`crate::watchdog`]).
+    /// The run's time limit (enforced by [`crate::vm::watchdog`]).
     pub timeout: Duration,
     /// Printed in front of the guest's console lines, `[a] ...`.
     pub console_name: String,
@@ -187,6 +202,12 @@ pub enum VmError {
     /// an image's vCPU state was refused
     #[error("cannot restore the vCPU state")]
     Restore(#[source] SnapshotError),
+    /// Reading the machine's state at a checkpoint failed.
+    #[error("cannot capture the vCPU state")]
+    Capture(#[source] SnapshotError),
+    /// A fault injection could not change the vCPU or guest RAM.
+    #[error("fault injection: {0}")]
+    Inject(&'static str),
 }
 
 fn mib_or_bytes(n: u64) -> String {
@@ -214,7 +235,7 @@ impl VmError {
     }
 
     /// Names the guest symbol of the failed guest's rip, from `symbols`.
-    pub fn symbolize(&mut self, symbols: &crate::symbols::Symbols) {
+    pub fn symbolize(&mut self, symbols: &kjump_core::symbols::Symbols) {
         if let Some(r) = self.regs_mut() {
             r.rip_symbol = symbols.lookup(r.regs.rip);
         }
@@ -257,7 +278,8 @@ pub struct Vm {
     // Field order is drop order: the vCPU and VM go before the RAM they map.
     vcpu: VcpuFd,
     vm: VmFd,
-    kvm: Kvm,
+    /// The KVM device, kept open as long as the VM.
+    _kvm: Kvm,
     mem: GuestMem,
     slots: Vec<Slot>,
     console: Console,
@@ -439,7 +461,7 @@ impl Machine {
     fn create(kvm_device: &Path, mem_size: u64, irqchip: bool) -> Result<Self, VmError> {
         let kvm = open_kvm(kvm_device)?;
         check_kvm(&kvm)?;
-        crate::watchdog::install_kick_handler()
+        crate::vm::watchdog::install_kick_handler()
             .map_err(|e| kvm_err("install the vCPU kick handler")(e.into()))?;
 
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
@@ -522,7 +544,7 @@ impl Vm {
         // Bad input is refused before KVM is touched.
         check_ram_size(cfg.mem_size)?;
         let initramfs_len = cfg.initramfs.as_ref().map(|b| b.len() as u64);
-        boot::plan(cfg.mem_size, &cfg.kernel, initramfs_len, &cfg.cmdline)?;
+        kjump_core::image::plan(cfg.mem_size, &cfg.kernel, initramfs_len, &cfg.cmdline)?;
 
         let Machine {
             kvm,
@@ -555,7 +577,7 @@ impl Vm {
         Ok(Vm {
             vcpu,
             vm,
-            kvm,
+            _kvm: kvm,
             mem,
             slots,
             console: Console::new(&cfg.console_name, cfg.console.clone()),
@@ -610,7 +632,7 @@ impl Vm {
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
         vcpu::setup_cpuid(&kvm, &vcpu)?;
         let msrs = vcpu::readable_msrs(&kvm, &vcpu)?;
-        snapshot::restore(&vcpu, state).map_err(VmError::Restore)?;
+        capture::restore(&vcpu, state).map_err(VmError::Restore)?;
         log::info!(
             "VM from an image: {copied} non-zero pages of {} MiB, rip {:#x}",
             mem_size >> 20,
@@ -620,7 +642,7 @@ impl Vm {
         let mut vm = Vm {
             vcpu,
             vm,
-            kvm,
+            _kvm: kvm,
             mem,
             slots,
             console: Console::new(&cfg.console_name, cfg.console.clone()),
@@ -652,20 +674,79 @@ impl Vm {
         self.boot.as_ref()
     }
 
-    pub fn vcpu_fd(&self) -> &VcpuFd {
+    #[cfg(test)]
+    pub(in crate::vm) fn vcpu_fd(&self) -> &VcpuFd {
         &self.vcpu
     }
 
-    pub fn vcpu_fd_mut(&mut self) -> &mut VcpuFd {
-        &mut self.vcpu
+    /// The whole machine now, as a value: the vCPU's complete state (in
+    /// [`capture::capture`]'s order) and the devices' states.
+    pub fn capture_machine(&self) -> Result<MachineState, VmError> {
+        let vcpu = capture::capture(&self.vcpu, &self.msrs).map_err(VmError::Capture)?;
+        Ok(MachineState::new(
+            vcpu,
+            UartState::from(&self.serial_state()),
+        ))
     }
 
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
+    /// Flips the lowest bit of the guest byte at `at` (fault injection).
+    pub fn flip_byte(&self, at: u64) -> Result<(), VmError> {
+        let a = GuestAddress(at);
+        let b: u8 = self
+            .mem
+            .read_obj(a)
+            .map_err(|_| VmError::Inject("fault target outside RAM"))?;
+        self.mem
+            .write_obj(b ^ 0x01, a)
+            .map_err(|_| VmError::Inject("fault target outside RAM"))
     }
 
-    pub fn kvm(&self) -> &Kvm {
-        &self.kvm
+    /// Writes a u64 of guest RAM behind the guest's back (fault injection).
+    pub fn write_u64(&self, at: u64, v: u64) -> Result<(), VmError> {
+        self.mem
+            .write_obj(v, GuestAddress(at))
+            .map_err(|_| VmError::Inject("fault target outside RAM"))
+    }
+
+    /// Changes `field` of the vCPU (the `vcpu-*` faults); says what it did.
+    pub fn change_vcpu_field(&self, field: VcpuField) -> Result<String, VmError> {
+        let vcpu = &self.vcpu;
+        let failed = |_| VmError::Inject("the vcpu-* fault could not change the vCPU");
+        Ok(match field {
+            VcpuField::Dr0 => {
+                let mut d = vcpu.get_debug_regs().map_err(failed)?;
+                let old = d.db[0];
+                d.db[0] ^= 0x1000;
+                vcpu.set_debug_regs(&d).map_err(failed)?;
+                format!("changed the vCPU's dr0 {old:#x} -> {:#x}", d.db[0])
+            }
+            VcpuField::Msr(index, name) => {
+                let entry = |data| kvm_bindings::kvm_msr_entry {
+                    index,
+                    data,
+                    ..Default::default()
+                };
+                let mut msrs = kvm_bindings::Msrs::from_entries(&[entry(0)])
+                    .map_err(|_| VmError::Inject("cannot build an MSR list"))?;
+                if vcpu.get_msrs(&mut msrs).map_err(failed)? != 1 {
+                    return Err(VmError::Inject("this KVM does not expose the MSR"));
+                }
+                let old = msrs.as_slice()[0].data;
+                let new = kvm_bindings::Msrs::from_entries(&[entry(old ^ 0x5a)])
+                    .map_err(|_| VmError::Inject("cannot build an MSR list"))?;
+                if vcpu.set_msrs(&new).map_err(failed)? != 1 {
+                    return Err(VmError::Inject("KVM refused to set the MSR"));
+                }
+                format!("changed the vCPU's {name} {old:#x} -> {:#x}", old ^ 0x5a)
+            }
+            VcpuField::LapicTpr => {
+                let mut l = vcpu.get_lapic().map_err(failed)?;
+                let old = l.regs[LAPIC_TPR] as u8;
+                l.regs[LAPIC_TPR] = (old ^ 0x10) as _;
+                vcpu.set_lapic(&l).map_err(failed)?;
+                format!("changed the local APIC's TPR {old:#x} -> {:#x}", old ^ 0x10)
+            }
+        })
     }
 
     /// The MSRs KVM can save and restore for this vCPU.
@@ -856,9 +937,9 @@ pub fn kvm_or_skip(test: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::testing::tiny_elf;
-    use crate::harness::HarnessEvent;
+    use crate::vm::boot::testing::tiny_elf;
     use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, HarnessMsg, MsgKind};
+    use kjump_core::harness::HarnessEvent;
     use std::sync::{Arc, Mutex};
     use vm_memory::Bytes;
 
@@ -1179,13 +1260,13 @@ mod tests {
             .write_slice(b"again", GuestAddress(0x10_1000))
             .unwrap();
         vm.run_until_event(&mut || ANSWER_JUMP).unwrap();
-        let state = snapshot::capture(vm.vcpu_fd(), vm.msr_index_list()).unwrap();
+        let state = capture::capture(vm.vcpu_fd(), vm.msr_index_list()).unwrap();
 
         let (cfg2, console) = config(PROG, 0);
         let mut again = Vm::from_image(&cfg2, cfg.mem_size, vm.memory(), &state).unwrap();
         assert!(again.boot_info().is_none() && vm.boot_info().is_some());
         assert_eq!(
-            snapshot::capture(again.vcpu_fd(), again.msr_index_list())
+            capture::capture(again.vcpu_fd(), again.msr_index_list())
                 .unwrap()
                 .regs,
             state.regs
@@ -1289,8 +1370,8 @@ mod tests {
         }
         let (cfg, _) = config(PROG, SPIN);
         let timeout = Duration::from_millis(300);
-        let wd = crate::watchdog::WatchdogConfig::new(timeout);
-        let res = crate::watchdog::run_guarded(&wd, move |stop| {
+        let wd = crate::vm::watchdog::WatchdogConfig::new(timeout);
+        let res = crate::vm::watchdog::run_guarded(&wd, move |stop| {
             let mut cfg = cfg;
             cfg.stop = stop;
             let mut vm = Vm::new(&cfg)?;

@@ -7,7 +7,7 @@
 //! KJUMP note's [`ResumeRecord`]): the cycles asked for, both kernels' last
 //! kimage reports, the UART at the checkpoint, and what the oracle recorded
 //! when the kernel that is away last suspended (its vCPU and UART). From
-//! them and the dump's RAM the oracle is seeded ([`crate::pingpong`]):
+//! them and the dump's RAM the oracle is seeded ([`crate::scenario::pingpong`]):
 //! - the tracker is as right after the dump's checkpoint;
 //! - the dump's kernel is at home: at a suspend, its registers are the
 //!   dump's, its UART the record's, its view recorded from the dump's RAM
@@ -24,17 +24,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
+use kjump_core::dump::{self, Dump, DumpError, ResumeRecord};
+use kjump_core::kimage::Kimage;
+use kjump_core::oracle::KernelRecord;
+use kjump_core::state::MachineState;
 use vm_superio::serial::SerialState;
 
-use crate::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
-use crate::cli::{ResumeArgs, RunArgs};
-use crate::dump::{self, Dump, DumpError, ResumeRecord};
-use crate::kimage::Kimage;
-use crate::pingpong::{self, KernelRecord, Seed};
-use crate::scenario::{Outcome, RunError, RunOptions, RunState, Scenario};
-use crate::vcpu::RegDump;
+use crate::config::{ResumeConfig, RunConfig, Scenario};
+use crate::scenario::pingpong::{self, Seed};
+use crate::scenario::{Outcome, RunError, RunOptions, RunState};
+use crate::vm::vcpu::RegDump;
+use crate::vm::watchdog::{self, WatchdogConfig};
 use crate::vm::{Vm, VmConfig};
-use crate::watchdog::{self, WatchdogConfig};
 
 /// Why a dump cannot be resumed, or the resumed run could not be carried
 /// out (exit code 2).
@@ -138,16 +140,9 @@ pub fn plan(dump: &Dump) -> Result<Plan, ResumeError> {
     })
 }
 
-fn idx(k: Kernel) -> usize {
-    match k {
-        Kernel::A => 0,
-        Kernel::B => 1,
-    }
-}
-
 /// The oracle's records at the dump's checkpoint, the kimages read from the
 /// VM built from the dump.
-fn seed(vm: &Vm, dump_state: &crate::snapshot::VcpuState, plan: &Plan) -> Result<Seed, RunError> {
+fn seed(vm: &Vm, dump_state: &kjump_core::state::VcpuState, plan: &Plan) -> Result<Seed, RunError> {
     let (at, r) = (plan.at, &plan.record);
     let mem = vm.memory();
     let mut kernels: [KernelRecord; 2] = Default::default();
@@ -180,23 +175,21 @@ fn seed(vm: &Vm, dump_state: &crate::snapshot::VcpuState, plan: &Plan) -> Result
     kernels[0].kimage = Some(a);
     kernels[0].kimage_args = Some(args_a);
     if at.direction == Direction::Suspend {
-        let k = &mut kernels[idx(at.kernel)];
+        let k = &mut kernels[at.kernel.idx()];
         k.suspended_at = Some(at);
-        k.regs = Some(dump_state.clone());
-        k.uart = Some(SerialState::from(&r.uart));
+        k.machine = Some(MachineState::new(dump_state.clone(), r.uart.clone()));
     }
     if let Some(p) = &r.peer {
-        let k = &mut kernels[idx(p.kernel)];
+        let k = &mut kernels[p.kernel.idx()];
         k.suspended_at = Some(p.suspended_at);
-        k.regs = Some(p.state.clone());
-        k.uart = Some(SerialState::from(&p.uart));
+        k.machine = Some(MachineState::new(p.state.clone(), p.uart.clone()));
     }
     Ok(Seed { at, kernels })
 }
 
 /// The options of the run the resumed one continues.
-fn run_args(args: &ResumeArgs, record: &ResumeRecord) -> RunArgs {
-    RunArgs {
+fn run_config(args: &ResumeConfig, record: &ResumeRecord) -> RunConfig {
+    RunConfig {
         scenario: Scenario::PingPong,
         cycles: record.cycles,
         kernel: args.kernel.clone(),
@@ -205,7 +198,7 @@ fn run_args(args: &ResumeArgs, record: &ResumeRecord) -> RunArgs {
         dump_dir: args.dump_dir.clone(),
         dump: args.dump,
         compare: args.compare,
-        ..RunArgs::default()
+        ..RunConfig::default()
     }
 }
 
@@ -221,14 +214,14 @@ fn read_kernel(path: Option<&Path>) -> Result<Vec<u8>, ResumeError> {
 
 /// `kjump resume`: reads and checks the dump, builds the VM from it on the
 /// vCPU thread under the watchdog, and runs the scenario on to its end.
-pub fn resume(args: &ResumeArgs, opts: &RunOptions) -> Result<Outcome, ResumeError> {
+pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeError> {
     let dump = dump::read_dump(&args.file)?;
     let plan = plan(&dump)?;
     let kernel = read_kernel(args.kernel.as_deref())?;
     if let Some(dir) = &args.dump_dir {
         crate::scenario::check_dump_dir(dir)?;
     }
-    let run_args = run_args(args, &plan.record);
+    let run_cfg = run_config(args, &plan.record);
     log::info!(
         "resuming {} at checkpoint #{} (cycle {}, kernel {}, {}) of {} cycles",
         args.file.display(),
@@ -258,7 +251,7 @@ pub fn resume(args: &ResumeArgs, opts: &RunOptions) -> Result<Outcome, ResumeErr
             vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
             let seed = seed(&vm, dump.state(), &plan)?;
             let mut run = RunState::new(Scenario::PingPong, start);
-            pingpong::run_from(&mut vm, &mut run, &run_args, &kernel, Some(seed))
+            pingpong::run_from(&mut vm, &mut run, &run_cfg, &kernel, Some(seed))
         };
         run().map_err(|e| e.symbolize(&kernel))
     })
@@ -269,8 +262,8 @@ pub fn resume(args: &ResumeArgs, opts: &RunOptions) -> Result<Outcome, ResumeErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::{DumpInput, SuspendRecord, UartState, write_dump};
-    use crate::snapshot::tests::sample_state;
+    use kjump_core::dump::{DumpInput, SuspendRecord, UartState, write_dump};
+    use kjump_core::state::testing::sample_state;
     use vm_memory::GuestAddress;
 
     fn record(peer: Option<Kernel>) -> ResumeRecord {
@@ -301,7 +294,7 @@ mod tests {
         record: Option<&ResumeRecord>,
         resumable: bool,
     ) -> Result<Plan, ResumeError> {
-        let mem = crate::GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = kjump_core::GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let state = sample_state();
         let path = dir.join("d.core");
         let input = DumpInput {

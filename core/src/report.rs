@@ -1,14 +1,14 @@
-//! What a run tells its user: the JSON report (`--report FILE`), the
-//! summary printed at the end, and the progress bar of long runs.
+//! What a run tells its user: the JSON report (`--report FILE`) and the
+//! summary printed at the end.
 //!
 //! The report is plain serde data; the scenario fills it as checkpoints
 //! pass ([`Report::push_checkpoint`], [`Report::push_mismatches`]) and
 //! [`Report::finish`]es it with the verdict. Files are written atomically
-//! ([`write_atomic`]): a crash never leaves half a report under its name.
+//! ([`crate::files::write_atomic`]): a crash never leaves half a report
+//! under its name.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,16 @@ pub struct At {
 }
 
 impl At {
+    /// Where checkpoint `id` is.
+    pub fn of(id: &crate::checkpoint::CheckpointId) -> Self {
+        Self {
+            checkpoint: id.index,
+            cycle: id.cycle,
+            kernel: id.kernel.name().to_owned(),
+            direction: id.direction.name().to_owned(),
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "checkpoint {} (cycle {}, kernel {}, {})",
@@ -404,7 +414,7 @@ impl Report {
     pub fn write(&self, path: &Path) -> Result<(), ReportError> {
         let mut json = self.to_json();
         json.push('\n');
-        write_atomic(path, json.as_bytes()).map_err(|source| ReportError::Write {
+        crate::files::write_atomic(path, json.as_bytes()).map_err(|source| ReportError::Write {
             path: path.to_path_buf(),
             source,
         })
@@ -502,93 +512,13 @@ fn duration(us: u64) -> String {
     }
 }
 
-/// Writes `bytes` to `path` so that `path` holds either its old content or
-/// all of the new: write a temporary file in the same directory, fsync it,
-/// rename it over `path`, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// A progress bar over cycles on stderr; hidden when stderr is not a
-/// terminal (CI logs, tests), so that it never mixes into captured output.
-#[derive(Debug)]
-pub struct Progress {
-    bar: indicatif::ProgressBar,
-}
-
-impl Progress {
-    pub fn new(total_cycles: u64) -> Self {
-        use std::io::IsTerminal;
-        if !io::stderr().is_terminal() {
-            return Self::hidden();
-        }
-        let bar = indicatif::ProgressBar::new(total_cycles);
-        let style = indicatif::ProgressStyle::with_template(
-            "{spinner} cycle {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> ");
-        bar.set_style(style);
-        Self { bar }
-    }
-
-    pub fn hidden() -> Self {
-        Self {
-            bar: indicatif::ProgressBar::hidden(),
-        }
-    }
-
-    pub fn is_hidden(&self) -> bool {
-        self.bar.is_hidden()
-    }
-
-    /// Cycles completed so far.
-    pub fn set_cycle(&self, n: u64) {
-        self.bar.set_position(n);
-    }
-
-    pub fn set_message(&self, msg: impl Into<String>) {
-        self.bar.set_message(msg.into());
-    }
-
-    /// Runs `f` (e.g. printing a line) with the bar cleared.
-    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.bar.suspend(f)
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oracle::{Allowlist, DiffRange};
     use crate::pages::PageHash;
-    use crate::snapshot::FieldValue;
+    use crate::state::FieldValue;
+    use std::fs;
 
     fn at() -> At {
         At {
@@ -751,7 +681,7 @@ mod tests {
             Report::from_json(&fs::read_to_string(&path).unwrap()).unwrap(),
             r
         );
-        write_atomic(&path, b"second").unwrap();
+        crate::files::write_atomic(&path, b"second").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second");
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
@@ -761,15 +691,5 @@ mod tests {
         let err = r.write(&dir.join("missing-dir/report.json")).unwrap_err();
         assert!(matches!(err, ReportError::Write { .. }));
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn progress_is_hidden_without_a_terminal() {
-        // `cargo test` captures stderr through a pipe.
-        use std::io::IsTerminal;
-        let p = Progress::new(10);
-        assert_eq!(p.is_hidden(), !io::stderr().is_terminal());
-        p.set_cycle(3);
-        p.finish();
     }
 }

@@ -1,0 +1,276 @@
+//! The oracle without KVM: `MachineState` values and an in-memory guest
+//! RAM, with the relocation's page swap done by hand, as A and B would.
+
+use super::*;
+use crate::checkpoint::Tracker;
+use crate::state::UART;
+use crate::state::testing::sample_state;
+use kjump_abi::abi::{ANSWER_JUMP, KimageArgs};
+use kjump_abi::control::MODE_SWAP;
+use kjump_abi::kimage::{Builder, ListMemory};
+use vm_memory::{Bytes, GuestAddress};
+
+const RAM: u64 = 16 << 20;
+/// The region A gives B, and where A's kimage parks A's pages of it.
+const PEER: (u64, u64) = (0x10_0000, 0x20_0000);
+const PARK: u64 = 0xa0_0000;
+const CONTROL_A: u64 = 0x80_0000;
+const CONTROL_B: u64 = 0x1f_0000;
+const CONTROL_PAGES: u64 = 6;
+const ENTRY_A: u64 = 0x20_a0a0;
+const ENTRY_B: u64 = 0x10_b0b0;
+
+struct Alloc<'a>(&'a GuestMem, u64);
+
+impl ListMemory for Alloc<'_> {
+    fn alloc_page(&mut self) -> Option<u64> {
+        self.1 += PAGE;
+        Some(self.1)
+    }
+    fn write_u64(&mut self, addr: u64, value: u64) {
+        self.0.write_obj(value, GuestAddress(addr)).unwrap();
+    }
+}
+
+/// A guest with A and B set up as after B's boot: A's kimage swaps B's
+/// region with pages at `PARK`; B's kimage (in its region) has no pages.
+struct Guest {
+    mem: GuestMem,
+    oracle: Oracle,
+    tracker: Tracker,
+    args: [[u64; 8]; 2],
+}
+
+fn args(head: u64, control: u64, role: u64) -> [u64; 8] {
+    let mut a = [0u64; 8];
+    a[KimageArgs::HEAD] = head;
+    a[KimageArgs::CONTROL] = control;
+    a[KimageArgs::CONTROL_PAGES] = CONTROL_PAGES;
+    a[KimageArgs::MODE] = MODE_SWAP;
+    a[KimageArgs::ROLE] = role;
+    a[KimageArgs::PEER_START] = PEER.0;
+    a[KimageArgs::PEER_END] = PEER.1;
+    a
+}
+
+impl Guest {
+    fn new() -> Self {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        // Something in every page of A, so that pages differ.
+        for p in (0..RAM).step_by(PAGE_SIZE) {
+            mem.write_obj(p ^ 0x5a5a, GuestAddress(p + 8)).unwrap();
+        }
+        let mut list = Alloc(&mem, 0x90_0000);
+        let mut b = Builder::new();
+        for p in (PEER.0..PEER.1).step_by(PAGE_SIZE) {
+            b.add_page(&mut list, p, PARK + (p - PEER.0)).unwrap();
+        }
+        let (head_a, _) = b.finish(&mut list).unwrap();
+        mem.write_obj(ENTRY_A, GuestAddress(CONTROL_A + control::DATA_OWN_ENTRY))
+            .unwrap();
+        Self {
+            mem,
+            oracle: Oracle::new(None, Allowlist::standard(), CompareMode::Dirty),
+            tracker: Tracker::new(),
+            args: [args(head_a, CONTROL_A, 0), args(0, CONTROL_B, 1)],
+        }
+    }
+
+    fn report_kimage(&mut self, k: Kernel) {
+        if k == Kernel::B {
+            // B's (empty) list, in B's region as B runs.
+            let mut list_b = Alloc(&self.mem, 0x1e_0000);
+            let (head_b, _) = Builder::new().finish(&mut list_b).unwrap();
+            self.args[1][KimageArgs::HEAD] = head_b;
+        }
+        let a = self.args[k.idx()];
+        let ki = Kimage::read(&self.mem, &a).unwrap();
+        self.oracle.kimage_reported(k, ki, a);
+    }
+
+    fn all_pages() -> Vec<u64> {
+        (0..RAM).step_by(PAGE_SIZE).collect()
+    }
+
+    /// The relocation code: swaps B's region with A's parking pages.
+    fn swap(&self) {
+        let mut x = vec![0u8; PAGE_SIZE];
+        let mut y = vec![0u8; PAGE_SIZE];
+        for p in (PEER.0..PEER.1).step_by(PAGE_SIZE) {
+            let q = PARK + (p - PEER.0);
+            self.mem.read_slice(&mut x, GuestAddress(p)).unwrap();
+            self.mem.read_slice(&mut y, GuestAddress(q)).unwrap();
+            self.mem.write_slice(&y, GuestAddress(p)).unwrap();
+            self.mem.write_slice(&x, GuestAddress(q)).unwrap();
+        }
+    }
+
+    fn checkpoint(&mut self, m: &MachineState) -> Vec<Mismatch> {
+        let id = self.tracker.next();
+        self.oracle
+            .checkpoint(&id, m, &self.mem, &Self::all_pages())
+            .unwrap()
+            .mismatches
+    }
+
+    fn write(&self, addr: u64, v: u64) {
+        self.mem.write_obj(v, GuestAddress(addr)).unwrap();
+    }
+}
+
+fn machine(rip: u64, answer: u32) -> MachineState {
+    let mut s = sample_state();
+    s.regs.rip = rip;
+    s.regs.rax = answer.into();
+    MachineState::new(s, UartState::default())
+}
+
+/// A suspends (#0), B boots and jumps back (#1), A resumes (#2): returns
+/// A's machine as it left, and the mismatches of B's suspend.
+fn first_cycle(g: &mut Guest) -> (MachineState, Vec<Mismatch>) {
+    g.report_kimage(Kernel::A);
+    let a = machine(0x20_1234, ANSWER_JUMP);
+    assert_eq!(g.checkpoint(&a), vec![], "A's suspend");
+    g.swap();
+    // B booted in its region: its control page says where it is re-entered,
+    // and where it enters A (A's own entry).
+    g.write(CONTROL_B + control::DATA_OWN_ENTRY, ENTRY_B);
+    g.write(CONTROL_B + control::DATA_PEER_ENTRY, ENTRY_A);
+    g.report_kimage(Kernel::B);
+    let b = g.checkpoint(&machine(0x10_4321, ANSWER_JUMP));
+    (a, b)
+}
+
+#[test]
+fn a_suspend_and_its_resume_pass() {
+    let mut g = Guest::new();
+    let (a, b) = first_cycle(&mut g);
+    assert_eq!(b, vec![], "B's suspend (A away, parked)");
+    g.swap();
+    let back = machine(0x20_1234, ANSWER_BACK);
+    let found = g.checkpoint(&back);
+    assert_eq!(found, vec![], "A's resume");
+    assert!(g.oracle.record(Kernel::A).machine.as_ref() == Some(&a));
+}
+
+#[test]
+fn a_changed_register_is_caught_by_name() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    let mut back = machine(0x20_1234, ANSWER_BACK);
+    back.vcpus[0].regs.rbx ^= 0x40;
+    let found = g.checkpoint(&back);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].kind, MismatchKind::Register);
+    assert_eq!(found[0].name.as_deref(), Some("rbx"));
+    assert_eq!(found[0].at.direction, "resume");
+}
+
+#[test]
+fn a_changed_device_field_is_caught_by_name() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    let mut back = machine(0x20_1234, ANSWER_BACK);
+    back.devices.insert(
+        UART.to_owned(),
+        DeviceState::Uart(UartState {
+            scratch: 0xb0,
+            ..UartState::default()
+        }),
+    );
+    let found = g.checkpoint(&back);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].kind, MismatchKind::Device);
+    assert!(
+        found[0].explain().contains("uart scr"),
+        "{}",
+        found[0].explain()
+    );
+}
+
+#[test]
+fn a_changed_page_at_home_is_caught_with_its_address() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    // Outside B's region: A's own page, never parked.
+    g.mem.write_obj(0xffu8, GuestAddress(0x30_0123)).unwrap();
+    let found = g.checkpoint(&machine(0x20_1234, ANSWER_BACK));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].kind, MismatchKind::Memory);
+    assert_eq!(found[0].address, Some(0x30_0000));
+    assert_eq!(found[0].ranges[0].start, 0x30_0123);
+}
+
+#[test]
+fn a_changed_page_where_it_is_parked_is_caught_while_its_kernel_is_away() {
+    let mut g = Guest::new();
+    g.report_kimage(Kernel::A);
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_JUMP)), vec![]);
+    g.swap();
+    // A's page 0x10_1000 is parked at PARK + 0x1000 while B runs.
+    g.mem
+        .write_obj(0x77u8, GuestAddress(PARK + 0x1000 + 0x42))
+        .unwrap();
+    g.write(CONTROL_B + control::DATA_OWN_ENTRY, ENTRY_B);
+    g.write(CONTROL_B + control::DATA_PEER_ENTRY, ENTRY_A);
+    g.report_kimage(Kernel::B);
+    let found = g.checkpoint(&machine(0x10_4321, ANSWER_JUMP));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let m = &found[0];
+    assert_eq!(m.kind, MismatchKind::Memory);
+    assert_eq!((m.at.kernel.as_str(), m.address), ("b", Some(0x10_1000)));
+    assert_eq!(m.location, Some(PARK + 0x1000), "found where it is parked");
+    // Damage to the page at home (B's page now) is not A's business.
+    let mut g = Guest::new();
+    g.report_kimage(Kernel::A);
+    g.checkpoint(&machine(0x20_1234, ANSWER_JUMP));
+    g.swap();
+    g.mem.write_obj(0x77u8, GuestAddress(0x10_1042)).unwrap();
+    g.write(CONTROL_B + control::DATA_OWN_ENTRY, ENTRY_B);
+    g.write(CONTROL_B + control::DATA_PEER_ENTRY, ENTRY_A);
+    g.report_kimage(Kernel::B);
+    assert_eq!(g.checkpoint(&machine(0x10_4321, ANSWER_JUMP)), vec![]);
+}
+
+#[test]
+fn a_jump_into_the_wrong_place_of_a_booted_peer_is_caught_before_it_happens() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    // A jumps again (cycle 2): B asked to be re-entered at ENTRY_B.
+    g.write(CONTROL_A + control::DATA_PEER_ENTRY, ENTRY_B + 8);
+    let found = g.checkpoint(&machine(0x20_1234, ANSWER_JUMP));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let m = &found[0];
+    assert_eq!(m.kind, MismatchKind::Entry);
+    assert_eq!(m.address, Some(CONTROL_A + control::DATA_PEER_ENTRY));
+    assert!(m.expected.starts_with(&format!("{ENTRY_B:#x}")), "{m:?}");
+    assert!(
+        m.actual.starts_with(&format!("{:#x}", ENTRY_B + 8)),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn a_resume_without_a_suspend_is_a_protocol_error() {
+    let mut g = Guest::new();
+    g.report_kimage(Kernel::A);
+    let id = CheckpointId {
+        index: 2,
+        cycle: 1,
+        kernel: Kernel::A,
+        direction: Direction::Resume,
+    };
+    let e = g
+        .oracle
+        .checkpoint(&id, &machine(0, ANSWER_BACK), &g.mem, &[])
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "guest protocol error: a kernel resumed that never suspended"
+    );
+}

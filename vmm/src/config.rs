@@ -1,0 +1,270 @@
+//! What a run is asked to do, as plain values: the CLI builds a
+//! [`RunConfig`] (and a [`ResumeConfig`]), and everything below the CLI
+//! works on these. Nothing here knows clap.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use kjump_core::oracle::CompareMode;
+
+use kjump_abi::fault::{Fault, JumpFault};
+use kjump_core::checkpoint::Kernel;
+
+use crate::faults::{FaultError, HostFault, InjectKind, Injection};
+
+/// The scenarios kjump knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Boot kernel A and let it check its boot data.
+    Boot,
+    /// A→B→A→B… for --cycles, checked at every checkpoint.
+    PingPong,
+    /// A jumps to B, B saves A's image, a fresh kernel restores A.
+    Hibernate,
+}
+
+impl Scenario {
+    /// Every scenario, built or not.
+    pub const ALL: [Scenario; 3] = [Self::Boot, Self::PingPong, Self::Hibernate];
+
+    /// The name on the command lines (kjump's and the guest's).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::PingPong => "ping-pong",
+            Self::Hibernate => "hibernate",
+        }
+    }
+
+    /// What it does, for `--help`.
+    pub fn about(self) -> &'static str {
+        match self {
+            Self::Boot => "Boot kernel A and let it check its boot data",
+            Self::PingPong => "A→B→A→B… for --cycles, checked at every checkpoint",
+            Self::Hibernate => "A jumps to B, B saves A's image, a fresh kernel restores A",
+        }
+    }
+
+    /// Whether this build can run it.
+    pub fn is_built(self) -> bool {
+        matches!(self, Self::Boot | Self::PingPong)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When dumps are written (`--dump`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DumpPolicy {
+    Never,
+    #[default]
+    OnMismatch,
+    EveryJump,
+}
+
+/// How kexec keeps the jumping kernel's memory (`--mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JumpMode {
+    /// Swap source and destination pages (Linux's `relocate_kernel`).
+    #[default]
+    Swap,
+    /// Back up the peer's region instead.
+    Backup,
+}
+
+impl JumpMode {
+    /// As written on the guest command line (`kjump.mode=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Swap => "swap",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+/// Default guest RAM.
+pub const DEFAULT_MEM: u64 = 256 << 20;
+/// Default RAM kernel A gives kernel B.
+pub const DEFAULT_PEER_MEM: u64 = 8 << 20;
+/// Default cycles of ping-pong.
+pub const DEFAULT_CYCLES: u64 = 10;
+/// Default watchdog: seconds without progress before a guest is hung.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+/// A scenario run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    pub scenario: Scenario,
+    /// A→B→A cycles.
+    pub cycles: u64,
+    /// Guest RAM in bytes.
+    pub mem: u64,
+    /// Guest kernel ELF (`None`: the embedded one).
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (`None`: built from the kernel and the run's settings).
+    pub initramfs: Option<PathBuf>,
+    /// Watchdog: seconds without progress before the guest is declared hung.
+    pub timeout: u64,
+    /// Extra words for the guest command line.
+    pub append: Vec<String>,
+    /// Where the JSON report goes.
+    pub report: Option<PathBuf>,
+    /// Where dumps go.
+    pub dump_dir: Option<PathBuf>,
+    pub dump: DumpPolicy,
+    pub compare: CompareMode,
+    pub mode: JumpMode,
+    /// RAM kernel A gives kernel B.
+    pub peer_mem: u64,
+    /// Damage to inject, parsed against the fault catalog.
+    pub inject: Option<Injection>,
+}
+
+impl Default for RunConfig {
+    /// The defaults of `kjump` with no options.
+    fn default() -> Self {
+        Self {
+            scenario: Scenario::Boot,
+            cycles: DEFAULT_CYCLES,
+            mem: DEFAULT_MEM,
+            kernel: None,
+            initramfs: None,
+            timeout: DEFAULT_TIMEOUT_SECS,
+            append: Vec::new(),
+            report: None,
+            dump_dir: None,
+            dump: DumpPolicy::default(),
+            compare: CompareMode::default(),
+            mode: JumpMode::default(),
+            peer_mem: DEFAULT_PEER_MEM,
+            inject: None,
+        }
+    }
+}
+
+impl RunConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+
+    /// Refuses an `--inject` that this run could not catch: in a scenario it
+    /// does not belong to, or in a cycle too late for the run's `cycles` to
+    /// see its effect (an injected fault that the run could not catch would
+    /// pass silently).
+    pub fn check_injection(&self) -> Result<(), FaultError> {
+        let Some(inj) = &self.inject else {
+            return Ok(());
+        };
+        let (scenario, cycles) = (self.scenario, self.cycles);
+        let refuse = |why: String| {
+            Err(FaultError::NotFor(format!(
+                "--inject {}: {why}",
+                inj.name()
+            )))
+        };
+        if inj.cycle == Some(0) {
+            return refuse("cycles count from 1".into());
+        }
+        if scenario != Scenario::PingPong {
+            // Only a stop fault of kernel a, at boot, means anything there.
+            return match &inj.kind {
+                InjectKind::Guest {
+                    fault: Fault::Stop(_),
+                    kernel: Kernel::A,
+                    ..
+                } if inj.cycle.is_none() => Ok(()),
+                _ => refuse(format!("needs --scenario ping-pong (this is {scenario})")),
+            };
+        }
+        let c = inj.cycle.unwrap_or(1);
+        let shows_in = match &inj.kind {
+            // flip-b damages B's parked pages as A resumes: seen at the next
+            // checkpoint, in the next cycle.
+            InjectKind::Host(HostFault::FlipB) => c + 1,
+            InjectKind::Host(_)
+            | InjectKind::Guest {
+                fault: Fault::Stop(_),
+                ..
+            } => c,
+            InjectKind::Guest {
+                fault: Fault::Jump(j),
+                kernel,
+                ..
+            } => match (j, kernel) {
+                // Recorded wrong on the way back, seen at the next jump.
+                (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
+                (JumpFault::WriteOutside, _) => c,
+                (_, Kernel::A) => c,
+                // B's jump in cycle c comes back in cycle c + 1.
+                (_, Kernel::B) => c + 1,
+            },
+        };
+        if shows_in > cycles {
+            return refuse(format!(
+                "its effect shows in cycle {shows_in}, the run has {cycles} (use --cycles {shows_in} or more)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A run resumed from a dump (`kjump resume`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeConfig {
+    /// The dump to go on from.
+    pub file: PathBuf,
+    pub report: Option<PathBuf>,
+    pub timeout: u64,
+    /// Kernel ELF for symbols (`None`: the embedded one).
+    pub kernel: Option<PathBuf>,
+    pub dump_dir: Option<PathBuf>,
+    pub dump: DumpPolicy,
+    pub compare: CompareMode,
+}
+
+impl ResumeConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// Formats a size the way the CLI's size parser reads it back, as short
+/// as exact.
+pub fn format_size(n: u64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n % (1 << 30) == 0 => format!("{}G", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_the_run_cannot_catch_are_refused() {
+        let check = |spec: &str, cycle, scenario, cycles| {
+            RunConfig {
+                scenario,
+                cycles,
+                inject: Some(Injection::parse(spec, cycle).unwrap()),
+                ..RunConfig::default()
+            }
+            .check_injection()
+        };
+        assert!(check("b:forget-r12", Some(3), Scenario::PingPong, 3).is_err());
+        assert!(check("b:forget-r12", Some(3), Scenario::PingPong, 4).is_ok());
+        assert!(check("b:forget-r12", Some(3), Scenario::Boot, 10).is_err());
+        assert!(check("ud2", None, Scenario::Boot, 10).is_ok());
+        assert!(check("flip-a", Some(0), Scenario::PingPong, 10).is_err());
+    }
+}

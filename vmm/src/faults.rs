@@ -1,0 +1,248 @@
+//! Fault injection: damage a run on purpose, to show the oracle catches it.
+//!
+//! `--inject [a:|b:]KIND[@CYCLE]` is parsed once, against the catalog, into
+//! an [`Injection`]: a host-side fault ([`HostFault`], damage the VMM does
+//! through the VM) or a guest-side one (a deliberately buggy kernel, from
+//! the catalog both sides share, `kjump_abi::fault`). [`Injection::check_for`]
+//! refuses, before anything boots, a fault the run could not catch.
+
+use kjump_abi::control::slot_by_name;
+use kjump_abi::fault::{self, Fault, Who};
+use kjump_core::checkpoint::Kernel;
+
+/// The faults the VMM itself can inject (`--inject KIND[@CYCLE]`).
+pub const HOST_FAULTS: &[(&str, &str)] = &[
+    (
+        "flip-a",
+        "flip a byte of a page of A, parked in a source page, while B runs",
+    ),
+    (
+        "flip-b",
+        "flip a byte of a page of B, parked in a source page, while A runs",
+    ),
+    (
+        "saved-REG",
+        "change a saved register (e.g. saved-rbx) in A's control page after A suspends",
+    ),
+    (
+        "uart-lcr",
+        "change the UART's line control register when A resumes, behind its back",
+    ),
+    (
+        "vcpu-dr0",
+        "change debug register DR0 of the vCPU at A's suspend (no kernel saves it)",
+    ),
+    (
+        "vcpu-sysenter-eip",
+        "change MSR SYSENTER_EIP of the vCPU at A's suspend (no kernel saves it)",
+    ),
+    (
+        "vcpu-tsc-aux",
+        "change MSR TSC_AUX (which this KVM does not list) at A's suspend",
+    ),
+    (
+        "vcpu-lapic-tpr",
+        "change the local APIC's task-priority register at A's suspend",
+    ),
+];
+
+/// vCPU state the jump does not save and no kernel touches: damage to it
+/// at A's suspend (a VMM or hypervisor bug) is seen only by the VMM's
+/// capture, at the next resume (A's in cycle 1: B is booted, not resumed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuField {
+    Dr0,
+    /// An MSR: its index and name.
+    Msr(u32, &'static str),
+    LapicTpr,
+}
+
+/// Damage the VMM does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostFault {
+    FlipA,
+    FlipB,
+    /// A saved register in A's control page: its slot and name.
+    SavedReg(u64, String),
+    UartLcr,
+    Vcpu(VcpuField),
+}
+
+/// What an `--inject` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InjectKind {
+    Host(HostFault),
+    /// A buggy kernel: the fault, the kernel that is to have it, and the
+    /// fault's bare name.
+    Guest {
+        fault: Fault,
+        kernel: Kernel,
+        name: String,
+    },
+}
+
+/// An `--inject`, parsed against the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Injection {
+    /// As given (`b:forget-r12`), without the cycle.
+    pub spec: String,
+    pub kind: InjectKind,
+    /// The cycle to inject at (the scenario's default when absent).
+    pub cycle: Option<u64>,
+}
+
+/// Why an `--inject` was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    /// No such fault.
+    #[error("unknown fault {0:?} (see --inject list)")]
+    Unknown(String),
+    /// A fault this run could not have or catch.
+    #[error("{0} (see --inject list)")]
+    NotFor(String),
+}
+
+impl Injection {
+    /// Parses `[a:|b:]KIND` (with an optional cycle): a guest fault of the
+    /// shared catalog, else a host fault.
+    pub fn parse(spec: &str, cycle: Option<u64>) -> Result<Self, FaultError> {
+        let (kernel, name) = match spec.split_once(':') {
+            Some(("a", n)) => (Kernel::A, n),
+            Some(("b", n)) => (Kernel::B, n),
+            Some(_) => return Err(FaultError::Unknown(spec.to_owned())),
+            None => (Kernel::A, spec),
+        };
+        let kind = if let Some(f) = Fault::parse(name) {
+            match (f.entry().who, kernel) {
+                (Who::AOnly, Kernel::B) => {
+                    return Err(FaultError::NotFor(format!(
+                        "fault {name} is kernel a's only"
+                    )));
+                }
+                (Who::BOnly, Kernel::A) => {
+                    return Err(FaultError::NotFor(format!(
+                        "fault {name} is kernel b's only: use --inject b:{name}"
+                    )));
+                }
+                _ => InjectKind::Guest {
+                    fault: f,
+                    kernel,
+                    name: name.to_owned(),
+                },
+            }
+        } else {
+            InjectKind::Host(match spec {
+                "flip-a" => HostFault::FlipA,
+                "flip-b" => HostFault::FlipB,
+                "uart-lcr" => HostFault::UartLcr,
+                "vcpu-dr0" => HostFault::Vcpu(VcpuField::Dr0),
+                "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::Msr(0x176, "SYSENTER_EIP")),
+                "vcpu-tsc-aux" => HostFault::Vcpu(VcpuField::Msr(0xc000_0103, "TSC_AUX")),
+                "vcpu-lapic-tpr" => HostFault::Vcpu(VcpuField::LapicTpr),
+                k => match k
+                    .strip_prefix("saved-")
+                    .and_then(|r| slot_by_name(r).map(|s| (s, r)))
+                {
+                    Some((slot, name)) => HostFault::SavedReg(slot, name.to_owned()),
+                    None => return Err(FaultError::Unknown(k.to_owned())),
+                },
+            })
+        };
+        Ok(Self {
+            spec: spec.to_owned(),
+            kind,
+            cycle,
+        })
+    }
+
+    /// `KIND` or `KIND@CYCLE`, as given.
+    pub fn name(&self) -> String {
+        match self.cycle {
+            Some(c) => format!("{}@{c}", self.spec),
+            None => self.spec.clone(),
+        }
+    }
+
+    /// The cycle a host fault lands in (cycle 1 unless given).
+    pub fn host_cycle(&self) -> u64 {
+        self.cycle.unwrap_or(1)
+    }
+
+    /// The host-side fault, if this is one.
+    pub fn host(&self) -> Option<&HostFault> {
+        match &self.kind {
+            InjectKind::Host(h) => Some(h),
+            InjectKind::Guest { .. } => None,
+        }
+    }
+
+    /// The guest command-line words of a guest-side fault (none for a
+    /// host-side one).
+    pub fn guest_words(&self) -> Vec<String> {
+        let InjectKind::Guest { kernel, name, .. } = &self.kind else {
+            return Vec::new();
+        };
+        let (key, cycle_key) = match kernel {
+            Kernel::A => (fault::KEY, fault::CYCLE_KEY),
+            Kernel::B => (fault::B_KEY, fault::B_CYCLE_KEY),
+        };
+        let mut w = vec![format!("{key}={name}")];
+        if let Some(c) = self.cycle {
+            w.push(format!("{cycle_key}={c}"));
+        }
+        w
+    }
+}
+
+/// `--inject list`: the fault catalog.
+pub fn catalog() -> String {
+    let mut s =
+        String::from("host-side faults (--inject KIND[@CYCLE]; the VMM damages the run):\n");
+    for (k, what) in HOST_FAULTS {
+        s.push_str(&format!("  {k:<20} {what}\n"));
+    }
+    s.push_str(
+        "guest-side faults (--inject KIND[@CYCLE] for kernel a, --inject b:KIND[@CYCLE] for kernel b;\n\
+         or --append kjump.fault=KIND / kjump.b.fault=KIND; without @CYCLE armed from boot):\n",
+    );
+    for e in fault::CATALOG {
+        let who = match e.who {
+            Who::Both => "a, b",
+            Who::AOnly => "a",
+            Who::BOnly => "b",
+        };
+        s.push_str(&format!("  {:<20} {who:<5} {}\n", e.name, e.what));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_once_into_typed_values() {
+        let i = Injection::parse("b:forget-r12", Some(3)).unwrap();
+        assert_eq!(i.name(), "b:forget-r12@3");
+        assert!(i.host().is_none());
+        assert_eq!(
+            i.guest_words(),
+            ["kjump.b.fault=forget-r12", "kjump.b.fault_cycle=3"]
+        );
+        let h = Injection::parse("saved-rbx", None).unwrap();
+        assert!(matches!(h.host(), Some(HostFault::SavedReg(_, n)) if n == "rbx"));
+        assert!(h.guest_words().is_empty());
+        assert_eq!(
+            Injection::parse("no-such", None),
+            Err(FaultError::Unknown("no-such".into()))
+        );
+        assert!(matches!(
+            Injection::parse("write-outside", None),
+            Err(FaultError::NotFor(_))
+        ));
+        assert!(matches!(
+            Injection::parse("c:ud2", None),
+            Err(FaultError::Unknown(_))
+        ));
+    }
+}

@@ -1,0 +1,440 @@
+//! The `ping-pong` scenario: A→B→A→B… with every checkpoint checked.
+//!
+//! The loop runs the VM to its next event. A kimage report goes to the
+//! oracle; a checkpoint (see [`kjump_core::checkpoint`]) takes one path,
+//! top-down ([`checkpoint`]): capture the machine, hand it and guest RAM to
+//! the [`Oracle`], let a host-side fault land, write dumps, record the
+//! checkpoint in the report. The first mismatch ends the run with exit
+//! code 1 and a report.
+
+use std::time::Instant;
+
+use kjump_abi::control;
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
+use kjump_core::dump::{self, DumpInput, RamSource, ResumeRecord};
+use kjump_core::harness::HarnessEvent;
+use kjump_core::kimage::Kimage;
+use kjump_core::oracle::{Allowlist, KernelRecord, Oracle};
+use kjump_core::report::{CheckpointRecord, Mismatch};
+use kjump_core::state::MachineState;
+use kjump_core::symbols::Symbols;
+
+use crate::config::{DumpPolicy, RunConfig};
+use crate::faults::HostFault;
+use crate::progress::Progress;
+use crate::scenario::{Outcome, RunError, RunState, Verdict, handle_message};
+use crate::vm::{Vm, VmEvent};
+
+/// Where a run resumed from a dump starts (`kjump resume`): the dump's
+/// checkpoint, and what the oracle knew of each kernel there (kimages, the
+/// record of the away kernel's last suspend, and of the dump's kernel if
+/// it suspends there). Views are not given: the oracle records them from
+/// the VM's RAM.
+pub(crate) struct Seed {
+    pub(crate) at: CheckpointId,
+    pub(crate) kernels: [KernelRecord; 2],
+}
+
+/// A ping-pong run in progress: where the sequence is, the oracle, and the
+/// host-side fault to inject.
+struct PingPong<'a> {
+    cfg: &'a RunConfig,
+    tracker: Tracker,
+    oracle: Oracle,
+    injector: Injector,
+}
+
+/// Runs ping-pong on a booted VM.
+pub fn run(
+    vm: &mut Vm,
+    run: &mut RunState,
+    cfg: &RunConfig,
+    kernel: &[u8],
+) -> Result<Outcome, RunError> {
+    run_from(vm, run, cfg, kernel, None)
+}
+
+/// Runs ping-pong on a booted VM, or (with a seed) on one built from a
+/// dump, going on from the dump's checkpoint. `kernel` is the ELF the
+/// symbols come from.
+pub(crate) fn run_from(
+    vm: &mut Vm,
+    run: &mut RunState,
+    cfg: &RunConfig,
+    kernel: &[u8],
+    seed: Option<Seed>,
+) -> Result<Outcome, RunError> {
+    let symbols = Symbols::from_elf(kernel).ok();
+    vm.set_checkpoint_rip(
+        symbols
+            .as_ref()
+            .and_then(|s| s.address_of("kjump_checkpoint")),
+    );
+    let oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
+    run.report = kjump_core::report::Report::new(
+        cfg.scenario.name(),
+        cfg.cycles,
+        cfg.compare.name(),
+        oracle.allowlist().entries(),
+    );
+    let mut pp = PingPong {
+        cfg,
+        tracker: Tracker::new(),
+        oracle,
+        injector: Injector::new(cfg),
+    };
+    let progress = Progress::new(cfg.cycles);
+    if let Some(seed) = seed {
+        pp.tracker = Tracker::resume_after(seed.at).ok_or(RunError::Protocol(
+            "the dump's checkpoint is not one of the ping-pong sequence",
+        ))?;
+        let peer_away = pp.tracker.is_away(seed.at.kernel.peer());
+        pp.oracle
+            .seed(seed.at, seed.kernels, peer_away, vm.memory())?;
+        vm.set_console_name(pp.tracker.running().name());
+        run.cycles = pp.tracker.cycles_completed();
+        progress.set_cycle(run.cycles);
+    }
+    loop {
+        let mut id = None;
+        let tracker = &mut pp.tracker;
+        let event = vm.run_until_event(&mut || {
+            let i = tracker.next();
+            id = Some(i);
+            i.direction.answer()
+        })?;
+        let id = match event {
+            VmEvent::Message(HarnessEvent::Kimage { args: a }) => {
+                let k = Kimage::read(vm.memory(), &a)?;
+                let kernel = Kernel::from(k.role);
+                if kernel != pp.tracker.running() {
+                    return Err(RunError::Protocol(
+                        "a kernel reported a kimage for the other role",
+                    ));
+                }
+                log::debug!(
+                    "kernel {} kimage: {} pages, control {:#x}",
+                    kernel.name(),
+                    k.parked.len(),
+                    k.control
+                );
+                pp.oracle.kimage_reported(kernel, k, a);
+                continue;
+            }
+            VmEvent::Message(HarnessEvent::Progress { cycles }) => {
+                run.cycles = cycles;
+                progress.set_cycle(cycles);
+                continue;
+            }
+            VmEvent::Message(ev) => {
+                if let Some(verdict) = handle_message(vm, run, ev)? {
+                    progress.finish();
+                    return Ok(run.outcome(pp.judge_verdict(verdict), vm.console_name()));
+                }
+                continue;
+            }
+            VmEvent::Checkpoint { .. } => {
+                id.ok_or(RunError::Protocol("checkpoint without identity"))?
+            }
+        };
+        vm.set_console_name(pp.tracker.running().name());
+        let mismatches = checkpoint(vm, &mut pp, run, &id)?;
+        run.cycles = run.cycles.max(pp.tracker.cycles_completed());
+        if !mismatches.is_empty() {
+            progress.finish();
+            let n = mismatches.len();
+            run.report.push_mismatches(mismatches);
+            let first = &run.report.mismatches[0];
+            let why = format!(
+                "{n} mismatch(es) at checkpoint {} (cycle {}, kernel {}, {}): first: {}",
+                id.index,
+                id.cycle,
+                id.kernel.name(),
+                id.direction.name(),
+                first.explain().lines().next().unwrap_or_default()
+            );
+            run.cycles = pp.tracker.cycles_completed();
+            return Ok(run.outcome(Verdict::Fail(why), id.kernel.name()));
+        }
+    }
+}
+
+/// One checkpoint, top-down: capture → oracle → fault → dump → report.
+fn checkpoint(
+    vm: &mut Vm,
+    pp: &mut PingPong<'_>,
+    run: &mut RunState,
+    id: &CheckpointId,
+) -> Result<Vec<Mismatch>, RunError> {
+    // Capture: the machine as the kernel left it at this instruction, and
+    // what the guest wrote since the last checkpoint. (A device fault
+    // lands before it, behind the kernel's back.)
+    let t0 = Instant::now();
+    pp.injector.before_capture(vm, id)?;
+    let machine = vm.capture_machine()?;
+    let dirty = vm.dirty_pages()?;
+    let at = kjump_core::report::At::of(id);
+    let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    let capture_us = t0.elapsed().as_micros() as u64;
+
+    // The oracle: record the suspend or check the resume, and check the
+    // kernel that is away.
+    let t1 = Instant::now();
+    let judgement = pp.oracle.judge(id, &machine, vm.memory())?;
+    mismatches.extend(judgement.mismatches);
+    let compare_us = t1.elapsed().as_micros() as u64;
+    run.report.excused_pages.extend(judgement.excused);
+
+    // Host-side faults land after the state they damage was recorded.
+    pp.injector.after_capture(vm, &pp.oracle, id)?;
+
+    if pp.cfg.dump_dir.is_some() {
+        match pp.cfg.dump {
+            DumpPolicy::EveryJump => pp.dump_now(vm, id, &machine)?,
+            DumpPolicy::OnMismatch if !mismatches.is_empty() => {
+                pp.dump_mismatch(vm, id, &machine)?
+            }
+            _ => {}
+        }
+    }
+
+    run.checkpoints += 1;
+    run.report.push_checkpoint(CheckpointRecord {
+        index: id.index,
+        cycle: id.cycle,
+        kernel: id.kernel.name().to_owned(),
+        direction: id.direction.name().to_owned(),
+        answer: id.direction.answer(),
+        rip: machine.vcpu().regs.rip,
+        dirty_pages: dirty.len() as u64,
+        pages_compared: judgement.pages_compared,
+        capture_us,
+        compare_us,
+        mismatches: mismatches.len() as u64,
+    });
+    Ok(mismatches)
+}
+
+impl PingPong<'_> {
+    /// A's verdict, held to what the VMM saw: every cycle it was asked for
+    /// must have been checked by the VMM too, and an injected fault must
+    /// have been caught.
+    fn judge_verdict(&self, verdict: Verdict) -> Verdict {
+        match verdict {
+            Verdict::Pass if self.cfg.inject.is_some() => Verdict::Fail(format!(
+                "the injected fault {} was not caught: the run passed",
+                self.cfg
+                    .inject
+                    .as_ref()
+                    .map_or(String::new(), |i| i.spec.clone())
+            )),
+            Verdict::Pass if self.tracker.cycles_completed() != self.cfg.cycles => {
+                Verdict::Fail(format!(
+                    "kernel a reported pass after {} verified cycles, {} were asked",
+                    self.tracker.cycles_completed(),
+                    self.cfg.cycles
+                ))
+            }
+            v => v,
+        }
+    }
+
+    fn dump_path(&self, id: &CheckpointId, what: &str) -> std::path::PathBuf {
+        let dir = self
+            .cfg
+            .dump_dir
+            .as_deref()
+            .expect("dumps only with --dump-dir");
+        dir.join(format!(
+            "c{:05}-{:05}-{}-{}{what}.core",
+            id.cycle,
+            id.index,
+            id.kernel.name(),
+            id.direction.name()
+        ))
+    }
+
+    fn write(
+        &self,
+        path: &std::path::Path,
+        machine: &MachineState,
+        id: &CheckpointId,
+        mem: &dyn RamSource,
+        size: u64,
+        resume: Option<&ResumeRecord>,
+    ) -> Result<(), RunError> {
+        let kernel_name = self
+            .cfg
+            .kernel
+            .as_ref()
+            .map_or("built-in".into(), |p| p.display().to_string());
+        let input = DumpInput {
+            state: machine.vcpu(),
+            id,
+            jump_back_entry: self.oracle.jump_back_entry(id.kernel),
+            resumable: true,
+            memory: mem,
+            kernel_name: &kernel_name,
+            mem_size: size,
+            kjump_version: env!("CARGO_PKG_VERSION"),
+            resume,
+        };
+        dump::write_dump(path, &input)?;
+        log::info!("dump written: {}", path.display());
+        Ok(())
+    }
+
+    fn resume_record(&self, id: &CheckpointId, machine: &MachineState) -> ResumeRecord {
+        self.oracle.resume_record(
+            self.cfg.scenario.name(),
+            self.cfg.cycles,
+            id,
+            &machine.uart().cloned().unwrap_or_default(),
+        )
+    }
+
+    /// `--dump every-jump`: the VM as it is at this checkpoint, resumable.
+    fn dump_now(&self, vm: &Vm, id: &CheckpointId, machine: &MachineState) -> Result<(), RunError> {
+        self.write(
+            &self.dump_path(id, ""),
+            machine,
+            id,
+            vm.memory(),
+            vm.mem_size(),
+            Some(&self.resume_record(id, machine)),
+        )
+    }
+
+    /// `--dump on-mismatch`: the kernel when it jumped away (its registers
+    /// and view) and as it is now.
+    fn dump_mismatch(
+        &self,
+        vm: &Vm,
+        id: &CheckpointId,
+        machine: &MachineState,
+    ) -> Result<(), RunError> {
+        // The kernel whose state differs: the resuming one, or else the
+        // one that is away.
+        let k = if id.direction == Direction::Resume {
+            id.kernel
+        } else {
+            id.kernel.peer()
+        };
+        if let Some((at, left, ram)) = self.oracle.left(k, vm.memory()) {
+            // A mix of then and now: for diffing, not for resuming.
+            self.write(
+                &self.dump_path(&at, "-left"),
+                left,
+                &at,
+                &ram,
+                vm.mem_size(),
+                None,
+            )?;
+        }
+        self.write(
+            &self.dump_path(id, "-found"),
+            machine,
+            id,
+            vm.memory(),
+            vm.mem_size(),
+            Some(&self.resume_record(id, machine)),
+        )
+    }
+}
+
+/// Lands the run's host-side fault (`--inject`) at its moment, once.
+struct Injector {
+    fault: Option<HostFault>,
+    cycle: u64,
+    injected: Option<String>,
+}
+
+impl Injector {
+    fn new(cfg: &RunConfig) -> Self {
+        let inject = cfg.inject.as_ref();
+        Self {
+            fault: inject.and_then(|i| i.host().cloned()),
+            cycle: inject.map_or(1, |i| i.host_cycle()),
+            injected: None,
+        }
+    }
+
+    fn due(&self, id: &CheckpointId) -> Option<&HostFault> {
+        self.fault
+            .as_ref()
+            .filter(|_| self.injected.is_none() && id.cycle == self.cycle)
+    }
+
+    /// Device damage, before the capture: the kernel finds it at a resume.
+    fn before_capture(&mut self, vm: &mut Vm, id: &CheckpointId) -> Result<(), RunError> {
+        let note = match (self.due(id), id.kernel, id.direction) {
+            (Some(HostFault::UartLcr), Kernel::A, Direction::Resume) => {
+                let mut s = vm.serial_state();
+                let old = s.line_control;
+                s.line_control ^= 0x04;
+                vm.set_serial_state(&s)?;
+                format!(
+                    "changed the UART's LCR {old:#x} -> {:#x} as a resumed",
+                    s.line_control
+                )
+            }
+            _ => return Ok(()),
+        };
+        self.landed(note);
+        Ok(())
+    }
+
+    /// Memory and vCPU damage, after the state it damages was recorded.
+    fn after_capture(
+        &mut self,
+        vm: &mut Vm,
+        oracle: &Oracle,
+        id: &CheckpointId,
+    ) -> Result<(), RunError> {
+        let Some(fault) = self.due(id).cloned() else {
+            return Ok(());
+        };
+        let target = |sym: &str| -> Option<(u64, String)> {
+            let s = oracle.symbols()?;
+            let a = s.address_of_suffix(sym)? + 0x123;
+            Some((a, s.lookup(a).unwrap_or_default()))
+        };
+        // Damage the away kernel's parked copy of its pattern: A's while B
+        // runs (at B's suspend), B's while A runs (at A's resume).
+        let flip = |vm: &Vm, victim: Kernel| -> Result<String, RunError> {
+            let (home, sym) = target("kexec::STATIC_PATTERN")
+                .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
+            let at = oracle.parked_at(victim, home);
+            vm.flip_byte(at)?;
+            Ok(format!(
+                "flipped a byte of {}'s page {home:#x} ({sym}) parked at {at:#x}",
+                victim.name()
+            ))
+        };
+        let note = match (&fault, id.kernel, id.direction) {
+            (HostFault::FlipA, Kernel::B, Direction::Suspend) => flip(vm, Kernel::A)?,
+            (HostFault::FlipB, Kernel::A, Direction::Resume) => flip(vm, Kernel::B)?,
+            (HostFault::SavedReg(slot, name), Kernel::A, Direction::Suspend) => {
+                let offset = control::CONTEXT + 8 * slot;
+                let v = oracle.read_control(vm.memory(), Kernel::A, offset, false)?;
+                let cp = oracle.kimage(Kernel::A).map_or(0, |k| k.control);
+                vm.write_u64(cp + offset, v ^ 1)?;
+                format!(
+                    "changed a's saved {name} in its control page {cp:#x}: {v:#x} -> {:#x}",
+                    v ^ 1
+                )
+            }
+            (HostFault::Vcpu(field), Kernel::A, Direction::Suspend) => {
+                vm.change_vcpu_field(*field)?
+            }
+            _ => return Ok(()),
+        };
+        self.landed(note);
+        Ok(())
+    }
+
+    fn landed(&mut self, note: String) {
+        log::warn!("injected: {note}");
+        self.injected = Some(note);
+    }
+}
