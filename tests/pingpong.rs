@@ -225,6 +225,9 @@ fn vcpu_state_changed_behind_the_kernels_is_caught() {
             1,
         ),
         ("vcpu-dr0@2", &["dr0"][..], "b", 2),
+        // MSRs KVM does not list: probed and captured all the same.
+        ("vcpu-mtrr", &["msr[0x000002ff] MTRR_DEF_TYPE"][..], "a", 1),
+        ("vcpu-mc0-ctl", &["msr[0x00000400] MC0_CTL"][..], "a", 1),
     ] {
         let (_, _, r) = ping_pong(
             &format!("inject-{}", inject.replace('@', "-")),
@@ -243,6 +246,44 @@ fn vcpu_state_changed_behind_the_kernels_is_caught() {
                 (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
                 (kernel, "resume", cycle),
                 "{inject}"
+            );
+        }
+    }
+}
+
+/// The in-kernel interrupt controllers, the PIT and the KVM clock are part
+/// of the machine: changed behind A's back as it resumes, each is caught as
+/// exactly that device field.
+#[test]
+fn device_state_changed_behind_the_kernels_is_caught() {
+    if !kvm_or_skip("device_state_changed_behind_the_kernels_is_caught") {
+        return;
+    }
+    for (inject, field, note) in [
+        ("irqchip-pic-imr", "pic.master.imr", None),
+        ("irqchip-ioapic-mask", "ioapic.redir[4].mask", None),
+        ("pit-count", "pit.channel0.count", None),
+        // Time may advance across a jump, never run back.
+        ("kvmclock-backwards", "kvmclock.clock", Some("went back")),
+    ] {
+        let (_, _, r) = ping_pong(
+            &format!("inject-{inject}"),
+            &["--cycles", "2", "--inject", inject],
+            1,
+        );
+        assert_eq!(r.mismatches.len(), 1, "{inject}: {:#?}", r.mismatches);
+        let m = &r.mismatches[0];
+        assert_eq!(m.kind, MismatchKind::Device, "{inject}");
+        assert_eq!(m.name.as_deref(), Some(field), "{inject}");
+        assert_eq!(
+            (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+            ("a", "resume", 1),
+            "{inject}"
+        );
+        if let Some(n) = note {
+            assert!(
+                m.note.as_deref().unwrap_or("").contains(n),
+                "{inject}: {m:?}"
             );
         }
     }

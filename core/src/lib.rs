@@ -17,12 +17,14 @@
 //! KVM and hands them in.
 
 pub mod checkpoint;
+pub mod devices;
 pub mod dump;
 pub mod files;
 pub mod harness;
 pub mod image;
 pub mod kimage;
 pub mod layout;
+pub mod msrs;
 pub mod oracle;
 pub mod pages;
 pub mod report;

@@ -237,7 +237,7 @@ impl Mismatch {
         Self {
             at: at.clone(),
             kind: MismatchKind::Device,
-            name: Some(format!("{} {}", m.device, m.register)),
+            name: Some(m.name()),
             address: None,
             location: None,
             expected: m.expected.to_string(),
@@ -245,7 +245,7 @@ impl Mismatch {
             ranges: Vec::new(),
             hexdump: None,
             symbol: None,
-            note: None,
+            note: m.note.clone(),
         }
     }
 

@@ -18,6 +18,8 @@ use kvm_bindings::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::devices::{ClockState, IoapicState, PicState, PitState};
+
 /// Size of the XSAVE area `KVM_GET_XSAVE` returns (`struct kvm_xsave`).
 pub const XSAVE_SIZE: usize = 4096;
 /// Size of the legacy FXSAVE region at the start of the XSAVE area.
@@ -510,11 +512,22 @@ impl MachineState {
     }
 }
 
-/// One device's state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The state of one device of the machine: the UART, and the devices KVM
+/// emulates in the kernel (the 8259 pair, the IOAPIC, the PIT, kvmclock);
+/// [`crate::devices`] flattens each into named fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "device", rename_all = "snake_case")]
 pub enum DeviceState {
+    /// The 16550 UART; compared register by register (`uart lcr`).
     Uart(UartState),
+    /// The 8259 pair; fields `pic.master.*`, `pic.slave.*`.
+    Pic(PicState),
+    /// The IOAPIC; fields `ioapic.*`.
+    Ioapic(IoapicState),
+    /// The PIT; fields `pit.*`.
+    Pit(PitState),
+    /// kvmclock; fields `kvmclock.*`.
+    Kvmclock(ClockState),
 }
 
 /// The UART's registers (`vm_superio::serial::SerialState`), as a dump

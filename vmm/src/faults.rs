@@ -44,6 +44,30 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
         "vcpu-lapic-tpr",
         "change the local APIC's task-priority register at A's suspend",
     ),
+    (
+        "vcpu-mtrr",
+        "change MSR MTRR_DEF_TYPE (which this KVM does not list) at A's suspend",
+    ),
+    (
+        "vcpu-mc0-ctl",
+        "change MSR MC0_CTL, machine-check bank 0 (not listed by KVM), at A's suspend",
+    ),
+    (
+        "irqchip-pic-imr",
+        "mask IRQ 3 in the master 8259 (KVM_SET_IRQCHIP) when A resumes, behind its back",
+    ),
+    (
+        "irqchip-ioapic-mask",
+        "flip the mask of IOAPIC pin 4 when A resumes, behind its back",
+    ),
+    (
+        "pit-count",
+        "change the PIT's channel 0 count (KVM_SET_PIT2) when A resumes",
+    ),
+    (
+        "kvmclock-backwards",
+        "set the KVM clock back by a second (KVM_SET_CLOCK) when A resumes",
+    ),
 ];
 
 /// vCPU state the jump does not save and no kernel touches: damage to it
@@ -52,9 +76,24 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VcpuField {
     Dr0,
-    /// An MSR: its index and name.
-    Msr(u32, &'static str),
+    /// An MSR: its index, name, and the bits to flip (valid for the MSR,
+    /// or KVM refuses the write).
+    Msr(u32, &'static str, u64),
     LapicTpr,
+}
+
+/// State of an in-kernel device the VMM can change behind a kernel's back
+/// (the device faults land as A resumes, before the capture).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceField {
+    /// The master 8259's interrupt mask register.
+    PicImr,
+    /// The mask bit of IOAPIC pin 4's redirection entry.
+    IoapicMask,
+    /// The PIT's channel 0 count.
+    PitCount,
+    /// The KVM clock, set back.
+    ClockBack,
 }
 
 /// Damage the VMM does.
@@ -66,6 +105,7 @@ pub enum HostFault {
     SavedReg(u64, String),
     UartLcr,
     Vcpu(VcpuField),
+    Device(DeviceField),
 }
 
 /// What an `--inject` asks for.
@@ -136,9 +176,17 @@ impl Injection {
                 "flip-b" => HostFault::FlipB,
                 "uart-lcr" => HostFault::UartLcr,
                 "vcpu-dr0" => HostFault::Vcpu(VcpuField::Dr0),
-                "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::Msr(0x176, "SYSENTER_EIP")),
-                "vcpu-tsc-aux" => HostFault::Vcpu(VcpuField::Msr(0xc000_0103, "TSC_AUX")),
+                "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::Msr(0x176, "SYSENTER_EIP", 0x5a)),
+                "vcpu-tsc-aux" => HostFault::Vcpu(VcpuField::Msr(0xc000_0103, "TSC_AUX", 0x5a)),
                 "vcpu-lapic-tpr" => HostFault::Vcpu(VcpuField::LapicTpr),
+                // Memory type 0 (UC) <-> 6 (WB): both valid.
+                "vcpu-mtrr" => HostFault::Vcpu(VcpuField::Msr(0x2ff, "MTRR_DEF_TYPE", 0x6)),
+                // MCi_CTL takes 0 or all ones only.
+                "vcpu-mc0-ctl" => HostFault::Vcpu(VcpuField::Msr(0x400, "MC0_CTL", u64::MAX)),
+                "irqchip-pic-imr" => HostFault::Device(DeviceField::PicImr),
+                "irqchip-ioapic-mask" => HostFault::Device(DeviceField::IoapicMask),
+                "pit-count" => HostFault::Device(DeviceField::PitCount),
+                "kvmclock-backwards" => HostFault::Device(DeviceField::ClockBack),
                 k => match k
                     .strip_prefix("saved-")
                     .and_then(|r| slot_by_name(r).map(|s| (s, r)))

@@ -191,13 +191,19 @@ pub(super) fn split_expected(
     diffs: Vec<RegisterDiff>,
     suspend: &VcpuState,
     resume: &VcpuState,
+    suspend_first: bool,
 ) -> (Vec<RegisterDiff>, Vec<ExpectedDiff>) {
     let answered = oracle::check_answer(suspend, Direction::Suspend.answer(), "suspend").is_none()
         && oracle::check_answer(resume, Direction::Resume.answer(), "resume").is_none();
     let (rax, rest): (Vec<_>, Vec<_>) =
         diffs.into_iter().partition(|d| answered && d.name == "rax");
     let allow = Allowlist::standard();
-    let (unexpected, excused) = allow.excuse(rest, |d| &d.name);
+    let values = |d: &RegisterDiff| match (&d.old, &d.new) {
+        (FieldValue::U64(o), FieldValue::U64(n)) if suspend_first => Some((*o, *n)),
+        (FieldValue::U64(o), FieldValue::U64(n)) => Some((*n, *o)),
+        _ => None,
+    };
+    let (unexpected, excused) = allow.excuse_values(rest, |d| &d.name, values);
     let expected = rax
         .into_iter()
         .map(|register| ExpectedDiff {
@@ -274,8 +280,8 @@ pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
     let pair = suspend_resume_pair(&a.meta.id, &b.meta.id);
     let registers = register_diffs(&a.state, &b.state);
     let (registers, expected) = match pair {
-        Some([s, _]) if s == a.meta.id => split_expected(registers, &a.state, &b.state),
-        Some(_) => split_expected(registers, &b.state, &a.state),
+        Some([s, _]) if s == a.meta.id => split_expected(registers, &a.state, &b.state, true),
+        Some(_) => split_expected(registers, &b.state, &a.state, false),
         None => (registers, Vec::new()),
     };
     let mut out = DumpDiff {

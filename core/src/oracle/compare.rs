@@ -42,6 +42,9 @@ pub enum AllowRule {
     /// Only while every value of the XSAVE area is identical: for
     /// `xsave.xstate_bv`, see [`Allowlist::standard`].
     XsaveValuesEqual,
+    /// Only when the value moved forward: a counter of time may advance
+    /// while the peer runs, never go back.
+    Advances,
 }
 
 /// One excused field.
@@ -80,9 +83,10 @@ impl Allowlist {
     /// `xstate_bv` excused. Any differing value is reported with it.
     pub fn standard() -> Self {
         Self::strict()
-            .allow(
+            .allow_when(
                 &msr_field(0x10),
-                "the TSC counts time; it runs on while the peer kernel runs",
+                "the TSC counts time; it runs on while the peer kernel runs (it may advance, never go back)",
+                AllowRule::Advances,
             )
             .allow_when(
                 XSTATE_BV,
@@ -121,10 +125,24 @@ impl Allowlist {
     /// excuses and those this list excuses, with the entry that does. A
     /// rule may depend on the other differences ([`AllowRule::XsaveValuesEqual`]),
     /// so all of them are passed at once; `field` names each.
+    ///
+    /// Without the values ([`Allowlist::excuse_values`]) a field excused
+    /// only when it advances ([`AllowRule::Advances`]) is not excused.
     pub fn excuse<T>(
         &self,
         diffs: Vec<T>,
         field: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, Vec<(T, &AllowEntry)>) {
+        self.excuse_values(diffs, field, |_| None)
+    }
+
+    /// [`Allowlist::excuse`], with `values` giving a difference's expected
+    /// and actual value where they are numbers.
+    pub fn excuse_values<T>(
+        &self,
+        diffs: Vec<T>,
+        field: impl Fn(&T) -> &str,
+        values: impl Fn(&T) -> Option<(u64, u64)>,
     ) -> (Vec<T>, Vec<(T, &AllowEntry)>) {
         let xsave_values_differ = diffs.iter().any(|d| {
             let f = field(d);
@@ -136,6 +154,12 @@ impl Allowlist {
             match self.entry(field(&d)) {
                 Some(e) if e.rule == AllowRule::Always => excused.push((d, e)),
                 Some(e) if e.rule == AllowRule::XsaveValuesEqual && !xsave_values_differ => {
+                    excused.push((d, e))
+                }
+                Some(e)
+                    if e.rule == AllowRule::Advances
+                        && values(&d).is_some_and(|(old, new)| new >= old) =>
+                {
                     excused.push((d, e))
                 }
                 _ => unexcused.push(d),
@@ -257,7 +281,20 @@ pub fn compare_vcpu(
         });
     }
 
-    out.extend(allow.excuse(diffs, |d| &d.field).0);
+    let values = |d: &RegisterMismatch| match (&d.expected, &d.actual) {
+        (FieldValue::U64(e), FieldValue::U64(a)) => Some((*e, *a)),
+        _ => None,
+    };
+    for mut d in allow.excuse_values(diffs, |d| &d.field, values).0 {
+        if d.note.is_none()
+            && allow
+                .entry(&d.field)
+                .is_some_and(|e| e.rule == AllowRule::Advances)
+        {
+            d.note = Some("it went back: time may advance across a jump, never run back".into());
+        }
+        out.push(d);
+    }
     out
 }
 
@@ -701,18 +738,34 @@ fn explain_page(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceMismatch {
     pub device: String,
+    /// The register or field within the device; empty when `device` is the
+    /// field's full name (`pic.master.imr`).
     pub register: String,
     pub expected: FieldValue,
     pub actual: FieldValue,
+    /// How the field was judged, when not bit for bit (a counter that
+    /// went back).
+    pub note: Option<String>,
+}
+
+impl DeviceMismatch {
+    /// `uart lcr`, `pic.master.imr`.
+    pub fn name(&self) -> String {
+        if self.register.is_empty() {
+            self.device.clone()
+        } else {
+            format!("{} {}", self.device, self.register)
+        }
+    }
 }
 
 impl fmt::Display for DeviceMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {} -> {}",
-            self.device, self.register, self.expected, self.actual
-        )
+        write!(f, "{}: {} -> {}", self.name(), self.expected, self.actual)?;
+        if let Some(n) = &self.note {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
     }
 }
 
@@ -743,6 +796,7 @@ pub fn compare_uart(expected: &UartState, actual: &UartState) -> Vec<DeviceMisma
             register: name.to_string(),
             expected: e,
             actual: a,
+            note: None,
         })
         .collect()
 }
@@ -888,7 +942,10 @@ mod tests {
     fn excuse_names_the_entry_and_keeps_the_order() {
         let tsc = "msr[0x00000010] TSC";
         let allow = Allowlist::standard();
-        let (rest, excused) = allow.excuse(vec!["rbx", tsc, XSTATE_BV, "cr3"], |d| d);
+        // The TSC is excused when it advanced, not when it went back.
+        let forward = |d: &&str| (*d == tsc).then_some((5, 9));
+        let (rest, excused) =
+            allow.excuse_values(vec!["rbx", tsc, XSTATE_BV, "cr3"], |d| d, forward);
         assert_eq!(rest, ["rbx", "cr3"]);
         let by: Vec<_> = excused
             .iter()
@@ -896,9 +953,16 @@ mod tests {
             .collect();
         assert_eq!(by, [(tsc, tsc, false), (XSTATE_BV, XSTATE_BV, false)]);
         // A differing XSAVE value takes the excuse of xstate_bv back.
-        let (rest, excused) = allow.excuse(vec![XSTATE_BV, "xmm0", tsc], |d| d);
+        let (rest, excused) = allow.excuse_values(vec![XSTATE_BV, "xmm0", tsc], |d| d, forward);
         assert_eq!((rest, excused.len()), (vec![XSTATE_BV, "xmm0"], 1));
         assert_eq!(Allowlist::strict().excuse(vec![tsc], |d| d).0, [tsc]);
+        let back = |d: &&str| (*d == tsc).then_some((9, 5));
+        assert_eq!(allow.excuse_values(vec![tsc], |d| d, back).0, [tsc]);
+        assert_eq!(
+            allow.excuse(vec![tsc], |d| d).0,
+            [tsc],
+            "no values: not excused"
+        );
     }
 
     #[test]

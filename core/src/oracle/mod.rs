@@ -35,6 +35,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMem;
 use crate::checkpoint::{CheckpointId, Direction, Kernel};
+use crate::devices;
 use crate::dump::{DumpError, RamSource, ResumeRecord, SuspendRecord};
 use crate::kimage::Kimage;
 use crate::pages::{PAGE_SIZE, PageError, PageStore, Shadow};
@@ -699,7 +700,24 @@ pub fn compare_devices(left: &MachineState, found: &MachineState) -> Vec<DeviceM
                 register: "present".to_owned(),
                 expected: FieldValue::U64(1),
                 actual: FieldValue::U64(0),
+                note: Some("the device is gone".to_owned()),
             }),
+            (l, Some(f)) => out.extend(devices::compare(l, f).into_iter().map(|d| {
+                let value = |v: Option<u64>| v.map_or(FieldValue::Absent, FieldValue::U64);
+                let note = match d.rule {
+                    devices::Rule::Monotonic { reason } => {
+                        Some(format!("may only advance: it went back; {reason}"))
+                    }
+                    _ => None,
+                };
+                DeviceMismatch {
+                    device: d.name,
+                    register: String::new(),
+                    expected: value(d.expected),
+                    actual: value(d.actual),
+                    note,
+                }
+            })),
         }
     }
     out

@@ -274,3 +274,53 @@ fn a_resume_without_a_suspend_is_a_protocol_error() {
         "guest protocol error: a kernel resumed that never suspended"
     );
 }
+
+#[test]
+fn time_may_advance_across_a_jump_never_run_back() {
+    let tsc = "msr[0x00000010] TSC";
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    // The TSC ran on while B ran: excused.
+    let mut back = machine(0x20_1234, ANSWER_BACK);
+    back.vcpus[0].msrs.insert(0x10, 123_456 + 1_000_000);
+    assert_eq!(g.checkpoint(&back), vec![]);
+
+    // The TSC set back: a register mismatch with both values.
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    let mut back = machine(0x20_1234, ANSWER_BACK);
+    back.vcpus[0].msrs.insert(0x10, 5);
+    let found = g.checkpoint(&back);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].name.as_deref(), Some(tsc));
+    assert_eq!(
+        (found[0].expected.as_str(), found[0].actual.as_str()),
+        ("0x1e240", "0x5")
+    );
+    assert!(
+        found[0]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("never run back")
+    );
+
+    // TSC_ADJUST is not time: any change is a mismatch.
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    let mut back = machine(0x20_1234, ANSWER_BACK);
+    back.vcpus[0].msrs.insert(0x3b, 1);
+    let found = g.checkpoint(&back);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0]
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .contains("TSC_ADJUST"),
+        "{found:?}"
+    );
+}

@@ -368,6 +368,9 @@ impl Injector {
     /// Device damage, before the capture: the kernel finds it at a resume.
     fn before_capture(&mut self, vm: &mut Vm, id: &CheckpointId) -> Result<(), RunError> {
         let note = match (self.due(id), id.kernel, id.direction) {
+            (Some(HostFault::Device(field)), Kernel::A, Direction::Resume) => {
+                vm.change_device_field(*field)?
+            }
             (Some(HostFault::UartLcr), Kernel::A, Direction::Resume) => {
                 let mut s = vm.serial_state();
                 let old = s.line_control;

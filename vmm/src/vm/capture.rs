@@ -11,7 +11,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 
 /// `KVM_GET_MSRS`/`KVM_SET_MSRS` take at most this many entries at once.
-const MSR_BATCH: usize = kvm_bindings::KVM_MAX_MSR_ENTRIES;
+/// (KVM refuses a batch of `MAX_IO_MSRS`, 256, or more.)
+const MSR_BATCH: usize = kvm_bindings::KVM_MAX_MSR_ENTRIES - 1;
 
 /// Reading or writing a part of the vCPU state failed.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,10 @@ fn set_xsave(vcpu: &VcpuFd, bytes: &[u8]) -> Result<(), SnapshotError> {
     })
 }
 
+/// Writes `msrs` back. KVM writes a batch in order and stops at the first
+/// MSR it refuses; an MSR it refuses to write but that already holds the
+/// value (a read-only one such as MTRRcap or MCG_CAP, captured so that it is
+/// compared) is passed over, any other refusal is an error.
 fn set_msrs(vcpu: &VcpuFd, msrs: &BTreeMap<u32, u64>) -> Result<(), SnapshotError> {
     let all: Vec<kvm_msr_entry> = msrs
         .iter()
@@ -176,20 +181,26 @@ fn set_msrs(vcpu: &VcpuFd, msrs: &BTreeMap<u32, u64>) -> Result<(), SnapshotErro
         })
         .collect();
     let mut done = 0;
-    for batch in all.chunks(MSR_BATCH) {
+    while done < all.len() {
+        let batch = &all[done..all.len().min(done + MSR_BATCH)];
         let list = Msrs::from_entries(batch).map_err(SnapshotError::MsrList)?;
         let n = vcpu.set_msrs(&list).map_err(|source| SnapshotError::Set {
             what: "MSRs",
             source,
         })?;
-        if n != batch.len() {
-            return Err(SnapshotError::Msr {
-                index: batch[n].index,
-                done: done + n,
-                total: all.len(),
-            });
-        }
         done += n;
+        if n < batch.len() {
+            let refused = batch[n];
+            let now = get_msrs(vcpu, &[refused.index])?;
+            if now.get(&refused.index) != Some(&refused.data) {
+                return Err(SnapshotError::Msr {
+                    index: refused.index,
+                    done,
+                    total: all.len(),
+                });
+            }
+            done += 1;
+        }
     }
     Ok(())
 }

@@ -14,6 +14,8 @@
 
 pub mod boot;
 pub mod capture;
+pub mod devices;
+pub mod msr_probe;
 pub mod serial;
 pub mod vcpu;
 pub mod watchdog;
@@ -44,7 +46,7 @@ use kjump_core::state::{MachineState, UartState, VcpuState};
 
 use self::capture::SnapshotError;
 use self::vcpu::{ExitAction, GuestFault, PortIo, RegDump, VcpuError};
-use crate::faults::VcpuField;
+use crate::faults::{DeviceField, VcpuField};
 use crate::vm::watchdog::{KickGuard, StopFlag, StopReason};
 
 /// Offset of the TPR in the local APIC register page.
@@ -202,6 +204,12 @@ pub enum VmError {
     /// an image's vCPU state was refused
     #[error("cannot restore the vCPU state")]
     Restore(#[source] SnapshotError),
+    /// The in-kernel devices' state could not be read or written.
+    #[error("cannot capture or restore the in-kernel devices")]
+    Devices(#[source] devices::DeviceIoError),
+    /// Probing which MSRs this KVM reads failed.
+    #[error("cannot probe the vCPU's MSRs")]
+    MsrProbe(#[source] msr_probe::MsrProbeError),
     /// Reading the machine's state at a checkpoint failed.
     #[error("cannot capture the vCPU state")]
     Capture(#[source] SnapshotError),
@@ -286,7 +294,13 @@ pub struct Vm {
     harness: Harness,
     /// `None` for a VM built from an image.
     boot: Option<BootInfo>,
+    /// The MSRs captured at every checkpoint: KVM's index list and the
+    /// architectural MSRs it reads without listing them.
     msrs: Vec<u32>,
+    /// The candidate MSRs KVM refused to read.
+    msrs_refused: Vec<u32>,
+    /// Whether the VM has the in-kernel irqchip and PIT.
+    irqchip: bool,
     stop: StopFlag,
     mem_size: u64,
     /// The guest's checkpoint instruction (`kjump_checkpoint`), when known:
@@ -472,6 +486,10 @@ impl Machine {
         if irqchip {
             vm.create_irq_chip()
                 .map_err(kvm_err("create the in-kernel irqchip"))?;
+            // The PIT, as on a PC: its state is part of what a kernel
+            // finds after a jump.
+            vm.create_pit2(kvm_bindings::kvm_pit_config::default())
+                .map_err(kvm_err("create the in-kernel PIT"))?;
         }
 
         let (ranges, n) = layout::ram_ranges(mem_size);
@@ -572,7 +590,8 @@ impl Vm {
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
         vcpu::setup_cpuid(&kvm, &vcpu)?;
         vcpu::setup_registers(&vcpu, boot.entry)?;
-        let msrs = vcpu::readable_msrs(&kvm, &vcpu)?;
+        let probe = msr_probe::probe_arch_msrs(&vcpu, &vcpu::msr_index_list(&kvm)?)
+            .map_err(VmError::MsrProbe)?;
 
         Ok(Vm {
             vcpu,
@@ -583,7 +602,9 @@ impl Vm {
             console: Console::new(&cfg.console_name, cfg.console.clone()),
             harness: Harness::new(),
             boot: Some(boot),
-            msrs,
+            msrs: probe.indices(),
+            msrs_refused: probe.refused,
+            irqchip: cfg.irqchip,
             stop: cfg.stop.clone(),
             mem_size: cfg.mem_size,
             checkpoint_rip: None,
@@ -631,7 +652,8 @@ impl Vm {
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
         vcpu::setup_cpuid(&kvm, &vcpu)?;
-        let msrs = vcpu::readable_msrs(&kvm, &vcpu)?;
+        let probe = msr_probe::probe_arch_msrs(&vcpu, &vcpu::msr_index_list(&kvm)?)
+            .map_err(VmError::MsrProbe)?;
         capture::restore(&vcpu, state).map_err(VmError::Restore)?;
         log::info!(
             "VM from an image: {copied} non-zero pages of {} MiB, rip {:#x}",
@@ -648,7 +670,9 @@ impl Vm {
             console: Console::new(&cfg.console_name, cfg.console.clone()),
             harness: Harness::new(),
             boot: None,
-            msrs,
+            msrs: probe.indices(),
+            msrs_refused: probe.refused,
+            irqchip: true,
             stop: cfg.stop.clone(),
             mem_size,
             checkpoint_rip: None,
@@ -683,10 +707,22 @@ impl Vm {
     /// [`capture::capture`]'s order) and the devices' states.
     pub fn capture_machine(&self) -> Result<MachineState, VmError> {
         let vcpu = capture::capture(&self.vcpu, &self.msrs).map_err(VmError::Capture)?;
-        Ok(MachineState::new(
-            vcpu,
-            UartState::from(&self.serial_state()),
-        ))
+        let mut m = MachineState::new(vcpu, UartState::from(&self.serial_state()));
+        if self.irqchip {
+            for d in devices::capture_devices(&self.vm).map_err(VmError::Devices)? {
+                m.devices.insert(d.name().to_owned(), d);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Changes `field` of an in-kernel device (the device faults); says
+    /// what it did.
+    pub fn change_device_field(&self, field: DeviceField) -> Result<String, VmError> {
+        if !self.irqchip {
+            return Err(VmError::Inject("this VM has no in-kernel irqchip"));
+        }
+        devices::change_field(&self.vm, field).map_err(VmError::Devices)
     }
 
     /// Flips the lowest bit of the guest byte at `at` (fault injection).
@@ -720,7 +756,7 @@ impl Vm {
                 vcpu.set_debug_regs(&d).map_err(failed)?;
                 format!("changed the vCPU's dr0 {old:#x} -> {:#x}", d.db[0])
             }
-            VcpuField::Msr(index, name) => {
+            VcpuField::Msr(index, name, flip) => {
                 let entry = |data| kvm_bindings::kvm_msr_entry {
                     index,
                     data,
@@ -732,12 +768,12 @@ impl Vm {
                     return Err(VmError::Inject("this KVM does not expose the MSR"));
                 }
                 let old = msrs.as_slice()[0].data;
-                let new = kvm_bindings::Msrs::from_entries(&[entry(old ^ 0x5a)])
+                let new = kvm_bindings::Msrs::from_entries(&[entry(old ^ flip)])
                     .map_err(|_| VmError::Inject("cannot build an MSR list"))?;
                 if vcpu.set_msrs(&new).map_err(failed)? != 1 {
                     return Err(VmError::Inject("KVM refused to set the MSR"));
                 }
-                format!("changed the vCPU's {name} {old:#x} -> {:#x}", old ^ 0x5a)
+                format!("changed the vCPU's {name} {old:#x} -> {:#x}", old ^ flip)
             }
             VcpuField::LapicTpr => {
                 let mut l = vcpu.get_lapic().map_err(failed)?;
@@ -749,9 +785,15 @@ impl Vm {
         })
     }
 
-    /// The MSRs KVM can save and restore for this vCPU.
+    /// The MSRs captured at every checkpoint (KVM's index list and the
+    /// architectural MSRs it reads without listing them).
     pub fn msr_index_list(&self) -> &[u32] {
         &self.msrs
+    }
+
+    /// The candidate MSRs this KVM refused to read (not captured).
+    pub fn msrs_refused(&self) -> &[u32] {
+        &self.msrs_refused
     }
 
     /// The vCPU's general and special registers, now.

@@ -180,33 +180,12 @@ pub fn setup_registers(vcpu: &VcpuFd, entry: u64) -> Result<(), VcpuError> {
         .map_err(ioctl("set the FPU state"))
 }
 
-/// MSRs a guest can observe that some KVMs leave out of their index list
-/// (the software backend of the test machines reads and writes TSC_AUX,
-/// which `rdtscp` and `rdpid` return, but does not list it).
-const UNLISTED_MSRS: &[u32] = &[0xc000_0103];
-
-/// KVM's MSR index list and [`UNLISTED_MSRS`], less the MSRs
-/// `KVM_GET_MSRS` cannot read for this vCPU (the list names every MSR KVM
-/// knows; some depend on CPUID).
-pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, VcpuError> {
+/// KVM's MSR index list.
+pub fn msr_index_list(kvm: &Kvm) -> Result<Vec<u32>, VcpuError> {
     let list = kvm
         .get_msr_index_list()
         .map_err(ioctl("get KVM's MSR index list"))?;
-    let listed = list.as_slice();
-    let extra = UNLISTED_MSRS.iter().filter(|i| !listed.contains(i));
-    let mut readable = Vec::with_capacity(listed.len() + UNLISTED_MSRS.len());
-    for &index in listed.iter().chain(extra) {
-        let mut one = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            ..Default::default()
-        }])
-        .map_err(VcpuError::Fam)?;
-        // KVM_GET_MSRS returns how many entries it read; 0 = not readable.
-        if matches!(vcpu.get_msrs(&mut one), Ok(1)) {
-            readable.push(index);
-        }
-    }
-    Ok(readable)
+    Ok(list.as_slice().to_vec())
 }
 
 /// The registers of a stopped guest, for error messages.
