@@ -498,6 +498,24 @@ impl MachineState {
         }
     }
 
+    /// A machine of one vCPU, a UART and `devices` (the in-kernel ones).
+    pub fn with_devices(vcpu: VcpuState, uart: UartState, devices: Vec<DeviceState>) -> Self {
+        let mut m = Self::new(vcpu, uart);
+        for d in devices {
+            m.devices.insert(d.name().to_owned(), d);
+        }
+        m
+    }
+
+    /// The devices but the UART (which dumps keep apart).
+    pub fn other_devices(&self) -> Vec<DeviceState> {
+        self.devices
+            .values()
+            .filter(|d| !matches!(d, DeviceState::Uart(_)))
+            .cloned()
+            .collect()
+    }
+
     /// The boot vCPU.
     pub fn vcpu(&self) -> &VcpuState {
         &self.vcpus[0]

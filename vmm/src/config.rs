@@ -183,6 +183,9 @@ impl RunConfig {
             };
         }
         let c = inj.cycle.unwrap_or(1);
+        if matches!(inj.kind, InjectKind::Host(HostFault::FlipBImage)) && c != 1 {
+            return refuse("B's image is delivered in cycle 1 only".into());
+        }
         let shows_in = match &inj.kind {
             // flip-b damages B's parked pages as A resumes: seen at the next
             // checkpoint, in the next cycle.

@@ -21,6 +21,10 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
         "flip a byte of a page of B, parked in a source page, while A runs",
     ),
     (
+        "flip-b-image",
+        "flip a byte of B's image where A's kimage keeps it, at A's first jump (cycle 1)",
+    ),
+    (
         "saved-REG",
         "change a saved register (e.g. saved-rbx) in A's control page after A suspends",
     ),
@@ -101,6 +105,8 @@ pub enum DeviceField {
 pub enum HostFault {
     FlipA,
     FlipB,
+    /// A byte of B's image in A's source pages, before the first jump.
+    FlipBImage,
     /// A saved register in A's control page: its slot and name.
     SavedReg(u64, String),
     UartLcr,
@@ -174,6 +180,7 @@ impl Injection {
             InjectKind::Host(match spec {
                 "flip-a" => HostFault::FlipA,
                 "flip-b" => HostFault::FlipB,
+                "flip-b-image" => HostFault::FlipBImage,
                 "uart-lcr" => HostFault::UartLcr,
                 "vcpu-dr0" => HostFault::Vcpu(VcpuField::Dr0),
                 "vcpu-sysenter-eip" => HostFault::Vcpu(VcpuField::Msr(0x176, "SYSENTER_EIP", 0x5a)),

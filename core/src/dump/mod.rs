@@ -99,12 +99,17 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const KJUMP_MAGIC: [u8; 8] = *b"KJUMPDMP";
 /// Version of the KJUMP note layout this kjump writes (it reads it and
 /// every version from [`KJUMP_MIN_VERSION`]).
-pub const KJUMP_VERSION: u32 = 2;
+pub const KJUMP_VERSION: u32 = 3;
 /// The oldest KJUMP note layout this kjump reads: version 1 has no resume
 /// record.
 pub const KJUMP_MIN_VERSION: u32 = 1;
-/// Size of the KJUMP note's fixed header (see [`KjumpNote`]).
+/// Size of the KJUMP note's fixed header in versions 1 and 2 (see
+/// [`KjumpNote`]).
 pub const KJUMP_HEADER_SIZE: usize = 72;
+/// Size of the fixed header from version 3: `ram_size` follows.
+pub const KJUMP_HEADER_SIZE_V3: usize = 80;
+/// Offset of `ram_size` (version 3): bytes of the RAM checksums.
+const KJUMP_RAM_SIZE: usize = 72;
 /// Offset of the checksum in the KJUMP note's fixed header.
 const KJUMP_CHECKSUM: usize = 64;
 /// Offset of `resume_size` (version 2; reserved and zero in version 1).
@@ -210,13 +215,13 @@ pub struct DumpInput<'a> {
 
 /// The KJUMP note's metadata, as read back.
 ///
-/// The note's descriptor, version 2, all integers little-endian:
+/// The note's descriptor, version 3, all integers little-endian:
 ///
 /// ```text
 /// offset size field
 ///      0    8 magic            "KJUMPDMP"
-///      8    4 version          2
-///     12    4 header_size      72: offset of the variable part
+///      8    4 version          3
+///     12    4 header_size      80: offset of the variable part
 ///     16    8 index            checkpoint index in the run, from 0
 ///     24    8 cycle            A->B->A cycle, from 1
 ///     32    1 kernel           0 = A, 1 = B
@@ -229,23 +234,30 @@ pub struct DumpInput<'a> {
 ///     58    2 kjump_version_size
 ///     60    4 resume_size      bytes of the resume record; 0 = none
 ///     64    8 checksum         xxh3-64 of the descriptor with this field zero
-///     72      state            the vCPU state: UTF-8 JSON of kjump's VcpuState
+///     72    4 ram_size         bytes of the RAM checksums
+///     76    4 reserved         zero
+///     80      state            the vCPU state: UTF-8 JSON of kjump's VcpuState
 ///             kernel_name      UTF-8
 ///             kjump_version    UTF-8
 ///             resume           UTF-8 JSON of kjump's ResumeRecord
+///             ram              UTF-8 JSON: one {"start", "len", "xxh3"} per
+///                              PT_LOAD, xxh3-64 of its bytes as 16 hex digits
 /// ```
 ///
-/// The descriptor is exactly `72 + state_size + kernel_name_size +
-/// kjump_version_size + resume_size` bytes. Version 1 is the same without
-/// the resume record: its bytes 60..64 are reserved and zero; kjump reads
-/// it (such a dump is inspected and diffed, but not resumed). The JSON object has the members `mp_state`,
-/// `regs`, `sregs`, `xcrs`, `debugregs`, `lapic`, `events`: the raw bytes
-/// of KVM's `struct kvm_mp_state`, `kvm_regs`, `kvm_sregs`, `kvm_xcrs`,
-/// `kvm_debugregs`, `kvm_lapic_state`, `kvm_vcpu_events` (the KVM UAPI
-/// layout, x86_64, as `KVM_GET_*` returns them) as arrays of numbers, which
-/// is how kvm-bindings serialises them; `xsave`, the 4096-byte
+/// The descriptor is exactly `80 + state_size + kernel_name_size +
+/// kjump_version_size + resume_size + ram_size` bytes. Versions 1 and 2
+/// have a 72-byte header and no RAM checksums (version 1 no resume record
+/// either: its bytes 60..64 are reserved and zero); kjump reads them (a
+/// version 1 dump is inspected and diffed, but not resumed). The vCPU
+/// state is a JSON object with the members `mp_state`, `regs`, `sregs`,
+/// `xcrs`, `debugregs`, `lapic`, `events`: the raw bytes of KVM's `struct
+/// kvm_mp_state`, `kvm_regs`, `kvm_sregs`, `kvm_xcrs`, `kvm_debugregs`,
+/// `kvm_lapic_state`, `kvm_vcpu_events` (the KVM UAPI layout, x86_64, as
+/// `KVM_GET_*` returns them) as arrays of numbers of exactly the struct's
+/// size, which is how kvm-bindings serialises them; `xsave`, the 4096-byte
 /// `KVM_GET_XSAVE` area as an array of numbers; `msrs`, an object of MSR
-/// index (decimal, as a string) to value.
+/// index (decimal, as a string) to value: every MSR captured, KVM's index
+/// list and the architectural MSRs it reads unlisted.
 ///
 /// The resume record is a JSON object with exactly these members:
 /// `scenario` (string) and `cycles` (the cycles the run was asked for);
@@ -253,12 +265,14 @@ pub struct DumpInput<'a> {
 /// report, or null); `uart` (the UART's registers at the checkpoint:
 /// `baud_divisor_low`, `baud_divisor_high`, `interrupt_enable`,
 /// `interrupt_identification`, `line_control`, `line_status`,
-/// `modem_control`, `modem_status`, `scratch`, `in_buffer`); `peer` (null
-/// before the other kernel has booted, or what the oracle recorded at its
-/// last suspend: `kernel`, `suspended_at` (`index`, `cycle`, `kernel`,
-/// `direction`), `state` (a vCPU state as above), `uart`). Readers refuse
-/// unknown members. A change to any of this bumps
-/// the version.
+/// `modem_control`, `modem_status`, `scratch`, `in_buffer`); `devices`
+/// (version 3; the in-kernel devices at the checkpoint, each an object
+/// tagged `"device": "pic" | "ioapic" | "pit" | "kvmclock"` with the fields
+/// of kjump's state types); `peer` (null before the other kernel has
+/// booted, or what the oracle recorded at its last suspend: `kernel`,
+/// `suspended_at` (`index`, `cycle`, `kernel`, `direction`), `state` (a vCPU
+/// state as above), `uart`, `devices`). Readers refuse unknown members. A
+/// change to any of this bumps the version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KjumpNote {
     pub version: u32,
@@ -268,6 +282,36 @@ pub struct KjumpNote {
     pub mem_size: u64,
     pub kernel_name: String,
     pub kjump_version: String,
+}
+
+/// The checksum of one RAM range of a dump (KJUMP note version 3): xxh3-64
+/// of the range's `len` bytes from `start`, holes read as zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RamChecksum {
+    pub start: u64,
+    pub len: u64,
+    /// 16 hex digits.
+    #[serde(with = "hex64")]
+    pub xxh3: u64,
+}
+
+/// A u64 as exactly 16 hex digits: the KJUMP note's size does not depend on
+/// the checksums' values (the note is laid out before RAM is hashed).
+mod hex64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let t = String::deserialize(d)?;
+        if t.len() != 16 {
+            return Err(serde::de::Error::custom("a checksum is 16 hex digits"));
+        }
+        u64::from_str_radix(&t, 16).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One note of a dump, as listed by [`inspect`].
@@ -360,4 +404,6 @@ pub struct Dump {
     /// Sorted by address, not overlapping.
     loads: Vec<Load>,
     notes: Vec<NoteInfo>,
+    /// The RAM ranges' checksums (version 3), verified when read.
+    checksums: Vec<RamChecksum>,
 }

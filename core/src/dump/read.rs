@@ -76,7 +76,7 @@ pub(super) fn parse_notes(b: &[u8]) -> Result<Vec<RawNote<'_>>, String> {
 }
 
 /// Decodes the KJUMP note (layout: [`KjumpNote`]).
-type KjumpParts = (KjumpNote, VcpuState, Option<ResumeRecord>);
+type KjumpParts = (KjumpNote, VcpuState, Option<ResumeRecord>, Vec<RamChecksum>);
 
 pub(super) fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpError> {
     let corrupt = |what: String| DumpError::Corrupt {
@@ -93,18 +93,31 @@ pub(super) fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpEr
             found: version,
         });
     }
-    if desc.len() < KJUMP_HEADER_SIZE {
+    let header_size = if version >= 3 {
+        KJUMP_HEADER_SIZE_V3
+    } else {
+        KJUMP_HEADER_SIZE
+    };
+    if desc.len() < header_size {
         return Err(corrupt(format!(
             "KJUMP note is {} bytes, shorter than its header",
             desc.len()
         )));
     }
     let header = u32_at(desc, 12) as usize;
-    if header != KJUMP_HEADER_SIZE {
+    if header != header_size {
         return Err(corrupt(format!(
-            "KJUMP note header size {header}, expected {KJUMP_HEADER_SIZE}"
+            "KJUMP note header size {header}, expected {header_size}"
         )));
     }
+    let ram_len = if version >= 3 {
+        if u32_at(desc, 76) != 0 {
+            return Err(corrupt("KJUMP note has reserved bits set".into()));
+        }
+        u32_at(desc, KJUMP_RAM_SIZE) as usize
+    } else {
+        0
+    };
     let state_len = u32_at(desc, 36) as usize;
     let name_len = usize::from(u16_at(desc, 56));
     let version_len = usize::from(u16_at(desc, 58));
@@ -114,11 +127,12 @@ pub(super) fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpEr
     } else {
         0
     };
-    let want = KJUMP_HEADER_SIZE as u64
+    let want = header_size as u64
         + state_len as u64
         + name_len as u64
         + version_len as u64
-        + resume_len as u64;
+        + resume_len as u64
+        + ram_len as u64;
     if want != desc.len() as u64 {
         return Err(corrupt(format!(
             "KJUMP note is {} bytes, its header describes {want}",
@@ -145,15 +159,14 @@ pub(super) fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpEr
             "KJUMP note has unknown flags {flags:#x} or reserved bits set"
         )));
     }
-    let mut at = KJUMP_HEADER_SIZE;
+    let mut at = header_size;
     let mut take = |n: usize| {
         let s = &desc[at..at + n];
         at += n;
         s
     };
     let state_bytes = take(state_len);
-    let state: VcpuState = serde_json::from_slice(state_bytes)
-        .map_err(|e| corrupt(format!("KJUMP note's vCPU state does not decode: {e}")))?;
+    let state = parse_state(state_bytes).map_err(|e| corrupt(format!("KJUMP note's {e}")))?;
     if state.xsave.len() != XSAVE_SIZE {
         return Err(corrupt(format!(
             "KJUMP note's XSAVE area is {} bytes, expected {XSAVE_SIZE}",
@@ -176,6 +189,14 @@ pub(super) fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpEr
         0 => None,
         n => Some(parse_resume(take(n), &id).map_err(corrupt)?),
     };
+    let ram: Vec<RamChecksum> = match ram_len {
+        0 => Vec::new(),
+        n => serde_json::from_slice(take(n))
+            .map_err(|e| corrupt(format!("KJUMP note's RAM checksums do not decode: {e}")))?,
+    };
+    if version >= 3 && ram.is_empty() {
+        return Err(corrupt("KJUMP note has no RAM checksums".into()));
+    }
     let meta = KjumpNote {
         version,
         id,
@@ -185,12 +206,79 @@ pub(super) fn parse_kjump(desc: &[u8], path: &Path) -> Result<KjumpParts, DumpEr
         kernel_name,
         kjump_version,
     };
-    Ok((meta, state, resume))
+    Ok((meta, state, resume, ram))
+}
+
+/// The raw KVM structs of a vCPU state, with the size each must have: a
+/// member of another length is refused, not padded or cut.
+const STATE_MEMBERS: [(&str, usize); 7] = [
+    (
+        "mp_state",
+        std::mem::size_of::<kvm_bindings::kvm_mp_state>(),
+    ),
+    ("regs", std::mem::size_of::<kvm_bindings::kvm_regs>()),
+    ("sregs", std::mem::size_of::<kvm_bindings::kvm_sregs>()),
+    ("xcrs", std::mem::size_of::<kvm_bindings::kvm_xcrs>()),
+    (
+        "debugregs",
+        std::mem::size_of::<kvm_bindings::kvm_debugregs>(),
+    ),
+    (
+        "lapic",
+        std::mem::size_of::<kvm_bindings::kvm_lapic_state>(),
+    ),
+    (
+        "events",
+        std::mem::size_of::<kvm_bindings::kvm_vcpu_events>(),
+    ),
+];
+
+/// Decodes a vCPU state from a dump: every KVM struct member exactly its
+/// size, the XSAVE area exactly [`XSAVE_SIZE`] bytes.
+pub(super) fn parse_state(b: &[u8]) -> Result<VcpuState, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(b).map_err(|e| format!("vCPU state does not decode: {e}"))?;
+    check_state_members(&v)?;
+    let state: VcpuState =
+        serde_json::from_value(v).map_err(|e| format!("vCPU state does not decode: {e}"))?;
+    if state.xsave.len() != XSAVE_SIZE {
+        return Err(format!(
+            "XSAVE area is {} bytes, expected {XSAVE_SIZE}",
+            state.xsave.len()
+        ));
+    }
+    Ok(state)
+}
+
+pub(super) fn check_state_members(v: &serde_json::Value) -> Result<(), String> {
+    for (name, size) in STATE_MEMBERS {
+        match v.get(name).and_then(|m| m.as_array()) {
+            Some(a) if a.len() == size => {}
+            Some(a) => {
+                return Err(format!(
+                    "vCPU state member {name} is {} bytes, KVM's struct is {size}",
+                    a.len()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "vCPU state has no member {name} (an array of bytes)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a resume record and checks what can be checked on its own.
 pub(super) fn parse_resume(b: &[u8], id: &CheckpointId) -> Result<ResumeRecord, String> {
-    let r: ResumeRecord = serde_json::from_slice(b)
+    let v: serde_json::Value = serde_json::from_slice(b)
+        .map_err(|e| format!("KJUMP note's resume record does not decode: {e}"))?;
+    if let Some(state) = v.get("peer").and_then(|p| p.get("state")) {
+        check_state_members(state)
+            .map_err(|e| format!("KJUMP note's resume record: the peer's {e}"))?;
+    }
+    let r: ResumeRecord = serde_json::from_value(v)
         .map_err(|e| format!("KJUMP note's resume record does not decode: {e}"))?;
     if let Some(p) = &r.peer {
         if p.state.xsave.len() != XSAVE_SIZE {
@@ -361,7 +449,7 @@ pub(super) fn parse_dump(file: Backing, len: u64, path: &Path) -> Result<Dump, D
             _ => {}
         }
     }
-    let Some((meta, state, resume)) = kjump else {
+    let Some((meta, state, resume, checksums)) = kjump else {
         return Err(not_dump("no KJUMP note"));
     };
     if meta.jump_back_entry != entry {
@@ -382,7 +470,7 @@ pub(super) fn parse_dump(file: Backing, len: u64, path: &Path) -> Result<Dump, D
             )));
         }
     }
-    Ok(Dump {
+    let dump = Dump {
         path: p(),
         file,
         len,
@@ -392,10 +480,56 @@ pub(super) fn parse_dump(file: Backing, len: u64, path: &Path) -> Result<Dump, D
         resume,
         loads,
         notes,
-    })
+        checksums,
+    };
+    dump.verify_ram()?;
+    Ok(dump)
 }
 
 impl Dump {
+    /// Checks every RAM range against its checksum (version 3): the ranges
+    /// must be exactly the `PT_LOAD`s, and each must hash to what the
+    /// writer hashed. A byte changed anywhere in the dump's RAM is a
+    /// corrupt dump naming its range.
+    fn verify_ram(&self) -> Result<(), DumpError> {
+        if self.meta.version < 3 {
+            return Ok(());
+        }
+        let corrupt = |what: String| DumpError::Corrupt {
+            path: self.path.clone(),
+            what,
+        };
+        let listed: Vec<(u64, u64)> = self.checksums.iter().map(|c| (c.start, c.len)).collect();
+        let loads: Vec<(u64, u64)> = self.loads.iter().map(|l| (l.paddr, l.memsz)).collect();
+        if listed != loads {
+            return Err(corrupt(
+                "the KJUMP note's RAM checksums do not list the PT_LOADs".into(),
+            ));
+        }
+        let mut buf = vec![0u8; CHUNK];
+        for c in &self.checksums {
+            let mut hash = xxhash_rust::xxh3::Xxh3::new();
+            let mut pos = 0u64;
+            while pos < c.len {
+                let n = (c.len - pos).min(CHUNK as u64) as usize;
+                self.read_at(c.start + pos, &mut buf[..n])?;
+                hash.update(&buf[..n]);
+                pos += n as u64;
+            }
+            let found = hash.digest();
+            if found != c.xxh3 {
+                return Err(corrupt(format!(
+                    "RAM range [{:#x}..{:#x}) does not match its checksum (xxh3 {:016x}, the note says {:016x})",
+                    c.start,
+                    c.start + c.len,
+                    found,
+                    c.xxh3
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

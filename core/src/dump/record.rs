@@ -13,6 +13,9 @@ pub struct SuspendRecord {
     pub state: VcpuState,
     /// The UART there.
     pub uart: UartState,
+    /// The in-kernel devices there (version 3; none in older dumps).
+    #[serde(default)]
+    pub devices: Vec<crate::state::DeviceState>,
 }
 
 /// The KJUMP note's resume record (version 2): with the dump's memory and
@@ -32,6 +35,10 @@ pub struct ResumeRecord {
     pub kimage_b: Option<[u64; 8]>,
     /// The UART at the dump's checkpoint.
     pub uart: UartState,
+    /// The in-kernel devices at the dump's checkpoint (version 3; none in
+    /// older dumps).
+    #[serde(default)]
+    pub devices: Vec<crate::state::DeviceState>,
     /// The kernel that is away (the peer of the dump's kernel), as it was
     /// when it last suspended; absent when it has not booted yet.
     pub peer: Option<SuspendRecord>,

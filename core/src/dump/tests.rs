@@ -911,6 +911,14 @@ fn record() -> ResumeRecord {
             in_buffer: vec![b'x'],
             ..Default::default()
         }),
+        devices: vec![crate::state::DeviceState::Kvmclock(
+            crate::devices::ClockState {
+                clock: 12345,
+                flags: 0,
+                realtime: 0,
+                host_tsc: 0,
+            },
+        )],
         peer: Some(SuspendRecord {
             kernel: Kernel::A,
             suspended_at: CheckpointId {
@@ -921,6 +929,7 @@ fn record() -> ResumeRecord {
             },
             state: peer_state,
             uart: UartState::from(&SerialState::default()),
+            devices: Vec::new(),
         }),
     }
 }
@@ -982,14 +991,44 @@ fn the_resume_record_round_trips_and_is_checked() {
 
 /// Rewrites the KJUMP note of a version 2 dump without a resume record
 /// as version 1, as an older kjump wrote it.
-fn as_version_1(bytes: &mut [u8]) {
+/// Rewrites a dump as version 1 or 2 wrote it: the 72-byte header, no RAM
+/// checksums (version 1: no resume record either). The note shrinks in
+/// place; the PT_NOTE and the note header say so.
+fn as_version(bytes: &mut [u8], version: u32) {
     let at = bytes.windows(6).position(|w| w == b"KJUMP\0").unwrap() - 12;
     let descsz = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-    let desc = &mut bytes[at + 20..at + 20 + descsz];
-    assert_eq!(u32_at(desc, KJUMP_RESUME_SIZE), 0);
-    desc[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let sum = checksum(desc);
+    let old = bytes[at + 20..at + 20 + descsz].to_vec();
+    let ram_len = u32_at(&old, 72) as usize;
+    let resume_len = u32_at(&old, KJUMP_RESUME_SIZE) as usize;
+    let mut desc = old[..KJUMP_HEADER_SIZE].to_vec();
+    let body_end = old.len() - ram_len;
+    let body_end = if version == 1 {
+        body_end - resume_len
+    } else {
+        body_end
+    };
+    desc.extend_from_slice(&old[KJUMP_HEADER_SIZE_V3..body_end]);
+    desc[8..12].copy_from_slice(&version.to_le_bytes());
+    desc[12..16].copy_from_slice(&(KJUMP_HEADER_SIZE as u32).to_le_bytes());
+    if version == 1 {
+        desc[KJUMP_RESUME_SIZE..KJUMP_RESUME_SIZE + 4].copy_from_slice(&[0; 4]);
+    }
+    desc[KJUMP_CHECKSUM..KJUMP_CHECKSUM + 8].copy_from_slice(&[0; 8]);
+    let sum = checksum(&desc);
     desc[KJUMP_CHECKSUM..KJUMP_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+    let shrink = descsz - desc.len();
+    bytes[at + 4..at + 8].copy_from_slice(&(desc.len() as u32).to_le_bytes());
+    bytes[at + 20..at + 20 + desc.len()].copy_from_slice(&desc);
+    bytes[at + 20 + desc.len()..at + 20 + descsz].fill(0);
+    // The PT_NOTE is the first program header; its p_filesz at +32.
+    let ph = EHDR_SIZE + 32;
+    let filesz = u64::from_le_bytes(bytes[ph..ph + 8].try_into().unwrap());
+    bytes[ph..ph + 8].copy_from_slice(&(filesz - shrink as u64).to_le_bytes());
+    bytes[ph + 8..ph + 16].copy_from_slice(&(filesz - shrink as u64).to_le_bytes());
+}
+
+fn as_version_1(bytes: &mut [u8]) {
+    as_version(bytes, 1)
 }
 
 #[test]
@@ -1069,4 +1108,58 @@ fn inspect_shows_checkpoint_registers_memory_and_notes() {
     let e = cmd_inspect(&dir.join("missing.core"), false).unwrap_err();
     assert!(matches!(e, DumpError::Read { .. }), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Version 3: a byte changed anywhere in a dump's RAM, hole or data, is a
+/// corrupt dump naming the range; so is a list that does not match the
+/// PT_LOADs.
+#[test]
+fn a_changed_ram_byte_is_refused_with_its_range() {
+    let dir = scratch("ram-checksum");
+    let path = write_sample(&dir, "a.core");
+    let d = read_dump(&path).unwrap();
+    assert_eq!(d.meta().version, 3);
+    let bytes = std::fs::read(&path).unwrap();
+    // The data page at 0x1000 and a hole (zero page) at 0x10000, in the
+    // first PT_LOAD (at file offset `off`).
+    let ph = EHDR_SIZE + PHDR_SIZE;
+    let off = u64::from_le_bytes(bytes[ph + 8..ph + 16].try_into().unwrap()) as usize;
+    for addr in [0x1000 + 7, 0x10000 + 99] {
+        let mut b = bytes.clone();
+        b[off + addr] ^= 0x20;
+        let e = read_bytes(&dir.join("flipped.core"), &b).unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, DumpError::Corrupt { .. }), "{s}");
+        assert!(
+            s.contains("RAM range [0x0..0x400000) does not match its checksum"),
+            "{s}"
+        );
+        assert!(!s.contains('\n'), "{s}");
+    }
+    // Version 2 (no checksums) is still read.
+    let mut b = bytes.clone();
+    as_version(&mut b, 2);
+    let d2 = read_bytes(&dir.join("v2.core"), &b).unwrap();
+    assert_eq!((d2.meta().version, d2.state()), (2, &sample_state()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A KVM struct member of the wrong size is refused, not padded or cut.
+#[test]
+fn state_members_must_have_exactly_their_size() {
+    let state = serde_json::to_value(sample_state()).unwrap();
+    assert!(read::parse_state(&serde_json::to_vec(&state).unwrap()).is_ok());
+    for (member, len) in [("regs", 10), ("sregs", 400), ("lapic", 1025), ("events", 0)] {
+        let mut v = state.clone();
+        v[member] = serde_json::Value::Array(vec![0.into(); len]);
+        let e = read::parse_state(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            e.contains(&format!("member {member} is {len} bytes")),
+            "{e}"
+        );
+    }
+    let mut v = state.clone();
+    v.as_object_mut().unwrap().remove("xcrs");
+    let e = read::parse_state(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(e.contains("no member xcrs"), "{e}");
 }

@@ -134,8 +134,9 @@ pub(super) fn checksum(desc: &[u8]) -> u64 {
 }
 
 /// The KJUMP note's descriptor (layout: [`KjumpNote`]).
-pub(super) fn kjump_desc(d: &DumpInput<'_>) -> Result<Vec<u8>, DumpError> {
+pub(super) fn kjump_desc(d: &DumpInput<'_>, ram: &[RamChecksum]) -> Result<Vec<u8>, DumpError> {
     let state = serde_json::to_vec(d.state).map_err(DumpError::Encode)?;
+    let ram = serde_json::to_vec(ram).map_err(DumpError::Encode)?;
     let resume = match d.resume {
         Some(r) => serde_json::to_vec(r).map_err(DumpError::Encode)?,
         None => Vec::new(),
@@ -149,10 +150,10 @@ pub(super) fn kjump_desc(d: &DumpInput<'_>) -> Result<Vec<u8>, DumpError> {
         s.as_bytes()[..n].to_vec()
     };
     let (name, version) = (cut(d.kernel_name), cut(d.kjump_version));
-    let mut b = vec![0u8; KJUMP_HEADER_SIZE];
+    let mut b = vec![0u8; KJUMP_HEADER_SIZE_V3];
     put(&mut b, 0, &KJUMP_MAGIC);
     put(&mut b, 8, &KJUMP_VERSION.to_le_bytes());
-    put(&mut b, 12, &(KJUMP_HEADER_SIZE as u32).to_le_bytes());
+    put(&mut b, 12, &(KJUMP_HEADER_SIZE_V3 as u32).to_le_bytes());
     put(&mut b, 16, &d.id.index.to_le_bytes());
     put(&mut b, 24, &d.id.cycle.to_le_bytes());
     b[32] = match d.id.kernel {
@@ -175,10 +176,12 @@ pub(super) fn kjump_desc(d: &DumpInput<'_>) -> Result<Vec<u8>, DumpError> {
         KJUMP_RESUME_SIZE,
         &(resume.len() as u32).to_le_bytes(),
     );
+    put(&mut b, KJUMP_RAM_SIZE, &(ram.len() as u32).to_le_bytes());
     b.extend_from_slice(&state);
     b.extend_from_slice(&name);
     b.extend_from_slice(&version);
     b.extend_from_slice(&resume);
+    b.extend_from_slice(&ram);
     let sum = checksum(&b);
     put(&mut b, KJUMP_CHECKSUM, &sum.to_le_bytes());
     Ok(b)
@@ -272,11 +275,25 @@ pub(super) fn write_into(file: &File, d: &DumpInput<'_>, path: &Path) -> Result<
         .filter(|&n| n < PN_XNUM)
         .ok_or(DumpError::Layout { start: 0, len: 0 })?;
 
-    let mut notes = Vec::new();
-    push_note(&mut notes, "CORE", NT_PRSTATUS, &prstatus(d.state));
-    push_note(&mut notes, "CORE", NT_PRFPREG, &fpregs(d.state));
-    push_note(&mut notes, "QEMU", NT_QEMU, &qemu_cpu_state(d.state));
-    push_note(&mut notes, KJUMP_NOTE_NAME, NT_KJUMP, &kjump_desc(d)?);
+    // The notes are laid out with placeholder checksums of the same size
+    // (16 hex digits each), and written again once RAM is hashed.
+    let notes_with = |ram: &[RamChecksum]| -> Result<Vec<u8>, DumpError> {
+        let mut notes = Vec::new();
+        push_note(&mut notes, "CORE", NT_PRSTATUS, &prstatus(d.state));
+        push_note(&mut notes, "CORE", NT_PRFPREG, &fpregs(d.state));
+        push_note(&mut notes, "QEMU", NT_QEMU, &qemu_cpu_state(d.state));
+        push_note(&mut notes, KJUMP_NOTE_NAME, NT_KJUMP, &kjump_desc(d, ram)?);
+        Ok(notes)
+    };
+    let mut sums: Vec<RamChecksum> = ranges
+        .iter()
+        .map(|&(start, len)| RamChecksum {
+            start,
+            len,
+            xxh3: 0,
+        })
+        .collect();
+    let notes = notes_with(&sums)?;
 
     let notes_off = EHDR_SIZE + PHDR_SIZE * usize::from(phnum);
     let mut head = Vec::with_capacity(notes_off + notes.len());
@@ -299,14 +316,17 @@ pub(super) fn write_into(file: &File, d: &DumpInput<'_>, path: &Path) -> Result<
     head.extend_from_slice(&notes);
     file.write_all_at(&head, 0).map_err(werr)?;
 
-    // Memory: runs of non-zero pages are written, zero pages skipped.
+    // Memory: runs of non-zero pages are written, zero pages skipped;
+    // every byte is hashed.
     let mut buf = vec![0u8; CHUNK];
-    for (start, len, off) in loads {
+    for ((start, len, off), sum) in loads.into_iter().zip(&mut sums) {
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(CHUNK as u64) as usize;
             let chunk = &mut buf[..n];
             d.memory.read_ram(start + pos, chunk)?;
+            hash.update(chunk);
             let mut run: Option<usize> = None; // start of the current non-zero run
             for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
                 let zero = page == &ZERO_PAGE[..page.len()];
@@ -326,7 +346,12 @@ pub(super) fn write_into(file: &File, d: &DumpInput<'_>, path: &Path) -> Result<
             }
             pos += n as u64;
         }
+        sum.xxh3 = hash.digest();
     }
+    let notes_final = notes_with(&sums)?;
+    debug_assert_eq!(notes_final.len(), notes.len());
+    file.write_all_at(&notes_final, notes_off as u64)
+        .map_err(werr)?;
     // Trailing zero pages become a hole too, but the file has its full size.
     file.set_len(offset).map_err(werr)?;
     Ok(())

@@ -85,7 +85,7 @@ impl Allowlist {
         Self::strict()
             .allow_when(
                 &msr_field(0x10),
-                "the TSC counts time; it runs on while the peer kernel runs (it may advance, never go back)",
+                "the TSC counts time: it may advance while the peer kernel runs, never go back",
                 AllowRule::Advances,
             )
             .allow_when(
@@ -669,7 +669,7 @@ pub fn check_view(
                         actual,
                     };
                     out.push(explain_page(
-                        view,
+                        &view.kernel,
                         page,
                         store,
                         symbols,
@@ -682,6 +682,26 @@ pub fn check_view(
     out
 }
 
+/// Explains page `home` of `kernel`, expected to hash to `expected`,
+/// found hashing to `actual`: its differing ranges with their symbols and
+/// a hexdump (both pages must be in `store`).
+pub(crate) fn explain_found(
+    kernel: &str,
+    home: u64,
+    expected: PageHash,
+    actual: PageHash,
+    store: &PageStore,
+    symbols: Option<&Symbols>,
+) -> MemoryMismatch {
+    let f = Found {
+        home,
+        location: home,
+        expected,
+        actual: Some(actual),
+    };
+    explain_page(kernel, f, store, symbols, true)
+}
+
 /// A page of a view found different.
 struct Found {
     home: u64,
@@ -692,7 +712,7 @@ struct Found {
 
 /// Describes one page found different: ranges, symbol, hexdump.
 fn explain_page(
-    view: &View,
+    kernel: &str,
     f: Found,
     store: &PageStore,
     symbols: Option<&Symbols>,
@@ -723,7 +743,7 @@ fn explain_page(
         .collect();
     let symbol = ranges.first().and_then(|r| r.symbol.clone());
     MemoryMismatch {
-        kernel: view.kernel.clone(),
+        kernel: kernel.to_owned(),
         home: f.home,
         location: f.location,
         expected: f.expected,

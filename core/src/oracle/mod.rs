@@ -40,7 +40,7 @@ use crate::dump::{DumpError, RamSource, ResumeRecord, SuspendRecord};
 use crate::kimage::Kimage;
 use crate::pages::{PAGE_SIZE, PageError, PageStore, Shadow};
 use crate::report::{At, ExcusedPage, Mismatch, MismatchKind};
-use crate::state::{DeviceState, FieldValue, MachineState, UartState};
+use crate::state::{DeviceState, FieldValue, MachineState};
 use crate::symbols::Symbols;
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -119,6 +119,10 @@ pub enum OracleError {
 /// The identity oracle of one run (see the module docs).
 #[derive(Debug)]
 pub struct Oracle {
+    /// B's first delivery, as A's kimage asks for it: destination page →
+    /// the hash of the page that is to land there (recorded at A's first
+    /// suspend), and where B is entered.
+    delivery: Option<Delivery>,
     store: PageStore,
     shadow: Option<Shadow>,
     kernels: [KernelRecord; 2],
@@ -133,6 +137,7 @@ impl Oracle {
     /// `allow` lists.
     pub fn new(symbols: Option<Symbols>, allow: Allowlist, compare: CompareMode) -> Self {
         Self {
+            delivery: None,
             store: PageStore::new(),
             shadow: None,
             kernels: Default::default(),
@@ -359,6 +364,71 @@ impl Oracle {
         Ok(j)
     }
 
+    /// Records B's first delivery as A's kimage asks for it, at A's first
+    /// suspend (the shadow up to date, before the relocation code runs):
+    /// every destination page of B's region must receive the page that
+    /// waits in A's source pages now (B's PT_LOADs, its boot data, zero
+    /// pages), and B is to be entered at `entry`.
+    pub fn expect_delivery(&mut self, entry: u64) -> Result<(), OracleError> {
+        let a = self.kimage_a()?;
+        let shadow = self.shadow()?;
+        let mut pages = BTreeMap::new();
+        for (&dest, &src) in a.peer_moves() {
+            let h = shadow.get(src).ok_or(OracleError::NotRam(src))?;
+            pages.insert(dest, h);
+        }
+        self.delivery = Some(Delivery {
+            entry,
+            pages,
+            checked: false,
+        });
+        Ok(())
+    }
+
+    /// Where B's first delivery is to enter B, while it is not checked yet.
+    pub fn delivery_entry(&self) -> Option<u64> {
+        self.delivery
+            .as_ref()
+            .filter(|d| !d.checked)
+            .map(|d| d.entry)
+    }
+
+    /// Whether B's first delivery was asked for and not checked yet.
+    pub fn delivery_pending(&self) -> bool {
+        self.delivery_entry().is_some()
+    }
+
+    /// B is about to run its first instruction (the shadow brought up to
+    /// date): every destination page must hold what A's kimage delivered
+    /// to it. A page that does not is a memory mismatch of kernel b, with
+    /// the byte ranges and the symbol of B's image.
+    pub fn check_delivery(&mut self, at: &At) -> Result<Judgement, OracleError> {
+        let Some(d) = self.delivery.as_mut() else {
+            return Err(OracleError::Protocol(
+                "kernel b was entered before kernel a's first jump",
+            ));
+        };
+        d.checked = true;
+        let shadow = self.shadow.as_ref().ok_or(OracleError::Protocol(
+            "kernel b was entered before guest memory was observed",
+        ))?;
+        let mut j = Judgement::default();
+        for (&dest, &want) in &d.pages {
+            let now = shadow.get(dest).ok_or(OracleError::NotRam(dest))?;
+            if now != want {
+                let m = explain_found("b", dest, want, now, &self.store, self.symbols.as_ref());
+                let mut m = Mismatch::memory(at, &m);
+                m.note = Some(
+                    "kernel b's first delivery: the page differs from what kernel a's kimage placed for it"
+                        .to_owned(),
+                );
+                j.mismatches.push(m);
+            }
+        }
+        j.pages_compared = d.pages.len() as u64;
+        Ok(j)
+    }
+
     /// Keeps the page store bounded: only what the shadow and the views use
     /// stays.
     pub fn collect_garbage(&mut self) {
@@ -467,7 +537,7 @@ impl Oracle {
         scenario: &str,
         cycles: u64,
         id: &CheckpointId,
-        uart: &UartState,
+        machine: &MachineState,
     ) -> ResumeRecord {
         let peer = id.kernel.peer();
         let r = &self.kernels[peer.idx()];
@@ -476,13 +546,15 @@ impl Oracle {
             cycles,
             kimage_a: self.kernels[0].kimage_args,
             kimage_b: self.kernels[1].kimage_args,
-            uart: uart.clone(),
+            uart: machine.uart().cloned().unwrap_or_default(),
+            devices: machine.other_devices(),
             peer: match (&r.suspended_at, &r.machine) {
                 (Some(at), Some(m)) => Some(SuspendRecord {
                     kernel: peer,
                     suspended_at: *at,
                     state: m.vcpu().clone(),
                     uart: m.uart().cloned().unwrap_or_default(),
+                    devices: m.other_devices(),
                 }),
                 _ => None,
             },
@@ -686,6 +758,14 @@ impl Oracle {
         self.excused_reported[k.idx()] = true;
         out
     }
+}
+
+/// B's first delivery (see [`Oracle::expect_delivery`]).
+#[derive(Clone, Debug)]
+struct Delivery {
+    entry: u64,
+    pages: BTreeMap<u64, crate::pages::PageHash>,
+    checked: bool,
 }
 
 /// Compares the devices a kernel left with the ones it finds, field by

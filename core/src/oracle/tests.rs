@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::checkpoint::Tracker;
-use crate::state::UART;
 use crate::state::testing::sample_state;
+use crate::state::{UART, UartState};
 use kjump_abi::abi::{ANSWER_JUMP, KimageArgs};
 use kjump_abi::control::MODE_SWAP;
 use kjump_abi::kimage::{Builder, ListMemory};

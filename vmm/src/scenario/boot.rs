@@ -18,6 +18,11 @@ pub fn run(vm: &mut Vm, run: &mut RunState) -> Result<Outcome, RunError> {
                     run.checkpoints
                 );
             }
+            VmEvent::Breakpoint { .. } => {
+                return Err(RunError::Protocol(
+                    "a breakpoint fired that the VMM did not set",
+                ));
+            }
             VmEvent::Message(event) => {
                 if let Some(verdict) = handle_message(vm, run, event)? {
                     return Ok(run.outcome(verdict, vm.console_name()));

@@ -133,6 +133,26 @@ pub(crate) fn run_from(
                 }
                 continue;
             }
+            VmEvent::Breakpoint { rip } => {
+                if pp.oracle.delivery_entry() != Some(rip) {
+                    return Err(RunError::Protocol(
+                        "a breakpoint fired that the VMM did not set",
+                    ));
+                }
+                let mismatches = first_delivery(vm, &mut pp, rip)?;
+                if !mismatches.is_empty() {
+                    progress.finish();
+                    let n = mismatches.len();
+                    run.report.push_mismatches(mismatches);
+                    let first = &run.report.mismatches[0];
+                    let why = format!(
+                        "{n} mismatch(es) in kernel b's first delivery, at its entry {rip:#x}: first: {}",
+                        first.explain().lines().next().unwrap_or_default()
+                    );
+                    return Ok(run.outcome(Verdict::Fail(why), "b"));
+                }
+                continue;
+            }
             VmEvent::Checkpoint { .. } => {
                 id.ok_or(RunError::Protocol("checkpoint without identity"))?
             }
@@ -159,6 +179,33 @@ pub(crate) fn run_from(
     }
 }
 
+/// Kernel b is about to run its first instruction, at `entry`: the VMM's
+/// breakpoint stopped it there. Its memory must hold exactly what a's
+/// kimage delivered (checked before b can run, so a relocation that
+/// corrupts the first delivery is caught in cycle 1, not when b crashes).
+fn first_delivery(
+    vm: &mut Vm,
+    pp: &mut PingPong<'_>,
+    entry: u64,
+) -> Result<Vec<Mismatch>, RunError> {
+    vm.set_exec_breakpoint(None)?;
+    let at = kjump_core::report::At {
+        checkpoint: 0,
+        cycle: 1,
+        kernel: Kernel::B.name().to_owned(),
+        direction: "first entry".to_owned(),
+    };
+    let dirty = vm.dirty_pages()?;
+    let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    let j = pp.oracle.check_delivery(&at)?;
+    log::info!(
+        "kernel b entered at {entry:#x}: {} pages of its first delivery checked",
+        j.pages_compared
+    );
+    mismatches.extend(j.mismatches);
+    Ok(mismatches)
+}
+
 /// One checkpoint, top-down: capture → oracle → fault → dump → report.
 fn checkpoint(
     vm: &mut Vm,
@@ -182,6 +229,32 @@ fn checkpoint(
     let t1 = Instant::now();
     let judgement = pp.oracle.judge(id, &machine, vm.memory())?;
     mismatches.extend(judgement.mismatches);
+    if id.index == 0 {
+        // A jumps to B for the first time: B's memory is to be checked at
+        // B's entry, before its first instruction.
+        let entry =
+            pp.oracle
+                .read_control(vm.memory(), Kernel::A, control::DATA_PEER_ENTRY, false)?;
+        pp.oracle.expect_delivery(entry)?;
+        vm.set_exec_breakpoint(Some(entry))?;
+    } else if id.kernel == Kernel::B && pp.oracle.delivery_pending() {
+        // B ran without passing its entry: whatever entered it skipped the
+        // check of its first delivery.
+        vm.set_exec_breakpoint(None)?;
+        mismatches.push(Mismatch {
+            at: kjump_core::report::At::of(id),
+            kind: kjump_core::report::MismatchKind::Entry,
+            name: Some("b's first entry".to_owned()),
+            address: pp.oracle.delivery_entry(),
+            location: None,
+            expected: format!("{:#x}", pp.oracle.delivery_entry().unwrap_or(0)),
+            actual: "never executed".to_owned(),
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: None,
+            note: Some("kernel b reached its checkpoint without being entered where kernel a's jump said: its first delivery was not checked".to_owned()),
+        });
+    }
     let compare_us = t1.elapsed().as_micros() as u64;
     run.report.excused_pages.extend(judgement.excused);
 
@@ -285,12 +358,8 @@ impl PingPong<'_> {
     }
 
     fn resume_record(&self, id: &CheckpointId, machine: &MachineState) -> ResumeRecord {
-        self.oracle.resume_record(
-            self.cfg.scenario.name(),
-            self.cfg.cycles,
-            id,
-            &machine.uart().cloned().unwrap_or_default(),
-        )
+        self.oracle
+            .resume_record(self.cfg.scenario.name(), self.cfg.cycles, id, machine)
     }
 
     /// `--dump every-jump`: the VM as it is at this checkpoint, resumable.
@@ -405,7 +474,7 @@ impl Injector {
         // Damage the away kernel's parked copy of its pattern: A's while B
         // runs (at B's suspend), B's while A runs (at A's resume).
         let flip = |vm: &Vm, victim: Kernel| -> Result<String, RunError> {
-            let (home, sym) = target("kexec::STATIC_PATTERN")
+            let (home, sym) = target("kexec::pattern::STATIC_PATTERN")
                 .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
             let at = oracle.parked_at(victim, home);
             vm.flip_byte(at)?;
@@ -417,6 +486,17 @@ impl Injector {
         let note = match (&fault, id.kernel, id.direction) {
             (HostFault::FlipA, Kernel::B, Direction::Suspend) => flip(vm, Kernel::A)?,
             (HostFault::FlipB, Kernel::A, Direction::Resume) => flip(vm, Kernel::B)?,
+            (HostFault::FlipBImage, Kernel::A, Direction::Suspend) if id.index == 0 => {
+                // B's page of the pattern, where A's kimage keeps it until
+                // the relocation code delivers it.
+                let (home, sym) = target("kexec::pattern::STATIC_PATTERN")
+                    .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
+                let at = oracle.parked_at(Kernel::B, home);
+                vm.flip_byte(at)?;
+                format!(
+                    "flipped a byte of b's image at {home:#x} ({sym}), waiting at {at:#x} in a's source pages"
+                )
+            }
             (HostFault::SavedReg(slot, name), Kernel::A, Direction::Suspend) => {
                 let offset = control::CONTEXT + 8 * slot;
                 let v = oracle.read_control(vm.memory(), Kernel::A, offset, false)?;

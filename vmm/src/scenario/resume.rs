@@ -177,12 +177,20 @@ fn seed(vm: &Vm, dump_state: &kjump_core::state::VcpuState, plan: &Plan) -> Resu
     if at.direction == Direction::Suspend {
         let k = &mut kernels[at.kernel.idx()];
         k.suspended_at = Some(at);
-        k.machine = Some(MachineState::new(dump_state.clone(), r.uart.clone()));
+        k.machine = Some(MachineState::with_devices(
+            dump_state.clone(),
+            r.uart.clone(),
+            r.devices.clone(),
+        ));
     }
     if let Some(p) = &r.peer {
         let k = &mut kernels[p.kernel.idx()];
         k.suspended_at = Some(p.suspended_at);
-        k.machine = Some(MachineState::new(p.state.clone(), p.uart.clone()));
+        k.machine = Some(MachineState::with_devices(
+            p.state.clone(),
+            p.uart.clone(),
+            p.devices.clone(),
+        ));
     }
     Ok(Seed { at, kernels })
 }
@@ -249,6 +257,7 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
         let run = || -> Result<_, RunError> {
             let mut vm = Vm::from_image(&cfg, dump.meta().mem_size, &dump, dump.state())?;
             vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
+            vm.restore_devices(&plan.record.devices)?;
             let seed = seed(&vm, dump.state(), &plan)?;
             let mut run = RunState::new(Scenario::PingPong, start);
             pingpong::run_from(&mut vm, &mut run, &run_cfg, &kernel, Some(seed))
@@ -273,6 +282,7 @@ mod tests {
             kimage_a: Some([1; 8]),
             kimage_b: Some([2; 8]),
             uart: UartState::from(&SerialState::default()),
+            devices: Vec::new(),
             peer: peer.map(|k| SuspendRecord {
                 kernel: k,
                 suspended_at: CheckpointId {
@@ -283,6 +293,7 @@ mod tests {
                 },
                 state: sample_state(),
                 uart: UartState::from(&SerialState::default()),
+                devices: Vec::new(),
             }),
         }
     }

@@ -262,6 +262,9 @@ pub enum VmEvent {
     /// The checkpoint instruction ran and was answered: the I/O is complete,
     /// `rax` holds `answer` and `rip` points after the instruction.
     Checkpoint { answer: u32 },
+    /// The VMM's execution breakpoint ([`Vm::set_exec_breakpoint`]) fired:
+    /// the vCPU is about to execute the instruction at `rip`.
+    Breakpoint { rip: u64 },
 }
 
 /// A KVM memory slot: one guest RAM region.
@@ -725,6 +728,14 @@ impl Vm {
         devices::change_field(&self.vm, field).map_err(VmError::Devices)
     }
 
+    /// Loads in-kernel device states (from a dump) into KVM.
+    pub fn restore_devices(
+        &self,
+        states: &[kjump_core::state::DeviceState],
+    ) -> Result<(), VmError> {
+        devices::restore_devices(&self.vm, states).map_err(VmError::Devices)
+    }
+
     /// Flips the lowest bit of the guest byte at `at` (fault injection).
     pub fn flip_byte(&self, at: u64) -> Result<(), VmError> {
         let a = GuestAddress(at);
@@ -903,8 +914,30 @@ impl Vm {
                     };
                 }
                 ExitAction::Fault(fault) => return Err(self.guest_error(fault)),
+                ExitAction::Debug => {
+                    let rip = self.vcpu.get_regs().map_err(VmError::Run)?.rip;
+                    return Ok(VmEvent::Breakpoint { rip });
+                }
             }
         }
+    }
+
+    /// Stops the guest before it executes the instruction at `addr` (a
+    /// hardware breakpoint in DR0, `KVM_SET_GUEST_DEBUG`: the guest cannot
+    /// skip it, and it costs nothing until it fires), or clears it. The
+    /// guest's own debug registers are not touched: KVM keeps the
+    /// debugger's apart.
+    pub fn set_exec_breakpoint(&self, addr: Option<u64>) -> Result<(), VmError> {
+        let mut dbg = kvm_bindings::kvm_guest_debug::default();
+        if let Some(a) = addr {
+            dbg.control = kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[0] = a;
+            // DR7: L0 set, R/W0 = 00 (execute), LEN0 = 00.
+            dbg.arch.debugreg[7] = 1;
+        }
+        self.vcpu
+            .set_guest_debug(&dbg)
+            .map_err(kvm_err("set a hardware breakpoint (KVM_SET_GUEST_DEBUG)"))
     }
 
     /// Finishes the pending `in`: KVM writes the data into `rax` and moves

@@ -372,6 +372,8 @@ pub enum ExitAction {
     /// A read of a port kjump does not emulate (answered with all ones):
     /// the VM checks it was not the checkpoint instruction.
     StrayIn { port: u16 },
+    /// A hardware breakpoint the VMM set fired (`KVM_EXIT_DEBUG`).
+    Debug,
 }
 
 /// Legacy ports a PC guest may touch that kjump does not emulate (POST
@@ -427,6 +429,7 @@ pub fn handle_exit(
                 dir: "out",
             }))
         }
+        VcpuExit::Debug(_) => ExitAction::Debug,
         VcpuExit::Hlt => ExitAction::Fault(GuestFault::Halted {
             interrupts_enabled: false,
         }),
