@@ -584,7 +584,7 @@ impl Checker<'_> {
         // Damage the away kernel's parked copy of its pattern: A's while B
         // runs (at B's suspend), B's while A runs (at A's resume).
         let flip = |victim: Kernel| -> Result<String, RunError> {
-            let (home, sym) = target("kexec::STATIC_PATTERN")
+            let (home, sym) = target("kexec::pattern::STATIC_PATTERN")
                 .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
             let at = self.parked_at(victim, home);
             flip_byte(vm, at)?;
