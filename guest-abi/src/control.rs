@@ -9,6 +9,8 @@
 //! stack), [`PAGE_SWAP`], then the identity-map page tables from
 //! [`PAGE_TABLES`] on (PML4, PDPT, one PD per GiB mapped).
 
+use crate::arch::{GDT_CODE64, GDT_DATA};
+
 /// Index of the control page proper among the control pages.
 pub const PAGE_CONTROL: u64 = 0;
 /// Index of the swap page used to exchange a source and a destination page.
@@ -145,10 +147,6 @@ const _: () = assert!(RELOC_TSS.is_multiple_of(8));
 const _: () = assert!(RELOC_RSP0.is_multiple_of(16) && RELOC_END + 48 <= RELOC_RSP0);
 const _: () = assert!(STACK_TOP - RELOC_RSP0 >= 0x100);
 
-/// Present, DPL 0, execute/read, accessed, 64-bit (L), 4 KiB granularity.
-const CODE64: u64 = 0x00af_9b00_0000_ffff;
-/// Present, DPL 0, read/write, accessed, 4 KiB granularity.
-const DATA: u64 = 0x00cf_9300_0000_ffff;
 /// DPL 3 in a descriptor's access byte.
 const DPL3: u64 = 3 << 45;
 
@@ -166,10 +164,10 @@ pub const fn reloc_gdt(tss_base: u64) -> [u64; RELOC_GDT_ENTRIES] {
         | (((tss_base >> 24) & 0xff) << 56);
     [
         0,
-        CODE64,
-        DATA,
-        DATA | DPL3,
-        CODE64 | DPL3,
+        GDT_CODE64,
+        GDT_DATA,
+        GDT_DATA | DPL3,
+        GDT_CODE64 | DPL3,
         tss_low,
         tss_base >> 32,
     ]

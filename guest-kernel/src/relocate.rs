@@ -22,18 +22,13 @@
 use core::arch::global_asm;
 
 use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
+use kjump_abi::arch::{
+    COM1, MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK,
+    MSR_STAR,
+};
 use kjump_abi::control::{self, Slot, slot_offset};
 use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
 
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SFMASK: u32 = 0xc000_0084;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const COM1: u16 = 0x3f8;
 /// CR4.SMEP and CR4.SMAP: would stop ring 0 from running on / touching the
 /// control map's user pages.
 const CR4_SMEP_SMAP: u64 = (1 << 20) | (1 << 21);
@@ -363,7 +358,7 @@ global_asm!(
     "jz 5f",
     "and eax, 0xfff8",
     "add rax, [rdi + {gdtr_base}]",
-    "and byte ptr [rax + 5], 0xfd",
+    "and byte ptr [rax + 5], ~{tss_busy}",
     "mov rax, [rdi + {tr}]",
     "ltr ax",
     "5:",

@@ -5,6 +5,7 @@
 //! would, so that a re-entry path that restores too little shows.
 
 use kjump_abi::abi::Role;
+use kjump_abi::arch::MSR_EFER;
 
 use super::fail;
 
@@ -51,7 +52,7 @@ pub(super) fn cpu_view() -> CpuView {
         cr0,
         cr3,
         cr4,
-        efer: crate::rdmsr(0xc000_0080),
+        efer: crate::rdmsr(MSR_EFER),
         gdtr: dt(&gdt),
         idtr: dt(&idt),
         tr,
@@ -115,7 +116,6 @@ fn fx_u32(fx: &[u8; 512], off: usize) -> u32 {
     u32::from_le_bytes(fx[off..off + 4].try_into().expect("4 bytes"))
 }
 
-const MSR_EFER: u32 = 0xc000_0080;
 /// CR0.WP: ring 0 honours read-only pages.
 const CR0_WP: u64 = 1 << 16;
 /// CR4.PGE: global pages.

@@ -14,10 +14,10 @@ use kjump_abi::control;
 use kjump_abi::elf::Elf;
 use kjump_abi::fault;
 use kjump_abi::kimage::{Builder, ListMemory};
-use kjump_abi::layout::PAGE_SIZE;
+use kjump_abi::layout::{KERNEL_B_PATH, PAGE_SIZE};
 
 use super::jump::JumpImage;
-use super::{Config, GIB, KERNEL_B_PATH, fail, phys_read_u64, phys_write, phys_write_u64};
+use super::{Config, GIB, fail, phys_read_u64, phys_write, phys_write_u64};
 use crate::bootinfo::BootInfo;
 use crate::relocate::{
     kjump_reentry, relocate_end, relocate_peer_returned, relocate_ring0_return, relocate_start,

@@ -37,8 +37,6 @@ mod pattern;
 
 pub use jump::{run_a, run_b};
 
-/// Path of the kernel A jumps to, in the initramfs.
-pub const KERNEL_B_PATH: &str = "kjump/kernel-b";
 const GIB: u64 = 1 << 30;
 
 /// Settings from the command line.
