@@ -224,6 +224,10 @@ fn write_b_boot_pages(boot: &BootInfo, cfg: &Config, jump_back_entry: u64, zero_
     if let Some(c) = cmdline::get(boot.cmdline, fault::B_CYCLE_KEY) {
         let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
     }
+    // So does the log level: both kernels log alike.
+    if let Some(level) = cmdline::get(boot.cmdline, "kjump.log") {
+        let _ = write!(cmd, " kjump.log={level}");
+    }
     let mut cmd_bytes = [0u8; 512];
     let n = cmd.as_str().len().min(cmd_bytes.len() - 1);
     cmd_bytes[..n].copy_from_slice(&cmd.as_str().as_bytes()[..n]);
