@@ -5,7 +5,7 @@
 //! would, so that a re-entry path that restores too little shows.
 
 use kjump_abi::abi::Role;
-use kjump_abi::arch::MSR_EFER;
+use kjump_abi::arch::{CR0_WP, CR4_PGE, EFER_NXE, MSR_EFER};
 
 use super::fail;
 
@@ -115,13 +115,6 @@ pub(super) fn check_cpu(role: Role, before: &CpuView) {
 fn fx_u32(fx: &[u8; 512], off: usize) -> u32 {
     u32::from_le_bytes(fx[off..off + 4].try_into().expect("4 bytes"))
 }
-
-/// CR0.WP: ring 0 honours read-only pages.
-const CR0_WP: u64 = 1 << 16;
-/// CR4.PGE: global pages.
-const CR4_PGE: u64 = 1 << 7;
-/// EFER.NXE: the no-execute bit of page-table entries.
-const EFER_NXE: u64 = 1 << 11;
 
 /// B runs with CR0, CR4 and EFER of its own (A keeps the values it booted
 /// with), as two different kernels would: a re-entry path that forgets to

@@ -13,6 +13,7 @@ use kjump_abi::fault::JumpFault;
 use super::cpu_state::{check_cpu, cpu_view, load_sse_pattern, set_b_control_bits};
 use super::faults::Injected;
 use super::pattern::Pattern;
+use super::syscore;
 use super::{Config, GIB, fail, load, phys_read_u64, phys_write_u64};
 use crate::bootinfo::BootInfo;
 use crate::relocate::kjump_jump;
@@ -54,16 +55,19 @@ impl JumpImage {
     fn jump(&self) {
         // Interrupts stay off for the whole run; the UART is the device to
         // quiesce: its registers go into the context, and the re-entry path
-        // programs them back before the checkpoint.
+        // programs them back before the checkpoint. So it does with the
+        // interrupt controllers and the MTRRs (syscore.rs).
         let uart = serial::save();
         let mut slot = [0u8; 8];
         slot[..6].copy_from_slice(&uart);
         phys_write_u64(self.cp + slot_offset(Slot::Uart), u64::from_le_bytes(slot));
+        let saved = syscore::save(self.role, self.cp);
         self.report();
         // SAFETY: the control page was set up by `setup_control_pages` and
         // the list by `Builder`; kjump_jump saves and restores every
         // register and returns like a function once this kernel is resumed.
         unsafe { kjump_jump(self.cp) };
+        syscore::report_resumed(self.role, &saved);
     }
 
     fn pairs_moved(&self) -> u64 {
@@ -75,6 +79,7 @@ impl JumpImage {
 pub fn run_a(boot: &BootInfo) -> ! {
     let cfg = Config::parse(boot.cmdline).unwrap_or_else(|e| fail(format_args!("a: {e}")));
     let injected = Injected::from_cmdline(boot);
+    syscore::init(Role::A);
     let img = load::load_b(boot, &cfg);
     let cp = img.cp;
     let pattern = Pattern::new(
@@ -127,6 +132,8 @@ pub fn run_b(boot: &BootInfo) -> ! {
         ))
     };
     set_b_control_bits();
+    syscore::init(Role::B);
+    syscore::program_b();
     let map_top = mem::ram_top().max(4 * GIB);
     let (cp, control_pages) = load::setup_control_pages(Role::B, map_top);
     let injected = Injected::from_cmdline(boot);

@@ -20,6 +20,9 @@
 //! - `cpu_state`: the CPU state each kernel keeps as its own (B's control
 //!   bits and SSE values) and the self-check of it after a jump;
 //! - `pattern`: the memory pattern each kernel checks after a jump;
+//! - `syscore`: the interrupt controllers' and MTRRs' state each kernel
+//!   saves before it jumps (B's differs from A's), which its re-entry path
+//!   restores;
 //! - `faults`: the jump faults of the catalog, armed per cycle.
 
 use core::fmt::Write;
@@ -34,6 +37,7 @@ mod faults;
 mod jump;
 mod load;
 mod pattern;
+mod syscore;
 
 pub use jump::{run_a, run_b};
 
