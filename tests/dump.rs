@@ -471,12 +471,12 @@ fn diff_of_a_mismatchs_dumps_finds_the_byte_and_expects_answer_and_tsc() {
     assert!(out.contains("pages: 1 differ"), "{out}");
     let pattern = Symbols::from_elf(kjump::DEFAULT_KERNEL)
         .unwrap()
-        .address_of("kjump_kernel::kexec::STATIC_PATTERN")
+        .address_of("kjump_kernel::kexec::pattern::STATIC_PATTERN")
         .expect("the guest has STATIC_PATTERN");
     let at = pattern + 0x123;
     assert!(
         out.contains(&format!(
-            "[{at:#x}..{:#x}) kjump_kernel::kexec::STATIC_PATTERN+0x123",
+            "[{at:#x}..{:#x}) kjump_kernel::kexec::pattern::STATIC_PATTERN+0x123",
             at + 1
         )),
         "{out}"

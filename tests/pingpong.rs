@@ -119,7 +119,9 @@ fn full_compare_cross_checks_the_dirty_log() {
 /// static pattern, whose symbol the report must name.
 fn pattern_target() -> u64 {
     let s = kjump_core::symbols::Symbols::from_elf(kjump::DEFAULT_KERNEL).unwrap();
-    s.address_of_suffix("kexec::STATIC_PATTERN").unwrap() + 0x123
+    s.address_of_suffix("kexec::pattern::STATIC_PATTERN")
+        .unwrap()
+        + 0x123
 }
 
 fn only_mismatch(r: &Report) -> &kjump_core::report::Mismatch {
@@ -146,7 +148,10 @@ fn a_byte_flipped_in_a_while_b_runs_is_caught_with_address_and_symbol() {
     assert_eq!(m.ranges.len(), 1);
     assert_eq!((m.ranges[0].start, m.ranges[0].end), (target, target + 1));
     let sym = m.symbol.as_deref().unwrap_or_default();
-    assert!(sym.contains("kexec::STATIC_PATTERN+0x123"), "{sym}");
+    assert!(
+        sym.contains("kexec::pattern::STATIC_PATTERN+0x123"),
+        "{sym}"
+    );
     assert!(m.hexdump.as_deref().unwrap_or_default().contains("^^"));
 }
 
@@ -430,7 +435,7 @@ fn a_failing_run_leaves_two_dumps_that_diff_explains() {
     assert!(out.contains("pages: 1 differ"), "{out}");
     assert!(
         out.contains(&format!(
-            "[{:#x}..{:#x}) kjump_kernel::kexec::STATIC_PATTERN+0x123",
+            "[{:#x}..{:#x}) kjump_kernel::kexec::pattern::STATIC_PATTERN+0x123",
             target,
             target + 1
         )),

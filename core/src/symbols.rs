@@ -184,7 +184,7 @@ impl Symbols {
     }
 
     /// The address of the first symbol whose (demangled) path ends with
-    /// `::suffix` (or is `suffix`), e.g. `kexec::STATIC_PATTERN`.
+    /// `::suffix` (or is `suffix`), e.g. `kexec::pattern::STATIC_PATTERN`.
     pub fn address_of_suffix(&self, suffix: &str) -> Option<u64> {
         self.symbols
             .iter()

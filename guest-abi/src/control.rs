@@ -9,6 +9,8 @@
 //! stack), [`PAGE_SWAP`], then the identity-map page tables from
 //! [`PAGE_TABLES`] on (PML4, PDPT, one PD per GiB mapped).
 
+use crate::arch::{GDT_CODE64, GDT_DATA};
+
 /// Index of the control page proper among the control pages.
 pub const PAGE_CONTROL: u64 = 0;
 /// Index of the swap page used to exchange a source and a destination page.
@@ -76,6 +78,12 @@ pub const FAULT_WRONG_REENTRY_SLOT: u64 = 43;
 /// ([`DATA_PEER_BOOT_ENTRY`]), not the re-entry point it pushed, so the
 /// next jump boots it afresh.
 pub const FAULT_LOSE_PRESERVE: u64 = 44;
+/// Bit of [`DATA_FAULT`]: skip restoring the 8259 masks.
+pub const FAULT_NO_PIC_RESTORE: u64 = 45;
+/// Bit of [`DATA_FAULT`]: skip restoring the IOAPIC.
+pub const FAULT_NO_IOAPIC_RESTORE: u64 = 46;
+/// Bit of [`DATA_FAULT`]: skip restoring the MTRRs.
+pub const FAULT_NO_MTRR_RESTORE: u64 = 47;
 
 /// What the relocation code leaves in each GPR (but rdi and rsp) when it
 /// hands over to the re-entry path: this plus the register's [`Slot`]
@@ -111,6 +119,39 @@ pub const RELOC_IDT: u64 = 0xaa0;
 pub const RELOC_TSS: u64 = 0xb20;
 /// End of the tables.
 pub const RELOC_END: u64 = RELOC_TSS + TSS_SIZE;
+
+// What the kernel saves of the machine outside the CPU before it jumps and
+// its re-entry path puts back, as Linux's syscore_suspend() and
+// syscore_resume() do around a preserve-context kexec (kernel/kexec_core.c
+// `kernel_kexec`): the 8259 masks (`i8259A_resume`), the IOAPIC's routing
+// (`ioapic_resume`), the MTRRs (`mtrr_restore`). Between the ring-3 tables
+// and the CPU's frame under RSP0.
+/// The 8259 masks: byte 0 the master's IMR, byte 1 the slave's.
+pub const SAVED_PIC: u64 = 0xb90;
+/// The IOAPIC's IOREGSEL (u32) as the kernel left it, then its IOAPICID
+/// register (u32).
+pub const SAVED_IOAPIC_SEL_ID: u64 = 0xb98;
+/// How many redirection entries follow (0: no IOAPIC state saved).
+pub const SAVED_IOAPIC_PINS: u64 = 0xba0;
+/// The redirection entries, a u64 each (bits 0..32 the entry's low
+/// register), at most [`SAVED_IOAPIC_MAX_PINS`].
+pub const SAVED_IOAPIC_REDIR: u64 = 0xba8;
+/// KVM's IOAPIC has 24 pins, as the 82093AA.
+pub const SAVED_IOAPIC_MAX_PINS: u64 = 24;
+/// How many MTRRs follow (0: none saved, the CPU has no MTRRs).
+pub const SAVED_MTRR_COUNT: u64 = SAVED_IOAPIC_REDIR + 8 * SAVED_IOAPIC_MAX_PINS;
+/// The MTRRs, a (u64 MSR index, u64 value) pair each; the first is
+/// MTRR_DEF_TYPE, which the re-entry path writes last.
+pub const SAVED_MTRRS: u64 = SAVED_MTRR_COUNT + 8;
+/// MTRR_DEF_TYPE, 8 variable pairs, 11 fixed ranges.
+pub const SAVED_MTRR_MAX: u64 = 1 + 2 * 8 + 11;
+/// End of the saved machine state.
+pub const SAVED_END: u64 = SAVED_MTRRS + 16 * SAVED_MTRR_MAX;
+const _: () = assert!(RELOC_END <= SAVED_PIC && SAVED_PIC + 8 <= SAVED_IOAPIC_SEL_ID);
+const _: () = assert!(SAVED_IOAPIC_SEL_ID + 8 <= SAVED_IOAPIC_PINS);
+const _: () = assert!(SAVED_IOAPIC_PINS + 8 <= SAVED_IOAPIC_REDIR);
+const _: () = assert!(SAVED_MTRRS.is_multiple_of(8));
+
 /// RSP0: where the CPU pushes its frame when ring 3 comes back. Below
 /// anything the ring-3 code pushes (a return address or two under the
 /// stack top), above the tables.
@@ -142,13 +183,9 @@ const _: () = assert!(RELOC_TSS.is_multiple_of(8));
 // Between the tables and RSP0: the CPU's frame (5 words below RSP0, which
 // is 16-byte aligned). Above RSP0: the relocation code's stack (a return
 // address or two, kjump_reentry's far return).
-const _: () = assert!(RELOC_RSP0.is_multiple_of(16) && RELOC_END + 48 <= RELOC_RSP0);
+const _: () = assert!(RELOC_RSP0.is_multiple_of(16) && SAVED_END + 48 <= RELOC_RSP0);
 const _: () = assert!(STACK_TOP - RELOC_RSP0 >= 0x100);
 
-/// Present, DPL 0, execute/read, accessed, 64-bit (L), 4 KiB granularity.
-const CODE64: u64 = 0x00af_9b00_0000_ffff;
-/// Present, DPL 0, read/write, accessed, 4 KiB granularity.
-const DATA: u64 = 0x00cf_9300_0000_ffff;
 /// DPL 3 in a descriptor's access byte.
 const DPL3: u64 = 3 << 45;
 
@@ -166,10 +203,10 @@ pub const fn reloc_gdt(tss_base: u64) -> [u64; RELOC_GDT_ENTRIES] {
         | (((tss_base >> 24) & 0xff) << 56);
     [
         0,
-        CODE64,
-        DATA,
-        DATA | DPL3,
-        CODE64 | DPL3,
+        GDT_CODE64,
+        GDT_DATA,
+        GDT_DATA | DPL3,
+        GDT_CODE64 | DPL3,
         tss_low,
         tss_base >> 32,
     ]
@@ -327,7 +364,7 @@ mod tests {
         const { assert!(DATA_SCRATCH + 16 <= DATA_FAULT && DATA_FAULT + 8 <= DATA_OWN_ENTRY) };
         const { assert!(DATA_OWN_ENTRY + 8 <= DATA_PEER_BOOT_ENTRY) };
         const { assert!(DATA_PEER_BOOT_ENTRY + 8 <= CONTEXT) };
-        const { assert!(SLOTS <= FAULT_NO_FPU_RESTORE && FAULT_LOSE_PRESERVE < 64) };
+        const { assert!(SLOTS <= FAULT_NO_FPU_RESTORE && FAULT_NO_MTRR_RESTORE < 64) };
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
     }
 

@@ -52,6 +52,14 @@ pub enum JumpFault {
     NoFpuRestore,
     /// The re-entry path does not reprogram the UART: `no-uart-restore`.
     NoUartRestore,
+    /// The re-entry path does not restore the 8259 masks:
+    /// `no-pic-restore`.
+    NoPicRestore,
+    /// The re-entry path does not restore the IOAPIC (redirection
+    /// entries, ID, IOREGSEL): `no-ioapic-restore`.
+    NoIoapicRestore,
+    /// The re-entry path does not restore the MTRRs: `no-mtrr-restore`.
+    NoMtrrRestore,
     /// The relocation code does not swap the first page back:
     /// `skip-swap-back` (A: only A's list has pages).
     SkipSwapBack,
@@ -117,6 +125,21 @@ pub const CATALOG: &[Entry] = &[
         name: "no-uart-restore",
         who: Who::Both,
         what: "the re-entry path does not reprogram the UART",
+    },
+    Entry {
+        name: "no-pic-restore",
+        who: Who::Both,
+        what: "the re-entry path does not restore the 8259 interrupt masks",
+    },
+    Entry {
+        name: "no-ioapic-restore",
+        who: Who::Both,
+        what: "the re-entry path does not restore the IOAPIC's redirection entries",
+    },
+    Entry {
+        name: "no-mtrr-restore",
+        who: Who::Both,
+        what: "the re-entry path does not restore the MTRRs",
     },
     Entry {
         name: "wrong-reentry-slot",
@@ -192,6 +215,9 @@ impl Fault {
             "no-idt-restore" => Self::Jump(J::NoTableRestore(Slot::IdtrBase as u64)),
             "no-fpu-restore" => Self::Jump(J::NoFpuRestore),
             "no-uart-restore" => Self::Jump(J::NoUartRestore),
+            "no-pic-restore" => Self::Jump(J::NoPicRestore),
+            "no-ioapic-restore" => Self::Jump(J::NoIoapicRestore),
+            "no-mtrr-restore" => Self::Jump(J::NoMtrrRestore),
             "skip-swap-back" => Self::Jump(J::SkipSwapBack),
             "wrong-reentry-slot" => Self::Jump(J::WrongReentrySlot),
             "lose-preserve" => Self::Jump(J::LosePreserve),
@@ -229,6 +255,9 @@ impl Fault {
             Self::Jump(J::NoTableRestore(_)) => "no-idt-restore",
             Self::Jump(J::NoFpuRestore) => "no-fpu-restore",
             Self::Jump(J::NoUartRestore) => "no-uart-restore",
+            Self::Jump(J::NoPicRestore) => "no-pic-restore",
+            Self::Jump(J::NoIoapicRestore) => "no-ioapic-restore",
+            Self::Jump(J::NoMtrrRestore) => "no-mtrr-restore",
             Self::Jump(J::SkipSwapBack) => "skip-swap-back",
             Self::Jump(J::WrongReentrySlot) => "wrong-reentry-slot",
             Self::Jump(J::LosePreserve) => "lose-preserve",
@@ -250,6 +279,9 @@ impl JumpFault {
             Self::Forget(slot) | Self::NoTableRestore(slot) => 1 << slot,
             Self::NoFpuRestore => 1 << control::FAULT_NO_FPU_RESTORE,
             Self::NoUartRestore => 1 << control::FAULT_NO_UART_RESTORE,
+            Self::NoPicRestore => 1 << control::FAULT_NO_PIC_RESTORE,
+            Self::NoIoapicRestore => 1 << control::FAULT_NO_IOAPIC_RESTORE,
+            Self::NoMtrrRestore => 1 << control::FAULT_NO_MTRR_RESTORE,
             Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
             Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
             Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
@@ -287,12 +319,15 @@ mod tests {
 
     #[test]
     fn masks_are_distinct_single_bits() {
-        let faults: [JumpFault; 8] = [
+        let faults: [JumpFault; 11] = [
             JumpFault::Forget(Slot::Rbx as u64),
             JumpFault::NoTableRestore(Slot::GdtrBase as u64),
             JumpFault::NoTableRestore(Slot::IdtrBase as u64),
             JumpFault::NoFpuRestore,
             JumpFault::NoUartRestore,
+            JumpFault::NoPicRestore,
+            JumpFault::NoIoapicRestore,
+            JumpFault::NoMtrrRestore,
             JumpFault::SkipSwapBack,
             JumpFault::WrongReentrySlot,
             JumpFault::LosePreserve,

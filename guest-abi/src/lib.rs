@@ -1,12 +1,13 @@
 //! What the kjump VMM and the kjump guest kernel must agree on, compiled by
 //! both: the harness port and its messages, the guest-physical layout, the
-//! command line, the newc cpio reader and the kimage indirection list.
+//! x86 numbers both use, the command line, the newc cpio reader and the kimage indirection list.
 //!
 //! Everything here is plain logic without I/O, so the host unit-tests it and
 //! the guest (`x86_64-unknown-none`) links the very same code.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
+pub mod arch;
 pub mod bootparams;
 pub mod cmdline;
 pub mod control;

@@ -7,10 +7,10 @@
 
 use kjump_abi::cpio::{self, HEADER_LEN, MODE_DIR, MODE_REG, TRAILER};
 
-/// Where the kernel that A loads and jumps to is stored.
-pub const KERNEL_B_PATH: &str = "kjump/kernel-b";
-/// Where the scenario's settings (`key=value` lines) are stored.
-pub const CONFIG_PATH: &str = "kjump/config";
+/// Where the kernel that A loads and jumps to is stored, and where the
+/// scenario's settings (`key=value` lines) are: defined with the layout the
+/// guest reads, re-exported for the archive's users.
+pub use kjump_abi::layout::{CONFIG_PATH, KERNEL_B_PATH};
 
 /// An entry does not fit the newc format.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -6,6 +6,8 @@
 use core::arch::asm;
 use core::mem::size_of;
 
+use kjump_abi::arch::{GDT_CODE64, GDT_DATA};
+
 use crate::sync::Exclusive;
 
 /// Selector of the 64-bit kernel code segment.
@@ -19,12 +21,6 @@ pub const IST_DOUBLE_FAULT: u8 = 1;
 /// IST index of the NMI stack.
 pub const IST_NMI: u8 = 2;
 
-/// Code: present, DPL 0, execute/read, long mode (L), 4 KiB granularity.
-/// The accessed bit is preset so that the CPU never writes the GDT on a
-/// segment load (the oracle sees fewer spurious changes).
-const CODE64: u64 = 0x00af_9b00_0000_ffff;
-/// Data: present, DPL 0, read/write, accessed, 4 KiB granularity, 32-bit.
-const DATA: u64 = 0x00cf_9300_0000_ffff;
 /// System-descriptor type of an available 64-bit TSS; `ltr` makes it busy (0xb).
 const TSS_AVAILABLE: u64 = 0x9;
 
@@ -101,7 +97,7 @@ pub fn init() {
             iomap_base: size_of::<Tss>() as u16,
         };
         let tss = tss_descriptor(&raw const t.tss as u64, size_of::<Tss>() as u64 - 1);
-        t.gdt = [0, CODE64, DATA, tss[0], tss[1]];
+        t.gdt = [0, GDT_CODE64, GDT_DATA, tss[0], tss[1]];
         t.gdt.as_ptr() as u64
     });
     let limit = (5 * size_of::<u64>() - 1) as u16;

@@ -112,7 +112,7 @@ pub fn alloc_pages(count: u64, max_end: u64, avoid: (u64, u64)) -> Option<u64> {
 
 /// Takes `[start, end)` (widened to whole pages) out of the free set, e.g.
 /// the peer's region. Panics when the range list is full.
-#[allow(dead_code, reason = "API for the kexec scenarios (kernel/kexec.rs)")]
+#[allow(dead_code, reason = "API for the kexec scenarios (kexec/)")]
 pub fn reserve(start: u64, end: u64) {
     FREE.with(|f| f.remove(start, end))
         .expect("free-range list has room to reserve a range");

@@ -4,10 +4,12 @@
 //! control-page tables with [`build_user_identity_map`]: the same map with
 //! the U/S bit on every level, so that the relocation code's ring-3 part
 //! (see `relocate.rs`) can reach all RAM. The kernels' own maps stay
-//! supervisor-only.
+//! supervisor-only. Device registers the kernels touch (the IOAPIC's) are
+//! mapped uncached, as Linux's `ioremap` maps them.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use kjump_abi::arch::IOAPIC_BASE;
 use kjump_abi::layout::PAGE_SIZE;
 
 use crate::{cpu, mem};
@@ -25,9 +27,16 @@ const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 /// U/S: ring 3 may access what the entry maps (needed at every level).
 const USER: u64 = 1 << 2;
+/// PWT and PCD: with the reset PAT, the page is uncacheable (UC).
+const UNCACHED: u64 = (1 << 3) | (1 << 4);
 /// PS in a PD entry: the entry maps a 2 MiB page.
 const HUGE: u64 = 1 << 7;
+/// The 2 MiB page of the IOAPIC's registers (it holds no RAM and no other
+/// device the kernels use: the local APIC is in the next one).
+const IOAPIC_PAGE: u64 = IOAPIC_BASE & !(LARGE_PAGE - 1);
 const ENTRIES: usize = 512;
+/// The physical-address bits of a table entry.
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 static MAPPED_TOP: AtomicU64 = AtomicU64::new(0);
@@ -104,7 +113,8 @@ fn build(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, top: u64, extra: u
         for (i, e) in pd.iter_mut().enumerate() {
             let addr = d * PD_SPAN + i as u64 * LARGE_PAGE;
             *e = if addr < top {
-                addr | PRESENT | WRITABLE | HUGE | extra
+                let cache = if addr == IOAPIC_PAGE { UNCACHED } else { 0 };
+                addr | PRESENT | WRITABLE | HUGE | cache | extra
             } else {
                 0
             };
@@ -140,4 +150,34 @@ pub fn kernel_cr3() -> u64 {
 /// End of the kernel's identity map: the first unmapped address.
 pub fn mapped_top() -> u64 {
     MAPPED_TOP.load(Ordering::Relaxed)
+}
+
+/// Whether the kernel's own map (see [`init`]) maps `addr` writable and
+/// uncached, as device registers must be: a walk of its tables.
+pub fn maps_uncached(addr: u64) -> bool {
+    let cr3 = kernel_cr3();
+    if cr3 == 0 || addr >= mapped_top() {
+        return false;
+    }
+    // `addr` is below `mapped_top`, at most PDPT_SPAN: PML4 entry 0.
+    let pml4e = table_entry(cr3 & ADDRESS, 0);
+    if pml4e & PRESENT == 0 {
+        return false;
+    }
+    let pdpte = table_entry(pml4e & ADDRESS, addr / PD_SPAN);
+    if pdpte & PRESENT == 0 {
+        return false;
+    }
+    let pde = table_entry(pdpte & ADDRESS, (addr % PD_SPAN) / LARGE_PAGE);
+    let need = PRESENT | WRITABLE | HUGE | UNCACHED;
+    pde & need == need
+}
+
+/// Entry `i` of the kernel's page-table page at `table`.
+fn table_entry(table: u64, i: u64) -> u64 {
+    assert!(i < ENTRIES as u64);
+    // SAFETY: `table` is a page of the kernel's own tables (built by
+    // `init` in its frames, identity-mapped, reached from its CR3 through
+    // present entries), 512 entries of which `i` is one.
+    unsafe { (table as *const u64).add(i as usize).read() }
 }

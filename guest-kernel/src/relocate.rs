@@ -22,18 +22,14 @@
 use core::arch::global_asm;
 
 use kjump_abi::abi::{ANSWER_BACK, ANSWER_JUMP, CHECKPOINT_PORT};
+use kjump_abi::arch::{
+    COM1, CR0_CD, CR4_PGE, IOAPIC_BASE, IOAPIC_REG_ID, IOAPIC_REG_REDTBL, IOAPIC_REGSEL,
+    IOAPIC_WINDOW, MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR,
+    MSR_SFMASK, MSR_STAR, PIC_MASTER_IMR, PIC_SLAVE_IMR,
+};
 use kjump_abi::control::{self, Slot, slot_offset};
 use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
 
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SFMASK: u32 = 0xc000_0084;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const COM1: u16 = 0x3f8;
 /// CR4.SMEP and CR4.SMAP: would stop ring 0 from running on / touching the
 /// control map's user pages.
 const CR4_SMEP_SMAP: u64 = (1 << 20) | (1 << 21);
@@ -198,8 +194,9 @@ global_asm!(
     // kjump_reentry(rdi = control page): entered from the relocation code
     // after the swap-back, on the control page stack and page tables, with
     // the peer's GDT still loaded. Restores the saved context (control
-    // registers, descriptor tables, segments, MSRs, FPU, UART, then the
-    // GPRs and flags) and runs the checkpoint again.
+    // registers, descriptor tables, segments, MSRs, FPU, UART, the 8259
+    // masks, the IOAPIC, the MTRRs, then the GPRs and flags) and runs the
+    // checkpoint again.
     // ---------------------------------------------------------------------
     ".global kjump_reentry",
     "kjump_reentry:",
@@ -363,7 +360,7 @@ global_asm!(
     "jz 5f",
     "and eax, 0xfff8",
     "add rax, [rdi + {gdtr_base}]",
-    "and byte ptr [rax + 5], 0xfd",
+    "and byte ptr [rax + 5], ~{tss_busy}",
     "mov rax, [rdi + {tr}]",
     "ltr ax",
     "5:",
@@ -429,6 +426,96 @@ global_asm!(
     "mov dx, {com1} + 7",
     "mov al, [rdi + {uart} + 3]",
     "out dx, al",
+    "2:",
+    // The interrupt controllers and the MTRRs, from what the kernel saved
+    // before it jumped (kexec/syscore.rs; control.rs `SAVED_*`), as Linux's
+    // syscore_resume() puts them back after a preserve-context kexec. The
+    // kernel's own page tables are loaded again (CR3 above): they map the
+    // IOAPIC uncached.
+    // 8259 pair: the masks (OCW1), as `i8259A_resume` ends.
+    "bt qword ptr [rdi + {fault}], {bit_no_pic}",
+    "jc 2f",
+    "mov al, [rdi + {saved_pic}]",
+    "out {pic_master_imr}, al",
+    "mov al, [rdi + {saved_pic} + 1]",
+    "out {pic_slave_imr}, al",
+    "2:",
+    // IOAPIC, as `ioapic_resume`: the ID, every redirection entry (high
+    // dword first, as `__ioapic_write_entry`), then IOREGSEL as the kernel
+    // left it. rsi = the registers, rdx = pin, rcx = pins saved.
+    "bt qword ptr [rdi + {fault}], {bit_no_ioapic}",
+    "jc 2f",
+    "mov rcx, [rdi + {saved_ioapic_pins}]",
+    "test rcx, rcx",
+    "jz 2f",
+    "mov esi, {ioapic_base}",
+    "mov dword ptr [rsi + {ioapic_regsel}], {ioapic_reg_id}",
+    "mov eax, [rdi + {saved_ioapic_sel_id} + 4]",
+    "mov dword ptr [rsi + {ioapic_window}], eax",
+    "xor edx, edx",
+    "6:",
+    "lea eax, [rdx * 2 + {ioapic_reg_redtbl} + 1]",
+    "mov dword ptr [rsi + {ioapic_regsel}], eax",
+    "mov eax, [rdi + rdx * 8 + {saved_ioapic_redir} + 4]",
+    "mov dword ptr [rsi + {ioapic_window}], eax",
+    "lea eax, [rdx * 2 + {ioapic_reg_redtbl}]",
+    "mov dword ptr [rsi + {ioapic_regsel}], eax",
+    "mov eax, [rdi + rdx * 8 + {saved_ioapic_redir}]",
+    "mov dword ptr [rsi + {ioapic_window}], eax",
+    "inc edx",
+    "cmp rdx, rcx",
+    "jb 6b",
+    "mov eax, [rdi + {saved_ioapic_sel_id}]",
+    "mov dword ptr [rsi + {ioapic_regsel}], eax",
+    "2:",
+    // MTRRs, as Linux changes them (arch/x86/kernel/cpu/cacheinfo.c
+    // `cache_disable`/`cache_enable` around mtrr/generic.c
+    // `set_mtrr_state`; SDM vol. 3A, 12.11.7.2): caches off (CR0.CD) and
+    // flushed, global pages off and the TLB flushed, MTRRs disabled; every
+    // saved MTRR written, MTRR_DEF_TYPE (pair 0) last, enabling them; TLB
+    // flushed, CR0 and CR4 as they were. r8 = end offset of the pairs, r9
+    // = CR0, r10 = CR4, r11 = offset of the pair.
+    "bt qword ptr [rdi + {fault}], {bit_no_mtrr}",
+    "jc 2f",
+    "mov r8, [rdi + {saved_mtrr_count}]",
+    "test r8, r8",
+    "jz 2f",
+    "mov r9, cr0",
+    "mov rax, r9",
+    "or rax, {cr0_cd}",
+    "mov cr0, rax",
+    "wbinvd",
+    "mov r10, cr4",
+    "mov rax, r10",
+    "and rax, ~{cr4_pge}",
+    "mov cr4, rax",
+    "mov rax, cr3",
+    "mov cr3, rax",
+    "mov ecx, [rdi + {saved_mtrrs}]",
+    "xor eax, eax",
+    "xor edx, edx",
+    "wrmsr",
+    "wbinvd",
+    "shl r8, 4",
+    "mov r11d, 16",
+    "6:",
+    "cmp r11, r8",
+    "jae 7f",
+    "mov ecx, [rdi + r11 + {saved_mtrrs}]",
+    "mov eax, [rdi + r11 + {saved_mtrrs} + 8]",
+    "mov edx, [rdi + r11 + {saved_mtrrs} + 12]",
+    "wrmsr",
+    "add r11, 16",
+    "jmp 6b",
+    "7:",
+    "mov rax, cr3",
+    "mov cr3, rax",
+    "mov ecx, [rdi + {saved_mtrrs}]",
+    "mov eax, [rdi + {saved_mtrrs} + 8]",
+    "mov edx, [rdi + {saved_mtrrs} + 12]",
+    "wrmsr",
+    "mov cr0, r9",
+    "mov cr4, r10",
     "2:",
     // Back onto the kernel's stack, flags (the push rewrites the very slot
     // kjump_jump's pushfq wrote), then every GPR, rdi last.
@@ -811,6 +898,24 @@ global_asm!(
     bit_lose_preserve = const control::FAULT_LOSE_PRESERVE,
     bit_no_fpu = const control::FAULT_NO_FPU_RESTORE,
     bit_no_uart = const control::FAULT_NO_UART_RESTORE,
+    bit_no_pic = const control::FAULT_NO_PIC_RESTORE,
+    bit_no_ioapic = const control::FAULT_NO_IOAPIC_RESTORE,
+    bit_no_mtrr = const control::FAULT_NO_MTRR_RESTORE,
+    saved_pic = const control::SAVED_PIC,
+    saved_ioapic_sel_id = const control::SAVED_IOAPIC_SEL_ID,
+    saved_ioapic_pins = const control::SAVED_IOAPIC_PINS,
+    saved_ioapic_redir = const control::SAVED_IOAPIC_REDIR,
+    saved_mtrr_count = const control::SAVED_MTRR_COUNT,
+    saved_mtrrs = const control::SAVED_MTRRS,
+    pic_master_imr = const PIC_MASTER_IMR,
+    pic_slave_imr = const PIC_SLAVE_IMR,
+    ioapic_base = const IOAPIC_BASE,
+    ioapic_regsel = const IOAPIC_REGSEL,
+    ioapic_window = const IOAPIC_WINDOW,
+    ioapic_reg_id = const IOAPIC_REG_ID,
+    ioapic_reg_redtbl = const IOAPIC_REG_REDTBL,
+    cr0_cd = const CR0_CD,
+    cr4_pge = const CR4_PGE,
     bit_skip_swap_back = const control::FAULT_SKIP_SWAP_BACK,
     back = const ANSWER_BACK,
     jump = const ANSWER_JUMP,

@@ -26,7 +26,7 @@ pub fn run(boot: &'static BootInfo) -> ! {
             ),
             Err(why) => harness::verdict_fmt(false, format_args!("boot: {why}")),
         },
-        // kexec jump with preserved context (kernel/kexec.rs): A loads B and
+        // kexec jump with preserved context (kexec/): A loads B and
         // they jump to each other; B is booted by A with the same scenario.
         "ping-pong" => match boot.role {
             Role::A => kexec::run_a(boot),

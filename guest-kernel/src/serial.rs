@@ -11,11 +11,9 @@
 use core::fmt;
 
 use kjump_abi::abi::Role;
+use kjump_abi::arch::COM1;
 
 use crate::cpu::{inb, outb};
-
-/// COM1's I/O base.
-pub const COM1: u16 = 0x3f8;
 
 const DATA: u16 = 0;
 const IER: u16 = 1;

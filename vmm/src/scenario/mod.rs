@@ -285,7 +285,7 @@ pub fn vm_config(args: &RunConfig, opts: &RunOptions) -> Result<VmConfig, RunErr
 /// The initramfs must be a valid newc archive holding kernel B's ELF.
 fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
     use kjump_abi::cpio::Reader;
-    use kjump_initramfs::KERNEL_B_PATH;
+    use kjump_abi::layout::KERNEL_B_PATH;
     match Reader::find(bytes, KERNEL_B_PATH) {
         Err(e) => Err(e.to_string()),
         Ok(None) => Err(format!("no {KERNEL_B_PATH} in the archive")),
