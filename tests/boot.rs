@@ -531,3 +531,85 @@ fn a_kvm_device_without_permission_is_one_line_and_exit_2() {
     // Leave no KVM device node behind.
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Settings the guest would only refuse later (a guest self-check FAIL,
+/// exit 1) are refused up front: one line, exit 2, before anything boots.
+#[test]
+fn settings_the_guest_would_refuse_are_refused_up_front() {
+    let d = scratch("bad-settings");
+    let mut a = kjump_initramfs::Archive::new();
+    a.file("kjump/kernel-b", kjump::DEFAULT_KERNEL).unwrap();
+    a.file("kjump/config", b"\xff\xfe not utf-8").unwrap();
+    let bad_config = d.join("bad-config.cpio");
+    std::fs::write(&bad_config, a.finish()).unwrap();
+    for (args, says) in [
+        (
+            &["--cycles", "0"][..],
+            "--cycles 0: a ping-pong of no cycles checks nothing",
+        ),
+        (
+            &["--peer-mem", "3M"][..],
+            "--peer-mem 3M: the guest takes whole 4 KiB pages, at least 4M",
+        ),
+        (&["--peer-mem", "4097K"][..], "whole 4 KiB pages"),
+        (
+            &["--peer-mem", "127M"][..],
+            "--peer-mem 127M does not fit in --mem 256M",
+        ),
+        (
+            &["--mem", "64M", "--peer-mem", "40M"][..],
+            "does not fit in --mem 64M",
+        ),
+        (
+            &["--initramfs", bad_config.to_str().unwrap()][..],
+            "kjump/config is not UTF-8 text",
+        ),
+        // A fault on the guest command line is validated as --inject.
+        (
+            &["--append", "kjump.fault=no-such"][..],
+            "unknown fault \"no-such\"",
+        ),
+        (
+            &["--append", "kjump.fault=write-outside"][..],
+            "kernel b's only",
+        ),
+        (
+            &["--append", "kjump.fault=ud2", "--inject", "ud2"][..],
+            "both name a fault",
+        ),
+        (&["--append", "kjump.fault_cycle=2"][..], "no fault"),
+    ] {
+        let mut all = vec!["--scenario", "ping-pong"];
+        all.extend_from_slice(args);
+        let started = std::time::Instant::now();
+        let (out, err) = assert_exit(&kjump(&all), 2);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!out.contains("[a]"), "{args:?}: the guest booted:\n{out}");
+        assert!(started.elapsed().as_secs() < 10, "{args:?}");
+    }
+}
+
+/// A fault on the guest command line is judged as an injected one: caught,
+/// the run fails with the located mismatch.
+#[test]
+fn a_fault_given_with_append_is_judged_as_injected() {
+    if !kvm_or_skip("a_fault_given_with_append_is_judged_as_injected") {
+        return;
+    }
+    let (out, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--cycles",
+            "2",
+            "--append",
+            "kjump.fault=forget-rbx",
+        ]),
+        1,
+    );
+    assert!(
+        out.contains("register rbx: 0x0 -> 0x6b6a756d70000001"),
+        "{out}\n{err}"
+    );
+}

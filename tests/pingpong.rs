@@ -294,6 +294,141 @@ fn device_state_changed_behind_the_kernels_is_caught() {
     }
 }
 
+/// A re-entry path that skips a syscore restore (Linux's i8259A_resume,
+/// ioapic_resume, the MTRR restore) leaves the peer's programming: B masks
+/// the 8259s, routes IOAPIC pin 4 and sets MTRR_DEF_TYPE differently from
+/// A, so each forgotten restore shows as exactly those fields, for A and
+/// for B.
+#[test]
+fn interrupt_controllers_and_mtrrs_not_restored_are_caught() {
+    if !kvm_or_skip("interrupt_controllers_and_mtrrs_not_restored_are_caught") {
+        return;
+    }
+    for (inject, kernel, cycle, kind, fields) in [
+        (
+            "no-pic-restore@1",
+            "a",
+            1,
+            MismatchKind::Device,
+            &[
+                ("pic.master.imr", "0x0", "0xfb"),
+                ("pic.slave.imr", "0x0", "0xff"),
+            ][..],
+        ),
+        (
+            "no-ioapic-restore@1",
+            "a",
+            1,
+            MismatchKind::Device,
+            &[
+                ("ioapic.redir[4].vector", "0x0", "0x34"),
+                ("ioapic.redir[4].mask", "0x1", "0x0"),
+            ][..],
+        ),
+        (
+            "no-mtrr-restore@1",
+            "a",
+            1,
+            MismatchKind::Register,
+            &[("msr[0x000002ff] MTRR_DEF_TYPE", "0x0", "0xc06")][..],
+        ),
+        (
+            "b:no-pic-restore@1",
+            "b",
+            2,
+            MismatchKind::Device,
+            &[
+                ("pic.master.imr", "0xfb", "0x0"),
+                ("pic.slave.imr", "0xff", "0x0"),
+            ][..],
+        ),
+        (
+            "b:no-mtrr-restore@1",
+            "b",
+            2,
+            MismatchKind::Register,
+            &[("msr[0x000002ff] MTRR_DEF_TYPE", "0xc06", "0x0")][..],
+        ),
+    ] {
+        let (_, _, r) = ping_pong(
+            &format!("syscore-{}", inject.replace([':', '@'], "-")),
+            &["--cycles", "3", "--inject", inject],
+            1,
+        );
+        let got: Vec<(&str, &str, &str)> = r
+            .mismatches
+            .iter()
+            .map(|m| {
+                (
+                    m.name.as_deref().unwrap_or(""),
+                    m.expected.as_str(),
+                    m.actual.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got, fields, "{inject}");
+        for m in &r.mismatches {
+            assert_eq!(m.kind, kind, "{inject}");
+            assert_eq!(
+                (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+                (kernel, "resume", cycle),
+                "{inject}"
+            );
+        }
+    }
+}
+
+/// B's first delivery is checked at B's entry, before its first
+/// instruction: a byte of B's image changed in A's source pages is a
+/// memory mismatch of kernel b in cycle 1, at the page of B's image, with
+/// its symbol.
+#[test]
+fn a_corrupted_first_delivery_is_caught_at_bs_entry() {
+    if !kvm_or_skip("a_corrupted_first_delivery_is_caught_at_bs_entry") {
+        return;
+    }
+    let (_, err, r) = ping_pong(
+        "flip-b-image",
+        &["--cycles", "2", "--inject", "flip-b-image"],
+        1,
+    );
+    let m = only_mismatch(&r);
+    assert_eq!(m.kind, MismatchKind::Memory, "{err}");
+    assert_eq!(
+        (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+        ("b", "first entry", 1)
+    );
+    let at = pattern_target();
+    assert_eq!(m.address, Some(at & !0xfff));
+    assert_eq!(m.ranges.len(), 1);
+    assert!(
+        m.ranges[0]
+            .symbol
+            .as_deref()
+            .unwrap_or("")
+            .contains("STATIC_PATTERN"),
+        "{m:?}"
+    );
+    assert!(m.note.as_deref().unwrap_or("").contains("first delivery"));
+    // B never ran: no checkpoint of B was answered.
+    assert!(
+        r.checkpoints.iter().all(|c| c.kernel == "a"),
+        "{:?}",
+        r.checkpoints
+    );
+    // Only in cycle 1: B's image is delivered once.
+    let o = kjump(&[
+        "--scenario",
+        "ping-pong",
+        "--cycles",
+        "3",
+        "--inject",
+        "flip-b-image@2",
+    ]);
+    let (_, err) = assert_exit(&o, 2);
+    assert!(err.contains("cycle 1 only"), "{err}");
+}
+
 #[test]
 fn unknown_fault_is_refused() {
     let (_, err) = assert_exit(

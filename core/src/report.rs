@@ -340,6 +340,13 @@ pub struct Report {
     pub checkpoints: Vec<CheckpointRecord>,
     pub excused_pages: Vec<ExcusedPage>,
     pub mismatches: Vec<Mismatch>,
+    /// The MSRs captured at every checkpoint (KVM's index list and the
+    /// architectural MSRs it reads without listing them), by index.
+    #[serde(default)]
+    pub msrs_captured: Vec<u32>,
+    /// The candidate MSRs this KVM refused to read (not captured).
+    #[serde(default)]
+    pub msrs_refused: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub timing: Timing,
@@ -365,6 +372,8 @@ impl Report {
             checkpoints: Vec::new(),
             excused_pages: Vec::new(),
             mismatches: Vec::new(),
+            msrs_captured: Vec::new(),
+            msrs_refused: Vec::new(),
             error: None,
             timing: Timing::default(),
         }

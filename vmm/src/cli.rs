@@ -248,6 +248,17 @@ impl RunArgs {
             .inject
             .map(|i| Injection::parse(&i.kind, i.cycle))
             .transpose()?;
+        // A fault on the guest command line is one too: validated and
+        // judged as --inject.
+        let (append, appended) = crate::faults::take_guest_fault(&self.append)?;
+        let inject = match (inject, appended) {
+            (Some(_), Some(_)) => {
+                return Err(FaultError::NotFor(
+                    "--inject and --append kjump.fault=… both name a fault; give one".into(),
+                ));
+            }
+            (i, a) => i.or(a),
+        };
         Ok(RunConfig {
             scenario: self.scenario,
             cycles: self.cycles,
@@ -255,7 +266,7 @@ impl RunArgs {
             kernel: self.kernel,
             initramfs: self.initramfs,
             timeout: self.timeout,
-            append: self.append,
+            append,
             report: self.report,
             dump_dir: self.dump_dir,
             dump: self.dump,

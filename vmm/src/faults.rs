@@ -249,6 +249,49 @@ impl Injection {
     }
 }
 
+/// Takes the fault words out of guest command-line words (`--append
+/// kjump.fault=KIND kjump.fault_cycle=N`, or `kjump.b.…` for kernel b) and
+/// parses them as `--inject` would, so that such a fault is validated and
+/// judged exactly as an injected one. Returns the other words and the
+/// fault, if any; more than one fault is refused.
+pub fn take_guest_fault(words: &[String]) -> Result<(Vec<String>, Option<Injection>), FaultError> {
+    let mut rest = Vec::new();
+    let mut found: Vec<(Kernel, String)> = Vec::new();
+    let mut cycles: [Option<u64>; 2] = [None, None];
+    for w in words {
+        let (k, v) = w.split_once('=').unwrap_or((w.as_str(), ""));
+        let bad_cycle = || FaultError::NotFor(format!("{w}: not a cycle number"));
+        match k {
+            fault::KEY => found.push((Kernel::A, v.to_owned())),
+            fault::B_KEY => found.push((Kernel::B, v.to_owned())),
+            fault::CYCLE_KEY => {
+                cycles[0] = Some(kjump_abi::cmdline::parse_u64(v).ok_or_else(bad_cycle)?)
+            }
+            fault::B_CYCLE_KEY => {
+                cycles[1] = Some(kjump_abi::cmdline::parse_u64(v).ok_or_else(bad_cycle)?)
+            }
+            _ => rest.push(w.clone()),
+        }
+    }
+    match found.as_slice() {
+        [] if cycles.iter().any(Option::is_some) => Err(FaultError::NotFor(
+            "--append names a fault cycle but no fault".into(),
+        )),
+        [] => Ok((rest, None)),
+        [(k, name)] => {
+            let spec = match k {
+                Kernel::A => name.clone(),
+                Kernel::B => format!("b:{name}"),
+            };
+            let inj = Injection::parse(&spec, cycles[k.idx()])?;
+            Ok((rest, Some(inj)))
+        }
+        _ => Err(FaultError::NotFor(
+            "--append names more than one fault; one at a time".into(),
+        )),
+    }
+}
+
 /// `--inject list`: the fault catalog.
 pub fn catalog() -> String {
     let mut s =

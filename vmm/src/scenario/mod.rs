@@ -137,6 +137,9 @@ pub enum RunError {
     /// The guest broke the harness protocol.
     #[error("guest protocol error: {0}")]
     Protocol(&'static str),
+    /// Settings the run cannot be carried out with.
+    #[error("{0}")]
+    Settings(String),
     /// A user-supplied initramfs the scenario cannot use.
     #[error("initramfs {}: {why}", .path.display())]
     BadInitramfs { path: PathBuf, why: String },
@@ -289,12 +292,64 @@ fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
     match Reader::find(bytes, KERNEL_B_PATH) {
         Err(e) => Err(e.to_string()),
         Ok(None) => Err(format!("no {KERNEL_B_PATH} in the archive")),
-        Ok(Some(e)) if !e.data.starts_with(b"\x7fELF") => {
+        Ok(Some(e)) if !e.data.starts_with(b"\x7fELF") || e.data.len() <= 64 => {
             Err(format!("{KERNEL_B_PATH} is not an ELF file"))
         }
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(_)) => match Reader::find(bytes, kjump_abi::layout::CONFIG_PATH) {
+            Err(e) => Err(e.to_string()),
+            Ok(Some(c)) if std::str::from_utf8(c.data).is_err() => Err(format!(
+                "{} is not UTF-8 text",
+                kjump_abi::layout::CONFIG_PATH
+            )),
+            Ok(_) => Ok(()),
+        },
     }
 }
+
+/// Refuses, before anything boots, settings the guest would only refuse
+/// later with a self-check failure: a ping-pong of no cycles (a run that
+/// checks nothing does not pass), and a `--peer-mem` the guest does not
+/// take (below 4 MiB, not whole pages) or that RAM cannot hold (B's
+/// region from 1 MiB, the source pages that keep its image, the
+/// initramfs and a MiB for A's own tables).
+pub fn check_settings(args: &RunConfig, initramfs_len: u64) -> Result<(), RunError> {
+    if args.scenario != Scenario::PingPong {
+        return Ok(());
+    }
+    let bad = |why: String| Err(RunError::Settings(why));
+    if args.cycles == 0 {
+        return bad("--cycles 0: a ping-pong of no cycles checks nothing; give 1 or more".into());
+    }
+    let pm = args.peer_mem;
+    if pm < MIN_PEER_MEM || !pm.is_multiple_of(kjump_abi::layout::PAGE_SIZE) {
+        return bad(format!(
+            "--peer-mem {}: the guest takes whole 4 KiB pages, at least 4M",
+            format_size(pm)
+        ));
+    }
+    let low_top = kjump_core::layout::low_ram_top(args.mem);
+    let need = kjump_abi::layout::HIGH_RAM_START
+        .saturating_add(pm.saturating_mul(2))
+        .saturating_add(initramfs_len)
+        .saturating_add(1 << 20);
+    if kjump_abi::layout::HIGH_RAM_START + pm > low_top || need > args.mem {
+        let max = args
+            .mem
+            .min(low_top * 2)
+            .saturating_sub(kjump_abi::layout::HIGH_RAM_START + initramfs_len + (1 << 20))
+            / 2;
+        return bad(format!(
+            "--peer-mem {} does not fit in --mem {}: B's region and the pages that keep its image need twice it plus the initramfs; at most about {} here",
+            format_size(pm),
+            format_size(args.mem),
+            format_size(max & !((1 << 20) - 1))
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest `--peer-mem` the guest takes.
+pub const MIN_PEER_MEM: u64 = 4 << 20;
 
 /// Creates the dump directory and proves it writable before the run, so a
 /// bad `--dump-dir` is refused up front, not at the first mismatch.
@@ -323,6 +378,7 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         check_dump_dir(dir)?;
     }
     let cfg = vm_config(args, opts)?;
+    check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
     let wd = WatchdogConfig {
         timeout: args.timeout(),
         handle_signals: opts.handle_signals,

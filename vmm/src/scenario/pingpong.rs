@@ -77,6 +77,8 @@ pub(crate) fn run_from(
         cfg.compare.name(),
         oracle.allowlist().entries(),
     );
+    run.report.msrs_captured = vm.msr_index_list().to_vec();
+    run.report.msrs_refused = vm.msrs_refused().to_vec();
     let mut pp = PingPong {
         cfg,
         tracker: Tracker::new(),
@@ -222,6 +224,16 @@ fn checkpoint(
     let dirty = vm.dirty_pages()?;
     let at = kjump_core::report::At::of(id);
     let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    if run.checkpoints == 0 {
+        // The device fields that move with time, and their rules.
+        let devices = machine.other_devices();
+        for (field, reason) in kjump_core::devices::allowlist(&devices) {
+            run.report.allowlist.push(kjump_core::report::AllowedField {
+                field,
+                reason: reason.to_owned(),
+            });
+        }
+    }
     let capture_us = t0.elapsed().as_micros() as u64;
 
     // The oracle: record the suspend or check the resume, and check the
