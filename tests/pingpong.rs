@@ -53,8 +53,17 @@ fn assert_clean(r: &Report, cycles: u64) {
         ("a", "suspend"),
     ];
     assert_eq!(kinds, expected[..kinds.len()]);
-    // The allowlist is printed, short, and says why.
-    assert!(!r.allowlist.is_empty() && r.allowlist.len() <= 4);
+    // The allowlist is printed, short, and says why: a few registers, and
+    // the device fields that are host time or move with time.
+    let (devices, registers): (Vec<_>, Vec<_>) = r
+        .allowlist
+        .iter()
+        .partition(|a| a.field.starts_with("pit.") || a.field.starts_with("kvmclock."));
+    assert!(
+        !registers.is_empty() && registers.len() <= 4,
+        "{registers:?}"
+    );
+    assert!(devices.len() <= 16, "{devices:?}");
     assert!(r.allowlist.iter().all(|a| !a.reason.is_empty()));
     // The control pages are the only excused pages.
     assert!(r.excused_pages.iter().all(|p| p.why.contains("control")

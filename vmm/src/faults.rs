@@ -50,7 +50,7 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
     ),
     (
         "vcpu-mtrr",
-        "change MSR MTRR_DEF_TYPE (which this KVM does not list) at A's suspend",
+        "change MSR MTRR_DEF_TYPE (which this KVM does not list) when A resumes, behind its back",
     ),
     (
         "vcpu-mc0-ctl",
@@ -84,6 +84,15 @@ pub enum VcpuField {
     /// or KVM refuses the write).
     Msr(u32, &'static str, u64),
     LapicTpr,
+}
+
+impl VcpuField {
+    /// Whether a kernel saves and restores this field across its jump (the
+    /// MTRRs, as Linux's syscore does): damage to it must land as the
+    /// kernel resumes, after its restore, or the kernel repairs it.
+    pub fn kernel_restores(self) -> bool {
+        matches!(self, Self::Msr(0x2ff, ..))
+    }
 }
 
 /// State of an in-kernel device the VMM can change behind a kernel's back

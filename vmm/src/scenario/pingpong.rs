@@ -452,6 +452,11 @@ impl Injector {
             (Some(HostFault::Device(field)), Kernel::A, Direction::Resume) => {
                 vm.change_device_field(*field)?
             }
+            (Some(HostFault::Vcpu(field)), Kernel::A, Direction::Resume)
+                if field.kernel_restores() =>
+            {
+                vm.change_vcpu_field(*field)?
+            }
             (Some(HostFault::UartLcr), Kernel::A, Direction::Resume) => {
                 let mut s = vm.serial_state();
                 let old = s.line_control;
@@ -519,7 +524,7 @@ impl Injector {
                     v ^ 1
                 )
             }
-            (HostFault::Vcpu(field), Kernel::A, Direction::Suspend) => {
+            (HostFault::Vcpu(field), Kernel::A, Direction::Suspend) if !field.kernel_restores() => {
                 vm.change_vcpu_field(*field)?
             }
             _ => return Ok(()),
