@@ -157,6 +157,24 @@ pub fn inspect(d: &Dump) -> String {
         }
         o.push('\n');
     }
+    let msrs: Vec<String> = s_msr_names(&d.state);
+    let _ = writeln!(o, "msrs: {} captured", msrs.len());
+    for chunk in msrs.chunks(6) {
+        let _ = writeln!(o, "  {}", chunk.join("  "));
+    }
+    if let Some(r) = &d.resume {
+        let names: Vec<&str> = std::iter::once("uart")
+            .chain(r.devices.iter().map(|dev| dev.name()))
+            .collect();
+        let _ = writeln!(o, "devices: {}", names.join(", "));
+    }
+    if !d.checksums.is_empty() {
+        let _ = writeln!(
+            o,
+            "RAM checksums: {} range(s), verified (xxh3-64)",
+            d.checksums.len()
+        );
+    }
     let counts = page_counts(d);
     let _ = writeln!(o, "memory: {} range(s)", d.loads.len());
     for (l, c) in d.loads.iter().zip(counts) {
@@ -183,6 +201,17 @@ pub fn inspect(d: &Dump) -> String {
         );
     }
     o
+}
+
+/// The captured MSRs, `0x2ff MTRR_DEF_TYPE`, in index order.
+fn s_msr_names(s: &VcpuState) -> Vec<String> {
+    s.msrs
+        .keys()
+        .map(|&i| match crate::state::msr_name(i) {
+            Some(n) => format!("{i:#x} {n}"),
+            None => format!("{i:#x}"),
+        })
+        .collect()
 }
 
 /// [`inspect`] as JSON: `file`, `size`, `kjump` (the KJUMP note),
@@ -223,7 +252,10 @@ pub fn inspect_json(d: &Dump) -> serde_json::Value {
             "scenario": r.scenario,
             "cycles": r.cycles,
             "peer_suspended_at": r.peer.as_ref().map(|p| p.suspended_at),
+            "devices": &r.devices,
         })),
+        "msrs_captured": s.msrs.keys().collect::<Vec<_>>(),
+        "ram_checksums": &d.checksums,
         "registers": regs,
         "segments": segs,
         "tables": {
