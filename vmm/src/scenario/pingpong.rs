@@ -144,14 +144,8 @@ pub(crate) fn run_from(
                 let mismatches = first_delivery(vm, &mut pp, rip)?;
                 if !mismatches.is_empty() {
                     progress.finish();
-                    let n = mismatches.len();
-                    run.report.push_mismatches(mismatches);
-                    let first = &run.report.mismatches[0];
-                    let why = format!(
-                        "{n} mismatch(es) in kernel b's first delivery, at its entry {rip:#x}: first: {}",
-                        first.explain().lines().next().unwrap_or_default()
-                    );
-                    return Ok(run.outcome(Verdict::Fail(why), "b"));
+                    let place = format!("in kernel b's first delivery, at its entry {rip:#x}");
+                    return Ok(failed(run, mismatches, &place, "b"));
                 }
                 continue;
             }
@@ -164,21 +158,30 @@ pub(crate) fn run_from(
         run.cycles = run.cycles.max(pp.tracker.cycles_completed());
         if !mismatches.is_empty() {
             progress.finish();
-            let n = mismatches.len();
-            run.report.push_mismatches(mismatches);
-            let first = &run.report.mismatches[0];
-            let why = format!(
-                "{n} mismatch(es) at checkpoint {} (cycle {}, kernel {}, {}): first: {}",
+            run.cycles = pp.tracker.cycles_completed();
+            let place = format!(
+                "at checkpoint {} (cycle {}, kernel {}, {})",
                 id.index,
                 id.cycle,
                 id.kernel.name(),
-                id.direction.name(),
-                first.explain().lines().next().unwrap_or_default()
+                id.direction.name()
             );
-            run.cycles = pp.tracker.cycles_completed();
-            return Ok(run.outcome(Verdict::Fail(why), id.kernel.name()));
+            return Ok(failed(run, mismatches, &place, id.kernel.name()));
         }
     }
+}
+
+/// The run failed with `mismatches` found `place`: into the report, and
+/// the verdict names the first.
+fn failed(run: &mut RunState, mismatches: Vec<Mismatch>, place: &str, guest: &str) -> Outcome {
+    let n = mismatches.len();
+    run.report.push_mismatches(mismatches);
+    let first = run.report.mismatches[0].explain();
+    let why = format!(
+        "{n} mismatch(es) {place}: first: {}",
+        first.lines().next().unwrap_or_default()
+    );
+    run.outcome(Verdict::Fail(why), guest)
 }
 
 /// Kernel b is about to run its first instruction, at `entry`: the VMM's
