@@ -27,6 +27,7 @@ pub mod layout;
 pub mod msrs;
 pub mod oracle;
 pub mod pages;
+pub mod paging;
 pub mod report;
 pub mod state;
 pub mod symbols;
