@@ -349,6 +349,10 @@ pub struct Report {
     pub msrs_refused: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a debugger attached to the run changed in the guest (registers,
+    /// memory): the verdict judges what the oracle found after that.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub debugger_changes: Vec<String>,
     pub timing: Timing,
 }
 
@@ -375,6 +379,7 @@ impl Report {
             msrs_captured: Vec::new(),
             msrs_refused: Vec::new(),
             error: None,
+            debugger_changes: Vec::new(),
             timing: Timing::default(),
         }
     }
@@ -474,6 +479,12 @@ impl Report {
         }
         if let Some(e) = &self.error {
             let _ = writeln!(s, "error: {e}");
+        }
+        if !self.debugger_changes.is_empty() {
+            let _ = writeln!(s, "  the debugger changed the guest:");
+            for c in &self.debugger_changes {
+                let _ = writeln!(s, "    {c}");
+            }
         }
         if !self.mismatches.is_empty() {
             let _ = writeln!(s, "{} mismatch(es):", self.mismatches.len());

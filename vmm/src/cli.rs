@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::{CompareMode, DumpPolicy, JumpMode, ResumeConfig, RunConfig, Scenario};
 use crate::faults::{FaultError, Injection};
+use crate::gdb::{GdbAddr, GdbOptions};
 use crate::scenario::RunOptions;
 
 /// A KVM harness that proves kexec jump right.
@@ -154,6 +155,45 @@ pub struct ResumeArgs {
     /// How memory is compared at a resume.
     #[arg(long, value_enum, default_value_t = CompareArg::Dirty)]
     pub compare: CompareArg,
+
+    #[command(flatten)]
+    pub gdb: GdbArgs,
+}
+
+/// The gdb stub's options, on `run` and `resume`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct GdbArgs {
+    /// Start stopped and wait for gdb on ADDR: PORT or HOST:PORT (loopback
+    /// only unless --gdb-allow-remote), or unix:PATH [default: 127.0.0.1:1234].
+    #[arg(long, value_name = "ADDR", value_parser = GdbAddr::parse)]
+    pub gdb: Option<Option<GdbAddr>>,
+
+    /// At a mismatch, keep the VM stopped at that checkpoint and wait for
+    /// gdb on ADDR [default: --gdb's, or 127.0.0.1:1234]; exit 1 when the
+    /// session ends.
+    #[arg(long, value_name = "ADDR", value_parser = GdbAddr::parse)]
+    pub gdb_on_mismatch: Option<Option<GdbAddr>>,
+
+    /// Let the gdb stub listen on an address other machines can reach.
+    #[arg(long)]
+    pub gdb_allow_remote: bool,
+}
+
+impl GdbArgs {
+    /// The addresses to use, defaults filled in.
+    pub fn options(&self) -> GdbOptions {
+        let default = || GdbAddr::parse(crate::gdb::DEFAULT_ADDR).expect("the default parses");
+        let at_start = self.gdb.clone().map(|a| a.unwrap_or_else(default));
+        let on_mismatch = self
+            .gdb_on_mismatch
+            .clone()
+            .map(|a| a.or_else(|| at_start.clone()).unwrap_or_else(default));
+        GdbOptions {
+            at_start,
+            on_mismatch,
+            allow_remote: self.gdb_allow_remote,
+        }
+    }
 }
 
 impl ResumeArgs {
@@ -171,6 +211,7 @@ impl ResumeArgs {
             dump_dir: self.dump_dir,
             dump: self.dump,
             compare: self.compare.into(),
+            gdb: self.gdb.options(),
         }
     }
 }
@@ -234,6 +275,9 @@ pub struct RunArgs {
     /// Inject a fault to show the oracle catches it: KIND, or KIND@CYCLE.
     #[arg(long, value_name = "KIND[@CYCLE]")]
     pub inject: Option<Inject>,
+
+    #[command(flatten)]
+    pub gdb: GdbArgs,
 }
 
 impl RunArgs {
@@ -274,6 +318,7 @@ impl RunArgs {
             mode: self.mode,
             peer_mem: self.peer_mem,
             inject,
+            gdb: self.gdb.options(),
         })
     }
 }

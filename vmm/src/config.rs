@@ -12,6 +12,7 @@ use kjump_abi::fault::{Fault, JumpFault};
 use kjump_core::checkpoint::Kernel;
 
 use crate::faults::{FaultError, HostFault, InjectKind, Injection};
+use crate::gdb::GdbOptions;
 
 /// The scenarios kjump knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -124,6 +125,8 @@ pub struct RunConfig {
     pub peer_mem: u64,
     /// Damage to inject, parsed against the fault catalog.
     pub inject: Option<Injection>,
+    /// `--gdb`, `--gdb-on-mismatch`.
+    pub gdb: GdbOptions,
 }
 
 impl Default for RunConfig {
@@ -144,6 +147,7 @@ impl Default for RunConfig {
             mode: JumpMode::default(),
             peer_mem: DEFAULT_PEER_MEM,
             inject: None,
+            gdb: GdbOptions::default(),
         }
     }
 }
@@ -229,6 +233,8 @@ pub struct ResumeConfig {
     pub dump_dir: Option<PathBuf>,
     pub dump: DumpPolicy,
     pub compare: CompareMode,
+    /// `--gdb`, `--gdb-on-mismatch`.
+    pub gdb: GdbOptions,
 }
 
 impl ResumeConfig {

@@ -5,7 +5,8 @@
 //! code that talks to KVM); at each checkpoint the VM captures a
 //! `MachineState` and the scenario hands it, with guest RAM, to the oracle
 //! of `kjump_core`, which records and judges; then the checkpoint is
-//! recorded in the report and, when asked, dumped.
+//! recorded in the report and, when asked, dumped. [`gdb`] lets a
+//! debugger watch it happen.
 //!
 //! Dependency rule: `kjump_core` (oracle, page store, kimage walking,
 //! symbols, report, dump format) knows nothing of KVM; only [`vm`] names
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod faults;
+pub mod gdb;
 pub mod progress;
 pub mod scenario;
 pub mod vm;

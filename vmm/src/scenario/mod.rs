@@ -67,11 +67,15 @@ impl Outcome {
             self.guest,
             self.elapsed.as_secs_f64()
         );
-        let cycles = if self.cycles > 0 {
+        let mut cycles = if self.cycles > 0 {
             format!(", {} cycles", self.cycles)
         } else {
             String::new()
         };
+        let changed = self.report.debugger_changes.len();
+        if changed > 0 {
+            cycles += &format!(", {changed} change(s) made by the debugger");
+        }
         match &self.verdict {
             Verdict::Pass => format!("{head}{cycles})"),
             Verdict::Fail(why) => format!("{head}{cycles}): {why}"),
@@ -146,6 +150,9 @@ pub enum RunError {
     /// `--inject` named no known fault, or one this run cannot catch.
     #[error(transparent)]
     Fault(#[from] FaultError),
+    /// `--gdb` cannot listen where asked.
+    #[error(transparent)]
+    Gdb(#[from] crate::gdb::GdbError),
     #[error("cannot capture the vCPU state")]
     Snapshot(#[from] crate::vm::capture::SnapshotError),
     #[error("cannot read guest memory")]
@@ -379,6 +386,7 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
     }
     let cfg = vm_config(args, opts)?;
     check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
+    let gdb_listener = crate::gdb::bind_at_start(&args.gdb)?;
     let wd = WatchdogConfig {
         timeout: args.timeout(),
         handle_signals: opts.handle_signals,
@@ -395,14 +403,18 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         cfg.irqchip = scenario == Scenario::PingPong;
         let run = || {
             let mut vm = Vm::new(&cfg)?;
+            if let Some(l) = gdb_listener {
+                crate::gdb::attach_at_start(&mut vm, l);
+            }
             let mut run = RunState::new(scenario, start);
-            match scenario {
+            let result = match scenario {
                 Scenario::Boot => boot::run(&mut vm, &mut run),
                 Scenario::PingPong => {
                     crate::scenario::pingpong::run(&mut vm, &mut run, &args, &cfg.kernel)
                 }
                 other => Err(RunError::NotBuilt(other)),
-            }
+            };
+            crate::gdb::after_run(&mut vm, result, &args.gdb)
         };
         run().map_err(|e| e.symbolize(&cfg.kernel))
     })?

@@ -206,6 +206,7 @@ fn run_config(args: &ResumeConfig, record: &ResumeRecord) -> RunConfig {
         dump_dir: args.dump_dir.clone(),
         dump: args.dump,
         compare: args.compare,
+        gdb: args.gdb.clone(),
         ..RunConfig::default()
     }
 }
@@ -230,6 +231,7 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
         crate::scenario::check_dump_dir(dir)?;
     }
     let run_cfg = run_config(args, &plan.record);
+    let gdb_listener = crate::gdb::bind_at_start(&args.gdb).map_err(ResumeError::Run)?;
     log::info!(
         "resuming {} at checkpoint #{} (cycle {}, kernel {}, {}) of {} cycles",
         args.file.display(),
@@ -259,8 +261,12 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
             vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
             vm.restore_devices(&plan.record.devices)?;
             let seed = seed(&vm, dump.state(), &plan)?;
+            if let Some(l) = gdb_listener {
+                crate::gdb::attach_at_start(&mut vm, l);
+            }
             let mut run = RunState::new(Scenario::PingPong, start);
-            pingpong::run_from(&mut vm, &mut run, &run_cfg, &kernel, Some(seed))
+            let result = pingpong::run_from(&mut vm, &mut run, &run_cfg, &kernel, Some(seed));
+            crate::gdb::after_run(&mut vm, result, &run_cfg.gdb)
         };
         run().map_err(|e| e.symbolize(&kernel))
     })

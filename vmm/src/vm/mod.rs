@@ -14,6 +14,7 @@
 
 pub mod boot;
 pub mod capture;
+pub mod debug;
 pub mod devices;
 pub mod msr_probe;
 pub mod serial;
@@ -213,6 +214,9 @@ pub enum VmError {
     /// Reading the machine's state at a checkpoint failed.
     #[error("cannot capture the vCPU state")]
     Capture(#[source] SnapshotError),
+    /// The debugger's session failed, or ended the run.
+    #[error("{0}")]
+    Debugger(String),
     /// A fault injection could not change the vCPU or guest RAM.
     #[error("fault injection: {0}")]
     Inject(&'static str),
@@ -310,6 +314,8 @@ pub struct Vm {
     /// a port read there that is not the checkpoint port is a kernel that
     /// lost its checkpoint port (rdx), reported as such.
     checkpoint_rip: Option<u64>,
+    /// The debugger, its breakpoints and what it changed ([`debug`]).
+    debug: debug::Debugging,
 }
 
 // The scenario may build a VM on one thread and run it on another.
@@ -611,6 +617,7 @@ impl Vm {
             stop: cfg.stop.clone(),
             mem_size: cfg.mem_size,
             checkpoint_rip: None,
+            debug: Default::default(),
         })
     }
 
@@ -679,6 +686,7 @@ impl Vm {
             stop: cfg.stop.clone(),
             mem_size,
             checkpoint_rip: None,
+            debug: Default::default(),
         };
         // The copy went through vm-memory's log of the VMM's writes.
         vm.dirty_pages()?;
@@ -871,6 +879,9 @@ impl Vm {
                 };
                 return Err(self.guest_error(fault));
             }
+            if self.debug.active() {
+                self.debug_serve()?;
+            }
             let action = match self.vcpu.run() {
                 Ok(exit) => vcpu::handle_exit(exit, &mut self.console, answer),
                 Err(e) if e.errno() == libc::EINTR => {
@@ -914,9 +925,10 @@ impl Vm {
                     };
                 }
                 ExitAction::Fault(fault) => return Err(self.guest_error(fault)),
-                ExitAction::Debug => {
-                    let rip = self.vcpu.get_regs().map_err(VmError::Run)?.rip;
-                    return Ok(VmEvent::Breakpoint { rip });
+                ExitAction::Debug(exit) => {
+                    if let Some(rip) = self.debug_exit(exit)? {
+                        return Ok(VmEvent::Breakpoint { rip });
+                    }
                 }
             }
         }
@@ -927,17 +939,10 @@ impl Vm {
     /// skip it, and it costs nothing until it fires), or clears it. The
     /// guest's own debug registers are not touched: KVM keeps the
     /// debugger's apart.
-    pub fn set_exec_breakpoint(&self, addr: Option<u64>) -> Result<(), VmError> {
-        let mut dbg = kvm_bindings::kvm_guest_debug::default();
-        if let Some(a) = addr {
-            dbg.control = kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
-            dbg.arch.debugreg[0] = a;
-            // DR7: L0 set, R/W0 = 00 (execute), LEN0 = 00.
-            dbg.arch.debugreg[7] = 1;
-        }
-        self.vcpu
-            .set_guest_debug(&dbg)
-            .map_err(kvm_err("set a hardware breakpoint (KVM_SET_GUEST_DEBUG)"))
+    /// It shares DR0–DR3 with an attached debugger ([`debug`]).
+    pub fn set_exec_breakpoint(&mut self, addr: Option<u64>) -> Result<(), VmError> {
+        self.debug.vmm_break = addr;
+        self.apply_guest_debug()
     }
 
     /// Finishes the pending `in`: KVM writes the data into `rax` and moves
@@ -945,12 +950,22 @@ impl Vm {
     /// returns right after (as KVM's selftest `state_test` does).
     fn complete_io(&mut self) -> Result<(), VmError> {
         self.vcpu.set_kvm_immediate_exit(1);
-        let r = self.vcpu.run().map(|exit| format!("{exit:?}"));
+        let r = self.vcpu.run().map(|exit| match exit {
+            kvm_ioctls::VcpuExit::Debug(a) => Err(debug::DebugExit {
+                exception: a.exception,
+                pc: a.pc,
+                dr6: a.dr6,
+            }),
+            other => Ok(format!("{other:?}")),
+        });
         self.vcpu.set_kvm_immediate_exit(0);
         match r {
             Err(e) if e.errno() == libc::EINTR => Ok(()),
             Err(e) => Err(VmError::Run(e)),
-            Ok(exit) => Err(VmError::CompleteIo(exit)),
+            // A single step ends with the checkpoint instruction's I/O.
+            Ok(Err(step)) if self.debugger_attached() => self.debug_exit(step).map(|_| ()),
+            Ok(Err(step)) => Err(VmError::CompleteIo(format!("{step:?}"))),
+            Ok(Ok(exit)) => Err(VmError::CompleteIo(exit)),
         }
     }
 

@@ -372,8 +372,8 @@ pub enum ExitAction {
     /// A read of a port kjump does not emulate (answered with all ones):
     /// the VM checks it was not the checkpoint instruction.
     StrayIn { port: u16 },
-    /// A hardware breakpoint the VMM set fired (`KVM_EXIT_DEBUG`).
-    Debug,
+    /// A breakpoint, watchpoint or single step of the debugger.
+    Debug(crate::vm::debug::DebugExit),
 }
 
 /// Legacy ports a PC guest may touch that kjump does not emulate (POST
@@ -429,7 +429,11 @@ pub fn handle_exit(
                 dir: "out",
             }))
         }
-        VcpuExit::Debug(_) => ExitAction::Debug,
+        VcpuExit::Debug(a) => ExitAction::Debug(crate::vm::debug::DebugExit {
+            exception: a.exception,
+            pc: a.pc,
+            dr6: a.dr6,
+        }),
         VcpuExit::Hlt => ExitAction::Fault(GuestFault::Halted {
             interrupts_enabled: false,
         }),

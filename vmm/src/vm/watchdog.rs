@@ -54,6 +54,9 @@ struct StopInner {
     /// Counts the guest's progress (checkpoints and harness messages); the
     /// watchdog fires only when it stood still for a whole timeout.
     progress: AtomicU64,
+    /// How many holds are alive: while any is, the watchdog does not count
+    /// time (the guest is stopped in the debugger).
+    held: AtomicU64,
 }
 
 impl StopFlag {
@@ -79,12 +82,33 @@ impl StopFlag {
         self.0.progress.load(Ordering::Relaxed)
     }
 
+    /// Holds the watchdog until the guard goes (a guest stopped in the
+    /// debugger is not hung); its time starts again from then.
+    pub fn hold(&self) -> Hold {
+        self.0.held.fetch_add(1, Ordering::SeqCst);
+        Hold(self.clone())
+    }
+
+    fn held(&self) -> bool {
+        self.0.held.load(Ordering::SeqCst) != 0
+    }
+
     /// Why the run must stop, if it must.
     pub fn reason(&self) -> Option<StopReason> {
         if !self.0.raised.load(Ordering::SeqCst) {
             return None;
         }
         *self.0.reason.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// While alive, the watchdog does not fire ([`StopFlag::hold`]).
+pub struct Hold(StopFlag);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.pet();
+        self.0.0.held.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -399,7 +423,7 @@ where
                         .join()
                         .map_err(|p| WatchdogError::Panicked(panic_text(&*p)));
                 }
-                (Wake::Timer, None) if stop.progress() != progress_seen => {
+                (Wake::Timer, None) if stop.progress() != progress_seen || stop.held() => {
                     // Still making progress: a hang is a whole timeout
                     // without any.
                     progress_seen = stop.progress();
@@ -534,6 +558,25 @@ mod tests {
         run.immediate_exit = 0;
         raise();
         assert_eq!(run.immediate_exit, 0, "disarmed when the guard went");
+    }
+
+    #[test]
+    fn a_held_watchdog_does_not_fire() {
+        let cfg = WatchdogConfig::new(Duration::from_millis(100));
+        let r = run_guarded(&cfg, |stop| {
+            {
+                let _held = stop.hold();
+                thread::sleep(Duration::from_millis(450));
+                assert!(stop.reason().is_none(), "fired while held");
+            }
+            // Released: a whole timeout without progress is a hang again.
+            while stop.reason().is_none() {
+                thread::sleep(Duration::from_millis(5));
+            }
+            stop.reason()
+        })
+        .unwrap();
+        assert_eq!(r, Some(StopReason::Timeout(Duration::from_millis(100))));
     }
 
     #[test]
