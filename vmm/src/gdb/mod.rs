@@ -188,12 +188,13 @@ pub fn bind_at_start(opts: &GdbOptions) -> Result<Option<Listener>, RunError> {
         .map_err(RunError::from)
 }
 
-/// `--gdb`: the VM is stopped before its first instruction until gdb has
-/// connected and lets it go.
-pub fn attach_at_start(vm: &mut Vm, listener: Listener) {
+/// `--gdb`: the VM is stopped where it starts (`at`: before its first
+/// instruction, at a dump's checkpoint) until gdb has connected and lets it
+/// go.
+pub fn attach_at_start(vm: &mut Vm, listener: Listener, at: &str) {
     eprintln!(
         "{}",
-        waiting_line(&listener, "the VM is stopped before its first instruction")
+        waiting_line(&listener, &format!("the VM is stopped {at}"))
     );
     vm.attach_debugger(Box::new(GdbSession::new(listener)), Some(Stop::Attach));
 }
@@ -214,14 +215,15 @@ pub fn after_run(
         }
     };
     if let (Some(addr), Some(first)) = (&opts.on_mismatch, outcome.report.mismatches.first()) {
-        let explained = first.explain();
+        let n = outcome.report.mismatches.len();
         eprintln!(
-            "kjump: mismatch at checkpoint {} (cycle {}, kernel {}, {}): {}",
-            first.at.checkpoint,
-            first.at.cycle,
-            first.at.kernel,
-            first.at.direction,
-            explained.lines().next().unwrap_or_default()
+            "kjump: mismatch{}: {}",
+            if n > 1 {
+                format!(" (first of {n})")
+            } else {
+                String::new()
+            },
+            first.explain().lines().next().unwrap_or_default()
         );
         if vm.debugger_attached() {
             eprintln!("kjump: gdb: the VM is stopped at that checkpoint in the attached gdb");

@@ -404,7 +404,7 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         let run = || {
             let mut vm = Vm::new(&cfg)?;
             if let Some(l) = gdb_listener {
-                crate::gdb::attach_at_start(&mut vm, l);
+                crate::gdb::attach_at_start(&mut vm, l, "before its first instruction");
             }
             let mut run = RunState::new(scenario, start);
             let result = match scenario {

@@ -262,7 +262,7 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
             vm.restore_devices(&plan.record.devices)?;
             let seed = seed(&vm, dump.state(), &plan)?;
             if let Some(l) = gdb_listener {
-                crate::gdb::attach_at_start(&mut vm, l);
+                crate::gdb::attach_at_start(&mut vm, l, "at the dump's checkpoint");
             }
             let mut run = RunState::new(Scenario::PingPong, start);
             let result = pingpong::run_from(&mut vm, &mut run, &run_cfg, &kernel, Some(seed));
