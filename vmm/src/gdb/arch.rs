@@ -2,8 +2,8 @@
 //! registers (`X86_64_SSE`, in gdb's `64bit-core.xml` and `64bit-sse.xml`
 //! order), then `fs_base` and `gs_base` (gdb's `org.gnu.gdb.i386.segments`
 //! feature), then the system registers a kernel debugger wants:
-//! `k_gs_base`, `cr0`, `cr2`, `cr3`, `cr4`, `cr8`, `efer` (group `system`,
-//! shown by `info registers system` and `info all-registers`).
+//! `k_gs_base`, `cr0`, `cr2`, `cr3`, `cr4`, `cr8`, `efer` (shown by `info
+//! all-registers`, or by name).
 
 use gdbstub::arch::{Arch, RegId, Registers};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
