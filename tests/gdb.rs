@@ -369,7 +369,7 @@ fn gdb_on_mismatch_shows_the_failing_checkpoint_and_the_run_fails() {
     );
     assert!(
         out.lines()
-            .any(|l| l.starts_with("rbx ") && l.contains(&found)),
+            .any(|l| l.starts_with("rbx ") && l.split_whitespace().nth(1) == Some(found.as_str())),
         "rbx {found}: {out}"
     );
     assert!(out.contains("<kjump_checkpoint+1>"), "{out}");
