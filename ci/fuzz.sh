@@ -23,9 +23,8 @@
 # code, of which these parsers have none. (With a nightly toolchain,
 # `cargo +nightly fuzz run <target>` gives the ASan build as usual.)
 #
-# vmm/build.rs builds the guest kernel in a nested cargo and strips
-# RUSTFLAGS for it, so the guest is built for x86_64-unknown-none without
-# cargo-fuzz's instrumentation flags.
+# The targets depend on kjump-core and kjump-abi only: no KVM crate and no
+# guest build is compiled with cargo-fuzz's instrumentation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

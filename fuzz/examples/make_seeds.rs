@@ -533,6 +533,7 @@ fn dump_seeds() -> Vec<(&'static str, Vec<u8>)> {
         kimage_a: Some([0x1002, 0x8000, 6, 0, 0, 0x10_0000, 0x90_0000, 0]),
         kimage_b: None,
         uart: uart.clone(),
+        devices: Vec::new(),
         peer: Some(SuspendRecord {
             kernel: Kernel::B,
             suspended_at: CheckpointId {
@@ -543,6 +544,7 @@ fn dump_seeds() -> Vec<(&'static str, Vec<u8>)> {
             },
             state: state(0x10_4321),
             uart,
+            devices: Vec::new(),
         }),
     };
     let plain = dump(&dir, "plain.core", None);
