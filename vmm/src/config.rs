@@ -133,7 +133,7 @@ impl Default for RunConfig {
     /// The defaults of `kjump` with no options.
     fn default() -> Self {
         Self {
-            scenario: Scenario::Boot,
+            scenario: Scenario::PingPong,
             cycles: DEFAULT_CYCLES,
             mem: DEFAULT_MEM,
             kernel: None,

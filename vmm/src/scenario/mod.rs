@@ -540,7 +540,7 @@ mod tests {
         };
         assert_eq!(
             guest_cmdline(&a),
-            "kjump.role=a kjump.scenario=boot kjump.cycles=3 kjump.mode=backup kjump.peer_mem=8M \
+            "kjump.role=a kjump.scenario=ping-pong kjump.cycles=3 kjump.mode=backup kjump.peer_mem=8M \
              kjump.fault=ud2 kjump.log=debug"
         );
         let c = guest_cmdline(&a);
@@ -637,6 +637,7 @@ mod tests {
         }
         let (console, lines) = ConsoleSink::capture();
         let a = RunConfig {
+            scenario: Scenario::Boot,
             timeout: 60,
             ..Default::default()
         };
