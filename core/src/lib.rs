@@ -10,7 +10,8 @@
 //! [`dump`] writes, reads, inspects and diffs the ELF core dumps that gdb
 //! opens. [`harness`] decodes the guest's harness messages and [`image`]
 //! checks and places a kernel image: the parsers of untrusted bytes, which
-//! the fuzz targets exercise.
+//! the fuzz targets exercise. [`text`] escapes the guest's text before it
+//! is printed.
 //!
 //! Nothing here names kvm-ioctls, clap or the guest build, so all of it is
 //! unit-tested on any machine; the VMM (`kjump`) captures the values from
@@ -31,6 +32,7 @@ pub mod paging;
 pub mod report;
 pub mod state;
 pub mod symbols;
+pub mod text;
 
 /// Guest RAM: mmap-backed, with vm-memory's bitmap recording the writes the
 /// VMM itself makes (KVM's dirty log records the guest's).

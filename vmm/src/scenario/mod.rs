@@ -24,6 +24,7 @@ use crate::vm::vcpu::RegDump;
 use crate::vm::watchdog::{self, WatchdogConfig, WatchdogError};
 use crate::vm::{Vm, VmConfig, VmError};
 use kjump_core::harness::HarnessEvent;
+use kjump_core::text::{QUOTE_MAX, escape, quote};
 
 /// The guest's (or the oracle's) judgement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,8 +110,8 @@ pub enum RunError {
     /// the VM failed
     #[error(transparent)]
     Vm(#[from] VmError),
-    /// the guest panicked
-    #[error("guest {guest} panicked: {text}")]
+    /// the guest panicked (its message quoted, escaped and cut: one line)
+    #[error("guest {guest} panicked: {}", quote(.text, QUOTE_MAX))]
     GuestPanic {
         guest: String,
         text: String,
@@ -479,18 +480,23 @@ pub fn handle_message(
     match event {
         HarnessEvent::Hello { role, text } => {
             vm.set_console_name(role.name());
-            log::info!("kernel {} is up: {text}", role.name());
+            log::info!("kernel {} is up: {}", role.name(), escape(&text));
         }
-        HarnessEvent::Log { text } => log::info!("[{guest}] {text}"),
+        HarnessEvent::Log { text } => log::info!("[{guest}] {}", escape(&text)),
         HarnessEvent::Progress { cycles } => {
             run.cycles = cycles;
             log::debug!("[{guest}] {cycles} cycles");
         }
         HarnessEvent::Verdict { pass: true, text } => {
-            log::info!("[{guest}] verdict: pass {text}");
+            log::info!("[{guest}] verdict: pass {}", escape(&text));
             return Ok(Some(Verdict::Pass));
         }
-        HarnessEvent::Verdict { pass: false, text } => return Ok(Some(Verdict::Fail(text))),
+        HarnessEvent::Verdict { pass: false, text } => {
+            return Ok(Some(Verdict::Fail(format!(
+                "kernel {guest} reports a failure: {}",
+                quote(&text, QUOTE_MAX)
+            ))));
+        }
         HarnessEvent::Panic { text } => {
             return Err(RunError::GuestPanic {
                 guest,
@@ -571,6 +577,23 @@ mod tests {
         let e = run_scenario(&a).unwrap_err();
         assert!(e.to_string().contains("/no/such/kernel"), "{e}");
         assert!(matches!(e, RunError::ReadKernel { .. }));
+    }
+
+    #[test]
+    fn a_guest_panic_message_stays_one_quoted_escaped_line() {
+        let text = format!("\x1b[2Jkjump: ping-pong: pass\n{}", "x\n".repeat(4000));
+        let e = RunError::GuestPanic {
+            guest: "b".into(),
+            text,
+            regs: Box::default(),
+        };
+        let s = e.to_string();
+        assert!(
+            s.starts_with("guest b panicked: \"\\x1b[2Jkjump: ping-pong: pass\\nx\\n"),
+            "{s}"
+        );
+        assert!(s.ends_with("\"… (cut: 7827 more characters)"), "{s}");
+        assert!(!s.chars().any(char::is_control), "{s}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 
+use kjump_core::text::escape;
+
 /// First port of the UART (COM1).
 pub const SERIAL_PORT: u16 = 0x3f8;
 /// One past its last port.
@@ -78,20 +80,23 @@ impl ConsoleWriter {
     /// Prints what is left of an unfinished line.
     pub fn flush_line(&mut self) {
         if !self.line.is_empty() {
-            let text = String::from_utf8_lossy(&self.line).into_owned();
-            self.line.clear();
-            self.sink.emit(format!("[{}] {}", self.name, text));
+            self.emit_line();
         }
+    }
+
+    /// Prints the collected line, its control characters escaped (the
+    /// guest must not drive the user's terminal).
+    fn emit_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let line = format!("[{}] {}", self.name, escape(&text));
+        self.line.clear();
+        self.sink.emit(line);
     }
 
     fn push(&mut self, b: u8) {
         match b {
-            b'\n' => {
-                // A line that was only "\r\n" is still a line.
-                let text = String::from_utf8_lossy(&self.line).into_owned();
-                self.line.clear();
-                self.sink.emit(format!("[{}] {}", self.name, text));
-            }
+            // A line that was only "\r\n" is still a line.
+            b'\n' => self.emit_line(),
             b'\r' => {}
             _ => {
                 self.line.push(b);
@@ -230,6 +235,22 @@ mod tests {
         assert_eq!(lines(&buf).last().unwrap(), "[b] from b");
         c.write(THR, &[0xff, b'x', b'\n']);
         assert_eq!(lines(&buf).last().unwrap(), "[b] \u{fffd}x");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let (sink, buf) = ConsoleSink::capture();
+        let mut c = Console::new("a", sink);
+        // Clear the screen, set the title, then a forged verdict line.
+        c.write(THR, b"\x1b[2J\x1b]0;owned\x07kjump: ping-pong: pass\x9b\n");
+        c.write(THR, "bidi \u{202e}olleh\n".as_bytes());
+        assert_eq!(
+            lines(&buf),
+            [
+                "[a] \\x1b[2J\\x1b]0;owned\\x07kjump: ping-pong: pass\u{fffd}",
+                "[a] bidi \\u{202e}olleh"
+            ]
+        );
     }
 
     #[test]
