@@ -246,8 +246,13 @@ fn assert_resumed(r: &Report, next: u64, out: &str) {
     // Every checkpoint compared the away kernel's view, and a resume its
     // own too, registers included (nothing skipped after the dump).
     assert!(r.checkpoints.iter().all(|c| c.pages_compared > 0), "{out}");
-    assert!(out.contains("kjump: ping-pong: pass (kernel a, "), "{out}");
-    assert!(out.contains(&format!("{CYCLES} cycles)")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "kjump: ping-pong: pass ({CYCLES} of {CYCLES} cycles, {} checkpoints, ",
+            last + 1 - next
+        )),
+        "{out}"
+    );
 }
 
 #[test]

@@ -32,8 +32,45 @@ pub enum OutputKind {
 
 /// Says how `path` would be written, or why it cannot be: a directory, a
 /// block device or a socket is refused, and so is a path whose directory
-/// does not exist.
+/// does not exist or cannot be written (a new file is created there and
+/// removed again to prove it; a device must be writable by its mode). A
+/// FIFO is not opened: that would hand its reader an end of file.
 pub fn check_output(path: &Path) -> io::Result<OutputKind> {
+    let kind = output_kind(path)?;
+    match kind {
+        OutputKind::Replace => {
+            let temp = temp_path(path)?;
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot create a file in {}: {e}",
+                            parent_dir(path).display()
+                        ),
+                    )
+                })?;
+            fs::remove_file(&temp)?;
+        }
+        OutputKind::WriteThrough => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+            // SAFETY: access() reads the NUL-terminated path, which lives
+            // until it returns; the result is checked.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+            }
+        }
+    }
+    Ok(kind)
+}
+
+/// The type check of [`check_output`], without the probe.
+fn output_kind(path: &Path) -> io::Result<OutputKind> {
     match fs::metadata(path) {
         Ok(m) => {
             let t = m.file_type();
@@ -115,27 +152,26 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&File) -> io::Result<()>,
 ) -> io::Result<()> {
-    if check_output(path)? == OutputKind::WriteThrough {
+    if output_kind(path)? == OutputKind::WriteThrough {
         // O_NONBLOCK: opening a FIFO without a reader fails (ENXIO) instead
         // of waiting for one forever.
         let f = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) => io::Error::new(
+                    e.kind(),
+                    format!("{} is a FIFO that no process reads", path.display()),
+                ),
+                _ => e,
+            })?;
         set_blocking(&f)?;
         return fill(&f);
     }
     let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let mut temp = TempFile {
-        path: dir.join(format!(
-            ".{}{TEMP_MARK}{}-{seq}",
-            name.to_string_lossy(),
-            std::process::id()
-        )),
+        path: temp_path(path)?,
         committed: false,
     };
     let file = OpenOptions::new()
@@ -149,6 +185,19 @@ pub fn write_atomic_with(
     temp.committed = true;
     // The rename is durable once the directory is.
     File::open(&dir)?.sync_all()
+}
+
+/// A new temporary name beside `path`: `.NAME.kjump-tmp-PID-SEQ`.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    Ok(parent_dir(path).join(format!(
+        ".{}{TEMP_MARK}{}-{seq}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 /// Clears `O_NONBLOCK` again once a device or FIFO is open, so that writes
@@ -222,6 +271,39 @@ pub enum InputError {
     },
 }
 
+/// What a file that is not a regular one is, for [`InputError::NotRegular`].
+fn kind_of(t: fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a socket"
+    }
+}
+
+/// Refuses, without opening it, an input that is not a regular file (a
+/// FIFO would block its reader, a device never end), for readers that open
+/// their file themselves.
+pub fn check_input(path: &Path) -> Result<(), InputError> {
+    let m = fs::metadata(path).map_err(|source| InputError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if m.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(InputError::NotRegular {
+            path: path.to_path_buf(),
+            what: kind_of(m.file_type()),
+        })
+    }
+}
+
 /// Reads a regular file of at most `max` bytes (`what` says what bounds it,
 /// for the error). A device, a FIFO or a directory is refused without
 /// reading; so is a larger file, from its size, before a byte is read; a
@@ -240,20 +322,9 @@ pub fn read_input(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, InputErr
     let m = f.metadata().map_err(io)?;
     let t = m.file_type();
     if !t.is_file() {
-        let what = if t.is_dir() {
-            "a directory"
-        } else if t.is_char_device() {
-            "a character device"
-        } else if t.is_block_device() {
-            "a block device"
-        } else if t.is_fifo() {
-            "a FIFO"
-        } else {
-            "a socket"
-        };
         return Err(InputError::NotRegular {
             path: path.to_path_buf(),
-            what,
+            what: kind_of(t),
         });
     }
     let too_large = |size| InputError::TooLarge {
@@ -327,7 +398,10 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(check_output(&p).unwrap(), OutputKind::WriteThrough);
         let e = write_atomic(&p, b"x").unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENXIO));
+        assert_eq!(
+            e.to_string(),
+            format!("{} is a FIFO that no process reads", p.display())
+        );
         assert!(fs::metadata(&p).unwrap().file_type().is_fifo(), "replaced");
         // As an input, a FIFO is refused without waiting for a writer.
         let e = read_input(&p, 1 << 20, "guest RAM").unwrap_err();
@@ -344,6 +418,23 @@ mod tests {
         assert!(e.to_string().contains("is a directory"), "{e}");
         let e = check_output(&d.join("no/such/file")).unwrap_err();
         assert!(e.to_string().contains("no/such"), "{e}");
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_found_by_the_check() {
+        let d = scratch("probe");
+        // The probe leaves nothing behind.
+        assert_eq!(
+            check_output(&d.join("r.json")).unwrap(),
+            OutputKind::Replace
+        );
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
+        // procfs takes no new files, not even from root.
+        let e = check_output(Path::new("/proc/kjump-report.json")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot create a file in /proc: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -368,6 +459,9 @@ mod tests {
             read_input(&d, 10, "x"),
             Err(InputError::NotRegular { .. })
         ));
+        assert!(check_input(&p).is_ok());
+        let e = check_input(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().ends_with("(a character device)"), "{e}");
     }
 
     #[test]

@@ -249,6 +249,16 @@ impl Mismatch {
         }
     }
 
+    /// The kernel whose state differs: for memory the page's owner (the
+    /// away kernel's pages are checked at the running kernel's
+    /// checkpoints), else the checkpoint's kernel.
+    pub fn kernel(&self) -> &str {
+        match (self.kind, self.name.as_deref()) {
+            (MismatchKind::Memory, Some(n)) => n.strip_prefix("page of kernel ").unwrap_or(n),
+            _ => &self.at.kernel,
+        }
+    }
+
     /// The mismatch in a few lines of text.
     pub fn explain(&self) -> String {
         let mut s = String::new();
@@ -353,6 +363,13 @@ pub struct Report {
     /// memory): the verdict judges what the oracle found after that.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub debugger_changes: Vec<String>,
+    /// The kernel that failed (`"a"`/`"b"`): the one a guest error happened
+    /// in, or whose state differs in the first mismatch; absent on a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_kernel: Option<String>,
+    /// The dump files the run wrote, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<String>,
     pub timing: Timing,
 }
 
@@ -380,6 +397,8 @@ impl Report {
             msrs_refused: Vec::new(),
             error: None,
             debugger_changes: Vec::new(),
+            failed_kernel: None,
+            dumps: Vec::new(),
             timing: Timing::default(),
         }
     }
@@ -434,22 +453,50 @@ impl Report {
         })
     }
 
-    /// The end-of-run summary for the terminal.
-    pub fn summary(&self) -> String {
+    /// The verdict line that ends a run: `kjump: ping-pong: pass (10 of 10
+    /// cycles, 39 checkpoints, 0.68 s)`; a failure or error names the
+    /// kernel that failed, and `why` follows.
+    pub fn verdict_line(&self, why: Option<&str>) -> String {
+        let word = match self.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Error => "ERROR",
+        };
+        let mut parts = Vec::new();
+        if self.verdict != Verdict::Pass
+            && let Some(k) = &self.failed_kernel
+        {
+            parts.push(format!("kernel {k}"));
+        }
+        if self.cycles_requested > 0 {
+            parts.push(format!(
+                "{} of {} cycles",
+                self.cycles_completed, self.cycles_requested
+            ));
+            parts.push(format!("{} checkpoints", self.checkpoints.len()));
+        }
+        if !self.debugger_changes.is_empty() {
+            parts.push(format!(
+                "{} change(s) made by the debugger",
+                self.debugger_changes.len()
+            ));
+        }
+        parts.push(format!("{:.2} s", self.timing.wall_us as f64 / 1e6));
+        let mut line = format!("kjump: {}: {word} ({})", self.scenario, parts.join(", "));
+        if let Some(why) = why {
+            line.push_str(": ");
+            line.push_str(why);
+        }
+        line
+    }
+
+    /// The details `-v` adds: pages compared, compare mode, where the time
+    /// went, what the allowlist excuses and the excused pages.
+    pub fn details(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "kjump {}: {} (exit {})",
-            self.scenario,
-            self.verdict.name(),
-            self.exit_code
-        );
-        let _ = writeln!(
-            s,
-            "  cycles: {} of {}, checkpoints: {}, pages compared: {}, compare mode: {}",
-            self.cycles_completed,
-            self.cycles_requested,
-            self.checkpoints.len(),
+            "  pages compared: {}, compare mode: {}",
             self.pages_compared(),
             self.compare_mode
         );
@@ -477,27 +524,35 @@ impl Report {
                 list.join(", ")
             );
         }
-        if let Some(e) = &self.error {
-            let _ = writeln!(s, "error: {e}");
-        }
+        s
+    }
+
+    /// What the verdict rests on, shown above it: what a debugger changed
+    /// in the guest, and every mismatch explained (the first
+    /// [`SUMMARY_MISMATCHES`]; the JSON has them all); empty when there is
+    /// neither.
+    pub fn explain_mismatches(&self) -> String {
+        let mut s = String::new();
         if !self.debugger_changes.is_empty() {
-            let _ = writeln!(s, "  the debugger changed the guest:");
+            let _ = writeln!(s, "the debugger changed the guest:");
             for c in &self.debugger_changes {
                 let _ = writeln!(s, "    {c}");
             }
         }
-        if !self.mismatches.is_empty() {
-            let _ = writeln!(s, "{} mismatch(es):", self.mismatches.len());
-            for m in self.mismatches.iter().take(SUMMARY_MISMATCHES) {
-                s.push_str(&m.explain());
-            }
-            if self.mismatches.len() > SUMMARY_MISMATCHES {
-                let _ = writeln!(
-                    s,
-                    "... and {} more mismatch(es) (all are in the JSON report)",
-                    self.mismatches.len() - SUMMARY_MISMATCHES
-                );
-            }
+        if self.mismatches.is_empty() {
+            return s;
+        }
+        let n = self.mismatches.len();
+        let _ = writeln!(s, "{n} mismatch{}:", if n == 1 { "" } else { "es" });
+        for m in self.mismatches.iter().take(SUMMARY_MISMATCHES) {
+            s.push_str(&m.explain());
+        }
+        if n > SUMMARY_MISMATCHES {
+            let _ = writeln!(
+                s,
+                "... and {} more (all are in the JSON report)",
+                n - SUMMARY_MISMATCHES
+            );
         }
         s
     }
@@ -642,13 +697,30 @@ mod tests {
     }
 
     #[test]
-    fn summary_explains_each_mismatch() {
-        let s = failing_report().summary();
-        assert!(s.starts_with("kjump ping-pong: FAIL (exit 1)\n"), "{s}");
+    fn the_verdict_line_is_short_and_the_details_wait_for_v() {
+        let r = failing_report();
+        assert_eq!(
+            r.verdict_line(Some("1 mismatch")),
+            "kjump: ping-pong: FAIL (2 of 100 cycles, 4 checkpoints, 1.50 s): 1 mismatch"
+        );
+        let mut pass = Report::new("ping-pong", 2, "dirty", &[]);
+        pass.cycles_completed = 2;
+        pass.finish(None, 680_900);
+        assert_eq!(
+            pass.verdict_line(None),
+            "kjump: ping-pong: pass (2 of 2 cycles, 0 checkpoints, 0.68 s)"
+        );
+        let mut boot = Report::new("boot", 0, "none", &[]);
+        boot.failed_kernel = Some("b".into());
+        boot.finish(Some("guest b panicked".into()), 120_000);
+        assert_eq!(
+            boot.verdict_line(None),
+            "kjump: boot: ERROR (kernel b, 0.12 s)"
+        );
+
+        let s = r.details();
         assert!(
-            s.contains(
-                "cycles: 2 of 100, checkpoints: 4, pages compared: 8192, compare mode: dirty"
-            ),
+            s.contains("pages compared: 8192, compare mode: dirty"),
             "{s}"
         );
         assert!(
@@ -667,7 +739,12 @@ mod tests {
             s.contains("excused pages of b (control page): [0x500000..0x501000)"),
             "{s}"
         );
-        assert!(s.contains("2 mismatch(es):"), "{s}");
+    }
+
+    #[test]
+    fn mismatches_are_explained_each() {
+        let s = failing_report().explain_mismatches();
+        assert!(s.starts_with("2 mismatches:\n"), "{s}");
         assert!(
             s.contains("checkpoint 7 (cycle 2, kernel a, resume): register rbx: 0x1111 -> 0x2222"),
             "{s}"
@@ -678,15 +755,19 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("    0x0000204120 -  00"), "{s}");
+        assert_eq!(Report::new("boot", 0, "none", &[]).explain_mismatches(), "");
     }
 
     #[test]
-    fn summary_is_bounded() {
+    fn explanations_are_bounded() {
         let mut r = failing_report();
         let m = r.mismatches[0].clone();
         r.push_mismatches(std::iter::repeat_n(m, 100));
-        let s = r.summary();
-        assert!(s.contains("... and 82 more mismatch(es)"), "{s}");
+        let s = r.explain_mismatches();
+        assert!(
+            s.contains("... and 82 more (all are in the JSON report)"),
+            "{s}"
+        );
         assert!(s.lines().count() < 60);
     }
 

@@ -35,6 +35,10 @@ pub enum StopFault {
     PageFault,
     /// Overflow onto an unmapped stack: #DF on the IST stack.
     DoubleFault,
+    /// Talk forever without moving on: hello, log and progress messages
+    /// and console lines (with terminal escapes in them), never a
+    /// checkpoint: the watchdog must stop it all the same.
+    Flood,
 }
 
 /// Bugs of the jump itself. Without a cycle they are armed for every jump;
@@ -196,6 +200,11 @@ pub const CATALOG: &[Entry] = &[
         who: Who::Both,
         what: "the kernel hands the harness a pointer outside RAM",
     },
+    Entry {
+        name: "flood",
+        who: Who::Both,
+        what: "the kernel sends messages and console lines (with terminal escapes) forever: the watchdog stops it",
+    },
 ];
 
 impl Fault {
@@ -211,6 +220,7 @@ impl Fault {
             "wild-pointer" => Self::Stop(S::WildPointer),
             "pf" => Self::Stop(S::PageFault),
             "df" => Self::Stop(S::DoubleFault),
+            "flood" => Self::Stop(S::Flood),
             "no-gdt-restore" => Self::Jump(J::NoTableRestore(Slot::GdtrBase as u64)),
             "no-idt-restore" => Self::Jump(J::NoTableRestore(Slot::IdtrBase as u64)),
             "no-fpu-restore" => Self::Jump(J::NoFpuRestore),
@@ -250,6 +260,7 @@ impl Fault {
             Self::Stop(S::WildPointer) => "wild-pointer",
             Self::Stop(S::PageFault) => "pf",
             Self::Stop(S::DoubleFault) => "df",
+            Self::Stop(S::Flood) => "flood",
             Self::Jump(J::Forget(_)) => "forget-REG",
             Self::Jump(J::NoTableRestore(s)) if s == Slot::GdtrBase as u64 => "no-gdt-restore",
             Self::Jump(J::NoTableRestore(_)) => "no-idt-restore",

@@ -57,6 +57,7 @@ pub fn fire(fault: StopFault) -> ! {
             };
             unreachable!("the read at {addr:#x} above the identity map did not fault");
         }
+        StopFault::Flood => flood(),
         StopFault::DoubleFault => {
             // A push stores below RSP: keep the whole slot above the map.
             let top = paging::mapped_top() + 0x1000;
@@ -65,5 +66,22 @@ pub fn fire(fault: StopFault) -> ! {
             // to its IST stack; the handler reports it and never returns.
             unsafe { asm!("mov rsp, {}", "push 0", in(reg) top, options(noreturn)) }
         }
+    }
+}
+
+/// The `flood` fault: every kind of chatter the harness takes, forever,
+/// with a checkpoint never reached. The texts try to drive the terminal
+/// (clear the screen, set the title, forge kjump's verdict line); the VMM
+/// must print them escaped and stop the kernel by its watchdog.
+fn flood() -> ! {
+    const HOSTILE: &str = "\x1b[2J\x1b]0;kjump-owned\x07\rkjump: ping-pong: pass";
+    let role = crate::bootinfo::get().map_or(kjump_abi::abi::Role::A, |b| b.role);
+    let mut n = 0u64;
+    loop {
+        harness::hello(role);
+        harness::log(HOSTILE);
+        harness::progress(n);
+        crate::println!("{HOSTILE} #{n}");
+        n += 1;
     }
 }

@@ -38,6 +38,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "KJUMP_KVM_DEVICE",
           default_value = crate::vm::DEFAULT_KVM_DEVICE)]
     pub kvm_device: PathBuf,
+
+    /// The options of `run`/`resume` given on the command line (long names).
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 impl Cli {
@@ -61,7 +65,41 @@ impl Cli {
                 }
             }
         }
-        Self::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))
+        let mut cli = Self::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
+        let (sub, args) = match m.subcommand() {
+            Some((name, sm)) => (Some(name), sm),
+            None => (None, &m),
+        };
+        if matches!(sub, None | Some("run") | Some("resume")) {
+            cli.given = args
+                .ids()
+                .filter(|id| args.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().replace('_', "-"))
+                .collect();
+        }
+        Ok(cli)
+    }
+
+    /// Warnings for the options given that the run will ignore.
+    pub fn ignored_options(&self) -> Vec<String> {
+        match &self.command {
+            None => crate::config::ignored_options(
+                Some(self.run.scenario),
+                &self.given,
+                self.run.dump,
+                self.run.dump_dir.is_some(),
+            ),
+            Some(Command::Run(r)) => crate::config::ignored_options(
+                Some(r.scenario),
+                &self.given,
+                r.dump,
+                r.dump_dir.is_some(),
+            ),
+            Some(Command::Resume(r)) => {
+                crate::config::ignored_options(None, &self.given, r.dump, r.dump_dir.is_some())
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The subcommand to carry out (`run` when none was named).
@@ -135,10 +173,15 @@ pub struct ResumeArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
-    /// Watchdog: the guest is declared hung after this many seconds without a checkpoint or harness message.
+    /// Watchdog: the guest is declared hung after this many seconds without a checkpoint that moves the run forward.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
     pub timeout: u64,
+
+    /// Stop the run after this many seconds in all (default: no limit).
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 365))]
+    pub max_time: Option<u64>,
 
     /// Kernel ELF for symbols in reports (default: the embedded kjump guest).
     #[arg(long, value_name = "PATH")]
@@ -207,6 +250,7 @@ impl ResumeArgs {
             file: self.file,
             report: self.report,
             timeout: self.timeout,
+            max_time: self.max_time,
             kernel: self.kernel,
             dump_dir: self.dump_dir,
             dump: self.dump,
@@ -239,10 +283,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
 
-    /// Watchdog: the guest is declared hung after this many seconds without a checkpoint or harness message.
+    /// Watchdog: the guest is declared hung after this many seconds without a checkpoint that moves the run forward.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
     pub timeout: u64,
+
+    /// Stop the run after this many seconds in all (default: no limit).
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 365))]
+    pub max_time: Option<u64>,
 
     /// Extra words for the guest command line (repeatable).
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
@@ -310,6 +359,7 @@ impl RunArgs {
             kernel: self.kernel,
             initramfs: self.initramfs,
             timeout: self.timeout,
+            max_time: self.max_time,
             append,
             report: self.report,
             dump_dir: self.dump_dir,
@@ -571,6 +621,8 @@ mod tests {
             "/i",
             "--timeout",
             "5",
+            "--max-time",
+            "3600",
             "--append",
             "kjump.fault=ud2",
             "--append",
@@ -609,6 +661,37 @@ mod tests {
             })
         );
         assert_eq!(r.timeout(), Duration::from_secs(5));
+        assert_eq!(r.max_time, Some(3600));
+    }
+
+    #[test]
+    fn options_a_run_ignores_are_found() {
+        let w = parse(&["--scenario", "boot", "--cycles", "3"])
+            .unwrap()
+            .ignored_options();
+        assert_eq!(
+            w,
+            ["--cycles is ignored by --scenario boot (it has no jumps to check or dump)"]
+        );
+        let w = parse(&["run", "--dump", "every-jump"])
+            .unwrap()
+            .ignored_options();
+        assert_eq!(
+            w,
+            ["--dump every-jump is ignored without --dump-dir (no dump is written)"]
+        );
+        let w = parse(&["resume", "d.core", "--dump", "every-jump"])
+            .unwrap()
+            .ignored_options();
+        assert_eq!(w.len(), 1, "{w:?}");
+        // The defaults a scenario does not use are not warned about.
+        assert!(
+            parse(&["--scenario", "boot"])
+                .unwrap()
+                .ignored_options()
+                .is_empty()
+        );
+        assert!(parse(&[]).unwrap().ignored_options().is_empty());
     }
 
     #[test]

@@ -3,11 +3,31 @@
 use std::path::Path;
 
 use kjump_core::dump::{self, DumpError};
+use kjump_core::files::{InputError, check_input, read_input};
 use kjump_core::symbols::Symbols;
 
+/// Why a dump command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Dump(#[from] DumpError),
+    /// A dump that is not a regular file (a FIFO would block the reader).
+    #[error("cannot read the dump")]
+    DumpFile(#[source] InputError),
+    /// The kernel given for symbols (the cause names it).
+    #[error("cannot read the kernel")]
+    Kernel(#[source] InputError),
+}
+
+/// Reads a dump that is a regular file.
+pub fn read_dump(path: &Path) -> Result<dump::Dump, CommandError> {
+    check_input(path).map_err(CommandError::DumpFile)?;
+    Ok(dump::read_dump(path)?)
+}
+
 /// `kjump inspect FILE [--json]`: the text (or pretty JSON) to print.
-pub fn inspect(path: &Path, json: bool) -> Result<String, DumpError> {
-    let d = dump::read_dump(path)?;
+pub fn inspect(path: &Path, json: bool) -> Result<String, CommandError> {
+    let d = read_dump(path)?;
     if json {
         let v = dump::inspect_json(&d);
         Ok(serde_json::to_string_pretty(&v).map_err(DumpError::Encode)? + "\n")
@@ -17,14 +37,22 @@ pub fn inspect(path: &Path, json: bool) -> Result<String, DumpError> {
 }
 
 /// `kjump diff A B [--kernel K]`: the text to print and whether the guest
-/// states differ. `kernel_elf` names addresses (empty: no symbols).
-pub fn diff(a: &Path, b: &Path, kernel_elf: &[u8]) -> Result<(String, bool), DumpError> {
-    let symbols = if kernel_elf.is_empty() {
+/// states differ. Addresses are named from `kernel` (default: the
+/// embedded guest), which can be no larger than the dumps' guest RAM.
+pub fn diff(a: &Path, b: &Path, kernel: Option<&Path>) -> Result<(String, bool), CommandError> {
+    let (da, db) = (read_dump(a)?, read_dump(b)?);
+    let elf = match kernel {
+        Some(k) => {
+            let bound = da.meta().mem_size.max(db.meta().mem_size);
+            read_input(k, bound, "the dumps' guest RAM").map_err(CommandError::Kernel)?
+        }
+        None => crate::DEFAULT_KERNEL.to_vec(),
+    };
+    let symbols = if elf.is_empty() {
         None
     } else {
-        Some(Symbols::from_elf(kernel_elf).map_err(DumpError::Symbols)?)
+        Some(Symbols::from_elf(&elf).map_err(DumpError::Symbols)?)
     };
-    let (da, db) = (dump::read_dump(a)?, dump::read_dump(b)?);
     let d = dump::diff(&da, &db, symbols.as_ref());
     Ok((d.to_string(), d.differs()))
 }

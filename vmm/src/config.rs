@@ -112,6 +112,8 @@ pub struct RunConfig {
     pub initramfs: Option<PathBuf>,
     /// Watchdog: seconds without progress before the guest is declared hung.
     pub timeout: u64,
+    /// Seconds the whole run may take (`None`: no limit).
+    pub max_time: Option<u64>,
     /// Extra words for the guest command line.
     pub append: Vec<String>,
     /// Where the JSON report goes.
@@ -139,6 +141,7 @@ impl Default for RunConfig {
             kernel: None,
             initramfs: None,
             timeout: DEFAULT_TIMEOUT_SECS,
+            max_time: None,
             append: Vec::new(),
             report: None,
             dump_dir: None,
@@ -155,6 +158,10 @@ impl Default for RunConfig {
 impl RunConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
+    }
+
+    pub fn max_time(&self) -> Option<Duration> {
+        self.max_time.map(Duration::from_secs)
     }
 
     /// Refuses an `--inject` that this run could not catch: in a scenario it
@@ -228,6 +235,7 @@ pub struct ResumeConfig {
     pub file: PathBuf,
     pub report: Option<PathBuf>,
     pub timeout: u64,
+    pub max_time: Option<u64>,
     /// Kernel ELF for symbols (`None`: the embedded one).
     pub kernel: Option<PathBuf>,
     pub dump_dir: Option<PathBuf>,
@@ -241,6 +249,48 @@ impl ResumeConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
     }
+
+    pub fn max_time(&self) -> Option<Duration> {
+        self.max_time.map(Duration::from_secs)
+    }
+}
+
+/// The options given on the command line (`given`, by their long names)
+/// that a run of `scenario` (`None`: a resumed run) with `dump` and
+/// `dump_dir` ignores, each as a warning: kjump does not drop what it was
+/// asked for silently.
+pub fn ignored_options(
+    scenario: Option<Scenario>,
+    given: &[String],
+    dump: DumpPolicy,
+    dump_dir: bool,
+) -> Vec<String> {
+    let given = |name: &str| given.iter().any(|g| g == name);
+    let mut w = Vec::new();
+    if scenario == Some(Scenario::Boot) {
+        for opt in ["cycles", "mode", "peer-mem", "compare", "dump", "dump-dir"] {
+            if given(opt) {
+                w.push(format!(
+                    "--{opt} is ignored by --scenario boot (it has no jumps to check or dump)"
+                ));
+            }
+        }
+        return w;
+    }
+    if given("dump") && !dump_dir {
+        let name = match dump {
+            DumpPolicy::Never => "never",
+            DumpPolicy::OnMismatch => "on-mismatch",
+            DumpPolicy::EveryJump => "every-jump",
+        };
+        w.push(format!(
+            "--dump {name} is ignored without --dump-dir (no dump is written)"
+        ));
+    }
+    if given("dump-dir") && dump == DumpPolicy::Never {
+        w.push("--dump-dir is ignored with --dump never".into());
+    }
+    w
 }
 
 /// Formats a size the way the CLI's size parser reads it back, as short
@@ -258,6 +308,44 @@ pub fn format_size(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ignored_options_are_named() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let boot = ignored_options(
+            Some(Scenario::Boot),
+            &g(&["cycles", "mem", "dump-dir"]),
+            DumpPolicy::OnMismatch,
+            true,
+        );
+        assert_eq!(
+            boot,
+            [
+                "--cycles is ignored by --scenario boot (it has no jumps to check or dump)",
+                "--dump-dir is ignored by --scenario boot (it has no jumps to check or dump)"
+            ]
+        );
+        let pp = Some(Scenario::PingPong);
+        assert_eq!(
+            ignored_options(pp, &g(&["dump"]), DumpPolicy::EveryJump, false),
+            ["--dump every-jump is ignored without --dump-dir (no dump is written)"]
+        );
+        assert_eq!(
+            ignored_options(pp, &g(&["dump-dir", "dump"]), DumpPolicy::Never, true),
+            ["--dump-dir is ignored with --dump never"]
+        );
+        // Defaults are not warned about, nor what a run uses.
+        assert!(
+            ignored_options(
+                pp,
+                &g(&["cycles", "dump-dir"]),
+                DumpPolicy::OnMismatch,
+                true
+            )
+            .is_empty()
+        );
+        assert!(ignored_options(pp, &[], DumpPolicy::EveryJump, false).is_empty());
+    }
 
     #[test]
     fn faults_the_run_cannot_catch_are_refused() {

@@ -5,8 +5,12 @@ use std::error::Error;
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use kjump::cli::{Cli, Command};
-use kjump::scenario::{self, RunOptions};
+use kjump::scenario::resume::ResumeError;
+use kjump::scenario::{self, Ledger, RunOptions};
+use kjump::vm::serial::ConsoleSink;
 use kjump_core::report::Report;
 
 fn main() -> ExitCode {
@@ -15,11 +19,25 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     init_logging(cli.log_level());
+    let shown = Shown {
+        quiet: cli.quiet,
+        verbose: cli.verbose > 0,
+    };
     // For the subcommands that open KVM (run, resume).
+    let ledger = Ledger::default();
     let opts = RunOptions {
         handle_signals: true,
+        ledger: ledger.clone(),
+        console: if cli.quiet {
+            ConsoleSink::Discard
+        } else {
+            ConsoleSink::Stdout
+        },
         ..cli.run_options()
     };
+    for w in cli.ignored_options() {
+        log::warn!("{w}");
+    }
     match cli.into_command() {
         Command::Inspect { file, json } => match kjump::commands::inspect(&file, json) {
             Ok(text) => {
@@ -40,94 +58,154 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Diff { a, b, kernel } => {
-            let elf = match kernel.map(std::fs::read).transpose() {
-                Ok(k) => k.unwrap_or_else(|| kjump::DEFAULT_KERNEL.to_vec()),
-                Err(e) => {
-                    report_error(&e, None);
-                    return ExitCode::from(2);
-                }
-            };
-            match kjump::commands::diff(&a, &b, &elf) {
-                Ok((text, differs)) => {
-                    out(&text);
-                    ExitCode::from(u8::from(differs))
-                }
-                Err(e) => {
-                    report_error(&e, None);
-                    ExitCode::from(2)
-                }
+        Command::Diff { a, b, kernel } => match kjump::commands::diff(&a, &b, kernel.as_deref()) {
+            Ok((text, differs)) => {
+                out(&text);
+                ExitCode::from(u8::from(differs))
             }
-        }
+            Err(e) => {
+                report_error(&e, None);
+                ExitCode::from(2)
+            }
+        },
         Command::Run(args) if args.inject.as_ref().is_some_and(|i| i.kind == "list") => {
             out(&kjump::faults::catalog());
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            let (report, what) = (args.report.clone(), (args.scenario.name(), args.cycles));
+            let files = Outputs {
+                report: args.report.clone(),
+            };
+            let what = (args.scenario.name(), args.cycles);
             let result = args
                 .into_config()
                 .map_err(scenario::RunError::from)
                 .and_then(|cfg| scenario::run_scenario_with(&cfg, &opts));
-            finish(
-                result.map_err(|e| {
-                    let regs = e.regs().map(ToString::to_string);
-                    (Box::new(e) as Box<dyn Error>, regs)
-                }),
-                report.as_deref(),
-                what,
-            )
+            let result = result.map_err(|e| Failure {
+                line: error_line(&e),
+                regs: e.regs().map(ToString::to_string),
+                outputs_ok: !e.is_output_error(),
+            });
+            finish(result, &ledger, &files, what, shown)
         }
         Command::Resume(args) => {
             let args = args.into_config();
+            let files = Outputs {
+                report: args.report.clone(),
+            };
             let result = kjump::scenario::resume::resume(&args, &opts);
-            finish(
-                result.map_err(|e| {
-                    let regs = e.regs().map(ToString::to_string);
-                    (Box::new(e) as Box<dyn Error>, regs)
-                }),
-                args.report.as_deref(),
-                // The cycles asked for are in the dump, which may not read.
-                ("ping-pong", 0),
-            )
+            let result = result.map_err(|e| Failure {
+                line: error_line(&e),
+                regs: e.regs().map(ToString::to_string),
+                outputs_ok: !matches!(&e, ResumeError::Run(r) if r.is_output_error()),
+            });
+            // The cycles asked for are in the dump, which may not read.
+            finish(result, &ledger, &files, ("ping-pong", 0), shown)
         }
     }
 }
 
-/// Prints a run's summary, writes its report, and gives its exit code; a
-/// run that could not be carried out is one error line (and the registers
-/// of a guest that failed), a report saying so with the error, and exit
-/// code 2.
+/// What the terminal shows besides the verdict line.
+#[derive(Clone, Copy)]
+struct Shown {
+    /// `-q`: the verdict line only.
+    quiet: bool,
+    /// `-v`: the report's details too.
+    verbose: bool,
+}
+
+/// The files a run writes at its end.
+struct Outputs {
+    report: Option<PathBuf>,
+}
+
+/// A run that could not be carried out.
+struct Failure {
+    /// The error on one line.
+    line: String,
+    /// The guest's registers, for a guest failure.
+    regs: Option<String>,
+    /// False when the error is about an output file: none is written then.
+    outputs_ok: bool,
+}
+
+/// Ends a run: the mismatches explained, the details with `-v`, the report
+/// written, the verdict line, and for a run that did not pass the paths of
+/// its dumps and report; the exit code. A run that could not be carried
+/// out is one error line (and the registers of a guest that failed), its
+/// report an error report with whatever the run completed (from the
+/// ledger), and exit code 2.
 fn finish(
-    result: Result<scenario::Outcome, (Box<dyn Error>, Option<String>)>,
-    report: Option<&std::path::Path>,
+    result: Result<scenario::Outcome, Failure>,
+    ledger: &Ledger,
+    files: &Outputs,
     (scenario_name, cycles): (&str, u64),
+    shown: Shown,
 ) -> ExitCode {
-    match result {
+    let (report, why, code) = match result {
         Ok(outcome) => {
-            if !outcome.report.checkpoints.is_empty() {
-                print!("{}", outcome.report.summary());
+            let why = match &outcome.verdict {
+                scenario::Verdict::Pass => None,
+                scenario::Verdict::Fail(why) => Some(why.clone()),
+            };
+            let code = outcome.exit_code();
+            (outcome.report, why, code)
+        }
+        Err(f) => {
+            eprintln!("kjump: error: {}", f.line);
+            if let (Some(regs), false) = (&f.regs, shown.quiet) {
+                eprint!("{regs}");
             }
-            println!("{}", outcome.summary());
-            if let Some(path) = report
-                && let Err(e) = outcome.report.write(path)
+            let wall = ledger
+                .started()
+                .map_or(0, |t| t.elapsed().as_micros() as u64);
+            let report = ledger.error_report(scenario_name, cycles, f.line, wall);
+            if f.outputs_ok
+                && let Err(e) = write_outputs(&report, files)
             {
-                report_error(&e, None);
-                return ExitCode::from(2);
+                report_error(&*e, None);
             }
-            ExitCode::from(outcome.exit_code())
-        }
-        Err((e, regs)) => {
-            report_error(&*e, regs);
-            if let Some(path) = report {
-                let mut r = Report::new(scenario_name, cycles, "none", &[]);
-                r.finish(Some(error_line(&*e)), 0);
-                if let Err(e) = r.write(path) {
-                    report_error(&e, None);
-                }
+            // A run that got somewhere says how far; one refused before
+            // the guest ran prints nothing more.
+            if !shown.quiet && (!report.checkpoints.is_empty() || report.cycles_completed > 0) {
+                println!("{}", report.verdict_line(None));
+                print_paths(&report, files);
             }
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    if !shown.quiet {
+        print!("{}", report.explain_mismatches());
+        if shown.verbose && !report.checkpoints.is_empty() {
+            print!("{}", report.details());
+        }
+    }
+    if let Err(e) = write_outputs(&report, files) {
+        report_error(&*e, None);
+        return ExitCode::from(2);
+    }
+    println!("{}", report.verdict_line(why.as_deref()));
+    if code != 0 && !shown.quiet {
+        print_paths(&report, files);
+    }
+    ExitCode::from(code)
+}
+
+/// Writes the report (and what else the run was asked for).
+fn write_outputs(report: &Report, files: &Outputs) -> Result<(), Box<dyn Error>> {
+    if let Some(path) = &files.report {
+        report.write(path)?;
+    }
+    Ok(())
+}
+
+/// Where a run that did not pass left its evidence.
+fn print_paths(report: &Report, files: &Outputs) {
+    if !report.dumps.is_empty() {
+        println!("dumps: {}", report.dumps.join(" "));
+    }
+    if let Some(p) = &files.report {
+        println!("report: {}", p.display());
     }
 }
 

@@ -7,6 +7,7 @@
 //! checkpoint in the report. The first mismatch ends the run with exit
 //! code 1 and a report.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use kjump_abi::control;
@@ -71,14 +72,14 @@ pub(crate) fn run_from(
             .and_then(|s| s.address_of("kjump_checkpoint")),
     );
     let oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
-    run.report = kjump_core::report::Report::new(
+    *run.report() = kjump_core::report::Report::new(
         cfg.scenario.name(),
         cfg.cycles,
         cfg.compare.name(),
         oracle.allowlist().entries(),
     );
-    run.report.msrs_captured = vm.msr_index_list().to_vec();
-    run.report.msrs_refused = vm.msrs_refused().to_vec();
+    run.report().msrs_captured = vm.msr_index_list().to_vec();
+    run.report().msrs_refused = vm.msrs_refused().to_vec();
     let mut pp = PingPong {
         cfg,
         tracker: Tracker::new(),
@@ -94,7 +95,7 @@ pub(crate) fn run_from(
         pp.oracle
             .seed(seed.at, seed.kernels, peer_away, vm.memory())?;
         vm.set_console_name(pp.tracker.running().name());
-        run.cycles = pp.tracker.cycles_completed();
+        run.set_cycles(pp.tracker.cycles_completed());
         progress.set_cycle(run.cycles);
     }
     loop {
@@ -123,10 +124,14 @@ pub(crate) fn run_from(
                 pp.oracle.kimage_reported(kernel, k, a);
                 continue;
             }
-            VmEvent::Message(HarnessEvent::Progress { cycles }) => {
-                run.cycles = cycles;
-                progress.set_cycle(cycles);
-                continue;
+            // A kernel says hello once, when it boots, as itself: a hello in
+            // the other's role would put the blame for what follows on it.
+            VmEvent::Message(HarnessEvent::Hello { role, .. })
+                if Kernel::from(role) != pp.tracker.running() =>
+            {
+                return Err(RunError::Protocol(
+                    "a kernel said hello in the other kernel's role",
+                ));
             }
             VmEvent::Message(ev) => {
                 if let Some(verdict) = handle_message(vm, run, ev)? {
@@ -144,8 +149,7 @@ pub(crate) fn run_from(
                 let mismatches = first_delivery(vm, &mut pp, rip)?;
                 if !mismatches.is_empty() {
                     progress.finish();
-                    let place = format!("in kernel b's first delivery, at its entry {rip:#x}");
-                    return Ok(failed(run, mismatches, &place, "b"));
+                    return Ok(failed(run, mismatches));
                 }
                 continue;
             }
@@ -155,33 +159,33 @@ pub(crate) fn run_from(
         };
         vm.set_console_name(pp.tracker.running().name());
         let mismatches = checkpoint(vm, &mut pp, run, &id)?;
-        run.cycles = run.cycles.max(pp.tracker.cycles_completed());
+        run.set_cycles(pp.tracker.cycles_completed());
+        progress.set_cycle(run.cycles);
         if !mismatches.is_empty() {
             progress.finish();
-            run.cycles = pp.tracker.cycles_completed();
-            let place = format!(
-                "at checkpoint {} (cycle {}, kernel {}, {})",
-                id.index,
-                id.cycle,
-                id.kernel.name(),
-                id.direction.name()
-            );
-            return Ok(failed(run, mismatches, &place, id.kernel.name()));
+            return Ok(failed(run, mismatches));
         }
+        // A checkpoint that advanced the sequence and passed: the run
+        // moved forward, and the watchdog starts counting again.
+        vm.advanced();
     }
 }
 
-/// The run failed with `mismatches` found `place`: into the report, and
-/// the verdict names the first.
-fn failed(run: &mut RunState, mismatches: Vec<Mismatch>, place: &str, guest: &str) -> Outcome {
+/// The run failed with `mismatches`: into the report; the verdict names
+/// the first, and the kernel whose state differs there.
+fn failed(run: &mut RunState, mismatches: Vec<Mismatch>) -> Outcome {
+    // The cycle that failed is not completed, even at its last checkpoint.
+    run.set_cycles(run.cycles.min(mismatches[0].at.cycle.saturating_sub(1)));
     let n = mismatches.len();
-    run.report.push_mismatches(mismatches);
-    let first = run.report.mismatches[0].explain();
+    let first = mismatches[0].explain();
+    let kernel = mismatches[0].kernel().to_owned();
+    run.report().push_mismatches(mismatches);
     let why = format!(
-        "{n} mismatch(es) {place}: first: {}",
+        "{n} mismatch{}, the first: {}",
+        if n == 1 { "" } else { "es" },
         first.lines().next().unwrap_or_default()
     );
-    run.outcome(Verdict::Fail(why), guest)
+    run.outcome(Verdict::Fail(why), &kernel)
 }
 
 /// Kernel b is about to run its first instruction, at `entry`: the VMM's
@@ -231,10 +235,12 @@ fn checkpoint(
         // The device fields that move with time, and their rules.
         let devices = machine.other_devices();
         for (field, reason) in kjump_core::devices::allowlist(&devices) {
-            run.report.allowlist.push(kjump_core::report::AllowedField {
-                field,
-                reason: reason.to_owned(),
-            });
+            run.report()
+                .allowlist
+                .push(kjump_core::report::AllowedField {
+                    field,
+                    reason: reason.to_owned(),
+                });
         }
     }
     let capture_us = t0.elapsed().as_micros() as u64;
@@ -271,23 +277,26 @@ fn checkpoint(
         });
     }
     let compare_us = t1.elapsed().as_micros() as u64;
-    run.report.excused_pages.extend(judgement.excused);
+    run.report().excused_pages.extend(judgement.excused);
 
     // Host-side faults land after the state they damage was recorded.
     pp.injector.after_capture(vm, &pp.oracle, id)?;
 
     if pp.cfg.dump_dir.is_some() {
-        match pp.cfg.dump {
+        let written = match pp.cfg.dump {
             DumpPolicy::EveryJump => pp.dump_now(vm, id, &machine)?,
             DumpPolicy::OnMismatch if !mismatches.is_empty() => {
                 pp.dump_mismatch(vm, id, &machine)?
             }
-            _ => {}
-        }
+            _ => Vec::new(),
+        };
+        run.report()
+            .dumps
+            .extend(written.iter().map(|p| p.display().to_string()));
     }
 
     run.checkpoints += 1;
-    run.report.push_checkpoint(CheckpointRecord {
+    run.report().push_checkpoint(CheckpointRecord {
         index: id.index,
         cycle: id.cycle,
         kernel: id.kernel.name().to_owned(),
@@ -378,25 +387,34 @@ impl PingPong<'_> {
     }
 
     /// `--dump every-jump`: the VM as it is at this checkpoint, resumable.
-    fn dump_now(&self, vm: &Vm, id: &CheckpointId, machine: &MachineState) -> Result<(), RunError> {
+    /// Returns the file written.
+    fn dump_now(
+        &self,
+        vm: &Vm,
+        id: &CheckpointId,
+        machine: &MachineState,
+    ) -> Result<Vec<PathBuf>, RunError> {
+        let path = self.dump_path(id, "");
         self.write(
-            &self.dump_path(id, ""),
+            &path,
             machine,
             id,
             vm.memory(),
             vm.mem_size(),
             Some(&self.resume_record(id, machine)),
-        )
+        )?;
+        Ok(vec![path])
     }
 
     /// `--dump on-mismatch`: the kernel when it jumped away (its registers
-    /// and view) and as it is now.
+    /// and view) and as it is now. Returns the files written.
     fn dump_mismatch(
         &self,
         vm: &Vm,
         id: &CheckpointId,
         machine: &MachineState,
-    ) -> Result<(), RunError> {
+    ) -> Result<Vec<PathBuf>, RunError> {
+        let mut written = Vec::new();
         // The kernel whose state differs: the resuming one, or else the
         // one that is away.
         let k = if id.direction == Direction::Resume {
@@ -406,23 +424,21 @@ impl PingPong<'_> {
         };
         if let Some((at, left, ram)) = self.oracle.left(k, vm.memory()) {
             // A mix of then and now: for diffing, not for resuming.
-            self.write(
-                &self.dump_path(&at, "-left"),
-                left,
-                &at,
-                &ram,
-                vm.mem_size(),
-                None,
-            )?;
+            let path = self.dump_path(&at, "-left");
+            self.write(&path, left, &at, &ram, vm.mem_size(), None)?;
+            written.push(path);
         }
+        let path = self.dump_path(id, "-found");
         self.write(
-            &self.dump_path(id, "-found"),
+            &path,
             machine,
             id,
             vm.memory(),
             vm.mem_size(),
             Some(&self.resume_record(id, machine)),
-        )
+        )?;
+        written.push(path);
+        Ok(written)
     }
 }
 

@@ -45,16 +45,16 @@ pub enum ResumeError {
     /// The dump is unreadable, truncated or corrupt.
     #[error(transparent)]
     Dump(#[from] DumpError),
+    /// The dump is not a regular file (a FIFO would block the reader).
+    #[error("cannot read the dump")]
+    DumpFile(#[source] kjump_core::files::InputError),
     /// The dump is sound but lacks what resuming needs.
     #[error("{}: cannot be resumed: {why}", path.display())]
     NotResumable { path: PathBuf, why: String },
-    /// The kernel file given for symbols could not be read.
-    #[error("cannot read the kernel {}", .path.display())]
-    ReadKernel {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The kernel file given for symbols could not be read (the cause
+    /// names it).
+    #[error("cannot read the kernel")]
+    ReadKernel(#[source] kjump_core::files::InputError),
     /// The resumed run failed (the VM, the guest, the oracle's input).
     #[error(transparent)]
     Run(#[from] RunError),
@@ -202,6 +202,7 @@ fn run_config(args: &ResumeConfig, record: &ResumeRecord) -> RunConfig {
         cycles: record.cycles,
         kernel: args.kernel.clone(),
         timeout: args.timeout,
+        max_time: args.max_time,
         report: args.report.clone(),
         dump_dir: args.dump_dir.clone(),
         dump: args.dump,
@@ -211,12 +212,12 @@ fn run_config(args: &ResumeConfig, record: &ResumeRecord) -> RunConfig {
     }
 }
 
-fn read_kernel(path: Option<&Path>) -> Result<Vec<u8>, ResumeError> {
+/// The kernel for symbols: no larger than the dump's guest RAM, which it
+/// ran in (a device or a FIFO is refused before it is read).
+fn read_kernel(path: Option<&Path>, mem_size: u64) -> Result<Vec<u8>, ResumeError> {
     match path {
-        Some(p) => std::fs::read(p).map_err(|source| ResumeError::ReadKernel {
-            path: p.to_path_buf(),
-            source,
-        }),
+        Some(p) => kjump_core::files::read_input(p, mem_size, "the dump's guest RAM")
+            .map_err(ResumeError::ReadKernel),
         None => Ok(crate::DEFAULT_KERNEL.to_vec()),
     }
 }
@@ -224,9 +225,11 @@ fn read_kernel(path: Option<&Path>) -> Result<Vec<u8>, ResumeError> {
 /// `kjump resume`: reads and checks the dump, builds the VM from it on the
 /// vCPU thread under the watchdog, and runs the scenario on to its end.
 pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeError> {
+    crate::scenario::check_outputs(&[("--report", args.report.as_deref())])?;
+    kjump_core::files::check_input(&args.file).map_err(ResumeError::DumpFile)?;
     let dump = dump::read_dump(&args.file)?;
     let plan = plan(&dump)?;
-    let kernel = read_kernel(args.kernel.as_deref())?;
+    let kernel = read_kernel(args.kernel.as_deref(), dump.meta().mem_size)?;
     if let Some(dir) = &args.dump_dir {
         crate::scenario::check_dump_dir(dir)?;
     }
@@ -243,11 +246,13 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
     );
     let wd = WatchdogConfig {
         timeout: args.timeout(),
+        max_time: args.max_time(),
         handle_signals: opts.handle_signals,
         grace: watchdog::DEFAULT_GRACE,
     };
     let console = opts.console.clone();
     let kvm_device = opts.kvm_device.clone();
+    let ledger = opts.ledger.clone();
     let start = Instant::now();
     let outcome = watchdog::run_guarded(&wd, move |stop| {
         let mut cfg = VmConfig::new(Vec::new(), "");
@@ -256,19 +261,20 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
         if let Some(dev) = kvm_device {
             cfg.kvm_device = dev;
         }
-        let run = || -> Result<_, RunError> {
-            let mut vm = Vm::from_image(&cfg, dump.meta().mem_size, &dump, dump.state())?;
+        let mut vm = Vm::from_image(&cfg, dump.meta().mem_size, &dump, dump.state())
+            .map_err(|e| RunError::from(e).symbolize(&kernel))?;
+        let mut run = RunState::new(Scenario::PingPong, start, &ledger);
+        let result = (|| {
             vm.set_serial_state(&SerialState::from(&plan.record.uart))?;
             vm.restore_devices(&plan.record.devices)?;
             let seed = seed(&vm, dump.state(), &plan)?;
             if let Some(l) = gdb_listener {
                 crate::gdb::attach_at_start(&mut vm, l, "at the dump's checkpoint");
             }
-            let mut run = RunState::new(Scenario::PingPong, start);
             let result = pingpong::run_from(&mut vm, &mut run, &run_cfg, &kernel, Some(seed));
             crate::gdb::after_run(&mut vm, result, &run_cfg.gdb)
-        };
-        run().map_err(|e| e.symbolize(&kernel))
+        })();
+        result.map_err(|e| run.failed(e.symbolize(&kernel), &vm))
     })
     .map_err(RunError::from)??;
     Ok(outcome)

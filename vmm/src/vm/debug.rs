@@ -35,7 +35,6 @@ use kvm_bindings::{
 use vm_memory::{Bytes, GuestAddress};
 
 use super::vcpu::{GuestFault, msr};
-use super::watchdog::StopReason;
 use super::{Vm, VmError, kvm_err};
 use kjump_core::paging::{self, PagingRegs, WalkError};
 
@@ -336,10 +335,7 @@ impl Vm {
     /// When kjump was told to stop (^C, SIGTERM) while the debugger waits:
     /// the error that ends the run, with the registers.
     pub fn stop_requested_error(&mut self) -> Option<VmError> {
-        let fault = match self.stop.reason()? {
-            StopReason::Timeout(after) => GuestFault::Timeout { after },
-            StopReason::Signal(signal) => GuestFault::Interrupted { signal },
-        };
+        let fault = GuestFault::from(self.stop.reason()?);
         Some(self.guest_error(fault))
     }
 

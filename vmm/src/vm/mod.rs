@@ -48,7 +48,7 @@ use kjump_core::state::{MachineState, UartState, VcpuState};
 use self::capture::SnapshotError;
 use self::vcpu::{ExitAction, GuestFault, PortIo, RegDump, VcpuError};
 use crate::faults::{DeviceField, VcpuField};
-use crate::vm::watchdog::{KickGuard, StopFlag, StopReason};
+use crate::vm::watchdog::{KickGuard, StopFlag};
 
 /// Offset of the TPR in the local APIC register page.
 const LAPIC_TPR: usize = 0x80;
@@ -822,6 +822,13 @@ impl Vm {
         self.checkpoint_rip = rip;
     }
 
+    /// The scenario moved forward (see [`StopFlag::advance`]): the
+    /// watchdog's count starts again. Neither a checkpoint nor a message
+    /// does this by itself; the scenario knows which move it forward.
+    pub fn advanced(&self) {
+        self.stop.advance();
+    }
+
     pub fn registers(&self) -> RegDump {
         RegDump::read(&self.vcpu)
     }
@@ -873,11 +880,7 @@ impl Vm {
         let _kick = unsafe { KickGuard::arm(run) };
         loop {
             if let Some(reason) = self.stop.reason() {
-                let fault = match reason {
-                    StopReason::Timeout(after) => GuestFault::Timeout { after },
-                    StopReason::Signal(signal) => GuestFault::Interrupted { signal },
-                };
-                return Err(self.guest_error(fault));
+                return Err(self.guest_error(GuestFault::from(reason)));
             }
             if self.debug.active() {
                 self.debug_serve()?;
@@ -908,19 +911,11 @@ impl Vm {
                 }
                 ExitAction::Checkpoint { answer } => {
                     self.complete_io()?;
-                    self.stop.pet();
                     return Ok(VmEvent::Checkpoint { answer });
                 }
                 ExitAction::HarnessMessage { addr } => {
                     return match self.harness.decode(&self.mem, addr) {
-                        Ok(event) => {
-                            // Log lines alone are no progress (a guest
-                            // that only talks is hung).
-                            if !matches!(event, HarnessEvent::Log { .. }) {
-                                self.stop.pet();
-                            }
-                            Ok(VmEvent::Message(event))
-                        }
+                        Ok(event) => Ok(VmEvent::Message(event)),
                         Err(e) => Err(self.guest_error(GuestFault::Protocol(e))),
                     };
                 }

@@ -29,6 +29,8 @@ pub enum ConsoleSink {
     Stdout,
     /// Kept in memory, each line with its `[name] ` prefix.
     Capture(Arc<Mutex<Vec<String>>>),
+    /// Dropped (`-q`).
+    Discard,
 }
 
 impl ConsoleSink {
@@ -48,6 +50,7 @@ impl ConsoleSink {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(line),
+            Self::Discard => {}
         }
     }
 }

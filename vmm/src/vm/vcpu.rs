@@ -334,17 +334,25 @@ pub enum GuestFault {
     /// The watchdog fired.
     #[error("hung: no progress for {} s (watchdog)", .after.as_secs_f64())]
     Timeout { after: Duration },
+    /// The run's total time limit passed.
+    #[error("stopped at the run's time limit of {} s (--max-time)", .limit.as_secs_f64())]
+    OutOfTime { limit: Duration },
     /// SIGINT or SIGTERM.
     #[error("run interrupted by {}", signal_name(*.signal))]
     Interrupted { signal: i32 },
 }
 
-/// `SIGINT`, `SIGTERM`, or `signal N`.
-pub fn signal_name(signal: i32) -> String {
-    match signal {
-        libc::SIGINT => "SIGINT".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        n => format!("signal {n}"),
+pub use crate::vm::watchdog::signal_name;
+
+impl From<crate::vm::watchdog::StopReason> for GuestFault {
+    /// A run stopped from outside: how the guest it stopped is reported.
+    fn from(reason: crate::vm::watchdog::StopReason) -> Self {
+        use crate::vm::watchdog::StopReason;
+        match reason {
+            StopReason::Timeout(after) => Self::Timeout { after },
+            StopReason::MaxTime(limit) => Self::OutOfTime { limit },
+            StopReason::Signal(signal) => Self::Interrupted { signal },
+        }
     }
 }
 

@@ -1,5 +1,11 @@
-//! The watchdog: a run has a wall-clock limit and can be stopped with
-//! SIGINT/SIGTERM, and a stopped run still ends with the guest's registers.
+//! The watchdog: a run that stops moving forward for a whole timeout is
+//! hung, a run may have a total time limit (`--max-time`), and it can be
+//! stopped with SIGINT/SIGTERM; a stopped run still ends with the guest's
+//! registers.
+//!
+//! Only the scenario says what moving forward is ([`StopFlag::advance`]: a
+//! checkpoint that advances the sequence). Harness messages do not count: a
+//! guest that only talks (hello, log, progress, over and over) is hung.
 //!
 //! [`run_guarded`] runs the scenario (which owns the VM and drives the vCPU
 //! through [`crate::vm::Vm::run_until_event`]) on a named thread,
@@ -34,11 +40,18 @@ use vmm_sys_util::timerfd::TimerFd;
 const KICK_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
+/// A signal that repeats within this time of the first is the same
+/// request: `timeout(1)` sends its SIGTERM to the process and then to its
+/// process group, so kjump may read it twice.
+const SIGNAL_REPEAT: Duration = Duration::from_secs(1);
+
 /// Why a run was stopped from outside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
-    /// The run's time limit passed.
+    /// The scenario did not move forward for this long.
     Timeout(Duration),
+    /// The run's total time limit (`--max-time`) passed.
+    MaxTime(Duration),
     /// SIGINT or SIGTERM arrived.
     Signal(i32),
 }
@@ -51,8 +64,8 @@ pub struct StopFlag(Arc<StopInner>);
 struct StopInner {
     raised: AtomicBool,
     reason: Mutex<Option<StopReason>>,
-    /// Counts the guest's progress (checkpoints and harness messages); the
-    /// watchdog fires only when it stood still for a whole timeout.
+    /// Counts the scenario's steps forward; the watchdog fires only when it
+    /// stood still for a whole timeout.
     progress: AtomicU64,
     /// How many holds are alive: while any is, the watchdog does not count
     /// time (the guest is stopped in the debugger).
@@ -73,8 +86,10 @@ impl StopFlag {
         self.0.raised.store(true, Ordering::SeqCst);
     }
 
-    /// The guest made progress: the watchdog starts counting again.
-    pub fn pet(&self) {
+    /// The scenario moved forward (a checkpoint that advances its
+    /// sequence): the watchdog starts counting again. Nothing else resets
+    /// it.
+    pub fn advance(&self) {
         self.0.progress.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -107,7 +122,7 @@ pub struct Hold(StopFlag);
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.0.pet();
+        self.0.advance();
         self.0.0.held.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -126,8 +141,11 @@ pub enum WatchdogError {
     #[error("the watchdog's event loop failed")]
     EventLoop(#[source] event_manager::Error),
     /// the vCPU thread did not stop after the kick
-    #[error("{}, and the vCPU thread did not stop within {} s of being told to", describe(.reason), .grace.as_secs())]
+    #[error("{}, and the vCPU thread did not stop within {} s of being told to", describe(.reason), .grace.as_secs_f64())]
     Unresponsive { reason: StopReason, grace: Duration },
+    /// a second signal came while the vCPU thread was stopping
+    #[error("{}; {} came while the vCPU thread was stopping, so kjump did not wait for it", describe(.reason), signal_name(*.signal))]
+    Abandoned { reason: StopReason, signal: i32 },
     /// the vCPU thread panicked
     #[error("the vCPU thread panicked: {0}")]
     Panicked(String),
@@ -135,8 +153,24 @@ pub enum WatchdogError {
 
 fn describe(r: &StopReason) -> String {
     match r {
-        StopReason::Timeout(t) => format!("the run timed out after {} s", t.as_secs_f64()),
-        StopReason::Signal(s) => format!("the run was interrupted by signal {s}"),
+        StopReason::Timeout(t) => format!(
+            "the run made no progress for {} s (watchdog)",
+            t.as_secs_f64()
+        ),
+        StopReason::MaxTime(t) => format!(
+            "the run reached its time limit of {} s (--max-time)",
+            t.as_secs_f64()
+        ),
+        StopReason::Signal(s) => format!("the run was interrupted by {}", signal_name(*s)),
+    }
+}
+
+/// `SIGINT`, `SIGTERM`, or `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        n => format!("signal {n}"),
     }
 }
 
@@ -330,8 +364,10 @@ impl Drop for NotifyOnDrop {
 /// How a guarded run is watched.
 #[derive(Clone, Debug)]
 pub struct WatchdogConfig {
-    /// Wall-clock limit of the whole run.
+    /// How long the scenario may stand still ([`StopFlag::advance`]).
     pub timeout: Duration,
+    /// Wall-clock limit of the whole run, if any.
+    pub max_time: Option<Duration>,
     /// Stop on SIGINT/SIGTERM (blocks them on the calling thread while the
     /// run lasts; for the command line, not for tests).
     pub handle_signals: bool,
@@ -343,9 +379,61 @@ impl WatchdogConfig {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
+            max_time: None,
             handle_signals: false,
             grace: DEFAULT_GRACE,
         }
+    }
+}
+
+/// When the run stands still too long or runs out of time: the watchdog's
+/// clock, apart from its event loop so that it is tested with chosen times.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    timeout: Duration,
+    max_time: Option<Duration>,
+    start: Instant,
+    /// When the scenario last moved forward (or the run started).
+    moved: Instant,
+    progress_seen: u64,
+}
+
+impl Deadlines {
+    fn new(cfg: &WatchdogConfig, now: Instant) -> Self {
+        Self {
+            timeout: cfg.timeout,
+            max_time: cfg.max_time,
+            start: now,
+            moved: now,
+            progress_seen: 0,
+        }
+    }
+
+    /// At `now`, with the scenario's step count `progress` and whether the
+    /// watchdog is `held` (a guest stopped in the debugger is not hung; the
+    /// total limit still counts): why the run must stop, or how long until
+    /// the next look.
+    fn check(&mut self, now: Instant, progress: u64, held: bool) -> Result<Duration, StopReason> {
+        let ran = now.saturating_duration_since(self.start);
+        if let Some(max) = self.max_time
+            && ran >= max
+        {
+            return Err(StopReason::MaxTime(max));
+        }
+        if progress != self.progress_seen || held {
+            self.progress_seen = progress;
+            self.moved = now;
+        }
+        let still = now.saturating_duration_since(self.moved);
+        if still >= self.timeout {
+            return Err(StopReason::Timeout(self.timeout));
+        }
+        let mut next = self.timeout - still;
+        if let Some(max) = self.max_time {
+            next = next.min(max - ran);
+        }
+        // A timerfd armed with zero is disarmed.
+        Ok(next.max(Duration::from_millis(1)))
     }
 }
 
@@ -371,9 +459,13 @@ where
     let timer = Rc::new(RefCell::new(
         TimerFd::new().map_err(setup("create a timerfd"))?,
     ));
+    let mut deadlines = Deadlines::new(cfg, Instant::now());
+    let first = deadlines
+        .check(Instant::now(), 0, false)
+        .unwrap_or(Duration::from_millis(1));
     timer
         .borrow_mut()
-        .reset(cfg.timeout, None)
+        .reset(first, None)
         .map_err(setup("arm the timerfd"))?;
 
     let mut em: EventManager<Box<dyn MutEventSubscriber>> =
@@ -411,7 +503,7 @@ where
         .map_err(setup("start the vCPU thread"))?;
 
     let mut stopping: Option<(StopReason, Instant)> = None;
-    let mut progress_seen = stop.progress();
+    let mut last_signal: Option<(i32, Instant)> = None;
     loop {
         em.run().map_err(WatchdogError::EventLoop)?;
         let pending: Vec<Wake> = wakes.borrow_mut().drain(..).collect();
@@ -423,18 +515,22 @@ where
                         .join()
                         .map_err(|p| WatchdogError::Panicked(panic_text(&*p)));
                 }
-                (Wake::Timer, None) if stop.progress() != progress_seen || stop.held() => {
-                    // Still making progress: a hang is a whole timeout
-                    // without any.
-                    progress_seen = stop.progress();
-                    timer
-                        .borrow_mut()
-                        .reset(cfg.timeout, None)
-                        .map_err(setup("re-arm the timerfd"))?;
-                    continue;
+                (Wake::Timer, None) => {
+                    match deadlines.check(Instant::now(), stop.progress(), stop.held()) {
+                        Err(reason) => reason,
+                        Ok(next) => {
+                            timer
+                                .borrow_mut()
+                                .reset(next, None)
+                                .map_err(setup("re-arm the timerfd"))?;
+                            continue;
+                        }
+                    }
                 }
-                (Wake::Timer, None) => StopReason::Timeout(cfg.timeout),
-                (Wake::Signal(s), None) => StopReason::Signal(s),
+                (Wake::Signal(s), None) => {
+                    last_signal = Some((s, Instant::now()));
+                    StopReason::Signal(s)
+                }
                 (Wake::Timer, Some((reason, since))) => {
                     if since.elapsed() >= cfg.grace {
                         return Err(WatchdogError::Unresponsive {
@@ -446,12 +542,17 @@ where
                     let _ = handle.kill(kick_signal());
                     continue;
                 }
+                // The same signal again at once: one request delivered twice
+                // (timeout(1) signals the process and its group).
+                (Wake::Signal(s), Some(_))
+                    if last_signal
+                        .is_some_and(|(l, at)| l == s && at.elapsed() < SIGNAL_REPEAT) =>
+                {
+                    continue;
+                }
                 // A second ^C: the user does not want to wait.
-                (Wake::Signal(_), Some((reason, _))) => {
-                    return Err(WatchdogError::Unresponsive {
-                        reason,
-                        grace: Duration::ZERO,
-                    });
+                (Wake::Signal(signal), Some((reason, _))) => {
+                    return Err(WatchdogError::Abandoned { reason, signal });
                 }
             };
             log::info!("watchdog: {}; stopping the vCPU", describe(&reason));
@@ -507,9 +608,8 @@ mod tests {
     #[test]
     fn a_thread_that_ignores_the_flag_is_abandoned() {
         let cfg = WatchdogConfig {
-            timeout: Duration::from_millis(50),
-            handle_signals: false,
             grace: Duration::from_millis(300),
+            ..WatchdogConfig::new(Duration::from_millis(50))
         };
         let release = Arc::new(AtomicBool::new(false));
         let r = release.clone();
@@ -561,6 +661,52 @@ mod tests {
     }
 
     #[test]
+    fn only_advances_keep_the_run_alive_and_max_time_ends_it() {
+        let cfg = WatchdogConfig {
+            max_time: Some(Duration::from_secs(100)),
+            ..WatchdogConfig::new(Duration::from_secs(10))
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Deadlines::new(&cfg, t0);
+        assert_eq!(d.check(at(0), 0, false), Ok(Duration::from_secs(10)));
+        assert_eq!(d.check(at(9), 0, false), Ok(Duration::from_secs(1)));
+        // Standing still for a whole timeout: hung.
+        assert_eq!(
+            d.check(at(10), 0, false),
+            Err(StopReason::Timeout(cfg.timeout))
+        );
+        // A step forward at 9 s: the count starts again from there.
+        let mut d = Deadlines::new(&cfg, t0);
+        assert_eq!(d.check(at(9), 1, false), Ok(Duration::from_secs(10)));
+        assert_eq!(d.check(at(18), 1, false), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            d.check(at(19), 1, false),
+            Err(StopReason::Timeout(cfg.timeout))
+        );
+        // Steps forward all the time: the total limit still ends it, and
+        // the timer is armed for it when it comes first.
+        let mut d = Deadlines::new(&cfg, t0);
+        for s in 1..95 {
+            assert!(d.check(at(s), s, false).is_ok());
+        }
+        assert_eq!(d.check(at(95), 95, false), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            d.check(at(100), 100, false),
+            Err(StopReason::MaxTime(Duration::from_secs(100)))
+        );
+        // Held (the guest stopped in a debugger): not hung, however long;
+        // the total limit still counts.
+        let mut d = Deadlines::new(&cfg, t0);
+        assert!(d.check(at(50), 0, true).is_ok());
+        assert_eq!(d.check(at(59), 0, false), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            d.check(at(100), 0, true),
+            Err(StopReason::MaxTime(Duration::from_secs(100)))
+        );
+    }
+
+    #[test]
     fn a_held_watchdog_does_not_fire() {
         let cfg = WatchdogConfig::new(Duration::from_millis(100));
         let r = run_guarded(&cfg, |stop| {
@@ -577,6 +723,46 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r, Some(StopReason::Timeout(Duration::from_millis(100))));
+    }
+
+    #[test]
+    fn a_body_that_advances_runs_past_the_timeout_until_max_time() {
+        let cfg = WatchdogConfig {
+            max_time: Some(Duration::from_millis(600)),
+            ..WatchdogConfig::new(Duration::from_millis(150))
+        };
+        let start = Instant::now();
+        let r = run_guarded(&cfg, |stop| {
+            while stop.reason().is_none() {
+                stop.advance();
+                thread::sleep(Duration::from_millis(5));
+            }
+            stop.reason()
+        })
+        .unwrap();
+        assert_eq!(r, Some(StopReason::MaxTime(Duration::from_millis(600))));
+        assert!(start.elapsed() >= Duration::from_millis(600));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn stop_reasons_read_as_the_real_reason() {
+        let e = WatchdogError::Abandoned {
+            reason: StopReason::Signal(libc::SIGTERM),
+            signal: libc::SIGINT,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the run was interrupted by SIGTERM; SIGINT came while the vCPU thread was stopping, so kjump did not wait for it"
+        );
+        let e = WatchdogError::Unresponsive {
+            reason: StopReason::MaxTime(Duration::from_secs(30)),
+            grace: DEFAULT_GRACE,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the run reached its time limit of 30 s (--max-time), and the vCPU thread did not stop within 10 s of being told to"
+        );
     }
 
     #[test]
