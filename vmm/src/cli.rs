@@ -173,6 +173,10 @@ pub struct ResumeArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
+    /// Write JUnit XML here (a test case per check group and cycle).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+
     /// Watchdog: the guest is declared hung after this many seconds without a checkpoint that moves the run forward.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400 * 7))]
@@ -249,6 +253,7 @@ impl ResumeArgs {
         ResumeConfig {
             file: self.file,
             report: self.report,
+            junit: self.junit,
             timeout: self.timeout,
             max_time: self.max_time,
             kernel: self.kernel,
@@ -300,6 +305,10 @@ pub struct RunArgs {
     /// Write a JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+
+    /// Write JUnit XML here (a test case per check group and cycle).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 
     /// Where ELF core dumps go.
     #[arg(long, value_name = "DIR")]
@@ -362,6 +371,7 @@ impl RunArgs {
             max_time: self.max_time,
             append,
             report: self.report,
+            junit: self.junit,
             dump_dir: self.dump_dir,
             dump: self.dump,
             compare: self.compare.into(),
@@ -629,6 +639,8 @@ mod tests {
             "-x",
             "--report",
             "r.json",
+            "--junit",
+            "j.xml",
             "--dump-dir",
             "d",
             "--dump",
@@ -662,6 +674,7 @@ mod tests {
         );
         assert_eq!(r.timeout(), Duration::from_secs(5));
         assert_eq!(r.max_time, Some(3600));
+        assert_eq!(r.junit.as_deref(), Some(std::path::Path::new("j.xml")));
     }
 
     #[test]
@@ -692,6 +705,44 @@ mod tests {
                 .is_empty()
         );
         assert!(parse(&[]).unwrap().ignored_options().is_empty());
+    }
+
+    /// The CI workflow's own kjump run parses, and writes its report,
+    /// JUnit file and dumps where the workflow uploads them from.
+    #[test]
+    fn the_ci_workflows_run_uploads_what_it_writes() {
+        let yml = include_str!("../../ci/github/kjump.yml");
+        let line = yml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("run: cargo run --release -- "))
+            .expect("the workflow runs kjump");
+        let r = run(&line.split_whitespace().collect::<Vec<_>>());
+        let (report, junit, dumps) = (
+            r.report.expect("--report"),
+            r.junit.expect("--junit"),
+            r.dump_dir.expect("--dump-dir"),
+        );
+        assert_eq!(r.scenario, Scenario::PingPong);
+        for p in [&report, &junit, &dumps] {
+            assert!(p.starts_with("kjump-out"), "{p:?}");
+        }
+        let uploads: Vec<&str> = yml
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("kjump-out") || l.starts_with("path: kjump-out"))
+            .map(|l| l.trim_start_matches("path: "))
+            .collect();
+        for p in [&report, &junit] {
+            assert!(
+                uploads.contains(&p.to_str().unwrap()),
+                "{p:?} in {uploads:?}"
+            );
+        }
+        assert!(uploads.contains(&"kjump-out/"), "{uploads:?}");
+        assert!(
+            yml.contains("if: failure()"),
+            "dumps are uploaded on failure"
+        );
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct RunConfig {
     pub append: Vec<String>,
     /// Where the JSON report goes.
     pub report: Option<PathBuf>,
+    /// Where the JUnit XML goes.
+    pub junit: Option<PathBuf>,
     /// Where dumps go.
     pub dump_dir: Option<PathBuf>,
     pub dump: DumpPolicy,
@@ -144,6 +146,7 @@ impl Default for RunConfig {
             max_time: None,
             append: Vec::new(),
             report: None,
+            junit: None,
             dump_dir: None,
             dump: DumpPolicy::default(),
             compare: CompareMode::default(),
@@ -234,6 +237,7 @@ pub struct ResumeConfig {
     /// The dump to go on from.
     pub file: PathBuf,
     pub report: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
     pub timeout: u64,
     pub max_time: Option<u64>,
     /// Kernel ELF for symbols (`None`: the embedded one).

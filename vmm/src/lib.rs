@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod faults;
 pub mod gdb;
+pub mod junit;
 pub mod progress;
 pub mod scenario;
 pub mod vm;

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let files = Outputs {
                 report: args.report.clone(),
+                junit: args.junit.clone(),
             };
             let what = (args.scenario.name(), args.cycles);
             let result = args
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
             let args = args.into_config();
             let files = Outputs {
                 report: args.report.clone(),
+                junit: args.junit.clone(),
             };
             let result = kjump::scenario::resume::resume(&args, &opts);
             let result = result.map_err(|e| Failure {
@@ -117,6 +119,7 @@ struct Shown {
 /// The files a run writes at its end.
 struct Outputs {
     report: Option<PathBuf>,
+    junit: Option<PathBuf>,
 }
 
 /// A run that could not be carried out.
@@ -191,10 +194,15 @@ fn finish(
     ExitCode::from(code)
 }
 
-/// Writes the report (and what else the run was asked for).
+/// Writes the report and the JUnit XML, as asked.
 fn write_outputs(report: &Report, files: &Outputs) -> Result<(), Box<dyn Error>> {
     if let Some(path) = &files.report {
         report.write(path)?;
+    }
+    if let Some(path) = &files.junit {
+        let xml = kjump::junit::junit_xml(report)?;
+        kjump_core::files::write_atomic(path, xml.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -206,6 +214,9 @@ fn print_paths(report: &Report, files: &Outputs) {
     }
     if let Some(p) = &files.report {
         println!("report: {}", p.display());
+    }
+    if let Some(p) = &files.junit {
+        println!("junit: {}", p.display());
     }
 }
 

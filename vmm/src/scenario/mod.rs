@@ -483,7 +483,10 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         return Err(RunError::NotBuilt(args.scenario));
     }
     args.check_injection()?;
-    check_outputs(&[("--report", args.report.as_deref())])?;
+    check_outputs(&[
+        ("--report", args.report.as_deref()),
+        ("--junit", args.junit.as_deref()),
+    ])?;
     if let Some(dir) = &args.dump_dir {
         check_dump_dir(dir)?;
     }

@@ -204,6 +204,7 @@ fn run_config(args: &ResumeConfig, record: &ResumeRecord) -> RunConfig {
         timeout: args.timeout,
         max_time: args.max_time,
         report: args.report.clone(),
+        junit: args.junit.clone(),
         dump_dir: args.dump_dir.clone(),
         dump: args.dump,
         compare: args.compare,
@@ -225,7 +226,10 @@ fn read_kernel(path: Option<&Path>, mem_size: u64) -> Result<Vec<u8>, ResumeErro
 /// `kjump resume`: reads and checks the dump, builds the VM from it on the
 /// vCPU thread under the watchdog, and runs the scenario on to its end.
 pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeError> {
-    crate::scenario::check_outputs(&[("--report", args.report.as_deref())])?;
+    crate::scenario::check_outputs(&[
+        ("--report", args.report.as_deref()),
+        ("--junit", args.junit.as_deref()),
+    ])?;
     kjump_core::files::check_input(&args.file).map_err(ResumeError::DumpFile)?;
     let dump = dump::read_dump(&args.file)?;
     let plan = plan(&dump)?;

@@ -1,0 +1,169 @@
+//! The first hour: what a newcomer types and sees. A bare `kjump` runs the
+//! main job; the terminal shows a short summary (`-q` the verdict line
+//! only, `-v` the details); a failing run ends with where its dumps and
+//! report went; CI gets JUnit XML; and the README's debugging walkthrough
+//! works verbatim.
+
+mod common;
+use common::{assert_exit, kjump, kvm_or_skip, scratch};
+
+use std::path::Path;
+use std::process::Command;
+
+/// The verdict line of a pass: `kjump: ping-pong: pass (N of N cycles, ...`.
+fn pass_line(cycles: u64) -> String {
+    let checkpoints = 3 + 4 * (cycles - 1);
+    format!("kjump: ping-pong: pass ({cycles} of {cycles} cycles, {checkpoints} checkpoints, ")
+}
+
+#[test]
+fn a_bare_kjump_runs_ping_pong() {
+    if !kvm_or_skip("a_bare_kjump_runs_ping_pong") {
+        return;
+    }
+    let (out, err) = assert_exit(&kjump(&[]), 0);
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&pass_line(10)), "{out}\n{err}");
+    assert!(out.contains("[b] kjump guest kernel b: ping-pong"), "{out}");
+}
+
+#[test]
+fn quiet_prints_the_verdict_line_only_and_the_summary_is_short() {
+    if !kvm_or_skip("quiet_prints_the_verdict_line_only_and_the_summary_is_short") {
+        return;
+    }
+    let (out, err) = assert_exit(&kjump(&["-q", "--cycles", "2"]), 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with(&pass_line(2)), "{out}");
+    assert_eq!(err, "");
+    // A failure too: one line, that names the kernel and the first mismatch.
+    let (out, _) = assert_exit(&kjump(&["-q", "--cycles", "2", "--inject", "flip-a@2"]), 1);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("kjump: ping-pong: FAIL (kernel a, 1 of 2 cycles, 7 checkpoints, ")
+            && out.contains("): 1 mismatch, the first: checkpoint 6 (cycle 2, kernel a, resume): memory: page of kernel a "),
+        "{out}"
+    );
+    // The mismatch is named once in the line, not twice.
+    assert_eq!(out.matches("checkpoint 6 (").count(), 1, "{out}");
+
+    // By default: the guests' console, then the verdict line; no details.
+    let (out, _) = assert_exit(&kjump(&["--cycles", "2"]), 0);
+    let own: Vec<&str> = out.lines().filter(|l| !l.starts_with('[')).collect();
+    assert_eq!(own.len(), 1, "{out}");
+    assert!(own[0].starts_with(&pass_line(2)), "{out}");
+    // -v adds them.
+    let (out, _) = assert_exit(&kjump(&["-v", "--cycles", "2"]), 0);
+    for detail in [
+        "pages compared: ",
+        "allowed to differ:",
+        "excused pages of a (",
+    ] {
+        assert!(out.contains(detail), "no {detail:?}:\n{out}");
+    }
+}
+
+#[test]
+fn a_failing_run_ends_with_its_dumps_report_and_junit() {
+    if !kvm_or_skip("a_failing_run_ends_with_its_dumps_report_and_junit") {
+        return;
+    }
+    let d = scratch("newcomer-fail");
+    let (dumps, report, junit) = (d.join("dumps"), d.join("r.json"), d.join("j.xml"));
+    let (out, _) = assert_exit(
+        &kjump(&[
+            "--cycles",
+            "3",
+            "--inject",
+            "flip-a@2",
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ]),
+        1,
+    );
+    let tail: Vec<&str> = out.lines().rev().take(4).collect();
+    let dump = |n: &str| dumps.join(n).to_str().unwrap().to_owned();
+    assert_eq!(
+        tail,
+        [
+            format!("junit: {}", junit.display()).as_str(),
+            format!("report: {}", report.display()).as_str(),
+            format!(
+                "dumps: {} {}",
+                dump("c00002-00003-a-suspend-left.core"),
+                dump("c00002-00006-a-resume-found.core")
+            )
+            .as_str(),
+            tail[3],
+        ],
+        "{out}"
+    );
+    assert!(
+        tail[3].starts_with("kjump: ping-pong: FAIL (kernel a, 1 of 3 cycles, "),
+        "{out}"
+    );
+    // The mismatch is explained above, once.
+    assert_eq!(out.matches("\n1 mismatch:\n").count(), 1, "{out}");
+
+    // JUnit: the failing cycle and check group are named.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let j = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let status = |name: &str| {
+        let c = j.test_suites[0]
+            .test_cases
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("no {name} in {xml}"));
+        match &c.status {
+            quick_junit::TestCaseStatus::Success { .. } => "ok",
+            quick_junit::TestCaseStatus::NonSuccess { .. } => "fail",
+            quick_junit::TestCaseStatus::Skipped { .. } => "skipped",
+        }
+    };
+    assert_eq!(status("cycle 1: memory"), "ok");
+    assert_eq!(status("cycle 1: registers"), "ok");
+    assert_eq!(status("cycle 2: memory"), "fail");
+    assert_eq!(status("cycle 2: registers"), "skipped");
+    assert_eq!(status("cycle 3: entry"), "skipped");
+    assert_eq!(j.test_suites[0].test_cases.len(), 12);
+    assert_eq!(j.test_suites[0].failures, 1);
+}
+
+#[test]
+fn options_the_run_ignores_are_warned_about() {
+    if !kvm_or_skip("options_the_run_ignores_are_warned_about") {
+        return;
+    }
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--cycles", "3"]), 0);
+    assert!(
+        err.contains("kjump: warn: --cycles is ignored by --scenario boot"),
+        "{err}"
+    );
+    let (_, err) = assert_exit(&kjump(&["--cycles", "1", "--dump", "every-jump"]), 0);
+    assert!(
+        err.contains("kjump: warn: --dump every-jump is ignored without --dump-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_offers_what_is_built() {
+    let (out, _) = assert_exit(&kjump(&["--help"]), 0);
+    assert!(
+        out.contains("ping-pong") && !out.contains("hibernate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--junit") && out.contains("--max-time"),
+        "{out}"
+    );
+    let (_, err) = assert_exit(&kjump(&["--scenario", "hibernate"]), 2);
+    assert_eq!(
+        err.trim_end(),
+        "kjump: error: scenario hibernate is not built yet"
+    );
+}
