@@ -167,3 +167,159 @@ fn help_offers_what_is_built() {
         "kjump: error: scenario hibernate is not built yet"
     );
 }
+
+// ------------------------------------------------ the README walkthrough
+
+/// The README's walkthrough: the commands of its `sh` blocks, each with the
+/// exit code its comment announces ("exit code N", else 0), and the lines
+/// of its `text` blocks (what the README says they print).
+fn walkthrough() -> (Vec<(String, i32)>, Vec<String>) {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    let start = readme
+        .find("<!-- walkthrough")
+        .expect("the walkthrough's start marker");
+    let end = readme
+        .find("<!-- /walkthrough -->")
+        .expect("its end marker");
+    let (mut commands, mut shown) = (Vec::new(), Vec::new());
+    let mut block = None;
+    for line in readme[start..end].lines() {
+        match (block, line.trim_end()) {
+            (None, "```sh") => block = Some("sh"),
+            (None, "```text") => block = Some("text"),
+            (Some(_), "```") => block = None,
+            (Some("sh"), l) if !l.trim().is_empty() => {
+                let (cmd, comment) = split_comment(l);
+                let code = comment
+                    .and_then(|c| c.split("exit code ").nth(1))
+                    .and_then(|c| c.split(|ch: char| !ch.is_ascii_digit()).next())
+                    .map_or(0, |n| n.parse().expect("an exit code"));
+                commands.push((cmd.trim().to_owned(), code));
+            }
+            (Some("text"), l) => shown.push(l.to_owned()),
+            _ => {}
+        }
+    }
+    (commands, shown)
+}
+
+/// A shell line and its trailing `# comment`, a `#` in quotes not counted.
+fn split_comment(line: &str) -> (&str, Option<&str>) {
+    let mut quote = None;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') if prev.is_whitespace() => return (&line[..i], Some(&line[i..])),
+            _ => {}
+        }
+        prev = c;
+    }
+    (line, None)
+}
+
+#[test]
+fn comments_are_split_off_shell_lines() {
+    assert_eq!(
+        split_comment("kjump x   # fails: exit code 1"),
+        ("kjump x   ", Some("# fails: exit code 1"))
+    );
+    assert_eq!(
+        split_comment("gdb -ex 'p #x' f"),
+        ("gdb -ex 'p #x' f", None)
+    );
+}
+
+/// Every command of the README's walkthrough, run as written (`cargo run
+/// --` is the kjump binary this test was built with) in an empty
+/// directory: each exits as announced, the dumps it names exist, and what
+/// the README shows of their output (the lines that do not depend on
+/// addresses) is what they print.
+#[test]
+fn the_readme_walkthrough_works_verbatim() {
+    if !kvm_or_skip("the_readme_walkthrough_works_verbatim") {
+        return;
+    }
+    let gdb = Command::new("gdb").arg("--version").output();
+    if !gdb.is_ok_and(|o| o.status.success()) {
+        common::skip(
+            "the_readme_walkthrough_works_verbatim",
+            "gdb is not installed",
+        );
+        return;
+    }
+    let (commands, shown) = walkthrough();
+    assert!(commands.len() >= 4, "{commands:?}");
+    let dir = scratch("readme-walkthrough");
+    let kjump_bin = env!("CARGO_BIN_EXE_kjump");
+    let mut output = String::new();
+    for (cmd, code) in &commands {
+        let run = match cmd.strip_prefix("cargo run -- ") {
+            Some(args) => format!("'{kjump_bin}' {args}"),
+            None => {
+                assert!(cmd.starts_with("gdb "), "an unexpected command: {cmd}");
+                cmd.clone()
+            }
+        };
+        let o = Command::new("sh")
+            .args(["-c", &run])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("KJUMP_KVM_DEVICE")
+            .output()
+            .unwrap();
+        let (out, err) = common::text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(*code),
+            "{cmd}\n--- stdout\n{out}\n--- stderr\n{err}"
+        );
+        output.push_str(&out);
+        output.push_str(&err);
+    }
+    // Every dump the walkthrough names is one the run wrote.
+    let names: Vec<&str> = commands
+        .iter()
+        .flat_map(|(c, _)| c.split_whitespace())
+        .filter(|w| w.starts_with("dumps/"))
+        .collect();
+    assert!(names.len() >= 3, "{names:?}");
+    for n in &names {
+        assert!(Path::new(&dir).join(n).is_file(), "{n} was not written");
+    }
+    // The lines the README shows that name no address are printed as shown.
+    let stable = [
+        "dumps: ",
+        "report: ",
+        "meta: ",
+        "pair: ",
+        "registers: ",
+        "pages: ",
+        "1 mismatch:",
+    ];
+    let checked: Vec<&String> = shown
+        .iter()
+        .filter(|l| stable.iter().any(|p| l.starts_with(p)))
+        .collect();
+    assert!(checked.len() >= 7, "{checked:?}");
+    for l in checked {
+        assert!(
+            output.lines().any(|o| o == l),
+            "the README shows {l:?}; the run printed:\n{output}"
+        );
+    }
+    // gdb: the checkpoint instruction, named.
+    for s in [
+        "<kjump_checkpoint+1>",
+        "<kjump_checkpoint>:\tin     (%dx),%eax",
+        "#1  0x",
+    ] {
+        assert!(
+            shown.iter().any(|l| l.contains(s)),
+            "the README shows no {s:?}"
+        );
+        assert!(output.contains(s), "gdb printed no {s:?}:\n{output}");
+    }
+}
