@@ -133,6 +133,24 @@ fn a_failing_run_ends_with_its_dumps_report_and_junit() {
     assert_eq!(j.test_suites[0].failures, 1);
 }
 
+/// `kjump | head`: a reader that goes away early is no reason to fail.
+#[test]
+fn a_closed_stdout_does_not_end_the_run() {
+    if !kvm_or_skip("a_closed_stdout_does_not_end_the_run") {
+        return;
+    }
+    let mut child = common::kjump_command(&["--cycles", "2", "--inject", "flip-a@2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn options_the_run_ignores_are_warned_about() {
     if !kvm_or_skip("options_the_run_ignores_are_warned_about") {

@@ -171,23 +171,23 @@ fn finish(
             // A run that got somewhere says how far; one refused before
             // the guest ran prints nothing more.
             if !shown.quiet && (!report.checkpoints.is_empty() || report.cycles_completed > 0) {
-                println!("{}", report.verdict_line(None));
+                out(&format!("{}\n", report.verdict_line(None)));
                 print_paths(&report, files);
             }
             return ExitCode::from(2);
         }
     };
     if !shown.quiet {
-        print!("{}", report.explain_mismatches());
+        out(&report.explain_mismatches());
         if shown.verbose && !report.checkpoints.is_empty() {
-            print!("{}", report.details());
+            out(&report.details());
         }
     }
     if let Err(e) = write_outputs(&report, files) {
         report_error(&*e, None);
         return ExitCode::from(2);
     }
-    println!("{}", report.verdict_line(why.as_deref()));
+    out(&format!("{}\n", report.verdict_line(why.as_deref())));
     if code != 0 && !shown.quiet {
         print_paths(&report, files);
     }
@@ -210,13 +210,13 @@ fn write_outputs(report: &Report, files: &Outputs) -> Result<(), Box<dyn Error>>
 /// Where a run that did not pass left its evidence.
 fn print_paths(report: &Report, files: &Outputs) {
     if !report.dumps.is_empty() {
-        println!("dumps: {}", report.dumps.join(" "));
+        out(&format!("dumps: {}\n", report.dumps.join(" ")));
     }
     if let Some(p) = &files.report {
-        println!("report: {}", p.display());
+        out(&format!("report: {}\n", p.display()));
     }
     if let Some(p) = &files.junit {
-        println!("junit: {}", p.display());
+        out(&format!("junit: {}\n", p.display()));
     }
 }
 
