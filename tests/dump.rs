@@ -589,3 +589,60 @@ fn resume_with_an_unusable_kvm_device_is_one_line_and_exit_2() {
         assert!(r.error.unwrap().contains(cause));
     }
 }
+
+/// A `--dump-dir` belongs to one run at a time: another run using it is
+/// refused, naming the holder, before anything boots.
+#[test]
+fn a_dump_dir_in_use_is_refused() {
+    let dir = scratch("locked-dump-dir");
+    let dumps = dir.join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let held = kjump_core::files::lock_dir(&dumps).unwrap();
+    let (out, err) = assert_exit(
+        &kjump(&["--cycles", "1", "--dump-dir", dumps.to_str().unwrap()]),
+        2,
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "is in use by another kjump run (pid {})",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(!out.contains("[a]"), "the guest booted:\n{out}");
+    drop(held);
+}
+
+/// Every-jump dumps that would not fit (the file system, or the
+/// `--dump-max-bytes` budget) stop the run after the first dump, with the
+/// estimate, instead of filling the disk.
+#[test]
+fn every_jump_dumps_that_would_not_fit_are_refused_early() {
+    if !kvm_or_skip("every_jump_dumps_that_would_not_fit_are_refused_early") {
+        return;
+    }
+    let dir = scratch("dump-budget");
+    let dumps = dir.join("dumps");
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--cycles",
+            "3",
+            "--dump",
+            "every-jump",
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--dump-max-bytes",
+            "6M",
+        ]),
+        2,
+    );
+    assert!(err.contains("--dump every-jump would write about"), "{err}");
+    assert!(err.contains("in 10 dumps"), "{err}");
+    let written: Vec<_> = std::fs::read_dir(&dumps)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".core"))
+        .collect();
+    assert_eq!(written.len(), 1, "{err}");
+}

@@ -251,6 +251,86 @@ fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A directory held by one run (`--dump-dir`): an exclusive `flock` on
+/// `DIR/.kjump.lock`, released when the guard is dropped or the process
+/// dies (a killed run leaves no stale lock).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Why a directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error("{} is in use by another kjump run{}; give each run its own directory", .path.display(), .pid.as_deref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Busy { path: PathBuf, pid: Option<String> },
+}
+
+/// Takes `dir` for this process, or says who has it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join(".kjump.lock");
+    let io = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let pid = fs::read_to_string(&path)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty());
+            return Err(LockError::Busy {
+                path: dir.to_path_buf(),
+                pid,
+            });
+        }
+        return Err(io(e));
+    }
+    f.set_len(0).map_err(io)?;
+    write!(f, "{}", std::process::id()).map_err(io)?;
+    Ok(DirLock { _file: f })
+}
+
+/// Bytes the file at `path` takes on disk (its allocated blocks: a sparse
+/// dump takes what it wrote).
+pub fn allocated_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata(path)?.blocks() * 512)
+}
+
+/// Bytes free for an unprivileged writer on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: statvfs writes a `struct statvfs` into the buffer we pass,
+    // which is large enough; the path is NUL-terminated.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// Why an input file was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -462,6 +542,25 @@ mod tests {
         assert!(check_input(&p).is_ok());
         let e = check_input(Path::new("/dev/zero")).unwrap_err();
         assert!(e.to_string().ends_with("(a character device)"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_is_locked_by_one_holder_at_a_time() {
+        let d = scratch("lock");
+        let first = lock_dir(&d).unwrap();
+        // flock locks belong to the open file: a second open is refused,
+        // naming the holder.
+        let e = lock_dir(&d).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "in use by another kjump run (pid {})",
+                std::process::id()
+            )),
+            "{e}"
+        );
+        drop(first);
+        assert!(lock_dir(&d).is_ok());
+        assert!(free_bytes(&d).unwrap() > 0);
     }
 
     #[test]

@@ -199,6 +199,12 @@ pub struct ResumeArgs {
     #[arg(long, value_enum, default_value_t = DumpPolicy::OnMismatch)]
     pub dump: DumpPolicy,
 
+    /// The most bytes of dumps the run may write (on disk; K/M/G). An
+    /// every-jump run also stops up front when its dumps would not fit on
+    /// the file system.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub dump_max_bytes: Option<u64>,
+
     /// How memory is compared at a resume.
     #[arg(long, value_enum, default_value_t = CompareArg::Dirty)]
     pub compare: CompareArg,
@@ -259,6 +265,7 @@ impl ResumeArgs {
             kernel: self.kernel,
             dump_dir: self.dump_dir,
             dump: self.dump,
+            dump_max_bytes: self.dump_max_bytes,
             compare: self.compare.into(),
             gdb: self.gdb.options(),
         }
@@ -318,6 +325,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DumpPolicy::OnMismatch)]
     pub dump: DumpPolicy,
 
+    /// The most bytes of dumps the run may write (on disk; K/M/G). An
+    /// every-jump run also stops up front when its dumps would not fit on
+    /// the file system.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub dump_max_bytes: Option<u64>,
+
     /// How memory is compared at a resume.
     #[arg(long, value_enum, default_value_t = CompareArg::Dirty)]
     pub compare: CompareArg,
@@ -374,6 +387,7 @@ impl RunArgs {
             junit: self.junit,
             dump_dir: self.dump_dir,
             dump: self.dump,
+            dump_max_bytes: self.dump_max_bytes,
             compare: self.compare.into(),
             mode: self.mode,
             peer_mem: self.peer_mem,

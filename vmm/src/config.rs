@@ -123,6 +123,8 @@ pub struct RunConfig {
     /// Where dumps go.
     pub dump_dir: Option<PathBuf>,
     pub dump: DumpPolicy,
+    /// The most bytes of dumps a run may write (`--dump-max-bytes`).
+    pub dump_max_bytes: Option<u64>,
     pub compare: CompareMode,
     pub mode: JumpMode,
     /// RAM kernel A gives kernel B.
@@ -149,6 +151,7 @@ impl Default for RunConfig {
             junit: None,
             dump_dir: None,
             dump: DumpPolicy::default(),
+            dump_max_bytes: None,
             compare: CompareMode::default(),
             mode: JumpMode::default(),
             peer_mem: DEFAULT_PEER_MEM,
@@ -244,6 +247,8 @@ pub struct ResumeConfig {
     pub kernel: Option<PathBuf>,
     pub dump_dir: Option<PathBuf>,
     pub dump: DumpPolicy,
+    /// The most bytes of dumps a run may write (`--dump-max-bytes`).
+    pub dump_max_bytes: Option<u64>,
     pub compare: CompareMode,
     /// `--gdb`, `--gdb-on-mismatch`.
     pub gdb: GdbOptions,

@@ -134,6 +134,12 @@ pub enum RunError {
     /// Settings the run cannot be carried out with.
     #[error("{0}")]
     Settings(String),
+    /// `--dump-dir` is in use by another run.
+    #[error("cannot use the dump directory: {0}")]
+    DumpDirLock(#[source] files::LockError),
+    /// Dumps would not fit: the disk, or the `--dump-max-bytes` budget.
+    #[error("{0}")]
+    DumpSpace(String),
     /// A user-supplied initramfs the scenario cannot use.
     #[error("initramfs {}: {why}", .path.display())]
     BadInitramfs { path: PathBuf, why: String },
@@ -438,7 +444,7 @@ pub const MIN_PEER_MEM: u64 = 4 << 20;
 /// bad `--dump-dir` is refused up front, not at the first mismatch; and
 /// removes the temporary files that runs killed while writing a dump left
 /// there.
-pub(crate) fn check_dump_dir(dir: &Path) -> Result<(), RunError> {
+pub(crate) fn check_dump_dir(dir: &Path) -> Result<files::DirLock, RunError> {
     let err = |source| RunError::DumpDir {
         path: dir.to_path_buf(),
         source,
@@ -447,6 +453,8 @@ pub(crate) fn check_dump_dir(dir: &Path) -> Result<(), RunError> {
     let probe = dir.join(format!(".kjump-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
+    // One run at a time: two runs' dumps would mix under the same names.
+    let lock = files::lock_dir(dir).map_err(RunError::DumpDirLock)?;
     let stale = files::remove_stale_temps(dir).map_err(err)?;
     if stale > 0 {
         log::info!(
@@ -454,7 +462,7 @@ pub(crate) fn check_dump_dir(dir: &Path) -> Result<(), RunError> {
             dir.display()
         );
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Checks every output file a run was asked for (`--report FILE`, ...)
@@ -487,9 +495,8 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         ("--report", args.report.as_deref()),
         ("--junit", args.junit.as_deref()),
     ])?;
-    if let Some(dir) = &args.dump_dir {
-        check_dump_dir(dir)?;
-    }
+    // Held until the run ends.
+    let _dump_lock = args.dump_dir.as_deref().map(check_dump_dir).transpose()?;
     let cfg = vm_config(args, opts)?;
     check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
     let gdb_listener = crate::gdb::bind_at_start(&args.gdb)?;

@@ -43,6 +43,8 @@ struct PingPong<'a> {
     tracker: Tracker,
     oracle: Oracle,
     injector: Injector,
+    /// Bytes of dumps written so far (on disk), and how many.
+    dumped: std::cell::Cell<(u64, u64)>,
 }
 
 /// Runs ping-pong on a booted VM.
@@ -85,6 +87,7 @@ pub(crate) fn run_from(
         tracker: Tracker::new(),
         oracle,
         injector: Injector::new(cfg),
+        dumped: std::cell::Cell::new((0, 0)),
     };
     let progress = Progress::new(cfg.cycles);
     if let Some(seed) = seed {
@@ -376,8 +379,22 @@ impl PingPong<'_> {
             kjump_version: env!("CARGO_PKG_VERSION"),
             resume,
         };
+        if let Some(max) = self.cfg.dump_max_bytes {
+            let (bytes, n) = self.dumped.get();
+            // The next dump is about as large as the last ones.
+            let next = bytes.checked_div(n).unwrap_or(0);
+            if bytes + next > max {
+                return Err(RunError::DumpSpace(format!(
+                    "--dump-max-bytes {max}: {n} dump(s) took {bytes} bytes, the next would pass the budget; {} not written",
+                    path.display()
+                )));
+            }
+        }
         dump::write_dump(path, &input)?;
         log::info!("dump written: {}", path.display());
+        let size = kjump_core::files::allocated_bytes(path).unwrap_or(0);
+        let (bytes, n) = self.dumped.get();
+        self.dumped.set((bytes + size, n + 1));
         Ok(())
     }
 
@@ -387,7 +404,10 @@ impl PingPong<'_> {
     }
 
     /// `--dump every-jump`: the VM as it is at this checkpoint, resumable.
-    /// Returns the file written.
+    /// Returns the file written. After the first dump, the space the run's
+    /// dumps will take is estimated from it: a run whose dumps would not
+    /// fit on the file system (or in `--dump-max-bytes`) stops there, not
+    /// when the disk is full.
     fn dump_now(
         &self,
         vm: &Vm,
@@ -403,6 +423,37 @@ impl PingPong<'_> {
             vm.mem_size(),
             Some(&self.resume_record(id, machine)),
         )?;
+        let (bytes, n) = self.dumped.get();
+        if n == 1 {
+            let total = 3 + 4 * self.cfg.cycles.saturating_sub(1);
+            let left = total.saturating_sub(id.index + 1);
+            let need = bytes.saturating_mul(left);
+            let dir = self
+                .cfg
+                .dump_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("."));
+            let free = kjump_core::files::free_bytes(dir).unwrap_or(u64::MAX);
+            let budget = self
+                .cfg
+                .dump_max_bytes
+                .unwrap_or(u64::MAX)
+                .saturating_sub(bytes);
+            if need > free || need > budget {
+                let fmt = crate::config::format_size;
+                return Err(RunError::DumpSpace(format!(
+                    "--dump every-jump would write about {} more in {left} dumps of ~{} each, but {} has {} free{}; use --dump on-mismatch, fewer --cycles, or more room",
+                    fmt(need),
+                    fmt(bytes),
+                    dir.display(),
+                    fmt(free),
+                    self.cfg
+                        .dump_max_bytes
+                        .map(|m| format!(" and --dump-max-bytes is {}", fmt(m)))
+                        .unwrap_or_default()
+                )));
+            }
+        }
         Ok(vec![path])
     }
 

@@ -207,6 +207,7 @@ fn run_config(args: &ResumeConfig, record: &ResumeRecord) -> RunConfig {
         junit: args.junit.clone(),
         dump_dir: args.dump_dir.clone(),
         dump: args.dump,
+        dump_max_bytes: args.dump_max_bytes,
         compare: args.compare,
         gdb: args.gdb.clone(),
         ..RunConfig::default()
@@ -234,9 +235,12 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
     let dump = dump::read_dump(&args.file)?;
     let plan = plan(&dump)?;
     let kernel = read_kernel(args.kernel.as_deref(), dump.meta().mem_size)?;
-    if let Some(dir) = &args.dump_dir {
-        crate::scenario::check_dump_dir(dir)?;
-    }
+    // Held until the run ends.
+    let _dump_lock = args
+        .dump_dir
+        .as_deref()
+        .map(crate::scenario::check_dump_dir)
+        .transpose()?;
     let run_cfg = run_config(args, &plan.record);
     let gdb_listener = crate::gdb::bind_at_start(&args.gdb).map_err(ResumeError::Run)?;
     log::info!(
