@@ -544,6 +544,7 @@ fn a_failing_run_leaves_two_dumps_that_diff_explains() {
     let mut names: Vec<String> = std::fs::read_dir(&dumps)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".kjump.lock")
         .collect();
     names.sort();
     // Cycle 2: A suspended at checkpoint 3 and was found damaged at 6.
