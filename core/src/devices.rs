@@ -710,11 +710,15 @@ impl DeviceState {
             Self::Ioapic(_) => "ioapic",
             Self::Pit(_) => "pit",
             Self::Kvmclock(_) => "kvmclock",
+            Self::VirtioBlk(_) => crate::virtio::NAME,
         }
     }
 
     /// Every field of the state, in the device's own order.
     pub fn fields(&self) -> Vec<Field> {
+        if let Self::VirtioBlk(s) = self {
+            return s.fields();
+        }
         let mut out = Vec::new();
         let sink = Fields::new(self.name(), &mut out);
         match self {
@@ -725,6 +729,8 @@ impl DeviceState {
             Self::Ioapic(s) => s.push_fields(sink),
             Self::Pit(s) => s.push_fields(sink),
             Self::Kvmclock(s) => s.push_fields(sink),
+            // Flattened by its own module (`virtio_blk.*`).
+            Self::VirtioBlk(_) => {}
         }
         out
     }

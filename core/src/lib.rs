@@ -33,6 +33,7 @@ pub mod report;
 pub mod state;
 pub mod symbols;
 pub mod text;
+pub mod virtio;
 
 /// Guest RAM: mmap-backed, with vm-memory's bitmap recording the writes the
 /// VMM itself makes (KVM's dirty log records the guest's).

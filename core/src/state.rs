@@ -546,6 +546,8 @@ pub enum DeviceState {
     Pit(PitState),
     /// kvmclock; fields `kvmclock.*`.
     Kvmclock(ClockState),
+    /// The virtio-blk device (the VMM's own); fields `virtio_blk.*`.
+    VirtioBlk(crate::virtio::VirtioBlkState),
 }
 
 /// The UART's registers (`vm_superio::serial::SerialState`), as a dump

@@ -18,3 +18,4 @@ pub mod frames;
 pub mod kimage;
 pub mod layout;
 pub mod textbuf;
+pub mod virtio;

@@ -349,6 +349,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub gdb: GdbArgs,
+    /// Raw file behind the virtio-blk disk (boot, hibernate): used as is, or created when missing (default: a temporary file).
+    #[arg(long, value_name = "FILE")]
+    pub disk: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -393,6 +396,7 @@ impl RunArgs {
             peer_mem: self.peer_mem,
             inject,
             gdb: self.gdb.options(),
+            disk: self.disk,
         })
     }
 }

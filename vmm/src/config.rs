@@ -48,6 +48,13 @@ impl Scenario {
         }
     }
 
+    /// Whether the VM has a virtio-blk disk: `boot` writes and reads it
+    /// back, `hibernate` keeps A's image on it. Ping-pong has none (its
+    /// dumps resume without one).
+    pub fn has_disk(self) -> bool {
+        matches!(self, Self::Boot | Self::Hibernate)
+    }
+
     /// Whether this build can run it.
     pub fn is_built(self) -> bool {
         matches!(self, Self::Boot | Self::PingPong)
@@ -133,6 +140,8 @@ pub struct RunConfig {
     pub inject: Option<Injection>,
     /// `--gdb`, `--gdb-on-mismatch`.
     pub gdb: GdbOptions,
+    /// The raw file behind the virtio-blk disk (`None`: a temporary one).
+    pub disk: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -157,6 +166,7 @@ impl Default for RunConfig {
             peer_mem: DEFAULT_PEER_MEM,
             inject: None,
             gdb: GdbOptions::default(),
+            disk: None,
         }
     }
 }

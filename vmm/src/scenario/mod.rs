@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use kjump_abi::abi::vector_name;
 
 pub mod boot;
+pub mod disk;
 pub mod pingpong;
 pub mod resume;
 
@@ -159,6 +160,9 @@ pub enum RunError {
     Oracle(#[from] kjump_core::oracle::OracleError),
     #[error(transparent)]
     Dump(#[from] kjump_core::dump::DumpError),
+    /// The disk file could not be prepared.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     /// `--dump-dir` cannot be created or written.
     #[error("cannot use the dump directory {}", .path.display())]
     DumpDir {
@@ -316,6 +320,9 @@ pub fn guest_cmdline(args: &RunConfig) -> String {
         .as_ref()
         .map(|i| i.guest_words())
         .unwrap_or_default();
+    if args.scenario.has_disk() {
+        c.push_str(&format!(" {}", crate::vm::BLOCK_DEVICE));
+    }
     for word in injected.iter().chain(&args.append) {
         c.push(' ');
         c.push_str(word);
@@ -497,9 +504,15 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
     ])?;
     // Held until the run ends.
     let _dump_lock = args.dump_dir.as_deref().map(check_dump_dir).transpose()?;
-    let cfg = vm_config(args, opts)?;
+    let mut cfg = vm_config(args, opts)?;
     check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
     let gdb_listener = crate::gdb::bind_at_start(&args.gdb)?;
+    let disk = args
+        .scenario
+        .has_disk()
+        .then(|| disk::Disk::prepare(args.disk.as_deref(), disk::BOOT_DISK_SIZE, 0))
+        .transpose()?;
+    cfg.disk = disk.as_ref().map(|d| d.path().to_owned());
     let wd = WatchdogConfig {
         timeout: args.timeout(),
         max_time: args.max_time(),
@@ -529,6 +542,8 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
             other => Err(RunError::NotBuilt(other)),
         };
         let result = crate::gdb::after_run(&mut vm, result, &args.gdb);
+        // A temporary disk lives as long as the run.
+        drop(disk);
         result.map_err(|e| run.failed(e.symbolize(&cfg.kernel), &vm))
     })?
 }
@@ -754,6 +769,12 @@ mod tests {
             "kjump.role=a kjump.scenario=ping-pong kjump.cycles=3 kjump.mode=backup kjump.peer_mem=8M \
              kjump.fault=ud2 kjump.log=debug"
         );
+        // Ping-pong has no disk to announce; boot has.
+        let p = RunConfig {
+            scenario: Scenario::Boot,
+            ..Default::default()
+        };
+        assert!(guest_cmdline(&p).contains(" virtio_mmio.device=4K@0xd0000000:5"));
         let c = guest_cmdline(&a);
         assert_eq!(
             kjump_abi::cmdline::get(&c, "kjump.peer_mem").and_then(kjump_abi::cmdline::parse_size),

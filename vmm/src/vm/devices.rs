@@ -64,8 +64,9 @@ pub fn capture_devices(vm: &VmFd) -> Result<Vec<DeviceState>, DeviceIoError> {
 pub fn restore_devices(vm: &VmFd, states: &[DeviceState]) -> Result<(), DeviceIoError> {
     for state in states {
         match state {
-            // The UART is the VMM's own device: `Vm::set_serial_state`.
-            DeviceState::Uart(_) => {}
+            // The UART is the VMM's own device: `Vm::set_serial_state`;
+            // so is virtio-blk, which a dump's resume does not restore.
+            DeviceState::Uart(_) | DeviceState::VirtioBlk(_) => {}
             DeviceState::Pic(pic) => {
                 let [master, slave] = pic.to_irqchips();
                 vm.set_irqchip(&master)

@@ -19,6 +19,7 @@ pub mod devices;
 pub mod msr_probe;
 pub mod serial;
 pub mod vcpu;
+pub mod virtio_blk;
 pub mod watchdog;
 
 use std::ffi::CString;
@@ -43,10 +44,11 @@ use kjump_core::dump::{DumpError, RamSource};
 use kjump_core::harness::{Harness, HarnessEvent};
 use kjump_core::image::BootError;
 use kjump_core::layout::{self, PAGE_SIZE};
-use kjump_core::state::{MachineState, UartState, VcpuState};
+use kjump_core::state::{DeviceState, MachineState, UartState, VcpuState};
 
 use self::capture::SnapshotError;
 use self::vcpu::{ExitAction, GuestFault, PortIo, RegDump, VcpuError};
+use self::virtio_blk::VirtioBlk;
 use crate::faults::{DeviceField, VcpuField};
 use crate::vm::watchdog::{KickGuard, StopFlag};
 
@@ -90,7 +92,14 @@ pub struct VmConfig {
     pub irqchip: bool,
     /// The KVM device to open ([`DEFAULT_KVM_DEVICE`] unless told).
     pub kvm_device: PathBuf,
+    /// The raw file behind the virtio-blk device, which the VM then has
+    /// (announced on the command line by the caller: [`BLOCK_DEVICE`]).
+    pub disk: Option<PathBuf>,
 }
+
+/// Where the virtio-blk device sits, as the guest's command line
+/// announces it.
+pub const BLOCK_DEVICE: kjump_abi::virtio::MmioDevice = kjump_abi::virtio::MmioDevice::KJUMP_BLOCK;
 
 impl VmConfig {
     /// A VM with the default RAM and time limit, console on stdout.
@@ -106,6 +115,7 @@ impl VmConfig {
             stop: StopFlag::new(),
             irqchip: false,
             kvm_device: DEFAULT_KVM_DEVICE.into(),
+            disk: None,
         }
     }
 }
@@ -217,6 +227,16 @@ pub enum VmError {
     /// The debugger's session failed, or ended the run.
     #[error("{0}")]
     Debugger(String),
+    /// The disk file could not be opened.
+    #[error("cannot open the disk file {}", .path.display())]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The virtio-blk device could not be set up or restored.
+    #[error("virtio-blk")]
+    VirtioBlk(#[source] virtio_blk::VirtioBlkError),
     /// A fault injection could not change the vCPU or guest RAM.
     #[error("fault injection: {0}")]
     Inject(&'static str),
@@ -279,13 +299,56 @@ struct Slot {
     size: u64,
 }
 
-impl PortIo for Console {
+/// The devices an exit can reach: the UART by port, the virtio-blk
+/// device by its MMIO window (its requests reach guest RAM).
+struct Bus<'a> {
+    console: &'a mut Console,
+    blk: Option<&'a mut VirtioBlk>,
+    mem: &'a GuestMem,
+}
+
+impl PortIo for Bus<'_> {
     fn pio_in(&mut self, port: u16, data: &mut [u8]) {
-        self.read(port, data);
+        self.console.read(port, data);
     }
     fn pio_out(&mut self, port: u16, data: &[u8]) {
-        self.write(port, data);
+        self.console.write(port, data);
     }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        match (&mut self.blk, block_offset(addr)) {
+            (Some(blk), Some(off)) => {
+                blk.mmio_read(off, data);
+                true
+            }
+            _ => false,
+        }
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        match (&mut self.blk, block_offset(addr)) {
+            (Some(blk), Some(off)) => {
+                blk.mmio_write(self.mem, off, data);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn block_offset(addr: u64) -> Option<u64> {
+    virtio_blk::window_offset(BLOCK_DEVICE.base, BLOCK_DEVICE.size, addr)
+}
+
+/// Opens the disk file read-write and puts the device in front of it.
+fn open_disk(path: &Path) -> Result<VirtioBlk, VmError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| VmError::Disk {
+            path: path.to_owned(),
+            source,
+        })?;
+    VirtioBlk::new(file).map_err(VmError::VirtioBlk)
 }
 
 /// A kjump VM with one vCPU.
@@ -298,6 +361,8 @@ pub struct Vm {
     mem: GuestMem,
     slots: Vec<Slot>,
     console: Console,
+    /// The virtio-blk device, when the VM has a disk.
+    blk: Option<VirtioBlk>,
     harness: Harness,
     /// `None` for a VM built from an image.
     boot: Option<BootInfo>,
@@ -572,6 +637,7 @@ impl Vm {
         check_ram_size(cfg.mem_size)?;
         let initramfs_len = cfg.initramfs.as_ref().map(|b| b.len() as u64);
         kjump_core::image::plan(cfg.mem_size, &cfg.kernel, initramfs_len, &cfg.cmdline)?;
+        let blk = cfg.disk.as_deref().map(open_disk).transpose()?;
 
         let Machine {
             kvm,
@@ -609,6 +675,7 @@ impl Vm {
             mem,
             slots,
             console: Console::new(&cfg.console_name, cfg.console.clone()),
+            blk,
             harness: Harness::new(),
             boot: Some(boot),
             msrs: probe.indices(),
@@ -678,6 +745,7 @@ impl Vm {
             mem,
             slots,
             console: Console::new(&cfg.console_name, cfg.console.clone()),
+            blk: None,
             harness: Harness::new(),
             boot: None,
             msrs: probe.indices(),
@@ -723,6 +791,10 @@ impl Vm {
             for d in devices::capture_devices(&self.vm).map_err(VmError::Devices)? {
                 m.devices.insert(d.name().to_owned(), d);
             }
+        }
+        if let Some(blk) = &self.blk {
+            let d = DeviceState::VirtioBlk(blk.state());
+            m.devices.insert(d.name().to_owned(), d);
         }
         Ok(m)
     }
@@ -886,7 +958,14 @@ impl Vm {
                 self.debug_serve()?;
             }
             let action = match self.vcpu.run() {
-                Ok(exit) => vcpu::handle_exit(exit, &mut self.console, answer),
+                Ok(exit) => {
+                    let mut bus = Bus {
+                        console: &mut self.console,
+                        blk: self.blk.as_mut(),
+                        mem: &self.mem,
+                    };
+                    vcpu::handle_exit(exit, &mut bus, answer)
+                }
                 Err(e) if e.errno() == libc::EINTR => {
                     // A kick (the flag is checked above) or a stray signal.
                     self.vcpu.set_kvm_immediate_exit(0);

@@ -363,6 +363,16 @@ pub trait PortIo {
     fn pio_in(&mut self, port: u16, data: &mut [u8]);
     /// An `out` of `data`.
     fn pio_out(&mut self, port: u16, data: &[u8]);
+    /// A read of guest-physical `addr` outside RAM: `true` when a device
+    /// answered (and filled `data`).
+    fn mmio_read(&mut self, _addr: u64, _data: &mut [u8]) -> bool {
+        false
+    }
+    /// A write of guest-physical `addr` outside RAM: `true` when a device
+    /// took it.
+    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> bool {
+        false
+    }
 }
 
 /// What the run loop does after an exit.
@@ -448,16 +458,29 @@ pub fn handle_exit(
         VcpuExit::Shutdown => ExitAction::Fault(GuestFault::TripleFault),
         VcpuExit::InternalError => ExitAction::Fault(GuestFault::InternalError { suberror: 0 }),
         VcpuExit::FailEntry(reason, _) => ExitAction::Fault(GuestFault::FailEntry { reason }),
-        VcpuExit::MmioRead(addr, data) => ExitAction::Fault(GuestFault::Mmio {
-            addr,
-            len: data.len(),
-            write: false,
-        }),
-        VcpuExit::MmioWrite(addr, data) => ExitAction::Fault(GuestFault::Mmio {
-            addr,
-            len: data.len(),
-            write: true,
-        }),
+        // A device's register window, or an access nothing answers.
+        VcpuExit::MmioRead(addr, data) => {
+            if io.mmio_read(addr, data) {
+                ExitAction::Continue
+            } else {
+                ExitAction::Fault(GuestFault::Mmio {
+                    addr,
+                    len: data.len(),
+                    write: false,
+                })
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if io.mmio_write(addr, data) {
+                ExitAction::Continue
+            } else {
+                ExitAction::Fault(GuestFault::Mmio {
+                    addr,
+                    len: data.len(),
+                    write: true,
+                })
+            }
+        }
         other => ExitAction::Fault(GuestFault::UnexpectedExit(format!("{other:?}"))),
     }
 }
@@ -618,6 +641,53 @@ mod tests {
             f(VcpuExit::Intr),
             ExitAction::Fault(GuestFault::UnexpectedExit(_))
         ));
+    }
+
+    /// A device that answers MMIO in one page.
+    struct Window(Vec<(u64, Vec<u8>)>);
+    impl PortIo for Window {
+        fn pio_in(&mut self, _: u16, _: &mut [u8]) {}
+        fn pio_out(&mut self, _: u16, _: &[u8]) {}
+        fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+            data.fill(0x76);
+            (0xd000_0000..0xd000_1000).contains(&addr)
+        }
+        fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+            self.0.push((addr, data.to_vec()));
+            (0xd000_0000..0xd000_1000).contains(&addr)
+        }
+    }
+
+    #[test]
+    fn mmio_a_device_answers_runs_on_and_the_rest_is_a_fault() {
+        let mut dev = Window(Vec::new());
+        let mut data = [0u8; 4];
+        let a = handle_exit(
+            VcpuExit::MmioRead(0xd000_0000, &mut data),
+            &mut dev,
+            &mut no_answer,
+        );
+        assert_eq!((a, data), (ExitAction::Continue, [0x76; 4]));
+        let a = handle_exit(
+            VcpuExit::MmioWrite(0xd000_0050, &[0; 4]),
+            &mut dev,
+            &mut no_answer,
+        );
+        assert_eq!(a, ExitAction::Continue);
+        assert_eq!(dev.0, [(0xd000_0050, vec![0; 4])]);
+        let a = handle_exit(
+            VcpuExit::MmioRead(0xd000_1000, &mut data),
+            &mut dev,
+            &mut no_answer,
+        );
+        assert_eq!(
+            a,
+            ExitAction::Fault(GuestFault::Mmio {
+                addr: 0xd000_1000,
+                len: 4,
+                write: false
+            })
+        );
     }
 
     #[test]
