@@ -27,6 +27,7 @@ mod relocate;
 mod scenario;
 mod serial;
 mod sync;
+mod virtio;
 
 pub use cpu::{halt_forever, rdmsr, wrmsr};
 

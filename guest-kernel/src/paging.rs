@@ -4,8 +4,9 @@
 //! control-page tables with [`build_user_identity_map`]: the same map with
 //! the U/S bit on every level, so that the relocation code's ring-3 part
 //! (see `relocate.rs`) can reach all RAM. The kernels' own maps stay
-//! supervisor-only. Device registers the kernels touch (the IOAPIC's) are
-//! mapped uncached, as Linux's `ioremap` maps them.
+//! supervisor-only. Device registers the kernels touch (the IOAPIC's,
+//! and the virtio-blk device's) are mapped uncached, as Linux's `ioremap`
+//! maps them.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,6 +35,9 @@ const HUGE: u64 = 1 << 7;
 /// The 2 MiB page of the IOAPIC's registers (it holds no RAM and no other
 /// device the kernels use: the local APIC is in the next one).
 const IOAPIC_PAGE: u64 = IOAPIC_BASE & !(LARGE_PAGE - 1);
+/// The 2 MiB page of the virtio-blk device's registers (no RAM there: the
+/// 32-bit hole).
+const VIRTIO_PAGE: u64 = kjump_abi::virtio::MMIO_BASE & !(LARGE_PAGE - 1);
 const ENTRIES: usize = 512;
 /// The physical-address bits of a table entry.
 const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
@@ -113,7 +117,8 @@ fn build(pml4_page: u64, pdpt_page: u64, pd_pages_start: u64, top: u64, extra: u
         for (i, e) in pd.iter_mut().enumerate() {
             let addr = d * PD_SPAN + i as u64 * LARGE_PAGE;
             *e = if addr < top {
-                let cache = if addr == IOAPIC_PAGE { UNCACHED } else { 0 };
+                let device = addr == IOAPIC_PAGE || addr == VIRTIO_PAGE;
+                let cache = if device { UNCACHED } else { 0 };
                 addr | PRESENT | WRITABLE | HUGE | cache | extra
             } else {
                 0

@@ -7,10 +7,12 @@ use core::fmt;
 use kjump_abi::abi::Role;
 use kjump_abi::bootparams::{E820_RAM, E820_RESERVED};
 use kjump_abi::cpio::{CpioError, Reader};
-use kjump_abi::layout::{CONFIG_PATH, KERNEL_B_PATH};
+use kjump_abi::layout::{CONFIG_PATH, KERNEL_B_PATH, PAGE_SIZE};
+use kjump_abi::virtio::{BOOT_CHECK_SECTOR, BOOT_CHECK_SECTORS, SECTOR_SIZE, boot_check_byte};
 
 use crate::bootinfo::BootInfo;
 use crate::println;
+use crate::virtio::{Blk, VirtioError};
 use crate::{cpu, gdt, harness, kexec, mem, paging, serial};
 
 /// Runs the scenario the command line names, then halts.
@@ -20,8 +22,8 @@ pub fn run(boot: &'static BootInfo) -> ! {
             Ok(s) => harness::verdict_fmt(
                 true,
                 format_args!(
-                    "boot: {} e820 entries, {} initramfs entries, {KERNEL_B_PATH} {} bytes",
-                    s.e820_entries, s.initramfs_entries, s.kernel_b_size
+                    "boot: {} e820 entries, {} initramfs entries, {KERNEL_B_PATH} {} bytes, {}",
+                    s.e820_entries, s.initramfs_entries, s.kernel_b_size, s.disk
                 ),
             ),
             Err(why) => harness::verdict_fmt(false, format_args!("boot: {why}")),
@@ -52,9 +54,24 @@ enum BootError {
     KernelBNotElf,
     ConfigNotUtf8(core::str::Utf8Error),
     WrongTr(u16),
-    WrongCr3 { found: u64, expected: u64 },
-    WrongUart { found: [u8; 6], expected: [u8; 6] },
-    UartRestore { found: [u8; 6], expected: [u8; 6] },
+    WrongCr3 {
+        found: u64,
+        expected: u64,
+    },
+    WrongUart {
+        found: [u8; 6],
+        expected: [u8; 6],
+    },
+    UartRestore {
+        found: [u8; 6],
+        expected: [u8; 6],
+    },
+    Disk(VirtioError),
+    DiskReadBack {
+        offset: usize,
+        found: u8,
+        expected: u8,
+    },
 }
 
 impl fmt::Display for BootError {
@@ -73,6 +90,15 @@ impl fmt::Display for BootError {
             Self::WrongUart { found, expected } => {
                 write!(f, "UART registers {found:02x?}, expected {expected:02x?}")
             }
+            Self::Disk(e) => write!(f, "virtio-blk: {e}"),
+            Self::DiskReadBack {
+                offset,
+                found,
+                expected,
+            } => write!(
+                f,
+                "virtio-blk: byte {offset} read back as {found:#04x}, written {expected:#04x}"
+            ),
             Self::UartRestore { found, expected } => {
                 write!(
                     f,
@@ -88,6 +114,66 @@ struct BootSummary {
     e820_entries: usize,
     initramfs_entries: usize,
     kernel_b_size: usize,
+    disk: DiskSummary,
+}
+
+/// What the disk check did.
+enum DiskSummary {
+    None,
+    Checked { capacity: u64 },
+}
+
+impl fmt::Display for DiskSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => write!(f, "no disk"),
+            Self::Checked { capacity } => write!(
+                f,
+                "disk of {capacity} sectors: {BOOT_CHECK_SECTORS} sectors at {BOOT_CHECK_SECTOR} written and read back"
+            ),
+        }
+    }
+}
+
+/// Writes the check pattern to the disk the command line announces,
+/// reads it back into another buffer and compares.
+fn disk_check(boot: &BootInfo) -> Result<DiskSummary, BootError> {
+    let Some(blk) = Blk::probe(boot.cmdline) else {
+        return Ok(DiskSummary::None);
+    };
+    let mut blk = blk.map_err(BootError::Disk)?;
+    let len = (BOOT_CHECK_SECTORS * SECTOR_SIZE) as usize;
+    let page =
+        mem::alloc_pages(1, u64::MAX, (0, 0)).ok_or(BootError::Disk(VirtioError::NoMemory))?;
+    const { assert!(2 * BOOT_CHECK_SECTORS * SECTOR_SIZE <= PAGE_SIZE) };
+    // SAFETY: the page is ours alone (just allocated, zeroed) and
+    // identity-mapped; the two halves do not overlap.
+    let (out, back) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(page as *mut u8, len),
+            core::slice::from_raw_parts_mut((page + len as u64) as *mut u8, len),
+        )
+    };
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = boot_check_byte(i as u64);
+    }
+    blk.write(BOOT_CHECK_SECTOR, out).map_err(BootError::Disk)?;
+    blk.flush().map_err(BootError::Disk)?;
+    blk.read(BOOT_CHECK_SECTOR, back).map_err(BootError::Disk)?;
+    if let Some(offset) = (0..len).find(|&i| back[i] != out[i]) {
+        return Err(BootError::DiskReadBack {
+            offset,
+            found: back[offset],
+            expected: out[offset],
+        });
+    }
+    println!(
+        "virtio-blk: {} sectors; wrote {BOOT_CHECK_SECTORS} sectors at {BOOT_CHECK_SECTOR} and read them back",
+        blk.capacity()
+    );
+    Ok(DiskSummary::Checked {
+        capacity: blk.capacity(),
+    })
 }
 
 /// `boot`: the kernel came up; show what it was given, check its own
@@ -115,6 +201,7 @@ fn boot_scenario(boot: &BootInfo) -> Result<BootSummary, BootError> {
         println!("  free [{start:#014x}-{end:#014x})");
     }
     self_checks(boot)?;
+    let disk = disk_check(boot)?;
 
     let initramfs = boot.initramfs;
     if initramfs.is_empty() {
@@ -152,6 +239,7 @@ fn boot_scenario(boot: &BootInfo) -> Result<BootSummary, BootError> {
         e820_entries: boot.e820().len(),
         initramfs_entries,
         kernel_b_size: kernel_b.len(),
+        disk,
     })
 }
 
