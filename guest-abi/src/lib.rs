@@ -15,6 +15,7 @@ pub mod cpio;
 pub mod elf;
 pub mod fault;
 pub mod frames;
+pub mod hibimage;
 pub mod kimage;
 pub mod layout;
 pub mod textbuf;
