@@ -22,6 +22,7 @@ pub mod devices;
 pub mod dump;
 pub mod files;
 pub mod harness;
+pub mod hibimage;
 pub mod image;
 pub mod kimage;
 pub mod layout;

@@ -77,6 +77,10 @@ pub enum JumpFault {
     /// The kernel writes one word just past the end of the RAM it was
     /// given, before it jumps: `write-outside` (B: A has all the RAM).
     WriteOutside,
+    /// Hibernating B leaves a page of A out of A's image (zeros on the
+    /// disk, the checksums made over them): `image-skip-page` (B, in the
+    /// hibernate scenario).
+    ImageSkipPage,
 }
 
 /// A guest-side fault.
@@ -166,6 +170,11 @@ pub const CATALOG: &[Entry] = &[
         what: "kernel b writes one word past the RAM it was given",
     },
     Entry {
+        name: "image-skip-page",
+        who: Who::BOnly,
+        what: "hibernating kernel b leaves a page of a out of a's image (consistently: its checksums agree)",
+    },
+    Entry {
         name: "hang",
         who: Who::Both,
         what: "the kernel spins with interrupts off: the watchdog stops it",
@@ -232,6 +241,7 @@ impl Fault {
             "wrong-reentry-slot" => Self::Jump(J::WrongReentrySlot),
             "lose-preserve" => Self::Jump(J::LosePreserve),
             "write-outside" => Self::Jump(J::WriteOutside),
+            "image-skip-page" => Self::Jump(J::ImageSkipPage),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -273,6 +283,7 @@ impl Fault {
             Self::Jump(J::WrongReentrySlot) => "wrong-reentry-slot",
             Self::Jump(J::LosePreserve) => "lose-preserve",
             Self::Jump(J::WriteOutside) => "write-outside",
+            Self::Jump(J::ImageSkipPage) => "image-skip-page",
         };
         CATALOG
             .iter()
@@ -296,7 +307,7 @@ impl JumpFault {
             Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
             Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
             Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
-            Self::WriteOutside => 0,
+            Self::WriteOutside | Self::ImageSkipPage => 0,
         }
     }
 }

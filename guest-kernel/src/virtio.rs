@@ -224,6 +224,13 @@ impl Blk {
         self.request(BLK_T_OUT, sector, buf.as_ptr() as u64, buf.len())
     }
 
+    /// Writes `len` bytes (whole sectors) of physical memory from `addr`
+    /// to the disk from `sector` on: the device reads the memory itself,
+    /// so the driver never touches it (another kernel's memory, say).
+    pub fn write_phys(&mut self, sector: u64, addr: u64, len: usize) -> Result<(), VirtioError> {
+        self.request(BLK_T_OUT, sector, addr, len)
+    }
+
     /// Asks the device to make what was written durable.
     pub fn flush(&mut self) -> Result<(), VirtioError> {
         self.request(BLK_T_FLUSH, 0, 0, 0)

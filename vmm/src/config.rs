@@ -198,6 +198,21 @@ impl RunConfig {
         if inj.cycle == Some(0) {
             return refuse("cycles count from 1".into());
         }
+        if scenario == Scenario::Hibernate {
+            // B saves A once: its image faults, and A's stop faults at boot.
+            return match &inj.kind {
+                InjectKind::Guest {
+                    fault: Fault::Jump(JumpFault::ImageSkipPage),
+                    ..
+                } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
+                InjectKind::Guest {
+                    fault: Fault::Stop(_),
+                    kernel: Kernel::A,
+                    ..
+                } if inj.cycle.is_none() => Ok(()),
+                _ => refuse(format!("not a fault of --scenario {scenario}")),
+            };
+        }
         if scenario != Scenario::PingPong {
             // Only a stop fault of kernel a, at boot, means anything there.
             return match &inj.kind {
@@ -230,6 +245,9 @@ impl RunConfig {
                 // Recorded wrong on the way back, seen at the next jump.
                 (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
                 (JumpFault::WriteOutside, _) => c,
+                (JumpFault::ImageSkipPage, _) => {
+                    return refuse("needs --scenario hibernate".into());
+                }
                 (_, Kernel::A) => c,
                 // B's jump in cycle c comes back in cycle c + 1.
                 (_, Kernel::B) => c + 1,

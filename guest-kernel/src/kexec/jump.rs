@@ -52,7 +52,7 @@ impl JumpImage {
     }
 
     /// Quiesces, reports the kimage, jumps; returns once resumed.
-    fn jump(&self) {
+    pub(super) fn jump(&self) {
         // Interrupts stay off for the whole run; the UART is the device to
         // quiesce: its registers go into the context, and the re-entry path
         // programs them back before the checkpoint. So it does with the

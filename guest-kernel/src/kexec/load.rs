@@ -224,6 +224,19 @@ fn write_b_boot_pages(boot: &BootInfo, cfg: &Config, jump_back_entry: u64, zero_
     if let Some(c) = cmdline::get(boot.cmdline, fault::B_CYCLE_KEY) {
         let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
     }
+    // A hibernating B saves A's RAM: it needs to know where it ends.
+    if boot.scenario == "hibernate" {
+        let _ = write!(
+            cmd,
+            " {}={:#x}",
+            super::hibernate::A_RAM_TOP_KEY,
+            mem::ram_top()
+        );
+    }
+    // The disk is the machine's: B finds it where A did.
+    if let Some(dev) = cmdline::get(boot.cmdline, kjump_abi::virtio::CMDLINE_KEY) {
+        let _ = write!(cmd, " {}={dev}", kjump_abi::virtio::CMDLINE_KEY);
+    }
     // So does the log level: both kernels log alike.
     if let Some(level) = cmdline::get(boot.cmdline, "kjump.log") {
         let _ = write!(cmd, " kjump.log={level}");

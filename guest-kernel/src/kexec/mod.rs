@@ -34,6 +34,7 @@ use crate::harness;
 
 mod cpu_state;
 mod faults;
+pub mod hibernate;
 mod jump;
 mod load;
 mod pattern;

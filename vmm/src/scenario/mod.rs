@@ -16,6 +16,7 @@ use kjump_abi::abi::vector_name;
 
 pub mod boot;
 pub mod disk;
+pub mod hibernate;
 pub mod pingpong;
 pub mod resume;
 

@@ -1,0 +1,237 @@
+//! The `hibernate` scenario's kernels A and B (seed 2008: "kexec a
+//! hibernating kernel, save the memory image of original system and
+//! shutdown the system").
+//!
+//! A loads B exactly as for ping-pong and jumps to it once. B saves A: the
+//! RAM A had outside B's region, which holds every page of A's logical view
+//! (the pages of A's that lay in B's region are parked in A's source pages,
+//! outside it) and A's control pages (its saved context and re-entry
+//! code), as a `kjump_abi::hibimage` image on the virtio-blk disk, entered
+//! at A's re-entry point (`kexec_jump_back_entry`). Then B powers the
+//! machine off (its verdict on the harness port ends the VM). The
+//! checksums are computed in ring 3 (the control page's trip): ring 0 is
+//! emulated an instruction at a time here. The data goes to the disk
+//! straight from A's memory: the device reads it, B never copies it.
+
+use core::arch::asm;
+use core::fmt::Write;
+
+use kjump_abi::abi::Role;
+use kjump_abi::bootparams::E820_RAM;
+use kjump_abi::cmdline;
+use kjump_abi::fault::JumpFault;
+use kjump_abi::hibimage::{self, Checksum, MAX_RANGES, Range};
+use kjump_abi::layout::PAGE_SIZE;
+use kjump_abi::virtio::SECTOR_SIZE;
+
+use super::cpu_state::{check_cpu, cpu_view, load_sse_pattern};
+use super::pattern::Pattern;
+use super::{Config, GIB, fail, load, syscore};
+use crate::bootinfo::BootInfo;
+use crate::relocate::kjump_ring3_call;
+use crate::virtio::Blk;
+use crate::{harness, mem};
+
+/// The key on B's command line with the end of A's RAM.
+pub const A_RAM_TOP_KEY: &str = "kjump.a.ram_top";
+
+/// Bytes the disk takes per request.
+const CHUNK: u64 = 4 << 20;
+
+/// Kernel A: load B, fill the pattern, jump to B (which saves A and powers
+/// off). Comes back only when an image of A is resumed.
+pub fn run_a(boot: &BootInfo) -> ! {
+    let cfg = Config::parse(boot.cmdline).unwrap_or_else(|e| fail(format_args!("a: {e}")));
+    syscore::init(Role::A);
+    let img = load::load_b(boot, &cfg);
+    let pattern = Pattern::new(
+        Role::A,
+        cfg.pattern_bytes,
+        (img.peer_start, img.peer_end),
+        img.cp,
+    );
+    load_sse_pattern(Role::A);
+    crate::println!(
+        "a: pattern over {} bytes; jumping to b to be saved",
+        pattern.bytes()
+    );
+    let before = cpu_view();
+    img.jump();
+    check_cpu(Role::A, &before);
+    pattern.check(Role::A);
+    crate::println!("a: back from my jump, state intact");
+    harness::verdict(true, "hibernate: kernel a is back, state intact");
+    crate::halt_forever()
+}
+
+/// A range to checksum or scan in ring 3; `skip` is a page read as zeros
+/// (the `image-skip-page` fault), or `NO_PAGE`.
+#[repr(C)]
+struct Job {
+    start: u64,
+    len: u64,
+    skip: u64,
+}
+
+const NO_PAGE: u64 = u64::MAX;
+
+/// Reads the word at physical `addr` (page 0 included, which a Rust
+/// pointer may not point at).
+fn read_word(addr: u64) -> u64 {
+    let v: u64;
+    // SAFETY: `addr` is 8-byte aligned RAM of this VM below 4 GiB, mapped
+    // by the control page's user identity map this runs on (ring 3); a
+    // plain load, no side effect.
+    unsafe {
+        asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) v,
+             options(nostack, readonly, preserves_flags))
+    };
+    v
+}
+
+/// Ring 3: the image checksum of the `Job` at `job`.
+extern "sysv64" fn checksum_ring3(job: u64) -> u64 {
+    // SAFETY: `job` is the `&Job` `checksum` passed, alive for the call.
+    let job = unsafe { &*(job as *const Job) };
+    let mut c = Checksum::new();
+    for a in (job.start..job.start + job.len).step_by(8) {
+        let skipped = a & !(PAGE_SIZE - 1) == job.skip;
+        c.update_word(if skipped { 0 } else { read_word(a) });
+    }
+    c.value()
+}
+
+/// Ring 3: the first page of the `Job` at `job` that is not all zeros,
+/// or `NO_PAGE`.
+extern "sysv64" fn first_nonzero_ring3(job: u64) -> u64 {
+    // SAFETY: `job` is the `&Job` `in_ring3` passed, alive for the call.
+    let job = unsafe { &*(job as *const Job) };
+    (job.start..job.start + job.len)
+        .step_by(8)
+        .find(|&a| read_word(a) != 0)
+        .map_or(NO_PAGE, |a| a & !(PAGE_SIZE - 1))
+}
+
+fn in_ring3(cp: u64, f: extern "sysv64" fn(u64) -> u64, start: u64, len: u64, skip: u64) -> u64 {
+    let job = Job { start, len, skip };
+    // SAFETY: `cp` is B's control page, set up by `setup_control_pages`
+    // (relocation code, user identity map of all RAM, ring-3 tables);
+    // interrupts are off; `f` only reads RAM and `job`, alive for the call.
+    unsafe { kjump_ring3_call(cp, f, &raw const job as u64) }
+}
+
+/// Kernel B: write A's image to the disk and power off.
+pub fn run_b(boot: &BootInfo) -> ! {
+    let arg = |k| cmdline::get(boot.cmdline, k).and_then(cmdline::parse_u64);
+    let Some(entry) = arg("kexec_jump_back_entry") else {
+        fail(format_args!(
+            "b: no kexec_jump_back_entry= on the command line"
+        ))
+    };
+    let Some(a_top) = arg(A_RAM_TOP_KEY) else {
+        fail(format_args!("b: no {A_RAM_TOP_KEY}= on the command line"))
+    };
+    let Some(own) = boot.e820().iter().find(|e| e.kind == E820_RAM) else {
+        fail(format_args!("b: no RAM in my e820 map"))
+    };
+    let (own_start, own_end) = (own.addr, own.addr + own.size);
+    let map_top = mem::ram_top().max(4 * GIB);
+    if a_top > map_top {
+        fail(format_args!(
+            "b: a's RAM ends at {a_top:#x}, beyond what I map"
+        ));
+    }
+    let (cp, _) = load::setup_control_pages(Role::B, map_top);
+    // `image-skip-page`: the first page of A's with data above B's region
+    // is left out.
+    let skip = match super::faults::Injected::from_cmdline(boot).jump(1) {
+        Some(JumpFault::ImageSkipPage) => in_ring3(
+            cp,
+            first_nonzero_ring3,
+            own_end,
+            a_top.saturating_sub(own_end),
+            NO_PAGE,
+        ),
+        _ => NO_PAGE,
+    };
+
+    // A's RAM outside mine, with its checksums.
+    let mut ranges = [Range {
+        start: 0,
+        len: 0,
+        checksum: 0,
+    }; 2];
+    let mut n = 0;
+    for (start, end) in [(0, own_start), (own_end, a_top)] {
+        if end > start {
+            ranges[n] = Range {
+                start,
+                len: end - start,
+                checksum: in_ring3(cp, checksum_ring3, start, end - start, skip),
+            };
+            n += 1;
+        }
+    }
+    const { assert!(MAX_RANGES >= 2) };
+    let ranges = &ranges[..n];
+
+    let mut blk = match Blk::probe(boot.cmdline) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => fail(format_args!("b: virtio-blk: {e}")),
+        None => fail(format_args!("b: no disk on the command line")),
+    };
+    let header = hibimage::header_size(n);
+    let size = header + ranges.iter().map(|r| r.len).sum::<u64>();
+    if size > blk.capacity() * SECTOR_SIZE {
+        fail(format_args!(
+            "b: a's image takes {size} bytes, the disk has {}",
+            blk.capacity() * SECTOR_SIZE
+        ));
+    }
+    let pages = header / PAGE_SIZE;
+    let Some(hdr) = mem::alloc_pages(pages, u64::MAX, (0, 0)) else {
+        fail(format_args!("b: no room for the image header"))
+    };
+    // SAFETY: `pages` pages at `hdr` are ours alone (just allocated) and
+    // identity-mapped.
+    let hdr_bytes = unsafe { core::slice::from_raw_parts_mut(hdr as *mut u8, header as usize) };
+    if let Err(e) = hibimage::write_headers(hdr_bytes, entry, ranges) {
+        fail(format_args!("b: image header: {e}"));
+    }
+    let io = |r: Result<(), crate::virtio::VirtioError>| {
+        r.unwrap_or_else(|e| fail(format_args!("b: writing a's image: {e}")))
+    };
+    io(blk.write(0, hdr_bytes));
+    for (i, r) in ranges.iter().enumerate() {
+        let base = hibimage::data_offset(ranges, i);
+        let mut off = 0;
+        while off < r.len {
+            let len = (r.len - off).min(CHUNK);
+            io(blk.write_phys((base + off) / SECTOR_SIZE, r.start + off, len as usize));
+            off += len;
+        }
+    }
+    if skip != NO_PAGE {
+        let (i, r) = ranges
+            .iter()
+            .enumerate()
+            .find(|(_, r)| (r.start..r.start + r.len).contains(&skip))
+            .expect("the skipped page is in a range");
+        let Some(zero) = mem::alloc_pages(1, u64::MAX, (0, 0)) else {
+            fail(format_args!("b: no room for a zero page"))
+        };
+        crate::println!("b: INJECTED FAULT: leaving page {skip:#x} of a out of its image");
+        let at = hibimage::data_offset(ranges, i) + (skip - r.start);
+        io(blk.write_phys(at / SECTOR_SIZE, zero, PAGE_SIZE as usize));
+    }
+    io(blk.flush());
+    let mut msg = harness::TextBuf::new();
+    let _ = write!(
+        msg,
+        "hibernate: b wrote a's image: {} pages in {n} ranges, {size} bytes, entry {entry:#x}; powering off",
+        size / PAGE_SIZE - pages
+    );
+    crate::println!("{}", msg.as_str());
+    harness::verdict(true, msg.as_str());
+    crate::halt_forever()
+}
