@@ -356,9 +356,10 @@ mod tests {
                 kind: 99
             })
         );
+        // Roles are a, b and c (hibernate's restore kernel).
         assert_eq!(
-            decode(&msg(MsgKind::Hello, &[2], b""), b""),
-            Err(HarnessError::BadRole { addr: MSG, role: 2 })
+            decode(&msg(MsgKind::Hello, &[3], b""), b""),
+            Err(HarnessError::BadRole { addr: MSG, role: 3 })
         );
         assert_eq!(
             decode(&msg(MsgKind::Verdict, &[2], b""), b""),

@@ -119,8 +119,11 @@ impl Kimage {
         args: &[u64; 8],
         parked: &BTreeMap<u64, u64>,
     ) -> Result<Self, KimageError> {
-        let role =
-            Role::from_u64(args[KimageArgs::ROLE]).ok_or(KimageError::Bad("unknown role"))?;
+        // Kernels a and b jump with a kimage; c jumps with b's role.
+        let role = match Role::from_u64(args[KimageArgs::ROLE]) {
+            Some(r @ (Role::A | Role::B)) => r,
+            _ => return Err(KimageError::Bad("unknown role")),
+        };
         let backup = match args[KimageArgs::MODE] {
             MODE_SWAP => false,
             MODE_BACKUP => true,

@@ -123,6 +123,7 @@ fn model(ram: &Ram, addr: u64) -> std::result::Result<HarnessEvent, HarnessError
             role: match a[0] {
                 0 => Role::A,
                 1 => Role::B,
+                2 => Role::C,
                 role => return Err(HarnessError::BadRole { addr, role }),
             },
             text,

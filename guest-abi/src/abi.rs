@@ -70,6 +70,9 @@ impl MsgKind {
 pub enum Role {
     A = 0,
     B = 1,
+    /// The restore kernel of the hibernate scenario: boots in a fresh VM,
+    /// loads A's image and jumps to A's re-entry point as B would.
+    C = 2,
 }
 
 impl Role {
@@ -77,6 +80,7 @@ impl Role {
         match v {
             0 => Some(Self::A),
             1 => Some(Self::B),
+            2 => Some(Self::C),
             _ => None,
         }
     }
@@ -84,12 +88,14 @@ impl Role {
         match self {
             Self::A => "a",
             Self::B => "b",
+            Self::C => "c",
         }
     }
+    /// The kernel this one jumps to: C, like B, enters A.
     pub fn peer(self) -> Self {
         match self {
             Self::A => Self::B,
-            Self::B => Self::A,
+            Self::B | Self::C => Self::A,
         }
     }
 }

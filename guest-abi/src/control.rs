@@ -63,6 +63,12 @@ pub const DATA_OWN_ENTRY: u64 = 0x668;
 /// for the `lose-preserve` fault only: the jump that forgets it preserves
 /// context enters the peer there next time.
 pub const DATA_PEER_BOOT_ENTRY: u64 = 0x670;
+/// The register window of a virtio-mmio device the re-entry path resets
+/// (status 0), 0 for none: after a restore from a hibernation image the
+/// device is the restore kernel's, live on its queues, and the resumed
+/// kernel must take it back as Linux's device resume after hibernation
+/// does (`virtio_device_restore` resets first).
+pub const DATA_DEVICE_RESUME: u64 = 0x678;
 /// Bit of [`DATA_FAULT`]: skip `fxrstor`.
 pub const FAULT_NO_FPU_RESTORE: u64 = 40;
 /// Bit of [`DATA_FAULT`]: skip restoring the UART.
@@ -84,6 +90,8 @@ pub const FAULT_NO_PIC_RESTORE: u64 = 45;
 pub const FAULT_NO_IOAPIC_RESTORE: u64 = 46;
 /// Bit of [`DATA_FAULT`]: skip restoring the MTRRs.
 pub const FAULT_NO_MTRR_RESTORE: u64 = 47;
+/// Bit of [`DATA_FAULT`]: skip the device resume ([`DATA_DEVICE_RESUME`]).
+pub const FAULT_NO_DEVICE_RESUME: u64 = 48;
 
 /// What the relocation code leaves in each GPR (but rdi and rsp) when it
 /// hands over to the re-entry path: this plus the register's [`Slot`]
@@ -363,7 +371,8 @@ mod tests {
         assert_eq!(slot_by_name("xmm0"), None);
         const { assert!(DATA_SCRATCH + 16 <= DATA_FAULT && DATA_FAULT + 8 <= DATA_OWN_ENTRY) };
         const { assert!(DATA_OWN_ENTRY + 8 <= DATA_PEER_BOOT_ENTRY) };
-        const { assert!(DATA_PEER_BOOT_ENTRY + 8 <= CONTEXT) };
+        const { assert!(DATA_PEER_BOOT_ENTRY + 8 <= DATA_DEVICE_RESUME) };
+        const { assert!(DATA_DEVICE_RESUME + 8 <= CONTEXT) };
         const { assert!(SLOTS <= FAULT_NO_FPU_RESTORE && FAULT_NO_MTRR_RESTORE < 64) };
         assert_eq!(slot_offset(Slot::Rax), CONTEXT);
     }

@@ -77,6 +77,9 @@ pub enum JumpFault {
     /// The kernel writes one word just past the end of the RAM it was
     /// given, before it jumps: `write-outside` (B: A has all the RAM).
     WriteOutside,
+    /// The re-entry path does not reset the virtio device after a restore
+    /// from a hibernation image: `no-device-resume` (A, hibernate).
+    NoDeviceResume,
     /// Hibernating B leaves a page of A out of A's image (zeros on the
     /// disk, the checksums made over them): `image-skip-page` (B, in the
     /// hibernate scenario).
@@ -170,6 +173,11 @@ pub const CATALOG: &[Entry] = &[
         what: "kernel b writes one word past the RAM it was given",
     },
     Entry {
+        name: "no-device-resume",
+        who: Who::AOnly,
+        what: "restored from its hibernation image, kernel a's re-entry path does not take the virtio-blk device back (reset it)",
+    },
+    Entry {
         name: "image-skip-page",
         who: Who::BOnly,
         what: "hibernating kernel b leaves a page of a out of a's image (consistently: its checksums agree)",
@@ -242,6 +250,7 @@ impl Fault {
             "lose-preserve" => Self::Jump(J::LosePreserve),
             "write-outside" => Self::Jump(J::WriteOutside),
             "image-skip-page" => Self::Jump(J::ImageSkipPage),
+            "no-device-resume" => Self::Jump(J::NoDeviceResume),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -284,6 +293,7 @@ impl Fault {
             Self::Jump(J::LosePreserve) => "lose-preserve",
             Self::Jump(J::WriteOutside) => "write-outside",
             Self::Jump(J::ImageSkipPage) => "image-skip-page",
+            Self::Jump(J::NoDeviceResume) => "no-device-resume",
         };
         CATALOG
             .iter()
@@ -304,6 +314,7 @@ impl JumpFault {
             Self::NoPicRestore => 1 << control::FAULT_NO_PIC_RESTORE,
             Self::NoIoapicRestore => 1 << control::FAULT_NO_IOAPIC_RESTORE,
             Self::NoMtrrRestore => 1 << control::FAULT_NO_MTRR_RESTORE,
+            Self::NoDeviceResume => 1 << control::FAULT_NO_DEVICE_RESUME,
             Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
             Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
             Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
@@ -341,7 +352,7 @@ mod tests {
 
     #[test]
     fn masks_are_distinct_single_bits() {
-        let faults: [JumpFault; 11] = [
+        let faults: [JumpFault; 12] = [
             JumpFault::Forget(Slot::Rbx as u64),
             JumpFault::NoTableRestore(Slot::GdtrBase as u64),
             JumpFault::NoTableRestore(Slot::IdtrBase as u64),
@@ -353,6 +364,7 @@ mod tests {
             JumpFault::SkipSwapBack,
             JumpFault::WrongReentrySlot,
             JumpFault::LosePreserve,
+            JumpFault::NoDeviceResume,
         ];
         let mut all = 0u64;
         for f in faults {
@@ -362,5 +374,6 @@ mod tests {
             all |= m;
         }
         assert_eq!(JumpFault::WriteOutside.mask(), 0);
+        assert_eq!(JumpFault::ImageSkipPage.mask(), 0);
     }
 }

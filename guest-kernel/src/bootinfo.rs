@@ -142,7 +142,8 @@ pub fn init(zero_page: u64) -> &'static BootInfo {
     let role = match cmdline::get(cmdline, "kjump.role") {
         None | Some("a") => Role::A,
         Some("b") => Role::B,
-        Some(other) => panic!("kjump.role={other}: expected a or b"),
+        Some("c") => Role::C,
+        Some(other) => panic!("kjump.role={other}: expected a, b or c"),
     };
     BOOT_INFO.init(BootInfo {
         zero_page,

@@ -59,6 +59,12 @@ pub fn init(boot: &BootInfo) {
     for (start, end) in holes {
         set.remove(start, end).expect("room for the boot holes");
     }
+    // `mem=` (Linux's): use no RAM from there on. The hibernate scenario's
+    // restore kernel keeps to the region A's image does not cover.
+    if let Some(max) = boot.arg("mem").and_then(kjump_abi::cmdline::parse_size) {
+        set.remove(max, u64::MAX).expect("room for the mem= limit");
+        top = top.min(max);
+    }
     RAM_TOP.store(top, Ordering::Relaxed);
     FREE.with(|f| *f = set);
 }

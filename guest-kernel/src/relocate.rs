@@ -468,6 +468,17 @@ global_asm!(
     "mov eax, [rdi + {saved_ioapic_sel_id}]",
     "mov dword ptr [rsi + {ioapic_regsel}], eax",
     "2:",
+    // Device resume after a restore from a hibernation image: the virtio
+    // device whose window the kernel named is reset (status 0), as Linux's
+    // `virtio_device_restore` begins; the device is the restore kernel's
+    // until then. rsi = the window.
+    "bt qword ptr [rdi + {fault}], {bit_no_device_resume}",
+    "jc 2f",
+    "mov rsi, [rdi + {device_resume}]",
+    "test rsi, rsi",
+    "jz 2f",
+    "mov dword ptr [rsi + {virtio_status}], 0",
+    "2:",
     // MTRRs, as Linux changes them (arch/x86/kernel/cpu/cacheinfo.c
     // `cache_disable`/`cache_enable` around mtrr/generic.c
     // `set_mtrr_state`; SDM vol. 3A, 12.11.7.2): caches off (CR0.CD) and
@@ -901,6 +912,9 @@ global_asm!(
     bit_no_pic = const control::FAULT_NO_PIC_RESTORE,
     bit_no_ioapic = const control::FAULT_NO_IOAPIC_RESTORE,
     bit_no_mtrr = const control::FAULT_NO_MTRR_RESTORE,
+    bit_no_device_resume = const control::FAULT_NO_DEVICE_RESUME,
+    device_resume = const control::DATA_DEVICE_RESUME,
+    virtio_status = const kjump_abi::virtio::reg::STATUS,
     saved_pic = const control::SAVED_PIC,
     saved_ioapic_sel_id = const control::SAVED_IOAPIC_SEL_ID,
     saved_ioapic_pins = const control::SAVED_IOAPIC_PINS,

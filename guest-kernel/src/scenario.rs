@@ -33,12 +33,14 @@ pub fn run(boot: &'static BootInfo) -> ! {
         "ping-pong" => match boot.role {
             Role::A => kexec::run_a(boot),
             Role::B => kexec::run_b(boot),
+            Role::C => harness::verdict(false, "ping-pong has no kernel c"),
         },
         // A jumps to B, which saves A's image to the disk and powers off
         // (kexec/hibernate.rs).
         "hibernate" => match boot.role {
             Role::A => kexec::hibernate::run_a(boot),
             Role::B => kexec::hibernate::run_b(boot),
+            Role::C => kexec::hibernate::run_c(boot),
         },
         "" => harness::verdict(false, "no kjump.scenario= on the command line"),
         other => harness::verdict_fmt(false, format_args!("unknown scenario {other:?}")),

@@ -42,6 +42,7 @@ pub const fn scratch(role: Role) -> u8 {
     match role {
         Role::A => 0xa0,
         Role::B => 0xb0,
+        Role::C => 0xc0,
     }
 }
 

@@ -132,6 +132,16 @@ fn get<T: Copy>(addr: u64) -> T {
     unsafe { (addr as *const T).read_volatile() }
 }
 
+/// Resets the device whose window is at `base` (status 0: it stops using
+/// any queue), as a driver quiesces it before the machine is saved.
+pub fn reset(base: u64) -> Result<(), VirtioError> {
+    if !paging::maps_uncached(base) {
+        return Err(VirtioError::NotMapped(base));
+    }
+    write32(base + reg::STATUS, 0);
+    Ok(())
+}
+
 impl Blk {
     /// Finds the device the command line announces and initializes it;
     /// `None` when none is announced.
@@ -229,6 +239,13 @@ impl Blk {
     /// so the driver never touches it (another kernel's memory, say).
     pub fn write_phys(&mut self, sector: u64, addr: u64, len: usize) -> Result<(), VirtioError> {
         self.request(BLK_T_OUT, sector, addr, len)
+    }
+
+    /// Reads `len` bytes (whole sectors) from `sector` on into physical
+    /// memory at `addr`: the device writes the memory itself (another
+    /// kernel's, say, being restored).
+    pub fn read_phys(&mut self, sector: u64, addr: u64, len: usize) -> Result<(), VirtioError> {
+        self.request(BLK_T_IN, sector, addr, len)
     }
 
     /// Asks the device to make what was written durable.

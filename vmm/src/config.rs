@@ -57,7 +57,7 @@ impl Scenario {
 
     /// Whether this build can run it.
     pub fn is_built(self) -> bool {
-        matches!(self, Self::Boot | Self::PingPong)
+        matches!(self, Self::Boot | Self::PingPong | Self::Hibernate)
     }
 }
 
@@ -142,6 +142,9 @@ pub struct RunConfig {
     pub gdb: GdbOptions,
     /// The raw file behind the virtio-blk disk (`None`: a temporary one).
     pub disk: Option<PathBuf>,
+    /// Hibernate: the kernel that restores A (`None`: the embedded one, in
+    /// role c).
+    pub restore_kernel: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -167,6 +170,7 @@ impl Default for RunConfig {
             inject: None,
             gdb: GdbOptions::default(),
             disk: None,
+            restore_kernel: None,
         }
     }
 }
@@ -202,9 +206,14 @@ impl RunConfig {
             // B saves A once: its image faults, and A's stop faults at boot.
             return match &inj.kind {
                 InjectKind::Guest {
-                    fault: Fault::Jump(JumpFault::ImageSkipPage),
+                    fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
                     ..
-                } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
+                }
+                | InjectKind::Host(HostFault::Image(_))
+                    if inj.cycle.is_none_or(|c| c == 1) =>
+                {
+                    Ok(())
+                }
                 InjectKind::Guest {
                     fault: Fault::Stop(_),
                     kernel: Kernel::A,
@@ -223,6 +232,9 @@ impl RunConfig {
                 } if inj.cycle.is_none() => Ok(()),
                 _ => refuse(format!("needs --scenario ping-pong (this is {scenario})")),
             };
+        }
+        if matches!(inj.kind, InjectKind::Host(HostFault::Image(_))) {
+            return refuse("needs --scenario hibernate".into());
         }
         let c = inj.cycle.unwrap_or(1);
         if matches!(inj.kind, InjectKind::Host(HostFault::FlipBImage)) && c != 1 {
@@ -245,7 +257,7 @@ impl RunConfig {
                 // Recorded wrong on the way back, seen at the next jump.
                 (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
                 (JumpFault::WriteOutside, _) => c,
-                (JumpFault::ImageSkipPage, _) => {
+                (JumpFault::ImageSkipPage | JumpFault::NoDeviceResume, _) => {
                     return refuse("needs --scenario hibernate".into());
                 }
                 (_, Kernel::A) => c,
@@ -305,7 +317,15 @@ pub fn ignored_options(
     let given = |name: &str| given.iter().any(|g| g == name);
     let mut w = Vec::new();
     if scenario == Some(Scenario::Boot) {
-        for opt in ["cycles", "mode", "peer-mem", "compare", "dump", "dump-dir"] {
+        for opt in [
+            "cycles",
+            "mode",
+            "peer-mem",
+            "compare",
+            "dump",
+            "dump-dir",
+            "restore-kernel",
+        ] {
             if given(opt) {
                 w.push(format!(
                     "--{opt} is ignored by --scenario boot (it has no jumps to check or dump)"
@@ -313,6 +333,23 @@ pub fn ignored_options(
             }
         }
         return w;
+    }
+    if scenario == Some(Scenario::Hibernate) {
+        for opt in ["cycles", "dump", "dump-dir"] {
+            if given(opt) {
+                w.push(format!(
+                    "--{opt} is ignored by --scenario hibernate (one save and restore; no dumps)"
+                ));
+            }
+        }
+        return w;
+    }
+    for opt in ["disk", "restore-kernel"] {
+        if given(opt) {
+            w.push(format!(
+                "--{opt} is ignored by --scenario ping-pong (it has no disk)"
+            ));
+        }
     }
     if given("dump") && !dump_dir {
         let name = match dump {

@@ -72,6 +72,18 @@ pub const HOST_FAULTS: &[(&str, &str)] = &[
         "kvmclock-backwards",
         "set the KVM clock back by a second (KVM_SET_CLOCK) when A resumes",
     ),
+    (
+        "image-flip",
+        "hibernate: flip a byte of A's image on the disk between the two VMs",
+    ),
+    (
+        "image-truncate",
+        "hibernate: cut the disk short of A's image between the two VMs",
+    ),
+    (
+        "image-magic",
+        "hibernate: change the magic of A's image on the disk between the two VMs",
+    ),
 ];
 
 /// vCPU state the jump does not save and no kernel touches: damage to it
@@ -110,8 +122,21 @@ pub enum DeviceField {
 }
 
 /// Damage the VMM does.
+/// Damage to the hibernation image on the disk, between the two VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageDamage {
+    /// One byte of the last range's data flipped.
+    Flip,
+    /// The disk cut short by a page of the image's end.
+    Truncate,
+    /// The image header's magic changed.
+    Magic,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostFault {
+    /// Hibernate: the image on the disk damaged between the VMs.
+    Image(ImageDamage),
     FlipA,
     FlipB,
     /// A byte of B's image in A's source pages, before the first jump.
@@ -203,6 +228,9 @@ impl Injection {
                 "irqchip-ioapic-mask" => HostFault::Device(DeviceField::IoapicMask),
                 "pit-count" => HostFault::Device(DeviceField::PitCount),
                 "kvmclock-backwards" => HostFault::Device(DeviceField::ClockBack),
+                "image-flip" => HostFault::Image(ImageDamage::Flip),
+                "image-truncate" => HostFault::Image(ImageDamage::Truncate),
+                "image-magic" => HostFault::Image(ImageDamage::Magic),
                 k => match k
                     .strip_prefix("saved-")
                     .and_then(|r| slot_by_name(r).map(|s| (s, r)))

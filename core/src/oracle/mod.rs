@@ -259,6 +259,13 @@ impl Oracle {
         Ok(out)
     }
 
+    /// Forgets the shadow of guest RAM: the next [`Oracle::observe_memory`]
+    /// reads all of RAM afresh. For a kernel checked in another VM than the
+    /// one it was recorded in (hibernation): its records stay.
+    pub fn forget_memory(&mut self) {
+        self.shadow = None;
+    }
+
     fn shadow(&self) -> Result<&Shadow, OracleError> {
         self.shadow.as_ref().ok_or(OracleError::Protocol(
             "a checkpoint was judged before guest memory was observed",

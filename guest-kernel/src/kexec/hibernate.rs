@@ -25,12 +25,14 @@ use kjump_abi::layout::PAGE_SIZE;
 use kjump_abi::virtio::SECTOR_SIZE;
 
 use super::cpu_state::{check_cpu, cpu_view, load_sse_pattern};
+use super::faults::Injected;
 use super::pattern::Pattern;
-use super::{Config, GIB, fail, load, syscore};
+use super::{Config, GIB, fail, load, phys_write_u64, syscore};
 use crate::bootinfo::BootInfo;
 use crate::relocate::kjump_ring3_call;
 use crate::virtio::Blk;
 use crate::{harness, mem};
+use kjump_abi::control;
 
 /// The key on B's command line with the end of A's RAM.
 pub const A_RAM_TOP_KEY: &str = "kjump.a.ram_top";
@@ -55,8 +57,24 @@ pub fn run_a(boot: &BootInfo) -> ! {
         "a: pattern over {} bytes; jumping to b to be saved",
         pattern.bytes()
     );
+    // Restored from the image, A comes back through its re-entry path in
+    // a machine whose devices another kernel (C) drove: the path resets the
+    // disk (the device resume), as it reprograms the UART and the
+    // interrupt controllers.
+    // Before the jump A quiesces the disk (Linux freezes devices before
+    // the snapshot), which also makes its page tables' accessed and dirty
+    // bits for the window what the re-entry path's reset leaves them.
+    if let Some(dev) = kjump_abi::virtio::MmioDevice::from_cmdline(boot.cmdline) {
+        if let Err(e) = crate::virtio::reset(dev.base) {
+            fail(format_args!("a: virtio-blk: {e}"));
+        }
+        phys_write_u64(img.cp + control::DATA_DEVICE_RESUME, dev.base);
+    }
+    let injected = Injected::from_cmdline(boot);
+    injected.arm(img.cp, 1);
     let before = cpu_view();
     img.jump();
+    injected.arm(img.cp, 0);
     check_cpu(Role::A, &before);
     pattern.check(Role::A);
     crate::println!("a: back from my jump, state intact");
@@ -234,4 +252,81 @@ pub fn run_b(boot: &BootInfo) -> ! {
     crate::println!("{}", msg.as_str());
     harness::verdict(true, msg.as_str());
     crate::halt_forever()
+}
+
+/// Kernel C, in a fresh machine: verify A's image on the disk and load it,
+/// then jump to A's re-entry point as B would have.
+///
+/// C runs in the region A's image does not cover (`mem=` keeps all of C's
+/// memory there: A's B region, from 1 MiB), so it can read every range
+/// straight into place (the device writes it), verify each range's
+/// checksum there (in ring 3), and never overwrite itself. The last part
+/// of the restore is A's own: C enters A's relocation code, restored from
+/// the image, which swaps A's pages of the region C ran in back from A's
+/// source pages (the seed's second stage, run by the image kernel's code).
+/// A bad image is refused with one verdict; C never jumps into it.
+pub fn run_c(boot: &BootInfo) -> ! {
+    let own_end = mem::ram_top();
+    let map_top = own_end.max(4 * GIB);
+    let (cp, control_pages) = load::setup_control_pages(Role::C, map_top);
+    let mut blk = match Blk::probe(boot.cmdline) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => fail(format_args!("c: virtio-blk: {e}")),
+        None => fail(format_args!("c: no disk on the command line")),
+    };
+    // The headers: at most header_size(MAX_RANGES) bytes.
+    let hdr_len = hibimage::header_size(MAX_RANGES);
+    let Some(hdr) = mem::alloc_pages(hdr_len / PAGE_SIZE, u64::MAX, (0, 0)) else {
+        fail(format_args!("c: no room for the image header"))
+    };
+    let disk_bytes = blk.capacity() * SECTOR_SIZE;
+    let want = hdr_len.min(disk_bytes) as usize;
+    if let Err(e) = blk.read_phys(0, hdr, want) {
+        fail(format_args!("c: reading the image: {e}"));
+    }
+    // SAFETY: the header pages are ours alone (just allocated) and
+    // identity-mapped; `want` is within them.
+    let bytes = unsafe { core::slice::from_raw_parts(hdr as *const u8, want) };
+    let refuse = |e: hibimage::ImageError| -> ! {
+        let mut msg = harness::TextBuf::new();
+        let _ = write!(msg, "c: refusing the image: {e}");
+        crate::println!("{}", msg.as_str());
+        harness::verdict(false, msg.as_str());
+        crate::halt_forever()
+    };
+    let h = hibimage::Header::parse(bytes).unwrap_or_else(|e| refuse(e));
+    h.check_size(disk_bytes).unwrap_or_else(|e| refuse(e));
+    for r in h.ranges() {
+        // Nothing of the image may land in C's own memory.
+        if r.start < own_end && r.start + r.len > kjump_abi::layout::HIGH_RAM_START {
+            fail(format_args!(
+                "c: the image's range [{:#x}..{:#x}) overlaps my memory [{:#x}..{own_end:#x})",
+                r.start,
+                r.start + r.len,
+                kjump_abi::layout::HIGH_RAM_START
+            ));
+        }
+    }
+    let (entry, n, pages) = (h.entry, h.len(), h.pages());
+    crate::println!("c: image of {pages} pages in {n} ranges, entry {entry:#x}; loading it");
+    for i in 0..n {
+        let r = h.range(i);
+        let base = h.data_offset(i);
+        let mut off = 0;
+        while off < r.len {
+            let len = (r.len - off).min(CHUNK);
+            if let Err(e) = blk.read_phys((base + off) / SECTOR_SIZE, r.start + off, len as usize) {
+                fail(format_args!("c: reading the image: {e}"));
+            }
+            off += len;
+        }
+        let found = in_ring3(cp, checksum_ring3, r.start, r.len, NO_PAGE);
+        h.check_range(i, found).unwrap_or_else(|e| refuse(e));
+    }
+    crate::println!("c: every range verified; jumping to a's re-entry point {entry:#x}");
+    // C leaves the disk as it drove it: A's device resume takes it back.
+    syscore::init(Role::C);
+    let img = load::jump_back_image(cp, control_pages, entry);
+    img.jump();
+    fail(format_args!("c: a came back to me"))
 }
