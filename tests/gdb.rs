@@ -356,9 +356,11 @@ fn gdb_on_mismatch_shows_the_failing_checkpoint_and_the_run_fails() {
     );
     let line = k.wait_for("kjump: mismatch");
     // "... register rbx: 0x236430 -> 0x236431": the value found is in rbx.
+    // (A note may follow the value: "(found value is in ...)".)
     let found = line
         .rsplit(" -> ")
         .next()
+        .and_then(|v| v.split_whitespace().next())
         .unwrap_or_else(|| panic!("{line}"))
         .to_owned();
     assert!(line.contains("register rbx:"), "{line}");

@@ -220,4 +220,6 @@ fn faults_of_other_scenarios_and_large_memory_are_refused_up_front() {
     assert!(err.contains("needs --scenario hibernate"), "{err}");
     let (_, err) = assert_exit(&kjump(&["--scenario", "hibernate", "--mem", "4G"]), 2);
     assert!(err.contains("at most 3G"), "{err}");
+    let (_, err) = assert_exit(&hibernate(&["--gdb"]), 2);
+    assert!(err.contains("not offered for hibernate"), "{err}");
 }

@@ -53,6 +53,12 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
             crate::config::format_size(args.mem)
         )));
     }
+    if args.gdb.at_start.is_some() || args.gdb.on_mismatch.is_some() {
+        return Err(RunError::Settings(
+            "--gdb and --gdb-on-mismatch are not offered for hibernate (two VMs, one after the other)"
+                .into(),
+        ));
+    }
     args.check_injection()?;
     crate::scenario::check_outputs(&[
         ("--report", args.report.as_deref()),
