@@ -18,7 +18,7 @@ use std::fmt::{self, Write as _};
 use kjump_abi::abi::ANSWER_JUMP;
 use serde::{Deserialize, Serialize};
 
-use crate::pages::{PAGE_SIZE, Page, PageHash, PageStore, Shadow};
+use crate::pages::{PAGE_SIZE, Page, PageHash, PageSet, PageStore, Shadow};
 use crate::state::{FieldValue, UartState, VcpuState, XSTATE_BV, msr_field};
 use crate::symbols::Symbols;
 
@@ -298,55 +298,101 @@ pub fn compare_vcpu(
     out
 }
 
-/// Pages a [`check_view`] compares at once when they are all at home: one
-/// slice comparison usually settles the whole block.
-const CHECK_BLOCK: usize = 64;
-
-/// Consecutive pages of a view, aligned with a region of the shadow;
-/// [`PageHash::ABSENT`] where a page is not part of the view.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Span {
-    start: u64,
-    hashes: Vec<PageHash>,
-}
-
-impl Span {
-    fn addr(&self, i: usize) -> u64 {
-        self.start + (i * PAGE_SIZE) as u64
-    }
-    fn end(&self) -> u64 {
-        self.addr(self.hashes.len())
-    }
-}
-
-/// A kernel's logical view of memory: the hash of each of its pages, by the
-/// address the kernel knows it at ("home"), recorded when it suspended.
-/// Stored densely, like the shadow, so that checking a view of all of RAM
-/// is a few slice comparisons.
-#[derive(Clone, PartialEq, Eq)]
+/// A kernel's logical view of memory: the content of each of its pages,
+/// by the address the kernel knows it at ("home"), as it was when the
+/// kernel suspended.
+///
+/// Kept as the shadow of RAM at that moment, which shares every chunk the
+/// guest has not written since with the live shadow, and the set of the
+/// view's pages (a few ranges): recording a view of all of RAM costs a
+/// pointer per 2 MiB, not a hash per page. The view also keeps which pages
+/// of RAM were written since it was recorded ([`View::note_dirty`]): the
+/// shadow changes nowhere else, so [`check_view_dirtied`] need look nowhere
+/// else.
+#[derive(Clone)]
 pub struct View {
     kernel: String,
-    spans: Vec<Span>,
-    len: usize,
+    /// The shadow of RAM when the view was recorded.
+    at: Shadow,
+    /// The view's pages (home addresses).
+    pages: PageSet,
+    /// Pages whose content was read away from home (a view recorded while
+    /// its kernel was away): home → where.
+    recorded_at: BTreeMap<u64, u64>,
+    /// Pages of RAM written since the view was recorded, sorted.
+    dirtied: Vec<u64>,
+    /// The shadow was rebuilt since: every page may have changed.
+    all_dirtied: bool,
 }
 
-/// Summaries only: a view can hold a hash per page of RAM.
+/// Summaries only: a view can stand for every page of RAM.
 impl fmt::Debug for View {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let spans: Vec<String> = self
-            .spans
+        let ranges: Vec<String> = self
+            .pages
+            .ranges()
             .iter()
-            .map(|s| format!("[{:#x}..{:#x})", s.start, s.end()))
+            .take(8)
+            .map(|(s, e)| format!("[{s:#x}..{e:#x})"))
             .collect();
         f.debug_struct("View")
             .field("kernel", &self.kernel)
-            .field("spans", &spans)
-            .field("pages", &self.len)
+            .field("ranges", &ranges)
+            .field("pages", &self.pages.len())
+            .field("recorded_away", &self.recorded_at.len())
+            .field("dirtied", &self.dirtied.len())
+            .field("all_dirtied", &self.all_dirtied)
             .finish()
     }
 }
 
+/// Two views are equal when they hold the same pages with the same content.
+impl PartialEq for View {
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel == other.kernel
+            && self.pages == other.pages
+            && self.pages.iter().all(|p| self.get(p) == other.get(p))
+    }
+}
+
+impl Eq for View {}
+
 impl View {
+    /// Records `kernel`'s view over `pages`, at home, from the shadow's
+    /// current hashes.
+    pub fn record(kernel: &str, shadow: &Shadow, pages: PageSet) -> Result<View, OracleError> {
+        Self::record_moved(kernel, shadow, pages, &BTreeMap::new())
+    }
+
+    /// Records the view of a kernel that is away, as [`check_view`] with
+    /// the same `moved` finds it: page `home` of `pages` from where `moved`
+    /// parks it (`home` itself when `moved` does not name it).
+    pub fn record_moved(
+        kernel: &str,
+        shadow: &Shadow,
+        pages: PageSet,
+        moved: &BTreeMap<u64, u64>,
+    ) -> Result<View, OracleError> {
+        for &(s, e) in pages.ranges() {
+            in_ram(shadow, s, e)?;
+        }
+        let mut recorded_at = BTreeMap::new();
+        for (&home, &at) in moved {
+            if home != at && pages.contains(home) {
+                shadow.get(at).ok_or(OracleError::NotRam(at))?;
+                recorded_at.insert(home, at);
+            }
+        }
+        Ok(View {
+            kernel: kernel.to_string(),
+            at: shadow.clone(),
+            pages,
+            recorded_at,
+            dirtied: Vec::new(),
+            all_dirtied: false,
+        })
+    }
+
     /// The kernel this view belongs to.
     pub fn kernel(&self) -> &str {
         &self.kernel
@@ -354,43 +400,93 @@ impl View {
 
     /// Pages in the view.
     pub fn len(&self) -> usize {
-        self.len
+        self.pages.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.pages.is_empty()
     }
 
     /// The recorded hash of the page at `addr`.
     pub fn get(&self, addr: u64) -> Option<PageHash> {
-        let span = self
-            .spans
-            .iter()
-            .find(|s| (s.start..s.end()).contains(&addr))?;
-        let off = addr - span.start;
-        let h = span.hashes[(off / PAGE_SIZE as u64) as usize];
-        (off.is_multiple_of(PAGE_SIZE as u64) && h != PageHash::ABSENT).then_some(h)
+        if !self.pages.contains(addr) {
+            return None;
+        }
+        self.at
+            .get(self.recorded_at.get(&addr).copied().unwrap_or(addr))
     }
 
     /// The page addresses of the view, in order.
     pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries().map(|(a, _)| a)
+        self.pages.iter()
     }
 
-    /// Every hash the view refers to (for [`PageStore::gc`]).
-    pub fn hashes(&self) -> impl Iterator<Item = PageHash> + '_ {
-        self.entries().map(|(_, h)| h)
+    /// The shadow of RAM the view was recorded from (for
+    /// [`PageStore::gc`]: the view refers to its hashes).
+    pub fn snapshot(&self) -> &Shadow {
+        &self.at
     }
 
-    fn entries(&self) -> impl Iterator<Item = (u64, PageHash)> + '_ {
-        self.spans.iter().flat_map(|s| {
-            s.hashes
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| **h != PageHash::ABSENT)
-                .map(|(i, h)| (s.addr(i), *h))
-        })
+    /// Pages of RAM were written (a dirty list, page addresses): the
+    /// content the view finds may have changed there.
+    pub fn note_dirty(&mut self, dirty: &[u64]) {
+        if self.all_dirtied || dirty.is_empty() {
+            return;
+        }
+        let mut new = dirty.to_vec();
+        if !new.is_sorted() {
+            new.sort_unstable();
+        }
+        let old = std::mem::take(&mut self.dirtied);
+        let mut merged = Vec::with_capacity(old.len() + new.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let next = match (old.get(i), new.get(j)) {
+                (Some(&x), Some(&y)) if x <= y => {
+                    i += 1;
+                    x
+                }
+                (_, Some(&y)) => {
+                    j += 1;
+                    y
+                }
+                (Some(&x), None) => {
+                    i += 1;
+                    x
+                }
+                (None, None) => unreachable!("the loop condition"),
+            };
+            if merged.last() != Some(&next) {
+                merged.push(next);
+            }
+        }
+        self.dirtied = merged;
     }
+
+    /// The shadow was rebuilt from RAM: any page may have changed.
+    pub fn note_all_dirty(&mut self) {
+        self.all_dirtied = true;
+        self.dirtied = Vec::new();
+    }
+
+    /// The pages written since the view was recorded (`None`: any page may
+    /// have been).
+    pub fn dirtied(&self) -> Option<&[u64]> {
+        (!self.all_dirtied).then_some(self.dirtied.as_slice())
+    }
+}
+
+/// `[start, end)` must be pages of RAM.
+fn in_ram(shadow: &Shadow, start: u64, end: u64) -> Result<(), OracleError> {
+    let mut a = start;
+    while a < end {
+        let (_, re) = shadow
+            .ranges()
+            .find(|&(s, e)| (s..e).contains(&a))
+            .ok_or(OracleError::NotRam(a))?;
+        a = re;
+    }
+    Ok(())
 }
 
 /// Records the view of `kernel` over `pages` (page addresses, any order)
@@ -413,55 +509,8 @@ pub fn record_view_moved(
     pages: impl IntoIterator<Item = u64>,
     moved: &BTreeMap<u64, u64>,
 ) -> Result<View, OracleError> {
-    let regions: Vec<(u64, &[PageHash])> = shadow.regions().collect();
-    let mut tables: Vec<Vec<PageHash>> = regions
-        .iter()
-        .map(|(_, h)| vec![PageHash::ABSENT; h.len()])
-        .collect();
-    let inside = |r: usize, a: u64| {
-        let (start, h) = regions[r];
-        a >= start && (a - start) / (PAGE_SIZE as u64) < h.len() as u64
-    };
-    let mut r = 0; // the region of the previous page: pages come in runs
-    for a in pages {
-        if !a.is_multiple_of(PAGE_SIZE as u64) {
-            return Err(OracleError::NotRam(a));
-        }
-        if r >= regions.len() || !inside(r, a) {
-            r = (0..regions.len())
-                .find(|&r| inside(r, a))
-                .ok_or(OracleError::NotRam(a))?;
-        }
-        let i = ((a - regions[r].0) / PAGE_SIZE as u64) as usize;
-        tables[r][i] = match moved.get(&a) {
-            None => regions[r].1[i],
-            Some(&at) => shadow.get(at).ok_or(OracleError::NotRam(at))?,
-        };
-    }
-    let mut spans = Vec::new();
-    let mut len = 0;
-    for ((start, _), mut t) in regions.iter().zip(tables) {
-        let Some(first) = t.iter().position(|h| *h != PageHash::ABSENT) else {
-            continue;
-        };
-        let last = t
-            .iter()
-            .rposition(|h| *h != PageHash::ABSENT)
-            .expect("first exists");
-        t.truncate(last + 1);
-        t.drain(..first);
-        t.shrink_to_fit();
-        len += t.iter().filter(|h| **h != PageHash::ABSENT).count();
-        spans.push(Span {
-            start: start + (first * PAGE_SIZE) as u64,
-            hashes: t,
-        });
-    }
-    Ok(View {
-        kernel: kernel.to_string(),
-        spans,
-        len,
-    })
+    let pages = PageSet::from_pages(pages).map_err(OracleError::NotRam)?;
+    View::record_moved(kernel, shadow, pages, moved)
 }
 
 /// A run of differing bytes, in home addresses: `[start, end)`.
@@ -624,6 +673,10 @@ pub fn hexdump(home: u64, expected: &Page, actual: &Page, ranges: &[(usize, usiz
 /// Returns the pages that are not, each explained with its differing byte
 /// ranges, a hexdump (for the first 64) and the symbol at
 /// the first difference.
+///
+/// Every page of the view is compared (a chunk of hashes the view shares
+/// with the shadow at once); [`check_view_dirtied`] gives the same answer
+/// from the pages written since the view was recorded.
 pub fn check_view(
     view: &View,
     shadow: &Shadow,
@@ -631,55 +684,111 @@ pub fn check_view(
     store: &PageStore,
     symbols: Option<&Symbols>,
 ) -> Vec<MemoryMismatch> {
-    let regions: Vec<(u64, &[PageHash])> = shadow.regions().collect();
+    const PAGE: u64 = PAGE_SIZE as u64;
     let mut out = Vec::new();
-    for span in &view.spans {
-        // The shadow's hashes of the same pages (`None` if the RAM layout
-        // changed under the view: then every page is looked up).
-        let current = regions.iter().find_map(|&(start, h)| {
-            let off = usize::try_from(span.start.checked_sub(start)? / PAGE_SIZE as u64).ok()?;
-            h.get(off..off + span.hashes.len())
-        });
-        let mut moves = moved.range(span.start..span.end()).peekable();
-        for b in (0..span.hashes.len()).step_by(CHECK_BLOCK) {
-            let e = (b + CHECK_BLOCK).min(span.hashes.len());
-            while moves.next_if(|(h, _)| **h < span.addr(b)).is_some() {}
-            let all_home = moves.peek().is_none_or(|(h, _)| **h >= span.addr(e));
-            if all_home && current.is_some_and(|c| c[b..e] == span.hashes[b..e]) {
-                continue;
-            }
-            for i in b..e {
-                let (home, expected) = (span.addr(i), span.hashes[i]);
-                while moves.next_if(|(h, _)| **h < home).is_some() {}
-                let location = moves
-                    .next_if(|(h, _)| **h == home)
-                    .map_or(home, |(_, l)| *l);
-                if expected == PageHash::ABSENT {
-                    continue;
-                }
-                let actual = match current {
-                    Some(c) if location == home => Some(c[i]),
-                    _ => shadow.get(location),
-                };
-                if actual != Some(expected) {
-                    let page = Found {
-                        home,
-                        location,
-                        expected,
-                        actual,
-                    };
-                    out.push(explain_page(
-                        &view.kernel,
-                        page,
-                        store,
-                        symbols,
-                        out.len() < MAX_DETAILED,
+    for &(start, end) in view.pages.ranges() {
+        let mut a = start;
+        while a < end {
+            let left = ((end - a) / PAGE) as usize;
+            // A block of pages inside one chunk of both shadows.
+            let (recorded, current) = (view.at.run(a, left), shadow.run(a, left));
+            let n = match (recorded, current) {
+                (Some(r), Some(c)) => r.len().min(c.len()),
+                _ => 1,
+            };
+            let e = a + n as u64 * PAGE;
+            let all_home =
+                moved.range(a..e).next().is_none() && view.recorded_at.range(a..e).next().is_none();
+            let same = match (recorded, current) {
+                (Some(r), Some(c)) => std::ptr::eq(r.as_ptr(), c.as_ptr()) || r[..n] == c[..n],
+                _ => false,
+            };
+            if !(all_home && same) {
+                for home in (a..e).step_by(PAGE_SIZE) {
+                    let detailed = out.len() < MAX_DETAILED;
+                    out.extend(check_page(
+                        view, shadow, moved, home, store, symbols, detailed,
                     ));
                 }
             }
+            a = e;
         }
     }
     out
+}
+
+/// What [`check_view_dirtied`] found, and how many pages it compared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewCheck {
+    pub mismatches: Vec<MemoryMismatch>,
+    pub compared: usize,
+}
+
+/// [`check_view`] from what changed: the shadow changes only at the pages
+/// written since the view was recorded ([`View::note_dirty`]), so only the
+/// view's pages that are found there, and those found elsewhere than they
+/// were recorded (every page `moved` or the view's recording parks), can
+/// differ. Those are compared, in order; the answer is [`check_view`]'s,
+/// at a cost that grows with the pages written and parked, not with the
+/// view. A view whose shadow was rebuilt is checked whole.
+pub fn check_view_dirtied(
+    view: &View,
+    shadow: &Shadow,
+    moved: &BTreeMap<u64, u64>,
+    store: &PageStore,
+    symbols: Option<&Symbols>,
+) -> ViewCheck {
+    let Some(dirtied) = view.dirtied() else {
+        return ViewCheck {
+            mismatches: check_view(view, shadow, moved, store, symbols),
+            compared: view.len(),
+        };
+    };
+    let mut pages: Vec<u64> = dirtied
+        .iter()
+        .chain(moved.keys())
+        .copied()
+        .filter(|&p| view.pages.contains(p))
+        .chain(view.recorded_at.keys().copied())
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    let mut mismatches = Vec::new();
+    for &home in &pages {
+        let detailed = mismatches.len() < MAX_DETAILED;
+        mismatches.extend(check_page(
+            view, shadow, moved, home, store, symbols, detailed,
+        ));
+    }
+    ViewCheck {
+        mismatches,
+        compared: pages.len(),
+    }
+}
+
+/// Page `home` of `view` where `moved` says it is now (its home if not
+/// moved): `None` when it holds what the view recorded.
+fn check_page(
+    view: &View,
+    shadow: &Shadow,
+    moved: &BTreeMap<u64, u64>,
+    home: u64,
+    store: &PageStore,
+    symbols: Option<&Symbols>,
+    detailed: bool,
+) -> Option<MemoryMismatch> {
+    let expected = view.get(home)?;
+    let location = moved.get(&home).copied().unwrap_or(home);
+    let actual = shadow.get(location);
+    (actual != Some(expected)).then(|| {
+        let page = Found {
+            home,
+            location,
+            expected,
+            actual,
+        };
+        explain_page(&view.kernel, page, store, symbols, detailed)
+    })
 }
 
 /// Explains page `home` of `kernel`, expected to hash to `expected`,
@@ -1230,6 +1339,138 @@ mod tests {
     }
 
     #[test]
+    fn checking_what_was_written_agrees_with_checking_every_page() {
+        // Views at home and recorded where parked, random writes (as the
+        // dirty log reports them), random placements at check time, swaps:
+        // the incremental check must give exactly the full check's answer,
+        // hexdumps included, while comparing only what was written or is
+        // parked.
+        use crate::pages::tests::harvest;
+        let mem = mem(0x20_0000, 0x8_0000);
+        let mut store = PageStore::new();
+        let mut shadow = Shadow::zeroed(&mem).unwrap();
+        let all: Vec<u64> = shadow.pages().collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let write =
+            |mem: &crate::GuestMem, p: u64, v: u8, rnd: &mut dyn FnMut(usize) -> usize| {
+                mem.write_obj(v, GuestAddress(p + rnd(4096) as u64))
+                    .unwrap();
+            };
+        for p in all.iter().step_by(3) {
+            write(&mem, *p, 0x11, &mut rnd);
+        }
+        shadow.update(&mem, &harvest(&mem), &mut store).unwrap();
+        let mut differing = 0;
+        for round in 0..40 {
+            let pages: Vec<u64> = all.iter().copied().filter(|_| rnd(8) != 0).collect();
+            let parked: BTreeMap<u64, u64> = (0..rnd(40))
+                .map(|_| (all[rnd(all.len())], all[rnd(all.len())]))
+                .collect();
+            let mut view = if round % 3 == 0 {
+                record_view_moved("b", &shadow, pages.iter().copied(), &parked).unwrap()
+            } else {
+                record_view("a", &shadow, pages.iter().copied()).unwrap()
+            };
+            if round % 10 == 9 {
+                view.note_all_dirty();
+            }
+            for step in 0..4 {
+                for _ in 0..rnd(25) {
+                    let p = all[rnd(all.len())];
+                    write(&mem, p, (round * 4 + step) as u8 + 1, &mut rnd);
+                }
+                if rnd(2) == 0 {
+                    // A swap, as the relocation code does it.
+                    let (x, y) = (all[rnd(all.len())], all[rnd(all.len())]);
+                    let (mut a, mut b) = ([0u8; PAGE_SIZE], [0u8; PAGE_SIZE]);
+                    mem.read_slice(&mut a, GuestAddress(x)).unwrap();
+                    mem.read_slice(&mut b, GuestAddress(y)).unwrap();
+                    mem.write_slice(&b, GuestAddress(x)).unwrap();
+                    mem.write_slice(&a, GuestAddress(y)).unwrap();
+                }
+                let dirty = harvest(&mem);
+                shadow.update(&mem, &dirty, &mut store).unwrap();
+                view.note_dirty(&dirty);
+                let moved: BTreeMap<u64, u64> = match rnd(3) {
+                    0 => BTreeMap::new(),
+                    1 => parked.clone(),
+                    _ => (0..rnd(40))
+                        .map(|_| (all[rnd(all.len())], all[rnd(all.len())]))
+                        .collect(),
+                };
+                let full = check_view(&view, &shadow, &moved, &store, None);
+                let inc = check_view_dirtied(&view, &shadow, &moved, &store, None);
+                assert_eq!(inc.mismatches, full, "round {round} step {step}");
+                differing += full.len();
+                if let Some(d) = view.dirtied() {
+                    let bound = d.len() + moved.len() + parked.len();
+                    assert!(inc.compared <= bound, "{} > {bound}", inc.compared);
+                } else {
+                    assert_eq!(inc.compared, view.len());
+                }
+            }
+        }
+        assert!(differing > 100, "the rounds found differences: {differing}");
+    }
+
+    #[test]
+    fn damage_anywhere_in_a_view_is_caught_by_the_incremental_check() {
+        // One byte changed in any page of a view, at home or where it is
+        // parked, reaches the dirty log and so the check.
+        use crate::pages::tests::harvest;
+        let mem = mem(0x10_0000, 0x4_0000);
+        let mut store = PageStore::new();
+        let mut shadow = Shadow::zeroed(&mem).unwrap();
+        for p in (0..0x10_0000u64).step_by(PAGE_SIZE * 2) {
+            mem.write_obj(p | 1, GuestAddress(p)).unwrap();
+        }
+        shadow.update(&mem, &harvest(&mem), &mut store).unwrap();
+        let parked: BTreeMap<u64, u64> = [(0x1000, 1 << 32), (0x2000, (1 << 32) + 0x1000)].into();
+        // The parking pages are not the kernel's (as A's view leaves out
+        // its source pages).
+        let pages: Vec<u64> = shadow
+            .pages()
+            .filter(|p| !parked.values().any(|v| v == p))
+            .collect();
+        for &victim in &pages {
+            let mut view = record_view("a", &shadow, pages.iter().copied()).unwrap();
+            let at = parked.get(&victim).copied().unwrap_or(victim);
+            // Park the two pages as a kimage would (copy, reported).
+            for (&home, &to) in &parked {
+                let mut b = [0u8; PAGE_SIZE];
+                mem.read_slice(&mut b, GuestAddress(home)).unwrap();
+                mem.write_slice(&b, GuestAddress(to)).unwrap();
+            }
+            let mut old = [0u8; 1];
+            mem.read_slice(&mut old, GuestAddress(at + 0x7ff)).unwrap();
+            mem.write_slice(&[old[0] ^ 0x20], GuestAddress(at + 0x7ff))
+                .unwrap();
+            let dirty = harvest(&mem);
+            let mut sh = shadow.clone();
+            sh.update(&mem, &dirty, &mut store).unwrap();
+            view.note_dirty(&dirty);
+            let found = check_view_dirtied(&view, &sh, &parked, &store, None);
+            let got: Vec<(u64, u64, u64)> = found
+                .mismatches
+                .iter()
+                .map(|m| (m.home, m.location, m.ranges[0].start))
+                .collect();
+            assert_eq!(got, [(victim, at, victim + 0x7ff)], "victim {victim:#x}");
+            assert!(found.compared <= 4, "{} pages compared", found.compared);
+            // Undo, so the next victim starts from the same RAM.
+            mem.write_slice(&old, GuestAddress(at + 0x7ff)).unwrap();
+            let dirty = harvest(&mem);
+            sh.update(&mem, &dirty, &mut store).unwrap();
+        }
+    }
+
+    #[test]
     fn control_pages_left_out_of_a_view_may_change() {
         let mut w = world();
         let control = 0x38_0000..0x38_3000;
@@ -1260,7 +1501,8 @@ mod tests {
         let mut w = world();
         let view = record_view("b", &w.shadow, (0x10_0000..0x18_0000).step_by(PAGE_SIZE)).unwrap();
         w.write(0x10_0010, &[9]);
-        w.store.gc(w.shadow.hashes().chain(view.hashes()));
+        w.store
+            .gc(Shadow::live_hashes([&w.shadow, view.snapshot()]));
         let m = check_view(&view, &w.shadow, &BTreeMap::new(), &w.store, None);
         assert_eq!(m.len(), 1);
         assert_eq!(

@@ -27,7 +27,7 @@ mod tests;
 
 pub use compare::*;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use kjump_abi::abi::ANSWER_BACK;
 use kjump_abi::control;
@@ -38,7 +38,7 @@ use crate::checkpoint::{CheckpointId, Direction, Kernel};
 use crate::devices;
 use crate::dump::{DumpError, RamSource, ResumeRecord, SuspendRecord};
 use crate::kimage::Kimage;
-use crate::pages::{PAGE_SIZE, PageError, PageStore, Shadow};
+use crate::pages::{PAGE_SIZE, PageError, PageSet, PageStore, Shadow};
 use crate::report::{At, ExcusedPage, Mismatch, MismatchKind};
 use crate::state::{DeviceState, FieldValue, MachineState};
 use crate::symbols::Symbols;
@@ -130,6 +130,9 @@ pub struct Oracle {
     allow: Allowlist,
     compare: CompareMode,
     excused_reported: [bool; 2],
+    /// Guest RAM was all zero when the dirty logs began: the first shadow
+    /// is built from the dirty list alone ([`Oracle::ram_starts_zero`]).
+    zero_start: bool,
 }
 
 impl Oracle {
@@ -145,7 +148,21 @@ impl Oracle {
             allow,
             compare,
             excused_reported: [false; 2],
+            zero_start: false,
         }
+    }
+
+    /// Says that guest RAM was all zero when the dirty logs began, and that
+    /// the first dirty list given to [`Oracle::observe_memory`] names every
+    /// page written since (the VMM's writes and the guest's): a fresh VM's
+    /// RAM is anonymous memory, zero until written. The first shadow is then
+    /// built from that list, at a cost that grows with the pages written,
+    /// not with RAM, and RAM nobody wrote is never read (nor faulted in).
+    /// Without this the first observation reads all of RAM.
+    /// [`CompareMode::Full`] reads all of RAM at every checkpoint anyway,
+    /// the first included, and reports any page this would have missed.
+    pub fn ram_starts_zero(&mut self) {
+        self.zero_start = true;
     }
 
     pub fn allowlist(&self) -> &Allowlist {
@@ -230,12 +247,26 @@ impl Oracle {
         at: &At,
     ) -> Result<Vec<Mismatch>, OracleError> {
         let shadow = match self.shadow.take() {
-            None => Shadow::build(mem, &mut self.store)?,
+            None if self.zero_start => {
+                let mut s = Shadow::zeroed(mem)?;
+                s.update(mem, dirty, &mut self.store)?;
+                s
+            }
+            None => {
+                for v in self.kernels.iter_mut().filter_map(|r| r.view.as_mut()) {
+                    v.note_all_dirty();
+                }
+                Shadow::build(mem, &mut self.store)?
+            }
             Some(mut s) => {
                 s.update(mem, dirty, &mut self.store)?;
                 s
             }
         };
+        // What each recorded view finds can only have changed here.
+        for v in self.kernels.iter_mut().filter_map(|r| r.view.as_mut()) {
+            v.note_dirty(dirty);
+        }
         let mut out = Vec::new();
         if self.compare == CompareMode::Full {
             for page in shadow.full_check(mem)? {
@@ -293,7 +324,7 @@ impl Oracle {
         }
         j.mismatches.extend(self.check_peer_entry(mem, k, &at)?);
         let pages = self.view_pages(k)?;
-        let view = record_view(k.name(), self.shadow()?, pages)?;
+        let view = View::record(k.name(), self.shadow()?, pages)?;
         let r = &mut self.kernels[k.idx()];
         r.suspended_at = Some(*id);
         r.machine = Some(machine.clone());
@@ -334,17 +365,11 @@ impl Oracle {
         for m in compare_devices(left, machine) {
             j.mismatches.push(Mismatch::device(&at, &m));
         }
-        let shadow = self.shadow()?;
-        for m in check_view(
-            view,
-            shadow,
-            &BTreeMap::new(),
-            &self.store,
-            self.symbols.as_ref(),
-        ) {
+        let found = self.check_memory(view, &BTreeMap::new())?;
+        for m in found.mismatches {
             j.mismatches.push(Mismatch::memory(&at, &m));
         }
-        j.pages_compared += view.len() as u64;
+        j.pages_compared += found.compared as u64;
         Ok(j)
     }
 
@@ -356,19 +381,31 @@ impl Oracle {
         let at = At::of(id);
         let mut j = Judgement::default();
         if let Some(view) = &self.kernels[peer.idx()].view {
-            let moves = self.away_moves(peer)?;
-            for m in check_view(
-                view,
-                self.shadow()?,
-                moves,
-                &self.store,
-                self.symbols.as_ref(),
-            ) {
+            let found = self.check_memory(view, self.away_moves(peer)?)?;
+            for m in found.mismatches {
                 j.mismatches.push(Mismatch::memory(&at, &m));
             }
-            j.pages_compared += view.len() as u64;
+            j.pages_compared += found.compared as u64;
         }
         Ok(j)
+    }
+
+    /// Checks `view` where `moved` says its pages are: every page in
+    /// [`CompareMode::Full`], else the pages written since it was recorded
+    /// and the pages parked (the same answer, see [`check_view_dirtied`]).
+    fn check_memory(
+        &self,
+        view: &View,
+        moved: &BTreeMap<u64, u64>,
+    ) -> Result<ViewCheck, OracleError> {
+        let (shadow, store, symbols) = (self.shadow()?, &self.store, self.symbols.as_ref());
+        Ok(match self.compare {
+            CompareMode::Full => ViewCheck {
+                mismatches: check_view(view, shadow, moved, store, symbols),
+                compared: view.len(),
+            },
+            CompareMode::Dirty => check_view_dirtied(view, shadow, moved, store, symbols),
+        })
     }
 
     /// Records B's first delivery as A's kimage asks for it, at A's first
@@ -442,40 +479,27 @@ impl Oracle {
         if !self.store.needs_gc() {
             return;
         }
-        let live = self.shadow.iter().flat_map(|s| s.hashes()).chain(
-            self.kernels
-                .iter()
-                .filter_map(|r| r.view.as_ref())
-                .flat_map(|v| v.hashes()),
-        );
-        let live: Vec<_> = live.collect();
+        let views = self.kernels.iter().filter_map(|r| r.view.as_ref());
+        let live = Shadow::live_hashes(self.shadow.iter().chain(views.map(|v| v.snapshot())));
         self.store.gc(live);
     }
 
     /// The pages of `k`'s logical view: for A all of RAM but its control
     /// pages and the source pages that park B; for B the region A gave it,
     /// but its control pages.
-    fn view_pages(&self, k: Kernel) -> Result<Vec<u64>, OracleError> {
+    fn view_pages(&self, k: Kernel) -> Result<PageSet, OracleError> {
         let own = self.own_kimage(k)?;
         let (c0, c1) = own.control_range();
-        let not_control = |p: &u64| !(c0..c1).contains(p);
-        Ok(match k {
-            Kernel::A => {
-                let parking: HashSet<u64> = own.parking_pages().collect();
-                self.shadow()?
-                    .pages()
-                    .filter(not_control)
-                    .filter(|p| !parking.contains(p))
-                    .collect()
-            }
+        let pages = match k {
+            Kernel::A => PageSet::from_ranges(self.shadow()?.ranges())
+                .map(|all| all.without(c0, c1, own.parking_pages())),
             Kernel::B => {
                 let a = self.kimage_a()?;
-                (a.peer_start..a.peer_end)
-                    .step_by(PAGE_SIZE)
-                    .filter(not_control)
-                    .collect()
+                PageSet::from_ranges([(a.peer_start, a.peer_end)])
+                    .map(|b| b.without(c0, c1, std::iter::empty()))
             }
-        })
+        };
+        pages.map_err(OracleError::NotRam)
     }
 
     /// Home page -> where it is parked, for `k`'s pages while `k` is away.
@@ -516,13 +540,13 @@ impl Oracle {
         let k = at.kernel;
         if at.direction == Direction::Suspend {
             let pages = self.view_pages(k)?;
-            let view = record_view(k.name(), self.shadow()?, pages)?;
+            let view = View::record(k.name(), self.shadow()?, pages)?;
             self.kernels[k.idx()].view = Some(view);
         }
         let p = k.peer();
         if peer_away {
             let pages = self.view_pages(p)?;
-            let view = record_view_moved(p.name(), self.shadow()?, pages, self.away_moves(p)?)?;
+            let view = View::record_moved(p.name(), self.shadow()?, pages, self.away_moves(p)?)?;
             self.kernels[p.idx()].view = Some(view);
         }
         // The re-entry points: the dump's kernel's from its control page at

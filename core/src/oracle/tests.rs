@@ -55,6 +55,12 @@ fn args(head: u64, control: u64, role: u64) -> [u64; 8] {
 
 impl Guest {
     fn new() -> Self {
+        Self::with(CompareMode::Dirty)
+    }
+
+    /// A fresh guest (RAM zero until written, every write in vm-memory's
+    /// dirty bitmap, which stands in for KVM's log here).
+    fn with(compare: CompareMode) -> Self {
         let mem = GuestMem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
         // Something in every page of A, so that pages differ.
         for p in (0..RAM).step_by(PAGE_SIZE) {
@@ -68,9 +74,11 @@ impl Guest {
         let (head_a, _) = b.finish(&mut list).unwrap();
         mem.write_obj(ENTRY_A, GuestAddress(CONTROL_A + control::DATA_OWN_ENTRY))
             .unwrap();
+        let mut oracle = Oracle::new(None, Allowlist::standard(), compare);
+        oracle.ram_starts_zero();
         Self {
             mem,
-            oracle: Oracle::new(None, Allowlist::standard(), CompareMode::Dirty),
+            oracle,
             tracker: Tracker::new(),
             args: [args(head_a, CONTROL_A, 0), args(0, CONTROL_B, 1)],
         }
@@ -88,10 +96,6 @@ impl Guest {
         self.oracle.kimage_reported(k, ki, a);
     }
 
-    fn all_pages() -> Vec<u64> {
-        (0..RAM).step_by(PAGE_SIZE).collect()
-    }
-
     /// The relocation code: swaps B's region with A's parking pages.
     fn swap(&self) {
         let mut x = vec![0u8; PAGE_SIZE];
@@ -106,11 +110,15 @@ impl Guest {
     }
 
     fn checkpoint(&mut self, m: &MachineState) -> Vec<Mismatch> {
+        self.judge(m).mismatches
+    }
+
+    /// A checkpoint with the pages written since the last one as the dirty
+    /// list.
+    fn judge(&mut self, m: &MachineState) -> Judgement {
         let id = self.tracker.next();
-        self.oracle
-            .checkpoint(&id, m, &self.mem, &Self::all_pages())
-            .unwrap()
-            .mismatches
+        let dirty = crate::pages::tests::harvest(&self.mem);
+        self.oracle.checkpoint(&id, m, &self.mem, &dirty).unwrap()
     }
 
     fn write(&self, addr: u64, v: u64) {
@@ -323,4 +331,100 @@ fn time_may_advance_across_a_jump_never_run_back() {
             .contains("TSC_ADJUST"),
         "{found:?}"
     );
+}
+
+/// Pages of A's view across all of RAM: the first and last, B's region
+/// (parked while B runs), around the control pages, and every 127th.
+fn victims() -> Vec<u64> {
+    let mut v: Vec<u64> = (0..RAM).step_by(127 * PAGE_SIZE).collect();
+    v.extend([
+        0,
+        PEER.0,
+        PEER.1 - PAGE,
+        CONTROL_A - PAGE,
+        CONTROL_A + CONTROL_PAGES * PAGE,
+        RAM - PAGE,
+    ]);
+    let parking = PARK..PARK + (PEER.1 - PEER.0);
+    let control = CONTROL_A..CONTROL_A + CONTROL_PAGES * PAGE;
+    v.retain(|p| !parking.contains(p) && !control.contains(p));
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn damage_anywhere_in_as_view_is_caught_where_the_page_is() {
+    // One byte of any page of A's view, changed while B runs (where its
+    // kimage parks it, or at home) or after the swap back (at home), is
+    // caught at the next checkpoint with its address and where it was
+    // found: the dirty log reports the write, and the check looks there.
+    // The full check agrees.
+    for (i, victim) in victims().into_iter().enumerate() {
+        // The full check on every fourth (each reads all of RAM).
+        let modes = [CompareMode::Dirty, CompareMode::Full];
+        for compare in modes.into_iter().take(if i % 4 == 0 { 2 } else { 1 }) {
+            let mut g = Guest::with(compare);
+            g.report_kimage(Kernel::A);
+            assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_JUMP)), vec![]);
+            g.swap();
+            let parked = g.oracle.parked_at(Kernel::A, victim);
+            g.mem
+                .write_obj(0xa5u8 ^ (victim as u8), GuestAddress(parked + 0x9))
+                .unwrap();
+            g.write(CONTROL_B + control::DATA_OWN_ENTRY, ENTRY_B);
+            g.write(CONTROL_B + control::DATA_PEER_ENTRY, ENTRY_A);
+            g.report_kimage(Kernel::B);
+            let found = g.checkpoint(&machine(0x10_4321, ANSWER_JUMP));
+            let got: Vec<_> = found.iter().map(|m| (m.address, m.location)).collect();
+            assert_eq!(
+                got,
+                [(Some(victim), Some(parked))],
+                "{victim:#x} {compare:?}: {found:#?}"
+            );
+
+            // The same damage after the swap back, at A's resume.
+            let mut g = Guest::with(compare);
+            first_cycle(&mut g);
+            g.swap();
+            g.mem
+                .write_obj(0x5au8 ^ (victim as u8), GuestAddress(victim + 0xff9))
+                .unwrap();
+            let found = g.checkpoint(&machine(0x20_1234, ANSWER_BACK));
+            let got: Vec<_> = found
+                .iter()
+                .map(|m| (m.address, m.ranges[0].start))
+                .collect();
+            assert_eq!(
+                got,
+                [(Some(victim), victim + 0xff9)],
+                "{victim:#x} {compare:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_compares_what_was_written_and_parked_not_the_view() {
+    let mut views = Vec::new();
+    for compare in [CompareMode::Dirty, CompareMode::Full] {
+        let mut g = Guest::with(compare);
+        first_cycle(&mut g);
+        g.swap();
+        g.write(0x30_0010, 1);
+        let j = g.judge(&machine(0x20_1234, ANSWER_BACK));
+        assert_eq!(j.mismatches.len(), 1);
+        let view = g.oracle.record(Kernel::A).view.as_ref().unwrap().len() as u64;
+        // A's resume: A's view at home, B's where A's kimage parks it.
+        let b = g.oracle.record(Kernel::B).view.as_ref().unwrap().len() as u64;
+        views.push((view, b, j.pages_compared));
+    }
+    let [(a_view, b_view, dirty), (_, _, full)] = views[..] else {
+        unreachable!()
+    };
+    assert_eq!(full, a_view + b_view, "full: every page of both views");
+    // Dirty: the swap wrote B's region and the parking pages (512 pages)
+    // and the test one more; B's pages are parked (256).
+    assert!(dirty <= 512 + 1 + 256 + 8, "{dirty} of {a_view} + {b_view}");
+    assert!(dirty * 4 < a_view, "{dirty} of {a_view}");
 }
