@@ -43,15 +43,19 @@ pub enum Verdict {
     Fail,
     /// The run could not be carried out.
     Error,
+    /// The guests ran with capture and comparison off (`--no-check`, for
+    /// measuring the harness): nothing was verified, so it is no pass.
+    Unchecked,
 }
 
 impl Verdict {
-    /// The process exit code for this verdict: 0, 1 or 2.
+    /// The process exit code for this verdict: 0, 1, 2, or 3 (unchecked).
     pub fn exit_code(self) -> i32 {
         match self {
             Self::Pass => 0,
             Self::Fail => 1,
             Self::Error => 2,
+            Self::Unchecked => 3,
         }
     }
 
@@ -60,6 +64,7 @@ impl Verdict {
             Self::Pass => "PASS",
             Self::Fail => "FAIL",
             Self::Error => "ERROR",
+            Self::Unchecked => "UNCHECKED",
         }
     }
 }
@@ -95,9 +100,36 @@ pub struct CheckpointRecord {
     pub rip: u64,
     pub dirty_pages: u64,
     pub pages_compared: u64,
+    /// State capture, dirty-log harvest and page store together
+    /// (`state_us + dirty_log_us + store_us`).
     pub capture_us: u64,
+    /// The oracle's judgement: record the suspend or check the resume, and
+    /// the kernel that is away.
     pub compare_us: u64,
     pub mismatches: u64,
+    /// When the checkpoint reached the VMM, in µs since the run started.
+    #[serde(default)]
+    pub t_us: u64,
+    /// The guest's own time since the previous checkpoint (the jump that
+    /// ends here): time inside `KVM_RUN`.
+    #[serde(default)]
+    pub guest_us: u64,
+    /// The VMM's time handling the guest's exits since the previous
+    /// checkpoint (port I/O, harness messages, completing this `in`).
+    #[serde(default)]
+    pub exit_us: u64,
+    /// Capturing the vCPU and device state.
+    #[serde(default)]
+    pub state_us: u64,
+    /// Harvesting the dirty logs (KVM's and vm-memory's).
+    #[serde(default)]
+    pub dirty_log_us: u64,
+    /// Reading and storing the written pages (in `full` mode: all of RAM).
+    #[serde(default)]
+    pub store_us: u64,
+    /// Dumps and the report's record of the checkpoint.
+    #[serde(default)]
+    pub report_us: u64,
 }
 
 /// A page a kernel may change after its checkpoint, and why.
@@ -334,6 +366,26 @@ pub struct Timing {
     pub capture_us: u64,
     /// Sum over checkpoints: running the oracle.
     pub compare_us: u64,
+    /// Sum over checkpoints: the guests' own time (inside `KVM_RUN`).
+    #[serde(default)]
+    pub guest_us: u64,
+    /// Sum over checkpoints: handling the guests' exits.
+    #[serde(default)]
+    pub exit_us: u64,
+    /// Sum over checkpoints: dumps and report records.
+    #[serde(default)]
+    pub report_us: u64,
+    /// The guest's time per jump (a checkpoint's `guest_us`, the first
+    /// two, which include booting A and B, left out): median and maximum.
+    #[serde(default)]
+    pub guest_per_jump_us: GuestPerJump,
+}
+
+/// The guests' time per jump.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPerJump {
+    pub median: u64,
+    pub max: u64,
 }
 
 /// The JSON report of one run.
@@ -407,7 +459,19 @@ impl Report {
     pub fn push_checkpoint(&mut self, c: CheckpointRecord) {
         self.timing.capture_us += c.capture_us;
         self.timing.compare_us += c.compare_us;
+        self.timing.guest_us += c.guest_us;
+        self.timing.exit_us += c.exit_us;
+        self.timing.report_us += c.report_us;
         self.checkpoints.push(c);
+    }
+
+    /// Adds time spent on the last checkpoint's record (the record itself
+    /// and its dumps, measured once it is pushed).
+    pub fn add_report_time(&mut self, us: u64) {
+        if let Some(c) = self.checkpoints.last_mut() {
+            c.report_us += us;
+            self.timing.report_us += us;
+        }
     }
 
     /// Records mismatches.
@@ -428,6 +492,17 @@ impl Report {
         self.exit_code = self.verdict.exit_code();
         self.error = error;
         self.timing.wall_us = wall_us;
+        let mut jumps: Vec<u64> = self
+            .checkpoints
+            .iter()
+            .skip(2)
+            .map(|c| c.guest_us)
+            .collect();
+        jumps.sort_unstable();
+        self.timing.guest_per_jump_us = GuestPerJump {
+            median: jumps.get(jumps.len() / 2).copied().unwrap_or(0),
+            max: jumps.last().copied().unwrap_or(0),
+        };
     }
 
     /// Pages compared over all checkpoints.
@@ -461,6 +536,7 @@ impl Report {
             Verdict::Pass => "pass",
             Verdict::Fail => "FAIL",
             Verdict::Error => "ERROR",
+            Verdict::Unchecked => "UNCHECKED",
         };
         let mut parts = Vec::new();
         if self.verdict != Verdict::Pass
@@ -507,6 +583,16 @@ impl Report {
             duration(self.timing.capture_us),
             duration(self.timing.compare_us)
         );
+        if self.timing.guest_us > 0 {
+            let _ = writeln!(
+                s,
+                "  guests: {} (per jump: median {}, max {}), exit handling {}",
+                duration(self.timing.guest_us),
+                duration(self.timing.guest_per_jump_us.median),
+                duration(self.timing.guest_per_jump_us.max),
+                duration(self.timing.exit_us)
+            );
+        }
         if !self.allowlist.is_empty() {
             s.push_str("  allowed to differ:\n");
             for a in &self.allowlist {
@@ -619,6 +705,9 @@ mod tests {
                 capture_us: 100,
                 compare_us: 400,
                 mismatches: 0,
+                guest_us: 1000 * (i + 1),
+                exit_us: 10,
+                ..Default::default()
             });
         }
         r.cycles_completed = 2;
@@ -685,6 +774,11 @@ mod tests {
         assert_eq!(v["allowlist"][0]["field"], "msr[0x00000010] TSC");
         assert_eq!(v["checkpoints"][1]["kernel"], "b");
         assert_eq!(v["timing"]["compare_us"], 1600);
+        // The guests' time per jump, boots (the first two) left out.
+        assert_eq!(v["timing"]["guest_us"], 10_000);
+        assert_eq!(v["timing"]["guest_per_jump_us"]["median"], 4000);
+        assert_eq!(v["timing"]["guest_per_jump_us"]["max"], 4000);
+        assert_eq!(v["checkpoints"][3]["guest_us"], 4000);
         let m = &v["mismatches"][1];
         assert_eq!(m["kind"], "memory");
         assert_eq!(m["checkpoint"], 7);
@@ -725,6 +819,12 @@ mod tests {
         );
         assert!(
             s.contains("time: 1.50 s (capture 400 µs, compare 1.6 ms)"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "guests: 10.0 ms (per jump: median 4.0 ms, max 4.0 ms), exit handling 40 µs"
+            ),
             "{s}"
         );
         assert!(

@@ -356,6 +356,10 @@ pub struct RunArgs {
     /// Hibernate: the kernel that restores A in the new VM (default: the embedded kernel, in role c).
     #[arg(long, value_name = "PATH")]
     pub restore_kernel: Option<PathBuf>,
+    /// Measurement only: run the same guests with capture and comparison
+    /// off. Nothing is verified: the verdict is "unchecked", exit code 3.
+    #[arg(long, conflicts_with_all = ["compare", "dump"])]
+    pub no_check: bool,
 }
 
 impl RunArgs {
@@ -402,6 +406,7 @@ impl RunArgs {
             gdb: self.gdb.options(),
             disk: self.disk,
             restore_kernel: self.restore_kernel,
+            unchecked: self.no_check,
         })
     }
 }

@@ -145,6 +145,9 @@ pub struct RunConfig {
     /// Hibernate: the kernel that restores A (`None`: the embedded one, in
     /// role c).
     pub restore_kernel: Option<PathBuf>,
+    /// Run the same guests with capture and comparison off, to measure
+    /// what the harness costs (`--no-check`); the verdict is "unchecked".
+    pub unchecked: bool,
 }
 
 impl Default for RunConfig {
@@ -171,6 +174,7 @@ impl Default for RunConfig {
             gdb: GdbOptions::default(),
             disk: None,
             restore_kernel: None,
+            unchecked: false,
         }
     }
 }
@@ -192,6 +196,12 @@ impl RunConfig {
         let Some(inj) = &self.inject else {
             return Ok(());
         };
+        if self.unchecked {
+            return Err(FaultError::NotFor(format!(
+                "--inject {} with --no-check: an unchecked run catches nothing",
+                inj.name()
+            )));
+        }
         let (scenario, cycles) = (self.scenario, self.cycles);
         let refuse = |why: String| {
             Err(FaultError::NotFor(format!(

@@ -49,13 +49,14 @@ pub fn junit_xml(report: &Report) -> Result<String, quick_junit::SerializeError>
             Verdict::Pass => TestCaseStatus::success(),
             Verdict::Fail => failure(NonSuccessKind::Failure, error, String::new()),
             Verdict::Error => failure(NonSuccessKind::Error, error, String::new()),
+            Verdict::Unchecked => TestCaseStatus::skipped(),
         };
         suite.add_test_case(case(report.scenario.clone(), status));
         return finish(suite);
     }
 
     // The cycle the run stopped in, if it stopped before its end.
-    let stopped_in = (report.verdict != Verdict::Pass)
+    let stopped_in = (!matches!(report.verdict, Verdict::Pass | Verdict::Unchecked))
         .then(|| {
             report
                 .mismatches
@@ -64,7 +65,8 @@ pub fn junit_xml(report: &Report) -> Result<String, quick_junit::SerializeError>
         })
         .map(|c| c.min(report.cycles_requested));
     for cycle in 1..=report.cycles_requested {
-        let checked = report.checkpoints.iter().any(|c| c.cycle == cycle);
+        let unchecked = report.verdict == Verdict::Unchecked;
+        let checked = !unchecked && report.checkpoints.iter().any(|c| c.cycle == cycle);
         for (kind, group) in GROUPS {
             let found: Vec<_> = report
                 .mismatches
@@ -79,7 +81,9 @@ pub fn junit_xml(report: &Report) -> Result<String, quick_junit::SerializeError>
                 TestCaseStatus::success()
             } else {
                 let mut s = TestCaseStatus::skipped();
-                s.set_message(if cycle <= report.cycles_completed {
+                s.set_message(if unchecked {
+                    "not checked: the run had capture and comparison off (--no-check)"
+                } else if cycle <= report.cycles_completed {
                     "not checked by this run (it resumed from a dump taken later)"
                 } else if Some(cycle) == stopped_in {
                     "the cycle did not complete"

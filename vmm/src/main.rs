@@ -150,6 +150,10 @@ fn finish(
             let why = match &outcome.verdict {
                 scenario::Verdict::Pass => None,
                 scenario::Verdict::Fail(why) => Some(why.clone()),
+                scenario::Verdict::Unchecked => Some(
+                    "the guests ran with capture and comparison off (--no-check); nothing was verified"
+                        .to_owned(),
+                ),
             };
             let code = outcome.exit_code();
             (outcome.report, why, code)

@@ -1357,11 +1357,10 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        let write =
-            |mem: &crate::GuestMem, p: u64, v: u8, rnd: &mut dyn FnMut(usize) -> usize| {
-                mem.write_obj(v, GuestAddress(p + rnd(4096) as u64))
-                    .unwrap();
-            };
+        let write = |mem: &crate::GuestMem, p: u64, v: u8, rnd: &mut dyn FnMut(usize) -> usize| {
+            mem.write_obj(v, GuestAddress(p + rnd(4096) as u64))
+                .unwrap();
+        };
         for p in all.iter().step_by(3) {
             write(&mem, *p, 0x11, &mut rnd);
         }

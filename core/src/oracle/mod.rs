@@ -190,6 +190,25 @@ impl Oracle {
         r.kimage_args = Some(args);
     }
 
+    /// The pages a kexec jump rewrites every time: A's kimage's
+    /// destination pages (B's region) and where it parks them (swap mode:
+    /// the source pages; backup mode: both save areas), sorted. A VMM may
+    /// leave them writable between checkpoints (no dirty-log fault when
+    /// the relocation code writes them) provided it reads them at every
+    /// checkpoint: they are then in every dirty list, written or not.
+    pub fn rewritten_every_jump(&self) -> Vec<u64> {
+        let Some(a) = self.kimage(Kernel::A) else {
+            return Vec::new();
+        };
+        let mut pages: Vec<u64> = [&a.parked, &a.peer_parked]
+            .into_iter()
+            .flat_map(|m| m.iter().flat_map(|(&home, &at)| [home, at]))
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
+    }
+
     fn kimage_a(&self) -> Result<&Kimage, OracleError> {
         self.kimage(Kernel::A).ok_or(OracleError::Protocol(
             "kernel a jumped without reporting its kimage",

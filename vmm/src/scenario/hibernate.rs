@@ -221,6 +221,7 @@ fn save_on(
                     capture_us: 0,
                     compare_us: 0,
                     mismatches: mismatches.len() as u64,
+                    ..Default::default()
                 });
                 if !mismatches.is_empty() {
                     run.report().push_mismatches(mismatches);
@@ -458,6 +459,7 @@ fn restore_on(
                             capture_us: 0,
                             compare_us: 0,
                             mismatches: mismatches.len() as u64,
+                            ..Default::default()
                         });
                         if !mismatches.is_empty() {
                             let n = mismatches.len();

@@ -36,6 +36,9 @@ use kjump_core::text::{QUOTE_MAX, escape, quote};
 pub enum Verdict {
     Pass,
     Fail(String),
+    /// The guests ran to their end with capture and comparison off
+    /// (`--no-check`): nothing was verified. Never a pass (exit code 3).
+    Unchecked,
 }
 
 /// How a run that could be carried out ended.
@@ -59,9 +62,14 @@ impl Outcome {
         self.verdict == Verdict::Pass
     }
 
-    /// 0 when every check passed, 1 when one failed.
+    /// 0 when every check passed, 1 when one failed, 3 when nothing was
+    /// checked (`--no-check`).
     pub fn exit_code(&self) -> u8 {
-        if self.passed() { 0 } else { 1 }
+        match self.verdict {
+            Verdict::Pass => 0,
+            Verdict::Fail(_) => 1,
+            Verdict::Unchecked => 3,
+        }
     }
 
     /// The verdict line: `kjump: ping-pong: pass (10 of 10 cycles, 39
@@ -70,6 +78,9 @@ impl Outcome {
         match &self.verdict {
             Verdict::Pass => self.report.verdict_line(None),
             Verdict::Fail(why) => self.report.verdict_line(Some(why)),
+            Verdict::Unchecked => self.report.verdict_line(Some(
+                "the guests ran with capture and comparison off (--no-check); nothing was verified",
+            )),
         }
     }
 }
@@ -411,6 +422,12 @@ fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
 /// initramfs and a MiB for A's own tables).
 pub fn check_settings(args: &RunConfig, initramfs_len: u64) -> Result<(), RunError> {
     if args.scenario != Scenario::PingPong {
+        if args.unchecked {
+            return Err(RunError::Settings(format!(
+                "--no-check measures ping-pong only; {} would check anyway",
+                args.scenario
+            )));
+        }
         return Ok(());
     }
     let bad = |why: String| Err(RunError::Settings(why));
@@ -623,6 +640,10 @@ impl RunState {
                 report.exit_code = 1;
                 report.error = Some(why.clone());
             }
+        }
+        if verdict == Verdict::Unchecked {
+            report.verdict = kjump_core::report::Verdict::Unchecked;
+            report.exit_code = report.verdict.exit_code();
         }
         Outcome {
             report,

@@ -45,6 +45,9 @@ struct PingPong<'a> {
     injector: Injector,
     /// Bytes of dumps written so far (on disk), and how many.
     dumped: std::cell::Cell<(u64, u64)>,
+    /// Harness time spent between checkpoints (kimage reports, B's first
+    /// delivery), charged to the next checkpoint.
+    carried: CheckpointRecord,
 }
 
 /// Runs ping-pong on a booted VM.
@@ -73,11 +76,20 @@ pub(crate) fn run_from(
             .as_ref()
             .and_then(|s| s.address_of("kjump_checkpoint")),
     );
-    let oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
+    let mut oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
+    if seed.is_none() && vm.dirty_log_covers_all_writes() {
+        // A fresh VM: the first checkpoint's baseline costs the pages
+        // written since boot, not RAM.
+        oracle.ram_starts_zero();
+    }
     *run.report() = kjump_core::report::Report::new(
         cfg.scenario.name(),
         cfg.cycles,
-        cfg.compare.name(),
+        if cfg.unchecked {
+            "unchecked"
+        } else {
+            cfg.compare.name()
+        },
         oracle.allowlist().entries(),
     );
     run.report().msrs_captured = vm.msr_index_list().to_vec();
@@ -88,6 +100,7 @@ pub(crate) fn run_from(
         oracle,
         injector: Injector::new(cfg),
         dumped: std::cell::Cell::new((0, 0)),
+        carried: CheckpointRecord::default(),
     };
     let progress = Progress::new(cfg.cycles);
     if let Some(seed) = seed {
@@ -110,7 +123,9 @@ pub(crate) fn run_from(
             i.direction.answer()
         })?;
         let id = match event {
+            VmEvent::Message(HarnessEvent::Kimage { .. }) if cfg.unchecked => continue,
             VmEvent::Message(HarnessEvent::Kimage { args: a }) => {
+                let t = Instant::now();
                 let k = Kimage::read(vm.memory(), &a)?;
                 let kernel = Kernel::from(k.role);
                 if kernel != pp.tracker.running() {
@@ -125,6 +140,12 @@ pub(crate) fn run_from(
                     k.control
                 );
                 pp.oracle.kimage_reported(kernel, k, a);
+                if kernel == Kernel::A {
+                    // The relocation code rewrites these at every jump: no
+                    // dirty-log fault for them; read at every checkpoint.
+                    vm.keep_writable(&pp.oracle.rewritten_every_jump());
+                }
+                pp.carried.exit_us += micros(t);
                 continue;
             }
             // A kernel says hello once, when it boots, as itself: a hello in
@@ -207,15 +228,31 @@ fn first_delivery(
         kernel: Kernel::B.name().to_owned(),
         direction: "first entry".to_owned(),
     };
+    let mut t = Instant::now();
     let dirty = vm.dirty_pages()?;
+    pp.carried.dirty_log_us += lap(&mut t);
     let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    pp.carried.store_us += lap(&mut t);
     let j = pp.oracle.check_delivery(&at)?;
+    pp.carried.compare_us += lap(&mut t);
     log::info!(
         "kernel b entered at {entry:#x}: {} pages of its first delivery checked",
         j.pages_compared
     );
     mismatches.extend(j.mismatches);
     Ok(mismatches)
+}
+
+/// Microseconds since `t`.
+fn micros(t: Instant) -> u64 {
+    t.elapsed().as_micros() as u64
+}
+
+/// Microseconds since `t`, and `t` moved to now.
+fn lap(t: &mut Instant) -> u64 {
+    let us = micros(*t);
+    *t = Instant::now();
+    us
 }
 
 /// One checkpoint, top-down: capture → oracle → fault → dump → report.
@@ -225,15 +262,41 @@ fn checkpoint(
     run: &mut RunState,
     id: &CheckpointId,
 ) -> Result<Vec<Mismatch>, RunError> {
+    // The jump that ends here: the guest's time and the VMM's on its
+    // exits, and harness work done on the way.
+    let ran = vm.take_run_time();
+    let carried = std::mem::take(&mut pp.carried);
+    let mut rec = CheckpointRecord {
+        index: id.index,
+        cycle: id.cycle,
+        kernel: id.kernel.name().to_owned(),
+        direction: id.direction.name().to_owned(),
+        answer: id.direction.answer(),
+        t_us: micros(run.start),
+        guest_us: ran.guest.as_micros() as u64,
+        exit_us: ran.exits.as_micros() as u64 + carried.exit_us,
+        ..carried
+    };
+    let mut t = Instant::now();
+    if pp.cfg.unchecked {
+        // --no-check: the same guests, nothing captured or compared.
+        run.checkpoints += 1;
+        run.report().push_checkpoint(rec);
+        run.report().add_report_time(lap(&mut t));
+        return Ok(Vec::new());
+    }
+
     // Capture: the machine as the kernel left it at this instruction, and
     // what the guest wrote since the last checkpoint. (A device fault
     // lands before it, behind the kernel's back.)
-    let t0 = Instant::now();
     pp.injector.before_capture(vm, id)?;
     let machine = vm.capture_machine()?;
+    rec.state_us += lap(&mut t);
     let dirty = vm.dirty_pages()?;
+    rec.dirty_log_us += lap(&mut t);
     let at = kjump_core::report::At::of(id);
     let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    rec.store_us += lap(&mut t);
     if run.checkpoints == 0 {
         // The device fields that move with time, and their rules.
         let devices = machine.other_devices();
@@ -246,11 +309,10 @@ fn checkpoint(
                 });
         }
     }
-    let capture_us = t0.elapsed().as_micros() as u64;
+    rec.capture_us = rec.state_us + rec.dirty_log_us + rec.store_us;
 
     // The oracle: record the suspend or check the resume, and check the
     // kernel that is away.
-    let t1 = Instant::now();
     let judgement = pp.oracle.judge(id, &machine, vm.memory())?;
     mismatches.extend(judgement.mismatches);
     if id.index == 0 {
@@ -279,7 +341,7 @@ fn checkpoint(
             note: Some("kernel b reached its checkpoint without being entered where kernel a's jump said: its first delivery was not checked".to_owned()),
         });
     }
-    let compare_us = t1.elapsed().as_micros() as u64;
+    rec.compare_us += lap(&mut t);
     run.report().excused_pages.extend(judgement.excused);
 
     // Host-side faults land after the state they damage was recorded.
@@ -299,19 +361,12 @@ fn checkpoint(
     }
 
     run.checkpoints += 1;
-    run.report().push_checkpoint(CheckpointRecord {
-        index: id.index,
-        cycle: id.cycle,
-        kernel: id.kernel.name().to_owned(),
-        direction: id.direction.name().to_owned(),
-        answer: id.direction.answer(),
-        rip: machine.vcpu().regs.rip,
-        dirty_pages: dirty.len() as u64,
-        pages_compared: judgement.pages_compared,
-        capture_us,
-        compare_us,
-        mismatches: mismatches.len() as u64,
-    });
+    rec.rip = machine.vcpu().regs.rip;
+    rec.dirty_pages = dirty.len() as u64;
+    rec.pages_compared = judgement.pages_compared;
+    rec.mismatches = mismatches.len() as u64;
+    run.report().push_checkpoint(rec);
+    run.report().add_report_time(lap(&mut t));
     Ok(mismatches)
 }
 
@@ -321,6 +376,8 @@ impl PingPong<'_> {
     /// have been caught.
     fn judge_verdict(&self, verdict: Verdict) -> Verdict {
         match verdict {
+            // A's own self-checks passed, but the VMM checked nothing.
+            Verdict::Pass if self.cfg.unchecked => Verdict::Unchecked,
             Verdict::Pass if self.cfg.inject.is_some() => Verdict::Fail(format!(
                 "the injected fault {} was not caught: the run passed",
                 self.cfg

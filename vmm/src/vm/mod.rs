@@ -16,6 +16,7 @@ pub mod boot;
 pub mod capture;
 pub mod debug;
 pub mod devices;
+mod dirty;
 pub mod msr_probe;
 pub mod serial;
 pub mod vcpu;
@@ -26,18 +27,17 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     KVM_API_VERSION, KVM_EXIT_INTERNAL_ERROR, KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::MmapRegion;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::serial::SerialState;
 
 use self::boot::BootInfo;
+use self::dirty::DirtyLog;
 use crate::vm::serial::{Console, ConsoleSink};
 use kjump_core::GuestMem;
 use kjump_core::dump::{DumpError, RamSource};
@@ -381,6 +381,26 @@ pub struct Vm {
     checkpoint_rip: Option<u64>,
     /// The debugger, its breakpoints and what it changed ([`debug`]).
     debug: debug::Debugging,
+    /// Time in `KVM_RUN` and handling exits, since last taken.
+    run_time: RunTime,
+    dirty: DirtyLog,
+    /// RAM was zero when the dirty logs began, and they were never
+    /// harvested: the next [`Vm::dirty_pages`] names every non-zero page.
+    zero_since_log_start: bool,
+}
+
+/// Where the vCPU thread's time went while the guest ran
+/// ([`Vm::take_run_time`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunTime {
+    /// Inside `KVM_RUN`: the guest's own time (on this KVM backend also
+    /// the emulation of its ring-0 instructions).
+    pub guest: Duration,
+    /// In the VMM between `KVM_RUN`s: exits handled (port I/O, harness
+    /// messages, completing the checkpoint's `in`).
+    pub exits: Duration,
+    /// `KVM_RUN` calls.
+    pub runs: u64,
 }
 
 // The scenario may build a VM on one thread and run it on another.
@@ -543,6 +563,7 @@ struct Machine {
     vm: VmFd,
     mem: GuestMem,
     slots: Vec<Slot>,
+    dirty: DirtyLog,
 }
 
 impl Machine {
@@ -575,12 +596,14 @@ impl Machine {
             size: mem_size,
             source,
         })?;
+        let dirty = DirtyLog::new(&vm);
         let slots = register_memory(&vm, &mem)?;
         Ok(Self {
             kvm,
             vm,
             mem,
             slots,
+            dirty,
         })
     }
 }
@@ -617,19 +640,6 @@ fn copy_image(mem: &GuestMem, ram: &dyn RamSource) -> Result<u64, VmError> {
     Ok(copied)
 }
 
-/// Appends the page addresses of the set bits of a dirty bitmap.
-fn push_dirty(pages: &mut Vec<u64>, base: u64, kvm: &[u64], vmm: &[u64]) {
-    let words = kvm.len().max(vmm.len());
-    for i in 0..words {
-        let mut w = kvm.get(i).copied().unwrap_or(0) | vmm.get(i).copied().unwrap_or(0);
-        while w != 0 {
-            let bit = u64::from(w.trailing_zeros());
-            pages.push(base + (i as u64 * 64 + bit) * PAGE_SIZE);
-            w &= w - 1;
-        }
-    }
-}
-
 impl Vm {
     /// Builds a VM ready to run its guest's first instruction.
     pub fn new(cfg: &VmConfig) -> Result<Vm, VmError> {
@@ -644,6 +654,7 @@ impl Vm {
             vm,
             mem,
             slots,
+            dirty,
         } = Machine::create(&cfg.kvm_device, cfg.mem_size, cfg.irqchip)?;
 
         let boot = boot::load(
@@ -685,6 +696,12 @@ impl Vm {
             mem_size: cfg.mem_size,
             checkpoint_rip: None,
             debug: Default::default(),
+            run_time: RunTime::default(),
+            dirty,
+            // Fresh anonymous memory, registered with KVM's dirty log
+            // before anything was written, every VMM write since through
+            // vm-memory's bitmap.
+            zero_since_log_start: true,
         })
     }
 
@@ -724,6 +741,7 @@ impl Vm {
             vm,
             mem,
             slots,
+            dirty,
         } = Machine::create(&cfg.kvm_device, mem_size, true)?;
         let copied = copy_image(&mem, ram)?;
 
@@ -755,6 +773,9 @@ impl Vm {
             mem_size,
             checkpoint_rip: None,
             debug: Default::default(),
+            run_time: RunTime::default(),
+            dirty,
+            zero_since_log_start: false,
         };
         // The copy went through vm-memory's log of the VMM's writes.
         vm.dirty_pages()?;
@@ -929,23 +950,47 @@ impl Vm {
     /// call (the first call: since the VM was made), sorted: KVM's dirty log
     /// (the guest's writes) united with vm-memory's bitmap (the VMM's own).
     /// Both are reset.
+    /// Also names, at every call, the pages given to
+    /// [`Vm::keep_writable`], written or not.
     pub fn dirty_pages(&mut self) -> Result<Vec<u64>, VmError> {
-        let mut pages = Vec::new();
-        for (slot, region) in self.slots.iter().zip(self.mem.iter()) {
-            let kvm = self
-                .vm
-                .get_dirty_log(slot.slot, slot.size as usize)
-                .map_err(kvm_err("read KVM's dirty log"))?;
-            let mmap: &MmapRegion<AtomicBitmap> = region;
-            let vmm = mmap.bitmap().get_and_reset();
-            push_dirty(&mut pages, slot.base, &kvm, &vmm);
-        }
-        Ok(pages)
+        self.zero_since_log_start = false;
+        self.dirty.harvest(&self.vm, &self.slots, &self.mem)
+    }
+
+    /// Pages the guest is to write between every two checkpoints (those
+    /// a kexec jump rewrites): where KVM allows, they are not
+    /// write-protected again after a harvest, so the guest writes them
+    /// without a dirty-log fault, and every [`Vm::dirty_pages`] names
+    /// them, written or not (see [`dirty`]). Replaces the previous set.
+    pub fn keep_writable(&mut self, pages: &[u64]) {
+        self.dirty.keep_writable(&self.slots, pages);
+    }
+
+    /// Whether the next [`Vm::dirty_pages`] names every page of RAM that
+    /// is not zero: true for a VM made by [`Vm::new`] (its RAM was fresh
+    /// when the dirty logs began) until the logs are first harvested.
+    pub fn dirty_log_covers_all_writes(&self) -> bool {
+        self.zero_since_log_start
+    }
+
+    /// The time spent in the guest and handling its exits since the last
+    /// call (or since the VM was made).
+    pub fn take_run_time(&mut self) -> RunTime {
+        std::mem::take(&mut self.run_time)
     }
 
     /// Runs the guest until a harness message or a checkpoint. `answer` is
     /// called at a checkpoint for the value the guest's `in` gets.
     pub fn run_until_event(&mut self, answer: &mut dyn FnMut() -> u32) -> Result<VmEvent, VmError> {
+        let start = Instant::now();
+        let guest = self.run_time.guest;
+        let event = self.next_event(answer);
+        let spent = start.elapsed();
+        self.run_time.exits += spent.saturating_sub(self.run_time.guest - guest);
+        event
+    }
+
+    fn next_event(&mut self, answer: &mut dyn FnMut() -> u32) -> Result<VmEvent, VmError> {
         let run: *mut kvm_bindings::kvm_run = self.vcpu.get_kvm_run();
         // SAFETY: the `kvm_run` mapping belongs to `self.vcpu`, which
         // `&mut self` keeps alive past the guard at the end of this call.
@@ -957,7 +1002,11 @@ impl Vm {
             if self.debug.active() {
                 self.debug_serve()?;
             }
-            let action = match self.vcpu.run() {
+            let entered = Instant::now();
+            let exit = self.vcpu.run();
+            self.run_time.guest += entered.elapsed();
+            self.run_time.runs += 1;
+            let action = match exit {
                 Ok(exit) => {
                     let mut bus = Bus {
                         console: &mut self.console,
@@ -1159,21 +1208,6 @@ mod tests {
             check_ram_size((64 << 20) + 1),
             Err(VmError::RamSize { .. })
         ));
-    }
-
-    #[test]
-    fn dirty_bitmaps_become_sorted_page_addresses() {
-        let mut p = Vec::new();
-        push_dirty(&mut p, 0x1_0000_0000, &[0b101, 1 << 63], &[0b010]);
-        assert_eq!(
-            p,
-            vec![
-                0x1_0000_0000,
-                0x1_0000_1000,
-                0x1_0000_2000,
-                0x1_0000_0000 + 127 * 4096
-            ]
-        );
     }
 
     #[test]
