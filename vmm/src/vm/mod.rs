@@ -1416,6 +1416,69 @@ mod tests {
         );
     }
 
+    /// Stores the last answer at 0x300000 and 0x301000, then checkpoints,
+    /// forever:
+    /// ```text
+    /// 0x00 mov dword ptr [0x300000], eax
+    /// 0x07 mov dword ptr [0x301000], eax
+    /// 0x0e mov dx, 0x7e4 ; in eax, dx        (checkpoint)
+    /// 0x13 jmp 0x00
+    /// ```
+    const STORE_LOOP: &[u8] = &[
+        0x89, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, 0x89, 0x04, 0x25, 0x00, 0x10, 0x30, 0x00, 0x66,
+        0xba, 0xe4, 0x07, 0xed, 0xeb, 0xeb,
+    ];
+
+    #[test]
+    fn pages_kept_writable_are_reported_at_every_harvest_and_others_when_written() {
+        if !kvm_or_skip("pages_kept_writable_are_reported_at_every_harvest_and_others_when_written")
+        {
+            return;
+        }
+        let (x, y, idle) = (0x30_0000, 0x30_1000, 0x50_0000);
+        let (cfg, _) = config(STORE_LOOP, 0);
+        let mut vm = Vm::new(&cfg).unwrap();
+        assert!(vm.dirty_log_covers_all_writes());
+        vm.dirty_pages().unwrap();
+        assert!(!vm.dirty_log_covers_all_writes());
+        vm.keep_writable(&[x, idle]);
+        let mut answer = 0x1000;
+        let mut step = |vm: &mut Vm| {
+            answer += 1;
+            let a = answer;
+            assert!(matches!(
+                vm.run_until_event(&mut || a).unwrap(),
+                VmEvent::Checkpoint { .. }
+            ));
+            (vm.dirty_pages().unwrap(), a)
+        };
+        step(&mut vm);
+        for _ in 0..3 {
+            // Both stores are seen with the content the guest wrote: x
+            // because it is reported at every harvest, y because it was
+            // write-protected again and faulted.
+            let (dirty, a) = step(&mut vm);
+            assert!(
+                dirty.contains(&x) && dirty.contains(&y) && dirty.contains(&idle),
+                "{dirty:x?}"
+            );
+            for p in [x, y] {
+                let v: u32 = vm.memory().read_obj(GuestAddress(p)).unwrap();
+                assert_eq!(v, a - 1, "the previous answer at {p:#x}");
+            }
+        }
+        // Kept pages are named even when nothing ran.
+        let again = vm.dirty_pages().unwrap();
+        assert_eq!(again, [x, idle]);
+        // Released, they are named once more and then only when written.
+        vm.keep_writable(&[]);
+        assert_eq!(vm.dirty_pages().unwrap(), [x]);
+        assert_eq!(vm.dirty_pages().unwrap(), Vec::<u64>::new());
+        let (dirty, _) = step(&mut vm);
+        assert!(dirty.contains(&x) && dirty.contains(&y), "{dirty:x?}");
+        assert!(!dirty.contains(&idle), "{dirty:x?}");
+    }
+
     #[test]
     fn with_an_irqchip_the_lapic_can_be_read() {
         if !kvm_or_skip("with_an_irqchip_the_lapic_can_be_read") {
