@@ -35,7 +35,9 @@ pub mod state;
 pub mod symbols;
 pub mod text;
 pub mod virtio;
+pub mod write_log;
 
 /// Guest RAM: mmap-backed, with vm-memory's bitmap recording the writes the
-/// VMM itself makes (KVM's dirty log records the guest's).
-pub type GuestMem = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// VMM itself makes (KVM's dirty log records the guest's), summarised so
+/// that harvesting it costs what was written ([`write_log::WriteLog`]).
+pub type GuestMem = vm_memory::GuestMemoryMmap<write_log::WriteLog>;

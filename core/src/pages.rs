@@ -836,12 +836,10 @@ pub(crate) mod tests {
     /// The pages vm-memory's bitmap says were written since the last call,
     /// as the VMM harvests them.
     pub(crate) fn harvest(m: &GuestMem) -> Vec<u64> {
-        use vm_memory::bitmap::AtomicBitmap;
-        use vm_memory::mmap::MmapRegion;
         let mut out = Vec::new();
         for r in m.iter() {
-            let mmap: &MmapRegion<AtomicBitmap> = r;
-            for (w, mut bits) in mmap.bitmap().get_and_reset().into_iter().enumerate() {
+            let mmap: &vm_memory::mmap::MmapRegion<crate::write_log::WriteLog> = r;
+            for (w, mut bits) in mmap.bitmap().take() {
                 while bits != 0 {
                     let b = u64::from(bits.trailing_zeros());
                     out.push(r.start_addr().0 + (w as u64 * 64 + b) * PAGE);

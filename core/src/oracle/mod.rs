@@ -824,6 +824,8 @@ pub fn compare_devices(left: &MachineState, found: &MachineState) -> Vec<DeviceM
     let mut out = Vec::new();
     for (name, dev) in &left.devices {
         match (dev, found.devices.get(name)) {
+            // The usual case, without naming every field.
+            (l, Some(f)) if l == f => {}
             (DeviceState::Uart(l), Some(DeviceState::Uart(f))) => out.extend(compare_uart(l, f)),
             (_, None) => out.push(DeviceMismatch {
                 device: name.clone(),

@@ -24,13 +24,13 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryBackend;
-use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegion;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iowr_nr;
 
 use kjump_core::GuestMem;
 use kjump_core::layout::PAGE_SIZE;
+use kjump_core::write_log::WriteLog;
 
 use super::{Slot, VmError, kvm_err};
 
@@ -42,8 +42,8 @@ ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 pub(crate) struct DirtyLog {
     /// KVM re-protects only the pages the VMM clears.
     manual: bool,
-    /// Per slot, a bitmap of the pages kept writable.
-    keep: Vec<Vec<u64>>,
+    /// Per slot, the pages kept writable: (bitmap word, bits), by word.
+    keep: Vec<Vec<(usize, u64)>>,
 }
 
 impl DirtyLog {
@@ -76,17 +76,20 @@ impl DirtyLog {
     /// previous set: pages that leave it are re-protected at the next
     /// harvest (they are named there once more).
     pub(crate) fn keep_writable(&mut self, slots: &[Slot], pages: &[u64]) {
-        self.keep = slots.iter().map(|s| vec![0u64; words(s)]).collect();
-        for &p in pages {
-            if let Some((i, s)) = slots
-                .iter()
-                .enumerate()
-                .find(|(_, s)| (s.base..s.base + s.size).contains(&p))
-            {
-                let page = ((p - s.base) / PAGE_SIZE) as usize;
-                self.keep[i][page / 64] |= 1 << (page % 64);
-            }
-        }
+        self.keep = slots
+            .iter()
+            .map(|s| {
+                let mut words = std::collections::BTreeMap::<usize, u64>::new();
+                for p in pages
+                    .iter()
+                    .filter(|&&p| (s.base..s.base + s.size).contains(&p))
+                {
+                    let page = ((p - s.base) / PAGE_SIZE) as usize;
+                    *words.entry(page / 64).or_default() |= 1 << (page % 64);
+                }
+                words.into_iter().collect()
+            })
+            .collect();
     }
 
     /// Guest-physical addresses of the pages written since the last harvest
@@ -103,14 +106,17 @@ impl DirtyLog {
             let mut kvm = vm
                 .get_dirty_log(slot.slot, slot.size as usize)
                 .map_err(kvm_err("read KVM's dirty log"))?;
-            let mmap: &MmapRegion<AtomicBitmap> = region;
-            let vmm = mmap.bitmap().get_and_reset();
+            let written = nonzero_words(&kvm);
+            let mmap: &MmapRegion<WriteLog> = region;
+            let vmm = mmap.bitmap().take();
             let keep = self.keep.get(i).map_or(&[][..], Vec::as_slice);
-            push_pages(&mut pages, slot.base, &[&kvm, &vmm, keep]);
+            push_pages(&mut pages, slot.base, &[&written, &vmm, keep]);
             if self.manual {
                 // Re-protect what was written, but the pages kept writable.
-                for (w, k) in kvm.iter_mut().zip(keep) {
-                    *w &= !k;
+                for &(w, k) in keep {
+                    if let Some(bits) = kvm.get_mut(w) {
+                        *bits &= !k;
+                    }
                 }
                 clear(vm, slot, &kvm)?;
             }
@@ -119,23 +125,43 @@ impl DirtyLog {
     }
 }
 
-/// Bitmap words of a slot.
-fn words(slot: &Slot) -> usize {
-    (slot.size / PAGE_SIZE).div_ceil(64) as usize
+/// The words of a dense bitmap that have bits set, as (word, bits).
+fn nonzero_words(bitmap: &[u64]) -> Vec<(usize, u64)> {
+    bitmap
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w != 0)
+        .map(|(i, w)| (i, *w))
+        .collect()
 }
 
-/// Appends the page addresses of the bits set in any of `maps` (bitmaps of
-/// one slot, from `base`), in order.
-fn push_pages(pages: &mut Vec<u64>, base: u64, maps: &[&[u64]]) {
-    let words = maps.iter().map(|m| m.len()).max().unwrap_or(0);
-    for i in 0..words {
-        let mut w = maps
+/// Appends the page addresses of the bits set in any of `maps` (sparse
+/// bitmaps of one slot from `base`: (word, bits), by word), in order.
+fn push_pages(pages: &mut Vec<u64>, base: u64, maps: &[&[(usize, u64)]]) {
+    let mut at = vec![0usize; maps.len()];
+    loop {
+        // The lowest word any map has next, and its bits in every map.
+        let Some(word) = maps
             .iter()
-            .fold(0, |acc, m| acc | m.get(i).copied().unwrap_or(0));
-        while w != 0 {
-            let bit = u64::from(w.trailing_zeros());
-            pages.push(base + (i as u64 * 64 + bit) * PAGE_SIZE);
-            w &= w - 1;
+            .zip(&at)
+            .filter_map(|(m, &i)| m.get(i).map(|&(w, _)| w))
+            .min()
+        else {
+            return;
+        };
+        let mut bits = 0;
+        for (m, i) in maps.iter().zip(at.iter_mut()) {
+            if let Some(&(w, b)) = m.get(*i)
+                && w == word
+            {
+                bits |= b;
+                *i += 1;
+            }
+        }
+        while bits != 0 {
+            let bit = u64::from(bits.trailing_zeros());
+            pages.push(base + (word as u64 * 64 + bit) * PAGE_SIZE);
+            bits &= bits - 1;
         }
     }
 }
@@ -191,7 +217,7 @@ mod tests {
         push_pages(
             &mut p,
             0x1_0000_0000,
-            &[&[0b101, 1 << 63], &[0b010], &[0, 0, 1]],
+            &[&[(0, 0b101), (1, 1 << 63)], &[(0, 0b010)], &[(2, 1)]],
         );
         assert_eq!(
             p,
@@ -220,10 +246,10 @@ mod tests {
             },
         ];
         let mut d = DirtyLog::default();
-        d.keep_writable(&slots, &[0x3000, (1 << 32) + 0x41000, 0x20_0000]);
-        assert_eq!(d.keep[0].len(), 4);
-        assert_eq!(d.keep[0][0], 1 << 3);
-        assert_eq!(d.keep[1], [0, 1 << 1]);
+        d.keep_writable(&slots, &[0x3000, 0x4000, (1 << 32) + 0x41000, 0x20_0000]);
+        assert_eq!(d.keep[0], [(0, (1 << 3) | (1 << 4))]);
+        assert_eq!(d.keep[1], [(1, 1 << 1)]);
+        assert_eq!(nonzero_words(&[0, 5, 0, 1]), [(1, 5), (3, 1)]);
         assert_eq!(span(&[0, 0, 5, 0, 1, 0]), Some((2, 3)));
         assert_eq!(span(&[0, 0]), None);
     }
