@@ -124,6 +124,90 @@ fn full_compare_cross_checks_the_dirty_log() {
     assert_eq!(r.compare_mode, "full");
 }
 
+/// The report splits each checkpoint's cost, and gives the guests' time
+/// per jump: every checkpoint has its guest time and a time stamp, and
+/// `capture_us` is the sum of its parts.
+#[test]
+fn the_report_splits_each_checkpoints_cost_and_times_the_guests() {
+    if !kvm_or_skip("the_report_splits_each_checkpoints_cost_and_times_the_guests") {
+        return;
+    }
+    let (out, _, r) = ping_pong("pp-costs", &["--cycles", "3"], 0);
+    assert_clean(&r, 3);
+    for c in &r.checkpoints {
+        assert!(c.guest_us > 0 && c.state_us > 0, "{c:?}");
+        assert_eq!(
+            c.capture_us,
+            c.state_us + c.dirty_log_us + c.store_us,
+            "{c:?}"
+        );
+    }
+    assert!(r.checkpoints.windows(2).all(|w| w[0].t_us < w[1].t_us));
+    let t = &r.timing;
+    assert_eq!(
+        t.guest_us,
+        r.checkpoints.iter().map(|c| c.guest_us).sum::<u64>()
+    );
+    assert!(
+        t.guest_per_jump_us.median > 0 && t.guest_per_jump_us.median <= t.guest_per_jump_us.max
+    );
+    assert!(r.pages_touched > 0);
+    assert!(out.contains("  guests: "), "{out}");
+    // After the first checkpoint the pages read are those written (and the
+    // ones the swap rewrites), not RAM: 65,536 pages here.
+    assert!(
+        r.checkpoints.iter().all(|c| c.dirty_pages < 8192),
+        "{:?}",
+        r.checkpoints
+    );
+    assert!(
+        r.checkpoints
+            .iter()
+            .skip(1)
+            .all(|c| c.pages_compared < 8192)
+    );
+}
+
+/// `--no-check` runs the same guests with capture and comparison off, to
+/// measure the harness: it never passes (verdict "unchecked", exit 3), and
+/// refuses an injected fault it could not catch.
+#[test]
+fn an_unchecked_run_is_never_a_pass() {
+    if !kvm_or_skip("an_unchecked_run_is_never_a_pass") {
+        return;
+    }
+    let (out, _, r) = ping_pong("pp-unchecked", &["--cycles", "3", "--no-check"], 3);
+    assert_eq!((r.verdict, r.exit_code), (Verdict::Unchecked, 3));
+    assert_eq!(r.compare_mode, "unchecked");
+    assert_eq!(r.cycles_completed, 3);
+    assert_eq!(r.checkpoints.len(), checkpoints(3));
+    assert!(
+        r.checkpoints
+            .iter()
+            .all(|c| c.pages_compared == 0 && c.state_us == 0 && c.guest_us > 0)
+    );
+    assert!(out.contains("ping-pong: UNCHECKED"), "{out}");
+    assert!(out.contains("nothing was verified"), "{out}");
+    assert!(!out.contains(": pass"), "{out}");
+
+    let (_, err) = assert_exit(
+        &kjump(&[
+            "--scenario",
+            "ping-pong",
+            "--no-check",
+            "--inject",
+            "flip-a",
+        ]),
+        2,
+    );
+    assert!(err.contains("an unchecked run catches nothing"), "{err}");
+    let (_, err) = assert_exit(
+        &kjump(&["--scenario", "ping-pong", "--no-check", "--compare", "full"]),
+        2,
+    );
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
 /// The address the memory faults damage: 0x123 bytes into A's (and B's)
 /// static pattern, whose symbol the report must name.
 fn pattern_target() -> u64 {

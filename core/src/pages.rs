@@ -34,8 +34,8 @@ pub static ZERO_PAGE: Page = [0; PAGE_SIZE];
 
 /// Pages read from guest memory at once on full reads (1 MiB).
 const READ_BATCH: usize = 256;
-/// The store does not collect garbage below this many pages (16 MiB).
-const MIN_GC_PAGES: usize = 4096;
+/// The store does not collect garbage below this many pages (4 MiB).
+const MIN_GC_PAGES: usize = 1024;
 
 /// Reading guest RAM for the shadow failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -258,19 +258,23 @@ impl std::fmt::Debug for PageStore {
 }
 
 /// Pages per chunk of the shadow's table of hashes: 8 KiB of hashes for
-/// 2 MiB of RAM. Chunks are shared copy-on-write between the shadow and the
-/// snapshots views keep ([`Shadow::clone`] copies pointers, not hashes), so
-/// recording a view costs a pointer per chunk and the guest's writes copy
-/// only the chunks they touch.
+/// 2 MiB of RAM. Chunks, and groups of [`GROUP_CHUNKS`] of them, are shared
+/// copy-on-write between the shadow and the snapshots views keep
+/// ([`Shadow::clone`] copies a pointer per group, not hashes): recording a
+/// view costs a pointer per 128 MiB of RAM, and the guest's writes copy
+/// only the chunks (and groups) they touch.
 pub const CHUNK_PAGES: usize = 512;
 type Chunk = [PageHash; CHUNK_PAGES];
+/// Chunks per group: 128 MiB of RAM.
+pub const GROUP_CHUNKS: usize = 64;
+type Group = Vec<Arc<Chunk>>;
 
-/// The hashes of one RAM region's pages, in chunks.
+/// The hashes of one RAM region's pages, in groups of chunks.
 #[derive(Clone)]
 struct Region {
     start: u64,
     pages: usize,
-    chunks: Vec<Arc<Chunk>>,
+    groups: Vec<Arc<Group>>,
 }
 
 impl Region {
@@ -278,18 +282,24 @@ impl Region {
         self.start + self.pages as u64 * PAGE
     }
 
-    fn hash(&self, i: usize) -> PageHash {
-        self.chunks[i / CHUNK_PAGES][i % CHUNK_PAGES]
+    /// Chunk `c` of the region.
+    fn chunk(&self, c: usize) -> &Arc<Chunk> {
+        &self.groups[c / GROUP_CHUNKS][c % GROUP_CHUNKS]
     }
 
-    /// Sets page `i`'s hash; a chunk shared with a snapshot is copied
-    /// first, and only when the hash really changes.
+    fn hash(&self, i: usize) -> PageHash {
+        self.chunk(i / CHUNK_PAGES)[i % CHUNK_PAGES]
+    }
+
+    /// Sets page `i`'s hash; a chunk (and group) shared with a snapshot is
+    /// copied first, and only when the hash really changes.
     fn set(&mut self, i: usize, h: PageHash) -> bool {
-        let c = &mut self.chunks[i / CHUNK_PAGES];
-        if c[i % CHUNK_PAGES] == h {
+        if self.hash(i) == h {
             return false;
         }
-        Arc::make_mut(c)[i % CHUNK_PAGES] = h;
+        let c = i / CHUNK_PAGES;
+        let group = Arc::make_mut(&mut self.groups[c / GROUP_CHUNKS]);
+        Arc::make_mut(&mut group[c % GROUP_CHUNKS])[i % CHUNK_PAGES] = h;
         true
     }
 }
@@ -324,10 +334,12 @@ impl PartialEq for Shadow {
             && self.regions.iter().zip(&other.regions).all(|(a, b)| {
                 a.start == b.start
                     && a.pages == b.pages
-                    && a.chunks
-                        .iter()
-                        .zip(&b.chunks)
-                        .all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+                    && a.groups.iter().zip(&b.groups).all(|(g, h)| {
+                        Arc::ptr_eq(g, h)
+                            || g.iter()
+                                .zip(h.iter())
+                                .all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+                    })
             })
     }
 }
@@ -371,12 +383,20 @@ impl Shadow {
     /// without reading RAM: all chunks share one all-zero chunk.
     fn zeroed_layout(layout: &[(u64, usize)]) -> Self {
         let zero = Arc::new([PageHash::ZERO; CHUNK_PAGES]);
+        let zero_group = Arc::new(vec![zero.clone(); GROUP_CHUNKS]);
         let regions = layout
             .iter()
-            .map(|&(start, pages)| Region {
-                start,
-                pages,
-                chunks: vec![zero.clone(); pages.div_ceil(CHUNK_PAGES)],
+            .map(|&(start, pages)| {
+                let chunks = pages.div_ceil(CHUNK_PAGES);
+                let mut groups = vec![zero_group.clone(); chunks / GROUP_CHUNKS];
+                if !chunks.is_multiple_of(GROUP_CHUNKS) {
+                    groups.push(Arc::new(vec![zero.clone(); chunks % GROUP_CHUNKS]));
+                }
+                Region {
+                    start,
+                    pages,
+                    groups,
+                }
             })
             .collect();
         Self { regions }
@@ -430,7 +450,7 @@ impl Shadow {
         let reg = &self.regions[r];
         let off = i % CHUNK_PAGES;
         let n = n.min(CHUNK_PAGES - off).min(reg.pages - i);
-        Some(&reg.chunks[i / CHUNK_PAGES][off..off + n])
+        Some(&reg.chunk(i / CHUNK_PAGES)[off..off + n])
     }
 
     /// Whether the page at `addr` lies in the same chunk, shared, in both
@@ -438,8 +458,8 @@ impl Shadow {
     pub fn shares_chunk(&self, other: &Shadow, addr: u64) -> bool {
         match (self.locate(addr), other.locate(addr)) {
             (Some((r, i)), Some((q, j))) => Arc::ptr_eq(
-                &self.regions[r].chunks[i / CHUNK_PAGES],
-                &other.regions[q].chunks[j / CHUNK_PAGES],
+                self.regions[r].chunk(i / CHUNK_PAGES),
+                other.regions[q].chunk(j / CHUNK_PAGES),
             ),
             _ => false,
         }
@@ -518,15 +538,20 @@ impl Shadow {
     }
 
     /// The non-zero hashes `shadows` refer to, for [`PageStore::gc`]: each
-    /// chunk they share is read once, so this costs a pointer per 2 MiB of
-    /// RAM and shadow plus the chunks the guest wrote.
+    /// group and chunk they share is read once, so this costs a pointer per
+    /// 128 MiB of RAM and shadow plus the chunks the guest wrote.
     pub fn live_hashes<'a>(shadows: impl IntoIterator<Item = &'a Shadow>) -> Vec<PageHash> {
-        let mut seen = HashSet::new();
+        let (mut groups, mut chunks) = (HashSet::new(), HashSet::new());
         let mut live = Vec::new();
         for s in shadows {
-            for c in s.regions.iter().flat_map(|r| &r.chunks) {
-                if seen.insert(Arc::as_ptr(c)) {
-                    live.extend(c.iter().copied().filter(|h| !h.is_zero()));
+            for g in s.regions.iter().flat_map(|r| &r.groups) {
+                if !groups.insert(Arc::as_ptr(g)) {
+                    continue;
+                }
+                for c in g.iter() {
+                    if chunks.insert(Arc::as_ptr(c)) {
+                        live.extend(c.iter().copied().filter(|h| !h.is_zero()));
+                    }
                 }
             }
         }
@@ -947,6 +972,14 @@ pub(crate) mod tests {
         let snaps: Vec<Shadow> = (0..100).map(|_| sh.clone()).collect();
         let live = Shadow::live_hashes(snaps.iter().chain([&sh]));
         assert_eq!(live.len(), 2048);
+        // A write copies its chunk and group; the snapshots keep the old.
+        m.write_obj(7u8, GuestAddress(10 << 30)).unwrap();
+        sh.update(&m, &harvest(&m), &mut store).unwrap();
+        assert_ne!(sh, snaps[0]);
+        assert!(!sh.shares_chunk(&snaps[0], 10 << 30));
+        assert!(sh.shares_chunk(&snaps[0], 12 << 30));
+        assert_eq!(snaps[0].get(10 << 30), Some(PageHash::ZERO));
+        assert_eq!(snaps[0], snaps[99]);
         let took = t.elapsed();
         let grew = page_table_bytes().saturating_sub(before);
         // Touched: 56 MiB and 256 scattered 2 MiB areas, 1.1 MiB of page

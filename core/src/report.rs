@@ -423,6 +423,10 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dumps: Vec<String>,
     pub timing: Timing,
+    /// Distinct guest pages the dirty logs named over the run (what the
+    /// guest and the VMM wrote): the scale of what the page store holds.
+    #[serde(default)]
+    pub pages_touched: u64,
 }
 
 impl Report {
@@ -452,6 +456,7 @@ impl Report {
             failed_kernel: None,
             dumps: Vec::new(),
             timing: Timing::default(),
+            pages_touched: 0,
         }
     }
 

@@ -160,6 +160,17 @@ pub enum Command {
     /// and run the scenario on from the dump's checkpoint to its end, every
     /// checkpoint checked as in the run. Exit codes as a run.
     Resume(ResumeArgs),
+    /// Measure what a checkpoint costs (ping-pong at 256M, 1G, 4G and 16G,
+    /// checked and --no-check) and judge issue 13's targets; exit 0 when
+    /// measured (the table says which targets are missed), 2 when not.
+    Bench {
+        /// Fewer cycles, one run per setting (~30 s instead of ~90 s).
+        #[arg(long)]
+        quick: bool,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `kjump resume`.

@@ -12,6 +12,7 @@
 //! symbols, report, dump format) knows nothing of KVM; only [`vm`] names
 //! kvm-ioctls; nothing below [`cli`] names clap.
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

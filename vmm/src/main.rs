@@ -89,6 +89,22 @@ fn main() -> ExitCode {
             });
             finish(result, &ledger, &files, what, shown)
         }
+        Command::Bench { quick, json } => {
+            let cfg = kjump::bench::BenchConfig {
+                quick,
+                kvm_device: opts.kvm_device.clone(),
+            };
+            match kjump::bench::run(&cfg) {
+                Ok(r) => {
+                    out(&if json { r.to_json() + "\n" } else { r.table() });
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report_error(&e, None);
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Resume(args) => {
             let args = args.into_config();
             let files = Outputs {

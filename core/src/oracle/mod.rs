@@ -133,6 +133,9 @@ pub struct Oracle {
     /// Guest RAM was all zero when the dirty logs began: the first shadow
     /// is built from the dirty list alone ([`Oracle::ram_starts_zero`]).
     zero_start: bool,
+    /// Every page any dirty list named, one bit per page address.
+    touched: Vec<u64>,
+    touched_count: u64,
 }
 
 impl Oracle {
@@ -149,6 +152,28 @@ impl Oracle {
             compare,
             excused_reported: [false; 2],
             zero_start: false,
+            touched: Vec::new(),
+            touched_count: 0,
+        }
+    }
+
+    /// Distinct pages the dirty lists named so far: what the guest (and
+    /// the VMM) touched, the measure of what the page store may hold.
+    pub fn pages_touched(&self) -> u64 {
+        self.touched_count
+    }
+
+    fn note_touched(&mut self, dirty: &[u64]) {
+        for &p in dirty {
+            let i = (p / PAGE) as usize;
+            if i / 64 >= self.touched.len() {
+                self.touched.resize(i / 64 + 1, 0);
+            }
+            let (w, bit) = (&mut self.touched[i / 64], 1u64 << (i % 64));
+            if *w & bit == 0 {
+                *w |= bit;
+                self.touched_count += 1;
+            }
         }
     }
 
@@ -286,6 +311,7 @@ impl Oracle {
         for v in self.kernels.iter_mut().filter_map(|r| r.view.as_mut()) {
             v.note_dirty(dirty);
         }
+        self.note_touched(dirty);
         let mut out = Vec::new();
         if self.compare == CompareMode::Full {
             for page in shadow.full_check(mem)? {

@@ -296,6 +296,7 @@ fn checkpoint(
     rec.dirty_log_us += lap(&mut t);
     let at = kjump_core::report::At::of(id);
     let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    run.report().pages_touched = pp.oracle.pages_touched();
     rec.store_us += lap(&mut t);
     if run.checkpoints == 0 {
         // The device fields that move with time, and their rules.
