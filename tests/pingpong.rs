@@ -132,7 +132,7 @@ fn the_report_splits_each_checkpoints_cost_and_times_the_guests() {
     if !kvm_or_skip("the_report_splits_each_checkpoints_cost_and_times_the_guests") {
         return;
     }
-    let (out, _, r) = ping_pong("pp-costs", &["--cycles", "3"], 0);
+    let (out, _, r) = ping_pong("pp-costs", &["--cycles", "3", "-v"], 0);
     assert_clean(&r, 3);
     for c in &r.checkpoints {
         assert!(c.guest_us > 0 && c.state_us > 0, "{c:?}");
