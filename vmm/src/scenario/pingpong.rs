@@ -48,6 +48,8 @@ struct PingPong<'a> {
     /// Harness time spent between checkpoints (kimage reports, B's first
     /// delivery), charged to the next checkpoint.
     carried: CheckpointRecord,
+    /// The pages the VM keeps writable (A's kimage's, as last reported).
+    kept: Vec<u64>,
 }
 
 /// Runs ping-pong on a booted VM.
@@ -101,6 +103,7 @@ pub(crate) fn run_from(
         injector: Injector::new(cfg),
         dumped: std::cell::Cell::new((0, 0)),
         carried: CheckpointRecord::default(),
+        kept: Vec::new(),
     };
     let progress = Progress::new(cfg.cycles);
     if let Some(seed) = seed {
@@ -143,7 +146,11 @@ pub(crate) fn run_from(
                 if kernel == Kernel::A {
                     // The relocation code rewrites these at every jump: no
                     // dirty-log fault for them; read at every checkpoint.
-                    vm.keep_writable(&pp.oracle.rewritten_every_jump());
+                    let pages = pp.oracle.rewritten_every_jump();
+                    if pages != pp.kept {
+                        vm.keep_writable(&pages);
+                        pp.kept = pages;
+                    }
                 }
                 pp.carried.exit_us += micros(t);
                 continue;
