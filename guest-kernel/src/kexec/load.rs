@@ -173,7 +173,7 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
     let jump_back_entry = phys_read_u64(cp + control::DATA_OWN_ENTRY);
     write_b_boot_pages(boot, cfg, jump_back_entry, src_of(peer_start));
 
-    let (head, head2, pages_per_transfer) = build_lists(cfg, npages, sources);
+    let (head, head2, pages_per_transfer) = build_lists(cfg, cp, npages, sources);
     phys_write_u64(cp + control::DATA_HEAD, head);
     phys_write_u64(cp + control::DATA_HEAD2, head2);
     phys_write_u64(
@@ -259,46 +259,114 @@ fn write_b_boot_pages(boot: &BootInfo, cfg: &Config, jump_back_entry: u64, zero_
 /// The indirection list(s) of B's `npages` pages, whose contents are in
 /// the source pages from `sources` on: `(head, head2, pages moved per
 /// transfer)`, `head2` 0 in swap mode.
-fn build_lists(cfg: &Config, npages: u64, sources: u64) -> (u64, u64, u64) {
-    let peer_start = cfg.peer_start;
+///
+/// Built in ring 3 through control page `cp`'s trip, in frames allocated
+/// here: on the software KVM backend every ring-0 instruction is emulated,
+/// and building the lists in ring 0 (some 60 instructions a page) was half
+/// of a run's guest instructions.
+fn build_lists(cfg: &Config, cp: u64, npages: u64, sources: u64) -> (u64, u64, u64) {
     let avoid = (cfg.peer_start, cfg.peer_end);
-    let src_of = |d: u64| sources + (d - peer_start);
-    let mut frames = Frames { avoid };
-    if cfg.backup {
+    let save = if cfg.backup {
         // Backup mode: A's content of each page is saved to a page of its
         // own backup area; B's lives in the source pages between jumps.
         let Some(save) = mem::alloc_pages(npages, u64::MAX, avoid) else {
             fail(format_args!("a: no room for {npages} backup pages"))
         };
-        let mut l1 = Builder::new();
-        let mut l2 = Builder::new();
-        for i in 0..npages {
-            let d = peer_start + i * PAGE_SIZE;
-            let ok = l1.add_page(&mut frames, d, save + i * PAGE_SIZE).is_ok()
-                && l2.add_page(&mut frames, d, src_of(d)).is_ok();
-            if !ok {
-                fail(format_args!("a: out of memory for the indirection lists"));
-            }
-        }
-        let h1 = l1
-            .finish(&mut frames)
-            .unwrap_or_else(|_| fail(format_args!("a: out of memory")));
-        let h2 = l2
-            .finish(&mut frames)
-            .unwrap_or_else(|_| fail(format_args!("a: out of memory")));
-        (h1.0, h2.0, 2 * npages)
+        save
     } else {
+        0
+    };
+    // A list page holds 511 entries and the link to the next; a list has
+    // a destination entry, a source entry per page and its end.
+    let lists = if cfg.backup { 2 } else { 1 };
+    let frames = lists * ((npages + 2).div_ceil(ENTRIES_PER_LIST_PAGE) + 1);
+    let Some(first) = mem::alloc_pages(frames, u64::MAX, avoid) else {
+        fail(format_args!("a: out of memory for the indirection lists"))
+    };
+    let mut job = ListJob {
+        peer_start: cfg.peer_start,
+        npages,
+        sources,
+        save,
+        next_frame: first,
+        frames_end: first + frames * PAGE_SIZE,
+        head: 0,
+        head2: 0,
+    };
+    // SAFETY: `cp` is set up for the trip (`setup_control_pages`);
+    // interrupts are off for the kernel's whole life; `build_lists_ring3`
+    // reads and writes `job` (alive for the call) and writes only the
+    // frames allocated for it above.
+    let ok =
+        unsafe { crate::relocate::kjump_ring3_call(cp, build_lists_ring3, &raw mut job as u64) };
+    if ok == 0 {
+        fail(format_args!("a: out of memory for the indirection lists"));
+    }
+    if cfg.backup {
+        (job.head, job.head2, 2 * npages)
+    } else {
+        (job.head, 0, npages)
+    }
+}
+
+/// Entries a list page holds besides the link to the next.
+const ENTRIES_PER_LIST_PAGE: u64 = PAGE_SIZE / 8 - 1;
+
+/// What [`build_lists_ring3`] is given, and gives back in `head`/`head2`.
+#[repr(C)]
+struct ListJob {
+    peer_start: u64,
+    npages: u64,
+    sources: u64,
+    /// Backup mode: A's save pages (0 in swap mode).
+    save: u64,
+    /// The frames to build in: `[next_frame, frames_end)`.
+    next_frame: u64,
+    frames_end: u64,
+    head: u64,
+    head2: u64,
+}
+
+impl ListMemory for ListJob {
+    fn alloc_page(&mut self) -> Option<u64> {
+        (self.next_frame < self.frames_end).then(|| {
+            self.next_frame += PAGE_SIZE;
+            self.next_frame - PAGE_SIZE
+        })
+    }
+    fn write_u64(&mut self, addr: u64, value: u64) {
+        phys_write_u64(addr, value);
+    }
+}
+
+/// Ring 3 (see [`build_lists`]): builds B's list, and in backup mode A's
+/// save list, into the job's frames; 1 when done, 0 when they ran out.
+/// Does nothing privileged and cannot panic.
+extern "sysv64" fn build_lists_ring3(job: u64) -> u64 {
+    // SAFETY: `job` is the `&mut ListJob` that `build_lists` passed, alive
+    // and not otherwise borrowed for the call.
+    let job = unsafe { &mut *(job as *mut ListJob) };
+    let (peer_start, npages) = (job.peer_start, job.npages);
+    let list = |job: &mut ListJob, to: u64| -> Option<u64> {
         let mut l = Builder::new();
         for i in 0..npages {
-            let d = peer_start + i * PAGE_SIZE;
-            if l.add_page(&mut frames, d, src_of(d)).is_err() {
-                fail(format_args!("a: out of memory for the indirection list"));
-            }
+            let off = i * PAGE_SIZE;
+            l.add_page(job, peer_start + off, to + off).ok()?;
         }
-        let h = l
-            .finish(&mut frames)
-            .unwrap_or_else(|_| fail(format_args!("a: out of memory")));
-        (h.0, 0, npages)
+        l.finish(job).ok().map(|(head, _)| head)
+    };
+    let (sources, save) = (job.sources, job.save);
+    let heads = if save != 0 {
+        list(job, save).zip(list(job, sources))
+    } else {
+        list(job, sources).map(|h| (h, 0))
+    };
+    match heads {
+        Some((head, head2)) => {
+            (job.head, job.head2) = (head, head2);
+            1
+        }
+        None => 0,
     }
 }
 
