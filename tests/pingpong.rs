@@ -206,6 +206,8 @@ fn an_unchecked_run_is_never_a_pass() {
         2,
     );
     assert!(err.contains("cannot be used with"), "{err}");
+    let (_, err) = assert_exit(&kjump(&["--scenario", "boot", "--no-check"]), 2);
+    assert!(err.contains("--no-check measures ping-pong only"), "{err}");
 }
 
 /// The address the memory faults damage: 0x123 bytes into A's (and B's)
