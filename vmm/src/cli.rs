@@ -164,7 +164,7 @@ pub enum Command {
     /// checked and --no-check) and judge issue 13's targets; exit 0 when
     /// measured (the table says which targets are missed), 2 when not.
     Bench {
-        /// Fewer cycles, one run per setting (~30 s instead of ~90 s).
+        /// Fewer cycles and runs (about 20 s instead of a minute).
         #[arg(long)]
         quick: bool,
         /// JSON instead of the table.
