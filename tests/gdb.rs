@@ -278,11 +278,13 @@ fn ctrl_c_in_gdb_stops_the_running_guest() {
     }
     let dir = scratch("gdb-ctrl-c");
     let elf = guest_elf(&dir);
+    // Long enough to be still running 2 s after `continue` (100 cycles
+    // take under 2 s now; 300 about 4.5 s).
     let k = Running::start(&[
         "--scenario",
         "ping-pong",
         "--cycles",
-        "100",
+        "300",
         "--gdb",
         "127.0.0.1:0",
     ]);
