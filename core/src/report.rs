@@ -151,6 +151,21 @@ pub struct At {
     pub direction: String,
 }
 
+impl CheckpointRecord {
+    /// The record of checkpoint `id` (the answer it was given), its figures
+    /// zero.
+    pub fn of(id: &crate::checkpoint::CheckpointId) -> Self {
+        Self {
+            index: id.index,
+            cycle: id.cycle,
+            kernel: id.kernel.name().to_owned(),
+            direction: id.direction.name().to_owned(),
+            answer: id.direction.answer(),
+            ..Self::default()
+        }
+    }
+}
+
 impl At {
     /// Where checkpoint `id` is.
     pub fn of(id: &crate::checkpoint::CheckpointId) -> Self {

@@ -210,18 +210,13 @@ fn save_on(
                 mismatches.extend(j.mismatches);
                 run.checkpoints += 1;
                 run.report().push_checkpoint(CheckpointRecord {
-                    index: id.index,
-                    cycle: id.cycle,
-                    kernel: id.kernel.name().to_owned(),
-                    direction: id.direction.name().to_owned(),
-                    answer: id.direction.answer(),
                     rip: machine.vcpu().regs.rip,
                     dirty_pages: dirty.len() as u64,
                     pages_compared: j.pages_compared,
                     capture_us: 0,
                     compare_us: 0,
                     mismatches: mismatches.len() as u64,
-                    ..Default::default()
+                    ..CheckpointRecord::of(&id)
                 });
                 if !mismatches.is_empty() {
                     run.report().push_mismatches(mismatches);
@@ -448,18 +443,13 @@ fn restore_on(
                         run.checkpoints += 1;
                         run.set_cycles(1);
                         run.report().push_checkpoint(CheckpointRecord {
-                            index: id.index,
-                            cycle: id.cycle,
-                            kernel: id.kernel.name().to_owned(),
-                            direction: id.direction.name().to_owned(),
-                            answer: id.direction.answer(),
                             rip: machine.vcpu().regs.rip,
                             dirty_pages: dirty.len() as u64,
                             pages_compared: j.pages_compared,
                             capture_us: 0,
                             compare_us: 0,
                             mismatches: mismatches.len() as u64,
-                            ..Default::default()
+                            ..CheckpointRecord::of(&id)
                         });
                         if !mismatches.is_empty() {
                             let n = mismatches.len();
