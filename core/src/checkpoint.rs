@@ -230,6 +230,16 @@ impl Tracker {
         id
     }
 
+    /// Kernel A, running, loaded kernel B afresh (hibernate: B powered
+    /// the machine off, and A, restored from its image, loads B again):
+    /// B boots at A's next jump instead of being resumed. Nothing changes
+    /// while B runs.
+    pub fn peer_reloaded(&mut self) {
+        if self.running == Kernel::A {
+            self.state[Kernel::B.idx()] = KernelState::NotBooted;
+        }
+    }
+
     /// True when `k`'s memory is parked (the peer runs), so its pages that
     /// were swapped are found in their source pages.
     pub fn is_away(&self, k: Kernel) -> bool {
@@ -265,6 +275,41 @@ mod tests {
                 (2, "a", "resume"),
             ]
         );
+    }
+
+    #[test]
+    fn a_reloaded_peer_boots_again_instead_of_resuming() {
+        // Hibernate: A suspends, C (in B's place) jumps to A, A resumes and
+        // loads B afresh; B's next checkpoint is the end of its boot.
+        let mut t = Tracker::new();
+        let steps = |t: &mut Tracker, n| {
+            (0..n)
+                .map(|_| {
+                    let id = t.next();
+                    (id.cycle, id.kernel.name(), id.direction.name())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            steps(&mut t, 3),
+            [(1, "a", "suspend"), (1, "b", "suspend"), (1, "a", "resume")]
+        );
+        t.peer_reloaded();
+        assert_eq!(t.state(Kernel::B), KernelState::NotBooted);
+        assert_eq!(
+            steps(&mut t, 3),
+            [(2, "a", "suspend"), (2, "b", "suspend"), (2, "a", "resume")]
+        );
+        assert_eq!(t.cycles_completed(), 2);
+        // Without the reload, B would have been resumed.
+        let mut t = Tracker::new();
+        steps(&mut t, 4);
+        assert_eq!(steps(&mut t, 1), [(2, "b", "resume")]);
+        // While B runs, nothing changes.
+        let mut t = Tracker::new();
+        t.next();
+        t.peer_reloaded();
+        assert_eq!(t.state(Kernel::B), KernelState::Running);
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub enum JumpFault {
     /// disk, the checksums made over them): `image-skip-page` (B, in the
     /// hibernate scenario).
     ImageSkipPage,
+    /// The restore kernel skips the seed's second stage: it enters A's
+    /// re-entry routine directly instead of A's relocation code (the
+    /// trampoline in the restored image), so A's pages of the region C
+    /// ran in are never swapped back: `no-trampoline` (C, hibernate).
+    NoTrampoline,
 }
 
 /// A guest-side fault.
@@ -99,6 +104,8 @@ pub enum Who {
     Both,
     AOnly,
     BOnly,
+    /// The hibernate scenario's restore kernel (`--inject c:KIND`).
+    COnly,
 }
 
 /// One catalog entry: the name (`REG` stands for a register name), which
@@ -183,6 +190,11 @@ pub const CATALOG: &[Entry] = &[
         what: "hibernating kernel b leaves a page of a out of a's image (consistently: its checksums agree)",
     },
     Entry {
+        name: "no-trampoline",
+        who: Who::COnly,
+        what: "the restore kernel enters a's re-entry routine directly, skipping a's relocation code (the trampoline in the image that swaps back a's pages of the region c ran in)",
+    },
+    Entry {
         name: "hang",
         who: Who::Both,
         what: "the kernel spins with interrupts off: the watchdog stops it",
@@ -251,6 +263,7 @@ impl Fault {
             "write-outside" => Self::Jump(J::WriteOutside),
             "image-skip-page" => Self::Jump(J::ImageSkipPage),
             "no-device-resume" => Self::Jump(J::NoDeviceResume),
+            "no-trampoline" => Self::Jump(J::NoTrampoline),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -294,6 +307,7 @@ impl Fault {
             Self::Jump(J::WriteOutside) => "write-outside",
             Self::Jump(J::ImageSkipPage) => "image-skip-page",
             Self::Jump(J::NoDeviceResume) => "no-device-resume",
+            Self::Jump(J::NoTrampoline) => "no-trampoline",
         };
         CATALOG
             .iter()
@@ -304,8 +318,8 @@ impl Fault {
 
 impl JumpFault {
     /// The bits of [`control::DATA_FAULT`] that arm this fault in the
-    /// relocation and re-entry code (none for `write-outside`, which the
-    /// kernel itself does).
+    /// relocation and re-entry code (none for `write-outside`,
+    /// `image-skip-page` and `no-trampoline`, which the kernel itself does).
     pub fn mask(self) -> u64 {
         match self {
             Self::Forget(slot) | Self::NoTableRestore(slot) => 1 << slot,
@@ -318,7 +332,7 @@ impl JumpFault {
             Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
             Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
             Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
-            Self::WriteOutside | Self::ImageSkipPage => 0,
+            Self::WriteOutside | Self::ImageSkipPage | Self::NoTrampoline => 0,
         }
     }
 }
@@ -375,5 +389,6 @@ mod tests {
         }
         assert_eq!(JumpFault::WriteOutside.mask(), 0);
         assert_eq!(JumpFault::ImageSkipPage.mask(), 0);
+        assert_eq!(JumpFault::NoTrampoline.mask(), 0);
     }
 }

@@ -86,9 +86,9 @@ pub fn zero_in_ring3(cp: u64) {
 /// Ring 3: zeroes the block `[start, start + size)` given as `&(start,
 /// size)`.
 extern "sysv64" fn zero_ring3(block: u64) -> u64 {
-    // SAFETY: `block` is the `&(u64, u64)` that `alloc_pages` passed.
+    // SAFETY: `block` is the `&(u64, u64)` that `zero` passed.
     let (start, size) = unsafe { *(block as *const (u64, u64)) };
-    // SAFETY: as in `alloc_pages`: the block is ours alone and mapped (the
+    // SAFETY: as in `zero`: the block is the caller's alone and mapped (the
     // control map is user-accessible over all RAM).
     unsafe { core::ptr::write_bytes(start as *mut u8, 0, size as usize) };
     0
@@ -99,21 +99,31 @@ extern "sysv64" fn zero_ring3(block: u64) -> u64 {
 pub fn alloc_pages(count: u64, max_end: u64, avoid: (u64, u64)) -> Option<u64> {
     let size = count.checked_mul(PAGE_SIZE)?;
     let start = FREE.with(|f| f.alloc_top(size, PAGE_SIZE, max_end, avoid))?;
+    // SAFETY: the block was free RAM and is now ours alone.
+    unsafe { zero(start, size) };
+    Some(start)
+}
+
+/// Zeroes `[start, start + size)`, in ring 3 once [`zero_in_ring3`] was
+/// called.
+///
+/// # Safety
+/// The block is RAM that belongs to the caller alone, identity-mapped.
+pub unsafe fn zero(start: u64, size: u64) {
     let cp = ZERO_IN_RING3.load(Ordering::Relaxed);
     if cp != 0 {
         let block = (start, size);
         // SAFETY: `cp` was set up for the trip (`zero_in_ring3`'s
         // contract); interrupts are off for the kernel's whole life;
-        // `zero_ring3` writes only the block, which is ours, and reads
-        // `block`, alive for the call.
+        // `zero_ring3` writes only the block, which is the caller's, and
+        // reads `block`, alive for the call.
         unsafe { crate::relocate::kjump_ring3_call(cp, zero_ring3, &raw const block as u64) };
     } else {
-        // SAFETY: the block was free RAM and is now ours alone; all RAM is
+        // SAFETY: the block is the caller's alone; all RAM is
         // identity-mapped (boot map, then the kernel's own map of
         // [0, ram_top)).
         unsafe { core::ptr::write_bytes(start as *mut u8, 0, size as usize) };
     }
-    Some(start)
 }
 
 /// Takes `[start, end)` (widened to whole pages) out of the free set, e.g.

@@ -290,9 +290,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Scenario::PingPong)]
     pub scenario: Scenario,
 
-    /// A→B→A cycles.
-    #[arg(long, default_value_t = 10)]
-    pub cycles: u64,
+    /// A→B→A cycles [default: 10; hibernate: 1 (saves and restores)].
+    #[arg(long, value_name = "N")]
+    pub cycles: Option<u64>,
 
     /// Guest RAM: bytes, or with a K/M/G suffix (512M, 2G, 0x...).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
@@ -378,9 +378,19 @@ impl RunArgs {
         Duration::from_secs(self.timeout)
     }
 
+    /// `--cycles`, or the scenario's default: 10, hibernate 1 (each cycle
+    /// there is two VMs).
+    pub fn cycles(&self) -> u64 {
+        self.cycles.unwrap_or(match self.scenario {
+            Scenario::Hibernate => 1,
+            _ => crate::config::DEFAULT_CYCLES,
+        })
+    }
+
     /// The run these options ask for; `--inject` is parsed against the
     /// fault catalog here, once.
     pub fn into_config(self) -> Result<RunConfig, FaultError> {
+        let cycles = self.cycles();
         let inject = self
             .inject
             .map(|i| Injection::parse(&i.kind, i.cycle))
@@ -398,7 +408,7 @@ impl RunArgs {
         };
         Ok(RunConfig {
             scenario: self.scenario,
-            cycles: self.cycles,
+            cycles,
             mem: self.mem,
             kernel: self.kernel,
             initramfs: self.initramfs,
@@ -509,14 +519,15 @@ impl FromStr for Inject {
             None => (s, None),
         };
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        // `b:KIND`: a guest-side fault for kernel b.
-        let bare = kind
-            .strip_prefix("a:")
-            .or_else(|| kind.strip_prefix("b:"))
+        // `b:KIND`: a guest-side fault for kernel b (`c:KIND`: for
+        // hibernate's restore kernel).
+        let bare = ["a:", "b:", "c:"]
+            .iter()
+            .find_map(|p| kind.strip_prefix(p))
             .unwrap_or(kind);
         if bare.is_empty() || !bare.chars().all(valid) {
             return Err(format!(
-                "{kind:?} is not a fault kind (lowercase letters, digits, '-'; b:KIND for kernel b)"
+                "{kind:?} is not a fault kind (lowercase letters, digits, '-'; b:KIND for kernel b, c:KIND for kernel c)"
             ));
         }
         Ok(Self {
@@ -628,7 +639,7 @@ mod tests {
         assert_eq!(r.scenario, Scenario::PingPong);
         assert_eq!(
             (r.cycles, r.mem, r.timeout, r.peer_mem),
-            (10, 256 << 20, 60, 8 << 20)
+            (None, 256 << 20, 60, 8 << 20)
         );
         assert_eq!(
             (r.dump, r.compare, r.mode),
@@ -698,7 +709,7 @@ mod tests {
         assert_eq!(r.scenario, Scenario::PingPong);
         assert_eq!(
             (r.cycles, r.mem, r.timeout, r.peer_mem),
-            (100, 2 << 30, 5, 16 << 20)
+            (Some(100), 2 << 30, 5, 16 << 20)
         );
         assert_eq!(r.kernel.as_deref(), Some(std::path::Path::new("/k")));
         assert_eq!(r.append, ["kjump.fault=ud2", "-x"]);
@@ -789,7 +800,7 @@ mod tests {
     #[test]
     fn run_subcommand_is_the_same_as_none() {
         let a = run(&["run", "--cycles", "7", "--mem", "512M"]);
-        assert_eq!((a.cycles, a.mem), (7, 512 << 20));
+        assert_eq!((a.cycles, a.mem), (Some(7), 512 << 20));
         // Run flags and a subcommand do not mix.
         assert!(parse(&["--cycles", "7", "run"]).is_err());
     }

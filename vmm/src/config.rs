@@ -213,17 +213,26 @@ impl RunConfig {
             return refuse("cycles count from 1".into());
         }
         if scenario == Scenario::Hibernate {
-            // B saves A once: its image faults, and A's stop faults at boot.
+            // Its image faults (B's and C's in the first save and
+            // restore, the host's between the VMs of any), and A's stop
+            // faults at boot.
             return match &inj.kind {
                 InjectKind::Guest {
                     fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
                     ..
                 }
-                | InjectKind::Host(HostFault::Image(_))
+                | InjectKind::Restore { .. }
                     if inj.cycle.is_none_or(|c| c == 1) =>
                 {
                     Ok(())
                 }
+                InjectKind::Host(HostFault::Image(_)) if inj.host_cycle() > cycles => {
+                    refuse(format!(
+                        "the run saves and restores kernel a {cycles} time(s) (use --cycles {} or more)",
+                        inj.host_cycle()
+                    ))
+                }
+                InjectKind::Host(HostFault::Image(_)) => Ok(()),
                 InjectKind::Guest {
                     fault: Fault::Stop(_),
                     kernel: Kernel::A,
@@ -231,6 +240,9 @@ impl RunConfig {
                 } if inj.cycle.is_none() => Ok(()),
                 _ => refuse(format!("not a fault of --scenario {scenario}")),
             };
+        }
+        if matches!(inj.kind, InjectKind::Restore { .. }) {
+            return refuse("needs --scenario hibernate (kernel c restores a there)".into());
         }
         if scenario != Scenario::PingPong {
             // Only a stop fault of kernel a, at boot, means anything there.
@@ -254,6 +266,7 @@ impl RunConfig {
             // flip-b damages B's parked pages as A resumes: seen at the next
             // checkpoint, in the next cycle.
             InjectKind::Host(HostFault::FlipB) => c + 1,
+            InjectKind::Restore { .. } => return refuse("needs --scenario hibernate".into()),
             InjectKind::Host(_)
             | InjectKind::Guest {
                 fault: Fault::Stop(_),
@@ -267,7 +280,10 @@ impl RunConfig {
                 // Recorded wrong on the way back, seen at the next jump.
                 (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
                 (JumpFault::WriteOutside, _) => c,
-                (JumpFault::ImageSkipPage | JumpFault::NoDeviceResume, _) => {
+                (
+                    JumpFault::ImageSkipPage | JumpFault::NoDeviceResume | JumpFault::NoTrampoline,
+                    _,
+                ) => {
                     return refuse("needs --scenario hibernate".into());
                 }
                 (_, Kernel::A) => c,
@@ -345,10 +361,10 @@ pub fn ignored_options(
         return w;
     }
     if scenario == Some(Scenario::Hibernate) {
-        for opt in ["cycles", "dump", "dump-dir"] {
+        for opt in ["dump", "dump-dir"] {
             if given(opt) {
                 w.push(format!(
-                    "--{opt} is ignored by --scenario hibernate (one save and restore; no dumps)"
+                    "--{opt} is ignored by --scenario hibernate (no dumps: the image on the disk is one)"
                 ));
             }
         }

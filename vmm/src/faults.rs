@@ -1,6 +1,6 @@
 //! Fault injection: damage a run on purpose, to show the oracle catches it.
 //!
-//! `--inject [a:|b:]KIND[@CYCLE]` is parsed once, against the catalog, into
+//! `--inject [a:|b:|c:]KIND[@CYCLE]` is parsed once, against the catalog, into
 //! an [`Injection`]: a host-side fault ([`HostFault`], damage the VMM does
 //! through the VM) or a guest-side one (a deliberately buggy kernel, from
 //! the catalog both sides share, `kjump_abi::fault`). [`Injection::check_for`]
@@ -159,6 +159,12 @@ pub enum InjectKind {
         kernel: Kernel,
         name: String,
     },
+    /// A buggy restore kernel (hibernate's kernel c, `c:KIND`): the
+    /// fault and its bare name, for c's command line.
+    Restore {
+        fault: Fault,
+        name: String,
+    },
 }
 
 /// An `--inject`, parsed against the catalog.
@@ -183,17 +189,38 @@ pub enum FaultError {
 }
 
 impl Injection {
-    /// Parses `[a:|b:]KIND` (with an optional cycle): a guest fault of the
-    /// shared catalog, else a host fault.
+    /// Parses `[a:|b:|c:]KIND` (with an optional cycle): a guest fault of
+    /// the shared catalog, else a host fault.
     pub fn parse(spec: &str, cycle: Option<u64>) -> Result<Self, FaultError> {
         let (kernel, name) = match spec.split_once(':') {
             Some(("a", n)) => (Kernel::A, n),
             Some(("b", n)) => (Kernel::B, n),
+            Some(("c", n)) => {
+                return match Fault::parse(n) {
+                    Some(fault) if fault.entry().who == Who::COnly => Ok(Self {
+                        spec: spec.to_owned(),
+                        kind: InjectKind::Restore {
+                            fault,
+                            name: n.to_owned(),
+                        },
+                        cycle,
+                    }),
+                    Some(_) => Err(FaultError::NotFor(format!(
+                        "fault {n} is not the restore kernel's (kernel c has no-trampoline)"
+                    ))),
+                    None => Err(FaultError::Unknown(spec.to_owned())),
+                };
+            }
             Some(_) => return Err(FaultError::Unknown(spec.to_owned())),
             None => (Kernel::A, spec),
         };
         let kind = if let Some(f) = Fault::parse(name) {
             match (f.entry().who, kernel) {
+                (Who::COnly, _) => {
+                    return Err(FaultError::NotFor(format!(
+                        "fault {name} is the restore kernel's: use --inject c:{name}"
+                    )));
+                }
                 (Who::AOnly, Kernel::B) => {
                     return Err(FaultError::NotFor(format!(
                         "fault {name} is kernel a's only"
@@ -264,7 +291,15 @@ impl Injection {
     pub fn host(&self) -> Option<&HostFault> {
         match &self.kind {
             InjectKind::Host(h) => Some(h),
-            InjectKind::Guest { .. } => None,
+            InjectKind::Guest { .. } | InjectKind::Restore { .. } => None,
+        }
+    }
+
+    /// The restore kernel's command-line word of a `c:` fault.
+    pub fn restore_word(&self) -> Option<String> {
+        match &self.kind {
+            InjectKind::Restore { name, .. } => Some(format!("{}={name}", fault::KEY)),
+            _ => None,
         }
     }
 
@@ -337,7 +372,8 @@ pub fn catalog() -> String {
         s.push_str(&format!("  {k:<20} {what}\n"));
     }
     s.push_str(
-        "guest-side faults (--inject KIND[@CYCLE] for kernel a, --inject b:KIND[@CYCLE] for kernel b;\n\
+        "guest-side faults (--inject KIND[@CYCLE] for kernel a, --inject b:KIND[@CYCLE] for kernel b,\n\
+         --inject c:KIND for hibernate's restore kernel c;\n\
          or --append kjump.fault=KIND / kjump.b.fault=KIND; without @CYCLE armed from boot):\n",
     );
     for e in fault::CATALOG {
@@ -345,6 +381,7 @@ pub fn catalog() -> String {
             Who::Both => "a, b",
             Who::AOnly => "a",
             Who::BOnly => "b",
+            Who::COnly => "c",
         };
         s.push_str(&format!("  {:<20} {who:<5} {}\n", e.name, e.what));
     }
@@ -377,7 +414,21 @@ mod tests {
         ));
         assert!(matches!(
             Injection::parse("c:ud2", None),
+            Err(FaultError::NotFor(_))
+        ));
+        assert!(matches!(
+            Injection::parse("d:ud2", None),
             Err(FaultError::Unknown(_))
         ));
+        assert!(matches!(
+            Injection::parse("no-trampoline", None),
+            Err(FaultError::NotFor(_))
+        ));
+        let c = Injection::parse("c:no-trampoline", None).unwrap();
+        assert!(c.guest_words().is_empty() && c.host().is_none());
+        assert_eq!(
+            c.restore_word().as_deref(),
+            Some("kjump.fault=no-trampoline")
+        );
     }
 }

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                 report: args.report.clone(),
                 junit: args.junit.clone(),
             };
-            let what = (args.scenario.name(), args.cycles);
+            let what = (args.scenario.name(), args.cycles());
             let result = args
                 .into_config()
                 .map_err(scenario::RunError::from)

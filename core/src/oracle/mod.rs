@@ -336,10 +336,16 @@ impl Oracle {
     }
 
     /// Forgets the shadow of guest RAM: the next [`Oracle::observe_memory`]
-    /// reads all of RAM afresh. For a kernel checked in another VM than the
-    /// one it was recorded in (hibernation): its records stay.
+    /// reads RAM afresh (all of it, or with [`Oracle::ram_starts_zero`] the
+    /// pages its dirty list names). For a kernel checked in another VM than
+    /// the one it was recorded in (hibernation): its records stay, and
+    /// every page of their views is compared at their next check (in a new
+    /// machine a page nobody wrote is zero, whatever the view holds).
     pub fn forget_memory(&mut self) {
         self.shadow = None;
+        for v in self.kernels.iter_mut().filter_map(|r| r.view.as_mut()) {
+            v.note_all_dirty();
+        }
     }
 
     fn shadow(&self) -> Result<&Shadow, OracleError> {

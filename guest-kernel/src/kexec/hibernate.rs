@@ -40,8 +40,11 @@ pub const A_RAM_TOP_KEY: &str = "kjump.a.ram_top";
 /// Bytes the disk takes per request.
 const CHUNK: u64 = 4 << 20;
 
-/// Kernel A: load B, fill the pattern, jump to B (which saves A and powers
-/// off). Comes back only when an image of A is resumed.
+/// Kernel A: load B, fill the pattern, and `cycles` times jump to B (which
+/// saves A and powers off) and come back restored from the image; then
+/// jump to a fresh B once more, ping-pong fashion (B jumps straight back).
+/// Each time A is back it checks its CPU state and pattern, and reloads B
+/// (see `load::reload_b`).
 pub fn run_a(boot: &BootInfo) -> ! {
     let cfg = Config::parse(boot.cmdline).unwrap_or_else(|e| fail(format_args!("a: {e}")));
     syscore::init(Role::A);
@@ -54,31 +57,62 @@ pub fn run_a(boot: &BootInfo) -> ! {
     );
     load_sse_pattern(Role::A);
     crate::println!(
-        "a: pattern over {} bytes; jumping to b to be saved",
-        pattern.bytes()
+        "a: pattern over {} bytes; {} hibernation(s), then a ping-pong jump",
+        pattern.bytes(),
+        cfg.cycles
     );
-    // Restored from the image, A comes back through its re-entry path in
-    // a machine whose devices another kernel (C) drove: the path resets the
-    // disk (the device resume), as it reprograms the UART and the
-    // interrupt controllers.
-    // Before the jump A quiesces the disk (Linux freezes devices before
-    // the snapshot), which also makes its page tables' accessed and dirty
-    // bits for the window what the re-entry path's reset leaves them.
-    if let Some(dev) = kjump_abi::virtio::MmioDevice::from_cmdline(boot.cmdline) {
-        if let Err(e) = crate::virtio::reset(dev.base) {
-            fail(format_args!("a: virtio-blk: {e}"));
-        }
-        phys_write_u64(img.cp + control::DATA_DEVICE_RESUME, dev.base);
-    }
     let injected = Injected::from_cmdline(boot);
-    injected.arm(img.cp, 1);
+    let disk = kjump_abi::virtio::MmioDevice::from_cmdline(boot.cmdline);
+    for cycle in 1..=cfg.cycles {
+        // Restored from the image, A comes back through its re-entry path
+        // in a machine whose devices another kernel (C) drove: the path
+        // resets the disk (the device resume), as it reprograms the UART
+        // and the interrupt controllers. Before the jump A quiesces the
+        // disk (Linux freezes devices before the snapshot), which also
+        // makes its page tables' accessed and dirty bits for the window
+        // what the re-entry path's reset leaves them.
+        if let Some(dev) = &disk {
+            if let Err(e) = crate::virtio::reset(dev.base) {
+                fail(format_args!("a: virtio-blk: {e}"));
+            }
+            phys_write_u64(img.cp + control::DATA_DEVICE_RESUME, dev.base);
+        }
+        injected.arm(img.cp, cycle);
+        let before = cpu_view();
+        img.jump();
+        injected.arm(img.cp, 0);
+        check_cpu(Role::A, &before);
+        pattern.check(Role::A);
+        crate::println!("a: restored from hibernation {cycle} of {}, state intact", cfg.cycles);
+        harness::progress(cycle);
+        // B is gone and the kimage is stale: load B again, to hibernate
+        // once more or, the last time, to jump back at once.
+        let next = if cycle < cfg.cycles {
+            "hibernate"
+        } else {
+            "ping-pong"
+        };
+        load::reload_b(boot, &cfg, &img, next);
+    }
     let before = cpu_view();
     img.jump();
-    injected.arm(img.cp, 0);
     check_cpu(Role::A, &before);
     pattern.check(Role::A);
-    crate::println!("a: back from my jump, state intact");
-    harness::verdict(true, "hibernate: kernel a is back, state intact");
+    let moved = img.pairs_moved();
+    if moved != img.pages_per_transfer {
+        fail(format_args!(
+            "a: self-check: the jump back moved {moved} pages, expected {}",
+            img.pages_per_transfer
+        ));
+    }
+    crate::println!("a: back from the ping-pong jump to a fresh b, state intact");
+    let mut msg = harness::TextBuf::new();
+    let _ = write!(
+        msg,
+        "hibernate: kernel a restored {} time(s) and back from a ping-pong jump, state intact",
+        cfg.cycles
+    );
+    harness::verdict(true, msg.as_str());
     crate::halt_forever()
 }
 
@@ -327,6 +361,43 @@ pub fn run_c(boot: &BootInfo) -> ! {
     // C leaves the disk as it drove it: A's device resume takes it back.
     syscore::init(Role::C);
     let img = load::jump_back_image(cp, control_pages, entry);
+    if Injected::from_cmdline(boot).jump(1) == Some(JumpFault::NoTrampoline) {
+        skip_trampoline(cp, entry);
+    }
     img.jump();
     fail(format_args!("c: a came back to me"))
 }
+
+/// The `no-trampoline` fault: C's jump enters A's re-entry routine
+/// directly (its address is in A's restored control page, the page of
+/// A's re-entry point), through [`kjump_enter_reentry`], instead of A's
+/// relocation code: A's pages of the region C ran in are never swapped
+/// back from where A's kimage parked them.
+fn skip_trampoline(cp: u64, entry: u64) {
+    let a_cp = entry & !(PAGE_SIZE - 1);
+    let reentry = super::phys_read_u64(a_cp + control::DATA_REENTRY);
+    crate::println!(
+        "c: INJECTED FAULT: skipping the trampoline: entering a's re-entry routine {reentry:#x} directly"
+    );
+    phys_write_u64(cp + control::DATA_PEER_ENTRY, &raw const kjump_enter_reentry as u64);
+    phys_write_u64(cp + control::DATA_PEER_ARG, a_cp);
+}
+
+unsafe extern "C" {
+    /// Fault injection only: enters the re-entry routine of the control
+    /// page in `rsi` as its relocation code would, without the swap.
+    static kjump_enter_reentry: u8;
+}
+
+core::arch::global_asm!(
+    // Called by C's relocation code as its peer's entry (rsi = the peer
+    // argument: A's control page), ring 0, on C's control page's stack
+    // and identity map. kjump_reentry wants its control page in rdi.
+    ".section .text.kjump, \"ax\"",
+    ".global kjump_enter_reentry",
+    "kjump_enter_reentry:",
+    "mov rdi, rsi",
+    "jmp qword ptr [rdi + {reentry}]",
+    ".previous",
+    reentry = const control::DATA_REENTRY,
+);

@@ -31,6 +31,8 @@ pub(super) struct JumpImage {
     pub(super) peer_end: u64,
     /// Pages moved per transfer (for the self-check).
     pub(super) pages_per_transfer: u64,
+    /// A's kimage of B: the first source page (0 for B's kimage back).
+    pub(super) sources: u64,
 }
 
 impl JumpImage {
@@ -70,7 +72,7 @@ impl JumpImage {
         syscore::report_resumed(self.role, &saved);
     }
 
-    fn pairs_moved(&self) -> u64 {
+    pub(super) fn pairs_moved(&self) -> u64 {
         phys_read_u64(self.cp + control::DATA_PAIRS)
     }
 }

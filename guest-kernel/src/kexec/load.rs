@@ -133,15 +133,11 @@ fn write_reloc_tables(cp: u64) {
 
 /// Kernel A loads kernel B (from the initramfs) into the peer region of
 /// `cfg`: reserves the region, sets up A's control pages and builds the
-/// kimage. Fails the run when B cannot be loaded.
+/// kimage. B boots in `scenario` (A's own, but see [`reload_b`]). Fails
+/// the run when B cannot be loaded.
 pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
     let (peer_start, peer_end) = (cfg.peer_start, cfg.peer_end);
-    let image = match kjump_abi::cpio::Reader::find(boot.initramfs, KERNEL_B_PATH) {
-        Ok(Some(e)) => e.data,
-        Ok(None) => fail(format_args!("a: no {KERNEL_B_PATH} in the initramfs")),
-        Err(e) => fail(format_args!("a: initramfs: {e}")),
-    };
-    let elf = Elf::parse(image).unwrap_or_else(|e| fail(format_args!("a: {KERNEL_B_PATH}: {e}")));
+    let elf = kernel_b(boot);
     let ram_top = mem::ram_top();
     if peer_end > ram_top {
         fail(format_args!(
@@ -166,12 +162,7 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
     let Some(sources) = mem::alloc_pages(npages, u64::MAX, avoid) else {
         fail(format_args!("a: no room for {npages} source pages"))
     };
-    let src_of = |d: u64| sources + (d - peer_start);
-    for seg in elf.segments() {
-        phys_write(src_of(seg.paddr), seg.data);
-    }
-    let jump_back_entry = phys_read_u64(cp + control::DATA_OWN_ENTRY);
-    write_b_boot_pages(boot, cfg, jump_back_entry, src_of(peer_start));
+    let jump_back_entry = place_b(boot, cfg, &elf, cp, sources, boot.scenario);
 
     let (head, head2, pages_per_transfer) = build_lists(cfg, cp, npages, sources);
     phys_write_u64(cp + control::DATA_HEAD, head);
@@ -184,9 +175,6 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
             control::MODE_SWAP
         },
     );
-    phys_write_u64(cp + control::DATA_PEER_ENTRY, elf.entry);
-    phys_write_u64(cp + control::DATA_PEER_BOOT_ENTRY, elf.entry);
-    phys_write_u64(cp + control::DATA_PEER_ARG, peer_start);
     crate::println!(
         "a: kimage: {npages} pages for b at {peer_start:#x}..{peer_end:#x}, sources at {sources:#x}, control page {cp:#x}, {} mode, jump-back entry {jump_back_entry:#x}",
         if cfg.backup { "backup" } else { "swap" },
@@ -201,19 +189,86 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
         peer_start,
         peer_end,
         pages_per_transfer,
+        sources,
     }
+}
+
+/// Kernel B's ELF, from the initramfs.
+fn kernel_b(boot: &BootInfo) -> Elf<'static> {
+    let image = match kjump_abi::cpio::Reader::find(boot.initramfs, KERNEL_B_PATH) {
+        Ok(Some(e)) => e.data,
+        Ok(None) => fail(format_args!("a: no {KERNEL_B_PATH} in the initramfs")),
+        Err(e) => fail(format_args!("a: initramfs: {e}")),
+    };
+    Elf::parse(image).unwrap_or_else(|e| fail(format_args!("a: {KERNEL_B_PATH}: {e}")))
+}
+
+/// Puts B's image into the source pages (zeroed) from `sources` on: its
+/// PT_LOADs, its zero page and command line (B to boot in `scenario`);
+/// B is to be entered at its ELF entry. Returns A's jump-back entry.
+fn place_b(
+    boot: &BootInfo,
+    cfg: &Config,
+    elf: &Elf<'_>,
+    cp: u64,
+    sources: u64,
+    scenario: &str,
+) -> u64 {
+    let src_of = |d: u64| sources + (d - cfg.peer_start);
+    for seg in elf.segments() {
+        phys_write(src_of(seg.paddr), seg.data);
+    }
+    let jump_back_entry = phys_read_u64(cp + control::DATA_OWN_ENTRY);
+    write_b_boot_pages(
+        boot,
+        cfg,
+        jump_back_entry,
+        src_of(cfg.peer_start),
+        scenario,
+    );
+    phys_write_u64(cp + control::DATA_PEER_ENTRY, elf.entry);
+    phys_write_u64(cp + control::DATA_PEER_BOOT_ENTRY, elf.entry);
+    phys_write_u64(cp + control::DATA_PEER_ARG, cfg.peer_start);
+    phys_write_u64(cp + control::DATA_PEER_BOOTED, 0);
+    jump_back_entry
+}
+
+/// Kernel A loads kernel B again into the kimage `img` (`kexec -l` once
+/// more, into the same source pages and lists): the next jump boots a
+/// fresh B, in `scenario`. After a restore from a hibernation image the
+/// kimage is stale: B powered the machine off, the source pages hold what
+/// the restore kernel left in B's region (A's relocation code swapped it
+/// out when the restore kernel entered A), and the recorded peer entry is
+/// the restore kernel's. So Linux's user space loads the kernel to jump to
+/// again after a resume; so does A.
+pub(super) fn reload_b(boot: &BootInfo, cfg: &Config, img: &JumpImage, scenario: &str) {
+    let elf = kernel_b(boot);
+    // SAFETY: the source pages are A's (allocated by `load_b`, outside
+    // every view but their kimage's) and identity-mapped.
+    unsafe { mem::zero(img.sources, img.peer_end - img.peer_start) };
+    let entry = place_b(boot, cfg, &elf, img.cp, img.sources, scenario);
+    crate::println!(
+        "a: kimage reloaded: a fresh b ({scenario}) at {:#x}..{:#x}, jump-back entry {entry:#x}",
+        img.peer_start,
+        img.peer_end
+    );
 }
 
 /// B's zero page and command line, in the source pages of B's first two
 /// pages (`zero_page_src` and the page after it): B's RAM in the e820 map,
 /// the scenario, and where to jump back to.
-fn write_b_boot_pages(boot: &BootInfo, cfg: &Config, jump_back_entry: u64, zero_page_src: u64) {
+fn write_b_boot_pages(
+    boot: &BootInfo,
+    cfg: &Config,
+    jump_back_entry: u64,
+    zero_page_src: u64,
+    scenario: &str,
+) {
     let (peer_start, peer_end) = (cfg.peer_start, cfg.peer_end);
     let mut cmd = harness::TextBuf::new();
     let _ = write!(
         cmd,
-        "kjump.role=b kjump.scenario={} kjump.cycles={} kjump.mode={} kexec_jump_back_entry={jump_back_entry:#x}",
-        boot.scenario,
+        "kjump.role=b kjump.scenario={scenario} kjump.cycles={} kjump.mode={} kexec_jump_back_entry={jump_back_entry:#x}",
         cfg.cycles,
         if cfg.backup { "backup" } else { "swap" },
     );
@@ -225,7 +280,7 @@ fn write_b_boot_pages(boot: &BootInfo, cfg: &Config, jump_back_entry: u64, zero_
         let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
     }
     // A hibernating B saves A's RAM: it needs to know where it ends.
-    if boot.scenario == "hibernate" {
+    if scenario == "hibernate" {
         let _ = write!(
             cmd,
             " {}={:#x}",
@@ -396,5 +451,6 @@ pub(super) fn jump_back_image(cp: u64, control_pages: u64, entry: u64) -> JumpIm
         peer_start: lo,
         peer_end: hi,
         pages_per_transfer: 0,
+        sources: 0,
     }
 }

@@ -1,5 +1,6 @@
 //! The `hibernate` scenario: kernel A is saved by kernel B in one VM and
-//! restored by kernel C in another, and checked across the two.
+//! restored by kernel C in another, and checked across the two; `--cycles
+//! N` times, then A jumps to a fresh B once more, ping-pong fashion.
 //!
 //! ```text
 //! VM 1:  A boots ── A's suspend checkpoint (recorded by the oracle) ──▶ B
@@ -11,16 +12,23 @@
 //!        A's re-entry point ── A's re-entry path: registers, UART, 8259s,
 //!        IOAPIC, MTRRs, and the disk taken back (device resume)
 //!        ── A's resume checkpoint: the oracle checks A against its record
-//!        from VM 1 ── A checks itself and reports its verdict
+//!        from VM 1 ── A checks itself, loads B afresh, and either
+//!        hibernates again (VM 2 plays VM 1's part, VM 3 VM 2's, ...) or,
+//!        after the N-th restore, jumps to B, which jumps straight back:
+//!        A.suspend, B.suspend, A.resume, checked as in ping-pong
 //! ```
 //!
-//! The oracle outlives VM 1: its record of A (registers, devices, view)
-//! is what A is judged by in VM 2, where only its shadow of RAM is new.
+//! The oracle outlives the VMs: its record of A (registers, devices,
+//! view) is what A is judged by in the next VM, where only its shadow of
+//! RAM is new. B is a fresh kernel every time (it powered the machine
+//! off); A reloads its kimage of B after each restore (see the guest's
+//! `load::reload_b`), and the tracker is told so.
 
 use std::path::Path;
 use std::time::Instant;
 
-use kjump_core::checkpoint::{Direction, Kernel, Tracker};
+use kjump_abi::abi::Role;
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
 use kjump_core::harness::HarnessEvent;
 use kjump_core::hibimage::{DiskImage, check_against_record};
 use kjump_core::kimage::Kimage;
@@ -44,7 +52,8 @@ pub fn disk_size(mem: u64) -> u64 {
 }
 
 /// Runs the scenario: VM 1 (A saved by B), the check of the image, VM 2
-/// (A restored by C and checked). Refuses a `--mem` above the 32-bit hole
+/// (A restored by C and checked), as many times as `--cycles` says, and
+/// the ping-pong jump at the end. Refuses a `--mem` above the 32-bit hole
 /// (B saves one run of RAM).
 pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
     if args.mem > kjump_abi::layout::MMIO_HOLE_START {
@@ -52,6 +61,12 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
             "--mem {}: hibernate saves RAM below the 32-bit hole, at most 3G",
             crate::config::format_size(args.mem)
         )));
+    }
+    if args.cycles == 0 {
+        return Err(RunError::Settings(
+            "--cycles 0: hibernate saves and restores kernel a at least once; give 1 or more"
+                .into(),
+        ));
     }
     if args.gdb.at_start.is_some() || args.gdb.on_mismatch.is_some() {
         return Err(RunError::Settings(
@@ -94,53 +109,379 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         let mut cfg = cfg;
         cfg.stop = stop;
         let mut run = RunState::new(args.scenario, start, &ledger);
-        let result = (|| {
+        let result = (|| -> Result<Outcome, RunError> {
+            let mut hib = Hibernation::new(&args, &cfg.kernel, &mut run);
             let mut vm = Vm::new(&cfg)?;
-            let saved = save_on(&mut vm, &mut run, &args, &cfg.kernel, disk.path())?;
-            let mut saved = match saved {
-                Ok(s) => s,
-                Err(failed) => return Ok(failed),
-            };
-            // B powered VM 1 off; it is gone before VM 2 exists.
-            drop(vm);
-            damage_image(&args, disk.path())?;
-            let vm2 = restore_config(&cfg, &args, &saved, restore_kernel.clone());
-            let mut vm2 = Vm::new(&vm2)?;
-            restore_on(&mut vm2, &mut run, &args, &mut saved)
+            hib.new_vm(&mut vm, false);
+            loop {
+                if let Some(done) = hib.drive(&mut vm, &mut run)? {
+                    return Ok(done);
+                }
+                // B powered the VM off: its image is checked before
+                // anything could restore it.
+                if let Some(failed) = hib.check_image(&vm, &mut run, disk.path())? {
+                    return Ok(failed);
+                }
+                drop(vm);
+                if args
+                    .inject
+                    .as_ref()
+                    .is_some_and(|i| i.host_cycle() == hib.hibernations)
+                {
+                    damage_image(&args, disk.path())?;
+                }
+                let c = restore_config(&cfg, &args, &hib, restore_kernel.clone())?;
+                vm = Vm::new(&c)?;
+                hib.new_vm(&mut vm, true);
+            }
         })();
         drop(disk);
         result.map_err(|e| e.symbolize(&cfg.kernel))
     })?
 }
 
-/// What VM 1 left for VM 2: the oracle with A's record, where the
-/// checkpoint sequence is, the image's facts.
-pub struct Saved {
+/// A hibernate run across its VMs: the oracle with A's record, where the
+/// checkpoint sequence is, and how far the run has come.
+struct Hibernation<'a> {
+    cfg: &'a RunConfig,
     oracle: Oracle,
     tracker: Tracker,
-    /// Pages of A's view checked in the image.
-    pub pages_checked: u64,
-    /// Pages the image holds.
-    pub image_pages: u64,
-    /// The image's entry (A's re-entry point).
-    pub entry: u64,
-    /// The end of B's region: C keeps below it.
-    peer_end: u64,
+    symbols_rip: Option<u64>,
+    /// Images B wrote and the VMM checked so far.
+    hibernations: u64,
+    /// A's last suspend, and whether it was a jump to a hibernating B
+    /// (else the ping-pong jump at the end).
+    a_suspended: Option<(CheckpointId, bool)>,
+    /// This VM was made to restore A and A has not resumed in it yet.
+    restoring: bool,
+    /// C jumped to A's re-entry point in this VM.
+    c_jumped: bool,
 }
 
-/// VM 2: the restore kernel, the same RAM size and disk, no initramfs;
-/// `mem=` keeps C to the region A's image does not cover.
-fn restore_config(cfg: &VmConfig, args: &RunConfig, saved: &Saved, kernel: Vec<u8>) -> VmConfig {
-    let mut c = VmConfig::new(
-        kernel,
-        format!(
-            "kjump.role=c kjump.scenario=hibernate mem={:#x} {BLOCK_DEVICE}{}",
-            saved.peer_end,
-            kjump_abi::cmdline::get(&cfg.cmdline, "kjump.log")
-                .map(|l| format!(" kjump.log={l}"))
-                .unwrap_or_default()
-        ),
+impl<'a> Hibernation<'a> {
+    fn new(cfg: &'a RunConfig, kernel: &[u8], run: &mut RunState) -> Self {
+        let symbols = Symbols::from_elf(kernel).ok();
+        let symbols_rip = symbols
+            .as_ref()
+            .and_then(|s| s.address_of("kjump_checkpoint"));
+        let oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
+        *run.report() = kjump_core::report::Report::new(
+            cfg.scenario.name(),
+            cfg.cycles,
+            cfg.compare.name(),
+            oracle.allowlist().entries(),
+        );
+        for (field, reason) in RESTORE_ALLOWLIST {
+            run.report()
+                .allowlist
+                .push(kjump_core::report::AllowedField {
+                    field: (*field).to_owned(),
+                    reason: (*reason).to_owned(),
+                });
+        }
+        Self {
+            cfg,
+            oracle,
+            tracker: Tracker::new(),
+            symbols_rip,
+            hibernations: 0,
+            a_suspended: None,
+            restoring: false,
+            c_jumped: false,
+        }
+    }
+
+    /// A new VM runs (`restore`: one booting kernel C to restore A; else
+    /// VM 1, booting A). Its RAM is new: the oracle reads it afresh (from
+    /// the first dirty list alone when the VM's RAM started zero), its
+    /// records stay.
+    fn new_vm(&mut self, vm: &mut Vm, restore: bool) {
+        self.oracle.forget_memory();
+        if vm.dirty_log_covers_all_writes() {
+            self.oracle.ram_starts_zero();
+        }
+        self.restoring = restore;
+        self.c_jumped = false;
+        // C may be another kernel: its checkpoint's address is not known
+        // (A's is set again once C has jumped).
+        vm.set_checkpoint_rip(if restore { None } else { self.symbols_rip });
+        if restore {
+            vm.set_console_name("c");
+        }
+    }
+
+    /// Runs `vm` to its end: `Some` with the outcome when the run ends
+    /// here, `None` when B saved A and powered the machine off.
+    fn drive(&mut self, vm: &mut Vm, run: &mut RunState) -> Result<Option<Outcome>, RunError> {
+        loop {
+            let mut id = None;
+            let tracker = &mut self.tracker;
+            let event = vm.run_until_event(&mut || {
+                let i = tracker.next();
+                id = Some(i);
+                i.direction.answer()
+            })?;
+            match event {
+                VmEvent::Message(HarnessEvent::Kimage { args: a }) => {
+                    let k = Kimage::read(vm.memory(), &a)?;
+                    if k.role == Role::C {
+                        // C's kimage back to A: it has no pages (A's
+                        // relocation code finishes the restore).
+                        if !self.restoring || self.c_jumped {
+                            return Err(RunError::Protocol(
+                                "a kernel c reported a kimage outside a restore",
+                            ));
+                        }
+                        log::debug!("kernel c reported its kimage");
+                        continue;
+                    }
+                    let kernel = Kernel::from(k.role);
+                    if kernel != self.tracker.running() {
+                        return Err(RunError::Protocol(
+                            "a kernel reported a kimage for the other role",
+                        ));
+                    }
+                    self.oracle.kimage_reported(kernel, k, a);
+                }
+                VmEvent::Checkpoint { .. } => {
+                    let id = id.ok_or(RunError::Protocol("checkpoint without identity"))?;
+                    if let Some(failed) = self.checkpoint(vm, run, &id)? {
+                        return Ok(Some(failed));
+                    }
+                }
+                VmEvent::Breakpoint { .. } => {
+                    return Err(RunError::Protocol(
+                        "a breakpoint fired that the VMM did not set",
+                    ));
+                }
+                VmEvent::Message(ev) => {
+                    let guest = vm.console_name().to_owned();
+                    match handle_message(vm, run, ev)? {
+                        None => {}
+                        Some(Verdict::Pass)
+                            if guest == "b" && matches!(self.a_suspended, Some((_, true))) =>
+                        {
+                            return Ok(None);
+                        }
+                        Some(Verdict::Pass)
+                            if guest == "a"
+                                && self.tracker.cycles_completed() == self.cfg.cycles + 1 =>
+                        {
+                            let verdict = match &self.cfg.inject {
+                                Some(inj) => Verdict::Fail(format!(
+                                    "the injected fault {} was not caught: the run passed",
+                                    inj.spec
+                                )),
+                                None => Verdict::Pass,
+                            };
+                            return Ok(Some(run.outcome(verdict, "a")));
+                        }
+                        Some(Verdict::Pass) => {
+                            return Err(RunError::Protocol(
+                                "a kernel reported pass before kernel a was saved, restored and checked as often as asked",
+                            ));
+                        }
+                        Some(fail) => return Ok(Some(run.outcome(fail, &guest))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One checkpoint: C's jump to A (not judged: C stands in B's place),
+    /// or A's or B's, judged by the oracle. `Some` with the outcome when
+    /// it fails the run.
+    fn checkpoint(
+        &mut self,
+        vm: &mut Vm,
+        run: &mut RunState,
+        id: &CheckpointId,
+    ) -> Result<Option<Outcome>, RunError> {
+        let hibernating = matches!(self.a_suspended, Some((_, true)));
+        match (id.kernel, id.direction) {
+            (Kernel::B, Direction::Suspend) if self.restoring && !self.c_jumped => {
+                self.c_jumped = true;
+                log::info!("kernel c jumps to a's re-entry point");
+                vm.set_console_name("a");
+                vm.set_checkpoint_rip(self.symbols_rip);
+                return Ok(None);
+            }
+            (Kernel::B, Direction::Suspend) if hibernating => {
+                return Err(RunError::Protocol(
+                    "kernel b was to save kernel a and power off, but it jumped back",
+                ));
+            }
+            (Kernel::B, Direction::Resume) => {
+                return Err(RunError::Protocol(
+                    "in hibernate kernel b boots afresh every time: it is never resumed",
+                ));
+            }
+            (Kernel::A, Direction::Resume) if hibernating && !self.restoring => {
+                return Err(RunError::Protocol(
+                    "kernel a resumed in the VM it hibernated in",
+                ));
+            }
+            _ => {}
+        }
+        let restored = id.kernel == Kernel::A && id.direction == Direction::Resume && hibernating;
+        let machine = vm.capture_machine()?;
+        let dirty = vm.dirty_pages()?;
+        let at = At::of(id);
+        let mut mismatches = self.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+        let j = self.oracle.judge(id, &machine, vm.memory())?;
+        if restored {
+            let (excused, kept): (Vec<Mismatch>, Vec<Mismatch>) =
+                j.mismatches.into_iter().partition(restore_excuses);
+            for m in &excused {
+                log::info!("excused after the restore: {}", m.explain());
+            }
+            mismatches.extend(kept);
+        } else {
+            mismatches.extend(j.mismatches);
+        }
+        run.checkpoints += 1;
+        run.report().excused_pages.extend(j.excused);
+        run.report().push_checkpoint(CheckpointRecord {
+            rip: machine.vcpu().regs.rip,
+            dirty_pages: dirty.len() as u64,
+            pages_compared: j.pages_compared,
+            capture_us: 0,
+            compare_us: 0,
+            mismatches: mismatches.len() as u64,
+            ..CheckpointRecord::of(id)
+        });
+        if !mismatches.is_empty() {
+            let n = mismatches.len();
+            run.report().push_mismatches(mismatches);
+            let what = match (id.kernel, id.direction) {
+                (Kernel::A, Direction::Resume) if restored => format!(
+                    "{n} mismatch(es) at kernel a's resume in a new VM (restored from its image)"
+                ),
+                (k, d) => format!("{n} mismatch(es) at kernel {}'s {}", k.name(), d.name()),
+            };
+            let why = first_line(&what, &first_mismatch(run));
+            return Ok(Some(run.outcome(Verdict::Fail(why), id.kernel.name())));
+        }
+        match (id.kernel, id.direction) {
+            (Kernel::A, Direction::Suspend) => {
+                let hibernation = self.hibernations < self.cfg.cycles;
+                self.a_suspended = Some((*id, hibernation));
+                vm.set_console_name("b");
+            }
+            (Kernel::B, _) => vm.set_console_name("a"),
+            (Kernel::A, Direction::Resume) => {
+                if restored {
+                    self.restoring = false;
+                    log::info!(
+                        "kernel a resumed in a new VM: {} pages of its view, its registers and devices as it left them",
+                        j.pages_compared
+                    );
+                    // A loads B afresh now: B boots at A's next jump.
+                    self.tracker.peer_reloaded();
+                }
+                run.set_cycles(self.tracker.cycles_completed().min(self.cfg.cycles));
+                vm.advanced();
+            }
+        }
+        Ok(None)
+    }
+
+    /// B has powered the machine off: the image on the disk, checked
+    /// against the oracle's record of A. `Some` with the outcome when it
+    /// fails the run.
+    fn check_image(
+        &mut self,
+        vm: &Vm,
+        run: &mut RunState,
+        disk: &Path,
+    ) -> Result<Option<Outcome>, RunError> {
+        let Some((suspended, _)) = self.a_suspended else {
+            return Err(RunError::Protocol("kernel b powered off before a jumped"));
+        };
+        let at = At {
+            direction: "image".to_owned(),
+            ..At::of(&suspended)
+        };
+        let image = match DiskImage::open(disk) {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(Some(run.outcome(
+                    Verdict::Fail(format!("kernel b's image of a: {e}")),
+                    "b",
+                )));
+            }
+        };
+        let expected_entry = self.oracle.jump_back_entry(Kernel::A);
+        if image.entry() != expected_entry {
+            return Ok(Some(run.outcome(
+                Verdict::Fail(format!(
+                    "kernel b's image of a is entered at {:#x}, a asked to be re-entered at {expected_entry:#x}",
+                    image.entry()
+                )),
+                "b",
+            )));
+        }
+        let check = check_against_record(&image, &self.oracle, Kernel::A, vm.memory(), &at)
+            .map_err(|source| {
+                RunError::Disk(crate::scenario::disk::DiskError::Stat {
+                    path: disk.to_owned(),
+                    source,
+                })
+            })?;
+        self.hibernations += 1;
+        log::info!(
+            "hibernation {}: the image on the disk: {} pages in {} ranges, entry {:#x}; {} pages of a's view checked",
+            self.hibernations,
+            image.pages(),
+            image.ranges().len(),
+            image.entry(),
+            check.pages_compared
+        );
+        if !check.mismatches.is_empty() {
+            let n = check.mismatches.len();
+            run.report().push_mismatches(check.mismatches);
+            let why = first_line(
+                &format!("{n} page(s) of kernel a's image on the disk differ from its record"),
+                &first_mismatch(run),
+            );
+            return Ok(Some(run.outcome(Verdict::Fail(why), "b")));
+        }
+        Ok(None)
+    }
+
+    /// The end of B's region, which the image does not cover: C keeps
+    /// below it.
+    fn peer_end(&self) -> Result<u64, RunError> {
+        self.oracle
+            .kimage(Kernel::A)
+            .map(|k| k.peer_end)
+            .ok_or(RunError::Protocol("kernel a jumped without a kimage"))
+    }
+}
+
+/// The VM that restores A: the restore kernel, the same RAM size and disk,
+/// no initramfs; `mem=` keeps C to the region A's image does not cover.
+fn restore_config(
+    cfg: &VmConfig,
+    args: &RunConfig,
+    hib: &Hibernation<'_>,
+    kernel: Vec<u8>,
+) -> Result<VmConfig, RunError> {
+    let mut cmdline = format!(
+        "kjump.role=c kjump.scenario=hibernate mem={:#x} {BLOCK_DEVICE}",
+        hib.peer_end()?
     );
+    if let Some(level) = kjump_abi::cmdline::get(&cfg.cmdline, "kjump.log") {
+        cmdline.push_str(&format!(" kjump.log={level}"));
+    }
+    // A fault of the restore kernel's, in the restore it is armed for.
+    if let Some(word) = args.inject.as_ref().and_then(|i| {
+        i.restore_word()
+            .filter(|_| i.cycle.is_none_or(|c| c == hib.hibernations))
+    }) {
+        cmdline.push_str(&format!(" {word}"));
+    }
+    let mut c = VmConfig::new(kernel, cmdline);
     c.mem_size = args.mem;
     c.timeout = cfg.timeout;
     c.console = cfg.console.clone();
@@ -149,166 +490,7 @@ fn restore_config(cfg: &VmConfig, args: &RunConfig, saved: &Saved, kernel: Vec<u
     c.irqchip = true;
     c.kvm_device = cfg.kvm_device.clone();
     c.disk = cfg.disk.clone();
-    c
-}
-
-/// VM 1 on a booted VM whose disk is `disk`: A's suspend recorded, B's
-/// image checked; `Err` with the outcome when the run ends here.
-fn save_on(
-    vm: &mut Vm,
-    run: &mut RunState,
-    cfg: &RunConfig,
-    kernel: &[u8],
-    disk: &Path,
-) -> Result<Result<Saved, Outcome>, RunError> {
-    let symbols = Symbols::from_elf(kernel).ok();
-    vm.set_checkpoint_rip(
-        symbols
-            .as_ref()
-            .and_then(|s| s.address_of("kjump_checkpoint")),
-    );
-    let mut oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
-    *run.report() = kjump_core::report::Report::new(
-        cfg.scenario.name(),
-        1,
-        cfg.compare.name(),
-        oracle.allowlist().entries(),
-    );
-    let mut tracker = Tracker::new();
-    let mut suspended = None;
-    loop {
-        let mut id = None;
-        let event = vm.run_until_event(&mut || {
-            let i = tracker.next();
-            id = Some(i);
-            i.direction.answer()
-        })?;
-        match event {
-            VmEvent::Message(HarnessEvent::Kimage { args: a }) => {
-                let k = Kimage::read(vm.memory(), &a)?;
-                if Kernel::from(k.role) != Kernel::A || suspended.is_some() {
-                    return Err(RunError::Protocol(
-                        "in hibernate only kernel a reports a kimage, once",
-                    ));
-                }
-                oracle.kimage_reported(Kernel::A, k, a);
-            }
-            VmEvent::Checkpoint { .. } => {
-                let id = id.ok_or(RunError::Protocol("checkpoint without identity"))?;
-                if id.kernel != Kernel::A || id.direction != Direction::Suspend {
-                    return Err(RunError::Protocol(
-                        "in hibernate kernel b saves kernel a and powers off: it never jumps back",
-                    ));
-                }
-                // A's suspend: recorded as in ping-pong (its registers,
-                // devices and view), and its jump checked.
-                let machine = vm.capture_machine()?;
-                let dirty = vm.dirty_pages()?;
-                let at = At::of(&id);
-                let mut mismatches = oracle.observe_memory(vm.memory(), &dirty, &at)?;
-                let j = oracle.judge(&id, &machine, vm.memory())?;
-                mismatches.extend(j.mismatches);
-                run.checkpoints += 1;
-                run.report().push_checkpoint(CheckpointRecord {
-                    rip: machine.vcpu().regs.rip,
-                    dirty_pages: dirty.len() as u64,
-                    pages_compared: j.pages_compared,
-                    capture_us: 0,
-                    compare_us: 0,
-                    mismatches: mismatches.len() as u64,
-                    ..CheckpointRecord::of(&id)
-                });
-                if !mismatches.is_empty() {
-                    run.report().push_mismatches(mismatches);
-                    let why = first_line("at kernel a's suspend", &first_mismatch(run));
-                    return Ok(Err(run.outcome(Verdict::Fail(why), "a")));
-                }
-                suspended = Some(id);
-                vm.set_console_name("b");
-            }
-            VmEvent::Breakpoint { .. } => {
-                return Err(RunError::Protocol(
-                    "a breakpoint fired that the VMM did not set",
-                ));
-            }
-            VmEvent::Message(ev) => {
-                let guest = vm.console_name().to_owned();
-                match handle_message(vm, run, ev)? {
-                    None => {}
-                    Some(Verdict::Pass) if guest == "b" && suspended.is_some() => break,
-                    Some(Verdict::Pass) => {
-                        return Err(RunError::Protocol(
-                            "kernel a reported pass before it was saved",
-                        ));
-                    }
-                    Some(fail) => return Ok(Err(run.outcome(fail, &guest))),
-                }
-            }
-        }
-    }
-    // B has powered the machine off: the image on the disk, checked
-    // against what A left, before anything could restore it.
-    let at = At {
-        checkpoint: suspended.map_or(0, |i| i.index),
-        cycle: 1,
-        kernel: Kernel::A.name().to_owned(),
-        direction: "image".to_owned(),
-    };
-    let image = match DiskImage::open(disk) {
-        Ok(i) => i,
-        Err(e) => {
-            return Ok(Err(run.outcome(
-                Verdict::Fail(format!("kernel b's image of a: {e}")),
-                "b",
-            )));
-        }
-    };
-    let expected_entry = oracle.jump_back_entry(Kernel::A);
-    if image.entry() != expected_entry {
-        return Ok(Err(run.outcome(
-            Verdict::Fail(format!(
-                "kernel b's image of a is entered at {:#x}, a asked to be re-entered at {expected_entry:#x}",
-                image.entry()
-            )),
-            "b",
-        )));
-    }
-    let check =
-        check_against_record(&image, &oracle, Kernel::A, vm.memory(), &at).map_err(|source| {
-            RunError::Disk(crate::scenario::disk::DiskError::Stat {
-                path: disk.to_owned(),
-                source,
-            })
-        })?;
-    let peer_end = oracle
-        .kimage(Kernel::A)
-        .map(|k| k.peer_end)
-        .ok_or(RunError::Protocol("kernel a jumped without a kimage"))?;
-    let saved = Saved {
-        pages_checked: check.pages_compared,
-        image_pages: image.pages(),
-        entry: image.entry(),
-        oracle,
-        tracker,
-        peer_end,
-    };
-    log::info!(
-        "the image on the disk: {} pages in {} ranges, entry {:#x}; {} pages of a's view checked",
-        saved.image_pages,
-        image.ranges().len(),
-        saved.entry,
-        saved.pages_checked
-    );
-    if !check.mismatches.is_empty() {
-        let n = check.mismatches.len();
-        run.report().push_mismatches(check.mismatches);
-        let why = first_line(
-            &format!("{n} page(s) of kernel a's image on the disk differ from its record"),
-            &first_mismatch(run),
-        );
-        return Ok(Err(run.outcome(Verdict::Fail(why), "b")));
-    }
-    Ok(Ok(saved))
+    Ok(c)
 }
 
 /// Host-side damage to the image between the two VMs (`--inject
@@ -381,128 +563,6 @@ fn restore_excuses(m: &Mismatch) -> bool {
         && m.name
             .as_deref()
             .is_some_and(|n| RESTORE_ALLOWLIST.iter().any(|(f, _)| *f == n))
-}
-
-/// VM 2: C boots, verifies and loads A's image, jumps to A's re-entry
-/// point; A's resume checkpoint is checked against its record from VM 1.
-fn restore_on(
-    vm: &mut Vm,
-    run: &mut RunState,
-    cfg: &RunConfig,
-    saved: &mut Saved,
-) -> Result<Outcome, RunError> {
-    // A new machine: the oracle's shadow of RAM is read afresh; its record
-    // of A stays. C may be another kernel: no checkpoint address is known.
-    saved.oracle.forget_memory();
-    vm.set_checkpoint_rip(None);
-    for (field, reason) in RESTORE_ALLOWLIST {
-        run.report()
-            .allowlist
-            .push(kjump_core::report::AllowedField {
-                field: (*field).to_owned(),
-                reason: (*reason).to_owned(),
-            });
-    }
-    let mut resumed = false;
-    loop {
-        let mut id = None;
-        let tracker = &mut saved.tracker;
-        let event = vm.run_until_event(&mut || {
-            let i = tracker.next();
-            id = Some(i);
-            i.direction.answer()
-        })?;
-        match event {
-            VmEvent::Message(HarnessEvent::Kimage { .. }) => {
-                // C's kimage back to A: it has no pages (A's relocation
-                // code finishes the restore).
-                log::debug!("kernel c reported its kimage");
-            }
-            VmEvent::Checkpoint { .. } => {
-                let id = id.ok_or(RunError::Protocol("checkpoint without identity"))?;
-                match (id.kernel, id.direction) {
-                    // C's jump to A, in B's place: C is not judged here.
-                    (Kernel::B, Direction::Suspend) if !resumed => {
-                        log::info!("kernel c jumps to a's re-entry point");
-                        vm.set_console_name("a");
-                    }
-                    (Kernel::A, Direction::Resume) if !resumed => {
-                        resumed = true;
-                        let machine = vm.capture_machine()?;
-                        let dirty = vm.dirty_pages()?;
-                        let at = At::of(&id);
-                        let mut mismatches =
-                            saved.oracle.observe_memory(vm.memory(), &dirty, &at)?;
-                        let j = saved.oracle.check_resume(&id, &machine)?;
-                        let (excused, kept): (Vec<Mismatch>, Vec<Mismatch>) =
-                            j.mismatches.into_iter().partition(restore_excuses);
-                        for m in &excused {
-                            log::info!("excused after the restore: {}", m.explain());
-                        }
-                        mismatches.extend(kept);
-                        run.checkpoints += 1;
-                        run.set_cycles(1);
-                        run.report().push_checkpoint(CheckpointRecord {
-                            rip: machine.vcpu().regs.rip,
-                            dirty_pages: dirty.len() as u64,
-                            pages_compared: j.pages_compared,
-                            capture_us: 0,
-                            compare_us: 0,
-                            mismatches: mismatches.len() as u64,
-                            ..CheckpointRecord::of(&id)
-                        });
-                        if !mismatches.is_empty() {
-                            let n = mismatches.len();
-                            run.report().push_mismatches(mismatches);
-                            let why = first_line(
-                                &format!(
-                                    "{n} mismatch(es) at kernel a's resume in the new VM (restored from its image)"
-                                ),
-                                &first_mismatch(run),
-                            );
-                            return Ok(run.outcome(Verdict::Fail(why), "a"));
-                        }
-                        log::info!(
-                            "kernel a resumed in the new VM: {} pages of its view, its registers and devices as it left them",
-                            j.pages_compared
-                        );
-                    }
-                    _ => {
-                        return Err(RunError::Protocol(
-                            "after the restore only c's jump and a's resume are checkpoints",
-                        ));
-                    }
-                }
-            }
-            VmEvent::Breakpoint { .. } => {
-                return Err(RunError::Protocol(
-                    "a breakpoint fired that the VMM did not set",
-                ));
-            }
-            VmEvent::Message(ev) => {
-                let guest = vm.console_name().to_owned();
-                match handle_message(vm, run, ev)? {
-                    None => {}
-                    Some(Verdict::Pass) if guest == "a" && resumed => {
-                        let verdict = match &cfg.inject {
-                            Some(inj) => Verdict::Fail(format!(
-                                "the injected fault {} was not caught: the run passed",
-                                inj.spec
-                            )),
-                            None => Verdict::Pass,
-                        };
-                        return Ok(run.outcome(verdict, "a"));
-                    }
-                    Some(Verdict::Pass) => {
-                        return Err(RunError::Protocol(
-                            "a kernel reported pass before kernel a was checked in the new VM",
-                        ));
-                    }
-                    Some(fail) => return Ok(run.outcome(fail, &guest)),
-                }
-            }
-        }
-    }
 }
 
 fn first_mismatch(run: &RunState) -> kjump_core::report::Mismatch {
