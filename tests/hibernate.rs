@@ -2,7 +2,8 @@
 //! the virtio-blk disk and powers off; the VMM checks the image against
 //! its record of A; a fresh VM boots kernel C, which verifies and loads
 //! the image and jumps to A's re-entry point; the oracle checks A in the
-//! new VM against its record from the first.
+//! new VM against its record from the first. `--cycles N` times, then A
+//! jumps to a fresh B once more, ping-pong fashion.
 
 mod common;
 
@@ -13,6 +14,23 @@ fn hibernate(extra: &[&str]) -> std::process::Output {
     let mut args = vec!["--scenario", "hibernate", "--mem", "64M"];
     args.extend_from_slice(extra);
     kjump(&args)
+}
+
+/// The report's checkpoints as "CYCLEkernel direction".
+fn sequence(r: &serde_json::Value) -> Vec<String> {
+    r["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}{} {}",
+                c["cycle"],
+                c["kernel"].as_str().unwrap(),
+                c["direction"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -40,24 +58,36 @@ fn a_is_saved_by_b_restored_by_c_in_a_new_vm_and_found_as_it_left() {
     let saved = at("[b] hibernate: b wrote a's image: 14336 pages in 2 ranges");
     let loading = at("[c] c: image of 14336 pages in 2 ranges");
     let verified = at("[c] c: every range verified; jumping to a's re-entry point");
-    let back = at("[a] a: back from my jump, state intact");
+    let back = at("[a] a: restored from hibernation 1 of 1, state intact");
+    let reloaded = at("[a] a: kimage reloaded: a fresh b (ping-pong)");
+    let pong = at("[a] a: back from the ping-pong jump to a fresh b, state intact");
     assert!(
-        saved < loading && loading < verified && verified < back,
+        saved < loading
+            && loading < verified
+            && verified < back
+            && back < reloaded
+            && reloaded < pong,
         "{out}"
     );
     assert!(
-        out.contains("kjump: hibernate: pass (1 of 1 cycles, 2 checkpoints, "),
+        out.contains("kjump: hibernate: pass (1 of 1 cycles, 5 checkpoints, "),
         "{out}\n{err}"
     );
 
-    // Two checkpoints: A's suspend in VM 1, A's resume in VM 2, where every
-    // page of A's view was compared.
+    // A's suspend in VM 1, A's resume in VM 2, where every page of A's
+    // view was compared; then the ping-pong jump to a fresh B in VM 2.
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        sequence(&r),
+        [
+            "1a suspend",
+            "1a resume",
+            "2a suspend",
+            "2b suspend",
+            "2a resume"
+        ]
+    );
     let cps = r["checkpoints"].as_array().unwrap();
-    assert_eq!(cps.len(), 2, "{r}");
-    assert_eq!(cps[0]["direction"], "suspend");
-    assert_eq!(cps[1]["kernel"], "a");
-    assert_eq!(cps[1]["direction"], "resume");
     assert!(cps[1]["pages_compared"].as_u64().unwrap() > 14000, "{r}");
     let allowed: Vec<&str> = r["allowlist"]
         .as_array()
@@ -199,7 +229,7 @@ fn a_that_does_not_take_the_disk_back_is_caught_at_the_device_fields() {
         "{out}"
     );
     assert!(
-        out.contains("at kernel a's resume in the new VM (restored from its image): first: checkpoint 2 (cycle 1, kernel a, resume): device virtio_blk.status"),
+        out.contains("at kernel a's resume in a new VM (restored from its image): first: checkpoint 2 (cycle 1, kernel a, resume): device virtio_blk.status"),
         "{err}"
     );
 }
@@ -222,4 +252,145 @@ fn faults_of_other_scenarios_and_large_memory_are_refused_up_front() {
     assert!(err.contains("at most 3G"), "{err}");
     let (_, err) = assert_exit(&hibernate(&["--gdb"]), 2);
     assert!(err.contains("not offered for hibernate"), "{err}");
+    let (_, err) = assert_exit(&hibernate(&["--cycles", "0"]), 2);
+    assert!(err.contains("--cycles 0"), "{err}");
+}
+
+#[test]
+fn a_is_hibernated_and_restored_three_times_then_jumps_to_a_fresh_b() {
+    if !kvm_or_skip("a_is_hibernated_and_restored_three_times_then_jumps_to_a_fresh_b") {
+        return;
+    }
+    let dir = scratch("hibernate-cycles");
+    let report = dir.join("report.json");
+    let (out, err) = assert_exit(
+        &hibernate(&["--cycles", "3", "--report", report.to_str().unwrap()]),
+        0,
+    );
+    assert!(
+        out.contains("kjump: hibernate: pass (3 of 3 cycles, 9 checkpoints, "),
+        "{out}\n{err}"
+    );
+    // Three fresh Bs save A, three Cs restore it, each in a new VM; the
+    // fourth B (ping-pong) jumps back.
+    let count = |s: &str| out.matches(s).count();
+    assert_eq!(
+        count("[b] hibernate: b wrote a's image: 14336 pages"),
+        3,
+        "{out}"
+    );
+    assert_eq!(count("[c] c: every range verified"), 3, "{out}");
+    assert_eq!(count("[b] kjump guest kernel b: hibernate"), 3, "{out}");
+    assert_eq!(count("[b] kjump guest kernel b: ping-pong"), 1, "{out}");
+    for k in 1..=3 {
+        assert!(
+            out.contains(&format!(
+                "[a] a: restored from hibernation {k} of 3, state intact"
+            )),
+            "{out}"
+        );
+    }
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        sequence(&r),
+        [
+            "1a suspend",
+            "1a resume",
+            "2a suspend",
+            "2a resume",
+            "3a suspend",
+            "3a resume",
+            "4a suspend",
+            "4b suspend",
+            "4a resume"
+        ]
+    );
+    // Every restore compared A's whole view in its new VM.
+    let cps = r["checkpoints"].as_array().unwrap();
+    for i in [1, 3, 5] {
+        assert!(cps[i]["pages_compared"].as_u64().unwrap() > 14000, "{r}");
+    }
+    assert_eq!(
+        (
+            r["cycles_requested"].as_u64(),
+            r["cycles_completed"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+}
+
+#[test]
+fn an_image_damaged_before_the_second_restore_is_refused_then() {
+    if !kvm_or_skip("an_image_damaged_before_the_second_restore_is_refused_then") {
+        return;
+    }
+    let (out, _) = assert_exit(
+        &hibernate(&["--cycles", "2", "--inject", "image-flip@2"]),
+        1,
+    );
+    assert!(
+        out.contains("[a] a: restored from hibernation 1 of 2, state intact"),
+        "{out}"
+    );
+    assert!(!out.contains("restored from hibernation 2"), "{out}");
+    assert!(
+        out.contains("kjump: hibernate: FAIL (kernel c, 1 of 2 cycles, ")
+            && out.contains("c: refusing the image: range 1 [0x900000..0x4000000) checksum 0x"),
+        "{out}"
+    );
+    // A fault in a restore the run does not make is refused up front.
+    let (_, err) = assert_exit(
+        &hibernate(&["--cycles", "2", "--inject", "image-flip@3"]),
+        2,
+    );
+    assert!(
+        err.contains("saves and restores kernel a 2 time(s) (use --cycles 3 or more)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_restore_kernel_that_skips_the_trampoline_leaves_a_damaged_where_c_ran() {
+    if !kvm_or_skip("a_restore_kernel_that_skips_the_trampoline_leaves_a_damaged_where_c_ran") {
+        return;
+    }
+    let (out, err) = assert_exit(&hibernate(&["--inject", "c:no-trampoline"]), 1);
+    assert!(
+        out.contains(
+            "[c] c: INJECTED FAULT: skipping the trampoline: entering a's re-entry routine 0x"
+        ),
+        "{out}"
+    );
+    // A's re-entry routine ran (from C's copy of the same text) and A
+    // reached its checkpoint: the oracle finds A's pages of the region C
+    // ran in (from 1 MiB to the end of B's region) other than A left them,
+    // named by page and symbol; A never ran on.
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("kjump: hibernate: FAIL (kernel a, 0 of 1 cycles, 2 checkpoints, "))
+        .unwrap_or_else(|| panic!("{out}\n{err}"));
+    assert!(
+        summary.contains(
+            "mismatch(es) at kernel a's resume in a new VM (restored from its image): first: checkpoint 2 (cycle 1, kernel a, resume): memory: page of kernel a 0x"
+        ),
+        "{summary}"
+    );
+    let page = summary
+        .split("memory: page of kernel a ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!((0x10_0000..0x90_0000).contains(&page), "{summary}");
+    assert!(summary.contains(" in kjump_kernel::"), "{summary}");
+    assert!(
+        out.contains("kjump_kernel::kexec::pattern::STATIC_PATTERN"),
+        "{out}"
+    );
+    assert!(!out.contains("[a] a: restored"), "{out}");
+    // It is c's fault, and hibernate's only.
+    let (_, err) = assert_exit(&hibernate(&["--inject", "no-trampoline"]), 2);
+    assert!(err.contains("use --inject c:no-trampoline"), "{err}");
+    let (_, err) = assert_exit(&kjump(&["--inject", "c:no-trampoline"]), 2);
+    assert!(err.contains("needs --scenario hibernate"), "{err}");
 }
