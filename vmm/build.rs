@@ -1,6 +1,8 @@
 //! Builds the guest kernel for `x86_64-unknown-none` and hands its path to
 //! the `kjump` crate (`KJUMP_GUEST_KERNEL`), which embeds it as the default
-//! kernel.
+//! kernel; and the same kernel linked at another address
+//! (`KJUMP_GUEST_KERNEL_ALT`, a path for the tests), a restore kernel for
+//! hibernate that is not the kernel it restores.
 //!
 //! Cargo does not install the targets named in `rust-toolchain.toml`, so this
 //! script adds `x86_64-unknown-none` with rustup when it is missing: the
@@ -43,29 +45,60 @@ fn main() {
     );
     println!("cargo:rerun-if-env-changed=KJUMP_GUEST_KERNEL_PREBUILT");
 
-    // A prebuilt kernel (for packagers); otherwise build it.
+    // A prebuilt kernel (for packagers); otherwise build it. (No second
+    // kernel then: the tests that restore with it say they skip.)
     if let Some(p) = env::var_os("KJUMP_GUEST_KERNEL_PREBUILT") {
         println!(
             "cargo:rustc-env=KJUMP_GUEST_KERNEL={}",
             Path::new(&p).display()
         );
+        println!("cargo:rustc-env=KJUMP_GUEST_KERNEL_ALT=");
         return;
     }
 
     ensure_target(&rustc);
 
-    let target_dir = out_dir.join("guest");
-    let mut cmd = Command::new(&cargo);
+    let kernel = build_guest(&cargo, &guest_dir, &out_dir.join("guest"), None);
+    println!("cargo:rustc-env=KJUMP_GUEST_KERNEL={}", kernel.display());
+    // The same kernel linked at another address: hibernate's tests restore
+    // with it, so that the restore kernel really is not the kernel it
+    // restores. (A second link of a small no_std kernel: a few seconds.)
+    let alt = build_guest(
+        &cargo,
+        &guest_dir,
+        &out_dir.join("guest-alt"),
+        Some(ALT_KERNEL_BASE),
+    );
+    println!("cargo:rustc-env=KJUMP_GUEST_KERNEL_ALT={}", alt.display());
+}
+
+/// Where the second kernel is linked: above the first (at 2 MiB, ending
+/// well below 6 MiB), inside B's region, which a restore kernel keeps to.
+const ALT_KERNEL_BASE: &str = "0x600000";
+
+/// Builds the guest kernel into `target_dir`, linked at `base` (the
+/// kernel's default when `None`); returns its path.
+fn build_guest(
+    cargo: &std::ffi::OsStr,
+    guest_dir: &Path,
+    target_dir: &Path,
+    base: Option<&str>,
+) -> PathBuf {
+    let mut cmd = Command::new(cargo);
     cmd.args(["build", "--bin", "kjump-kernel", "--profile", "guest"])
         .args(["--target", TARGET])
         .arg("--manifest-path")
         .arg(guest_dir.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             ["-Crelocation-model=static", "-Cforce-frame-pointers=yes"].join("\x1f"),
         );
+    match base {
+        Some(b) => cmd.env("KJUMP_KERNEL_BASE", b),
+        None => cmd.env_remove("KJUMP_KERNEL_BASE"),
+    };
     // Nothing of the outer build's configuration may leak into the guest's.
     for var in [
         "RUSTFLAGS",
@@ -103,7 +136,7 @@ fn main() {
         "guest kernel not found at {}",
         kernel.display()
     );
-    println!("cargo:rustc-env=KJUMP_GUEST_KERNEL={}", kernel.display());
+    kernel
 }
 
 /// Installs the target with rustup when the toolchain lacks its standard

@@ -56,8 +56,9 @@ pub fn run_a(boot: &BootInfo) -> ! {
         img.cp,
     );
     load_sse_pattern(Role::A);
+    let (k0, k1) = mem::kernel_image();
     crate::println!(
-        "a: pattern over {} bytes; {} hibernation(s), then a ping-pong jump",
+        "a: kernel a at {k0:#x}..{k1:#x}; pattern over {} bytes; {} hibernation(s), then a ping-pong jump",
         pattern.bytes(),
         cfg.cycles
     );
@@ -342,7 +343,10 @@ pub fn run_c(boot: &BootInfo) -> ! {
         }
     }
     let (entry, n, pages) = (h.entry, h.len(), h.pages());
-    crate::println!("c: image of {pages} pages in {n} ranges, entry {entry:#x}; loading it");
+    let (k0, k1) = mem::kernel_image();
+    crate::println!(
+        "c: kernel c at {k0:#x}..{k1:#x}; image of {pages} pages in {n} ranges, entry {entry:#x}; loading it"
+    );
     for i in 0..n {
         let r = h.range(i);
         let base = h.data_offset(i);
