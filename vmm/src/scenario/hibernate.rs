@@ -39,6 +39,7 @@ use kjump_core::symbols::Symbols;
 use crate::config::RunConfig;
 use crate::faults::{HostFault, ImageDamage};
 use crate::scenario::disk::Disk;
+use crate::scenario::pingpong::{lap, micros};
 use crate::scenario::{
     Outcome, RunError, RunOptions, RunState, Verdict, check_settings, handle_message, vm_config,
 };
@@ -324,11 +325,24 @@ impl<'a> Hibernation<'a> {
             _ => {}
         }
         let restored = id.kernel == Kernel::A && id.direction == Direction::Resume && hibernating;
+        let ran = vm.take_run_time();
+        let mut rec = CheckpointRecord {
+            t_us: micros(run.start),
+            guest_us: ran.guest.as_micros() as u64,
+            exit_us: ran.exits.as_micros() as u64,
+            ..CheckpointRecord::of(id)
+        };
+        let mut t = Instant::now();
         let machine = vm.capture_machine()?;
+        rec.state_us = lap(&mut t);
         let dirty = vm.dirty_pages()?;
+        rec.dirty_log_us = lap(&mut t);
         let at = At::of(id);
         let mut mismatches = self.oracle.observe_memory(vm.memory(), &dirty, &at)?;
+        rec.store_us = lap(&mut t);
+        rec.capture_us = rec.state_us + rec.dirty_log_us + rec.store_us;
         let j = self.oracle.judge(id, &machine, vm.memory())?;
+        rec.compare_us = lap(&mut t);
         if restored {
             let (excused, kept): (Vec<Mismatch>, Vec<Mismatch>) =
                 j.mismatches.into_iter().partition(restore_excuses);
@@ -345,10 +359,8 @@ impl<'a> Hibernation<'a> {
             rip: machine.vcpu().regs.rip,
             dirty_pages: dirty.len() as u64,
             pages_compared: j.pages_compared,
-            capture_us: 0,
-            compare_us: 0,
             mismatches: mismatches.len() as u64,
-            ..CheckpointRecord::of(id)
+            ..rec
         });
         if !mismatches.is_empty() {
             let n = mismatches.len();

@@ -251,12 +251,12 @@ fn first_delivery(
 }
 
 /// Microseconds since `t`.
-fn micros(t: Instant) -> u64 {
+pub(crate) fn micros(t: Instant) -> u64 {
     t.elapsed().as_micros() as u64
 }
 
 /// Microseconds since `t`, and `t` moved to now.
-fn lap(t: &mut Instant) -> u64 {
+pub(crate) fn lap(t: &mut Instant) -> u64 {
     let us = micros(*t);
     *t = Instant::now();
     us
