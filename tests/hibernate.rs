@@ -427,9 +427,33 @@ fn a_restore_kernel_that_skips_the_trampoline_leaves_a_damaged_where_c_ran() {
         "{out}"
     );
     assert!(!out.contains("[a] a: restored"), "{out}");
+    // Armed for the second restore only: the first restores A intact.
+    let (out, _) = assert_exit(
+        &hibernate(&["--cycles", "2", "--inject", "c:no-trampoline@2"]),
+        1,
+    );
+    assert!(
+        out.contains("[a] a: restored from hibernation 1 of 2, state intact"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("c: INJECTED FAULT: skipping the trampoline")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains("kjump: hibernate: FAIL (kernel a, 1 of 2 cycles, 4 checkpoints, ")
+            && out.contains(
+                "first: checkpoint 5 (cycle 2, kernel a, resume): memory: page of kernel a 0x"
+            ),
+        "{out}"
+    );
     // It is c's fault, and hibernate's only.
     let (_, err) = assert_exit(&hibernate(&["--inject", "no-trampoline"]), 2);
     assert!(err.contains("use --inject c:no-trampoline"), "{err}");
     let (_, err) = assert_exit(&kjump(&["--inject", "c:no-trampoline"]), 2);
     assert!(err.contains("needs --scenario hibernate"), "{err}");
+    let (_, err) = assert_exit(&hibernate(&["--inject", "c:no-trampoline@2"]), 2);
+    assert!(err.contains("use --cycles 2 or more"), "{err}");
 }

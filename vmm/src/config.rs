@@ -213,26 +213,22 @@ impl RunConfig {
             return refuse("cycles count from 1".into());
         }
         if scenario == Scenario::Hibernate {
-            // Its image faults (B's and C's in the first save and
-            // restore, the host's between the VMs of any), and A's stop
-            // faults at boot.
+            // Its image faults (B's and A's in the first save and restore,
+            // the host's and C's in any), and A's stop faults at boot.
             return match &inj.kind {
                 InjectKind::Guest {
                     fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
                     ..
-                }
-                | InjectKind::Restore { .. }
-                    if inj.cycle.is_none_or(|c| c == 1) =>
+                } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
+                InjectKind::Host(HostFault::Image(_)) | InjectKind::Restore { .. }
+                    if inj.cycle.unwrap_or(1) > cycles =>
                 {
-                    Ok(())
-                }
-                InjectKind::Host(HostFault::Image(_)) if inj.host_cycle() > cycles => {
                     refuse(format!(
                         "the run saves and restores kernel a {cycles} time(s) (use --cycles {} or more)",
-                        inj.host_cycle()
+                        inj.cycle.unwrap_or(1)
                     ))
                 }
-                InjectKind::Host(HostFault::Image(_)) => Ok(()),
+                InjectKind::Host(HostFault::Image(_)) | InjectKind::Restore { .. } => Ok(()),
                 InjectKind::Guest {
                     fault: Fault::Stop(_),
                     kernel: Kernel::A,
