@@ -16,6 +16,21 @@ fn hibernate(extra: &[&str]) -> std::process::Output {
     kjump(&args)
 }
 
+/// The line of `out` that starts with `prefix` (the run's summary).
+fn line<'a>(out: &'a str, err: &str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in\n{out}\n{err}"))
+}
+
+/// The word after `marker` in `s` (an address the output names).
+fn word_after<'a>(s: &'a str, marker: &str) -> &'a str {
+    s.split(marker)
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("nothing after {marker:?} in {s}"))
+}
+
 /// The report's checkpoints as "CYCLEkernel direction".
 fn sequence(r: &serde_json::Value) -> Vec<String> {
     r["checkpoints"]
@@ -169,11 +184,7 @@ fn a_restore_kernel_linked_at_another_address_restores_a() {
 /// verdict and never jumps into it.
 fn refused(fault: &str, expected: &str) {
     let (out, err) = assert_exit(&hibernate(&["--inject", fault]), 1);
-    let line = "kjump: hibernate: FAIL (kernel c, ";
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with(line))
-        .unwrap_or_else(|| panic!("no summary of c's refusal:\n{out}\n{err}"));
+    let summary = line(&out, &err, "kjump: hibernate: FAIL (kernel c, ");
     assert!(
         summary.contains(&format!(
             "kernel c reports a failure: \"c: refusing the image: {expected}"
@@ -225,10 +236,7 @@ fn a_page_b_leaves_out_of_the_image_is_named_by_the_vmm_check_of_the_disk() {
     }
     let (out, err) = assert_exit(&hibernate(&["--inject", "b:image-skip-page"]), 1);
     assert!(out.contains("b: INJECTED FAULT: leaving page 0x"), "{out}");
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("kjump: hibernate: FAIL (kernel b, "))
-        .unwrap_or_else(|| panic!("{out}\n{err}"));
+    let summary = line(&out, &err, "kjump: hibernate: FAIL (kernel b, ");
     assert!(
         summary.contains(
             "1 page(s) of kernel a's image on the disk differ from its record: first: checkpoint 0 (cycle 1, kernel a, image): memory: page 0x"
@@ -236,11 +244,7 @@ fn a_page_b_leaves_out_of_the_image_is_named_by_the_vmm_check_of_the_disk() {
         "{summary}"
     );
     // The page b named is the page the VMM found.
-    let page = out
-        .split("b: INJECTED FAULT: leaving page ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap();
+    let page = word_after(&out, "b: INJECTED FAULT: leaving page ");
     assert!(
         summary.ends_with(&format!("memory: page {page}")),
         "{summary}\n{page}"
@@ -404,22 +408,19 @@ fn a_restore_kernel_that_skips_the_trampoline_leaves_a_damaged_where_c_ran() {
     // reached its checkpoint: the oracle finds A's pages of the region C
     // ran in (from 1 MiB to the end of B's region) other than A left them,
     // named by page and symbol; A never ran on.
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("kjump: hibernate: FAIL (kernel a, 0 of 1 cycles, 2 checkpoints, "))
-        .unwrap_or_else(|| panic!("{out}\n{err}"));
+    let summary = line(
+        &out,
+        &err,
+        "kjump: hibernate: FAIL (kernel a, 0 of 1 cycles, 2 checkpoints, ",
+    );
     assert!(
         summary.contains(
             "mismatch(es) at kernel a's resume in a new VM (restored from its image): first: checkpoint 2 (cycle 1, kernel a, resume): memory: page of kernel a 0x"
         ),
         "{summary}"
     );
-    let page = summary
-        .split("memory: page of kernel a ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(|| panic!("{summary}"));
+    let page = word_after(summary, "memory: page of kernel a ");
+    let page = u64::from_str_radix(page.trim_start_matches("0x"), 16).unwrap();
     assert!((0x10_0000..0x90_0000).contains(&page), "{summary}");
     assert!(summary.contains(" in kjump_kernel::"), "{summary}");
     assert!(

@@ -72,8 +72,16 @@ impl JumpImage {
         syscore::report_resumed(self.role, &saved);
     }
 
-    pub(super) fn pairs_moved(&self) -> u64 {
-        phys_read_u64(self.cp + control::DATA_PAIRS)
+    /// Self-check once back: the relocation code moved every page of
+    /// the kimage on the way back.
+    pub(super) fn check_pairs_moved(&self) {
+        let moved = phys_read_u64(self.cp + control::DATA_PAIRS);
+        if moved != self.pages_per_transfer {
+            fail(format_args!(
+                "a: self-check: the jump back moved {moved} pages, expected {}",
+                self.pages_per_transfer
+            ));
+        }
     }
 }
 
@@ -103,13 +111,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         injected.arm(cp, 0);
         check_cpu(Role::A, &before);
         pattern.check(Role::A);
-        let moved = img.pairs_moved();
-        if moved != img.pages_per_transfer {
-            fail(format_args!(
-                "a: self-check: the jump back moved {moved} pages, expected {}",
-                img.pages_per_transfer
-            ));
-        }
+        img.check_pairs_moved();
         crate::println!("a: cycle {cycle}: back from b, state intact");
         harness::progress(cycle);
         injected.arrived(cycle);
