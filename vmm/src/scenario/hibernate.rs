@@ -110,6 +110,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         let mut cfg = cfg;
         cfg.stop = stop;
         let mut run = RunState::new(args.scenario, start, &ledger);
+        let mut restoring = false;
         let result = (|| -> Result<Outcome, RunError> {
             let mut hib = Hibernation::new(&args, &cfg.kernel, &mut run);
             let mut vm = Vm::new(&cfg)?;
@@ -132,12 +133,21 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
                     damage_image(&args, disk.path())?;
                 }
                 let c = restore_config(&cfg, &args, &hib, restore_kernel.clone())?;
+                restoring = true;
                 vm = Vm::new(&c)?;
                 hib.new_vm(&mut vm, true);
             }
         })();
         drop(disk);
-        result.map_err(|e| e.symbolize(&cfg.kernel))
+        result.map_err(|e| {
+            // In a restore VM the failing code may be A's or C's (a C
+            // linked elsewhere): A's symbols first, then C's.
+            let e = e.symbolize(&cfg.kernel);
+            match e.regs() {
+                Some(r) if restoring && r.rip_symbol.is_none() => e.symbolize(&restore_kernel),
+                _ => e,
+            }
+        })
     })?
 }
 
