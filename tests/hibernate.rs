@@ -458,3 +458,37 @@ fn a_restore_kernel_that_skips_the_trampoline_leaves_a_damaged_where_c_ran() {
     let (_, err) = assert_exit(&hibernate(&["--inject", "c:no-trampoline@2"]), 2);
     assert!(err.contains("use --cycles 2 or more"), "{err}");
 }
+
+#[test]
+fn a_fresh_b_from_the_kimage_reloaded_after_a_restore_is_checked_at_its_first_entry() {
+    if !kvm_or_skip(
+        "a_fresh_b_from_the_kimage_reloaded_after_a_restore_is_checked_at_its_first_entry",
+    ) {
+        return;
+    }
+    // Cycle 2: A, restored in the new VM, reloaded its kimage of B and
+    // jumps to it; a byte of B's image is flipped where the kimage keeps
+    // it, before the relocation code delivers it.
+    let (out, err) = assert_exit(&hibernate(&["--inject", "flip-b-image@2"]), 1);
+    let summary = line(
+        &out,
+        &err,
+        "kjump: hibernate: FAIL (kernel b, 1 of 1 cycles, 3 checkpoints, ",
+    );
+    assert!(
+        summary.contains(
+            "1 page(s) of kernel b's first delivery differ from what a's kimage placed: first: checkpoint 3 (cycle 2, kernel b, first entry): memory: page of kernel b 0x"
+        ) && summary.contains("kjump_kernel::kexec::pattern::STATIC_PATTERN+0x123"),
+        "{summary}"
+    );
+    // B never ran: the check is at its entry.
+    assert!(
+        !out.contains("[b] kjump guest kernel b: ping-pong"),
+        "{out}"
+    );
+    let (_, err) = assert_exit(&hibernate(&["--inject", "flip-b-image@3"]), 2);
+    assert!(
+        err.contains("b boots in cycles 1 to 2 of this run (use --cycles 2 or more)"),
+        "{err}"
+    );
+}

@@ -214,7 +214,8 @@ impl RunConfig {
         }
         if scenario == Scenario::Hibernate {
             // Its image faults (B's and A's in the first save and restore,
-            // the host's and C's in any), and A's stop faults at boot.
+            // the host's and C's in any), B's first delivery in any cycle,
+            // and A's stop faults at boot.
             return match &inj.kind {
                 InjectKind::Guest {
                     fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
@@ -229,6 +230,13 @@ impl RunConfig {
                     ))
                 }
                 InjectKind::Host(HostFault::Image(_)) | InjectKind::Restore { .. } => Ok(()),
+                // A fresh B boots in each cycle, the last one's included.
+                InjectKind::Host(HostFault::FlipBImage) if inj.host_cycle() <= cycles + 1 => Ok(()),
+                InjectKind::Host(HostFault::FlipBImage) => refuse(format!(
+                    "b boots in cycles 1 to {} of this run (use --cycles {} or more)",
+                    cycles + 1,
+                    inj.host_cycle() - 1
+                )),
                 InjectKind::Guest {
                     fault: Fault::Stop(_),
                     kernel: Kernel::A,

@@ -28,6 +28,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use kjump_abi::abi::Role;
+use kjump_abi::control;
 use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
 use kjump_core::harness::HarnessEvent;
 use kjump_core::hibimage::{DiskImage, check_against_record};
@@ -39,7 +40,7 @@ use kjump_core::symbols::Symbols;
 use crate::config::RunConfig;
 use crate::faults::{HostFault, ImageDamage};
 use crate::scenario::disk::Disk;
-use crate::scenario::pingpong::{lap, micros};
+use crate::scenario::pingpong::{first_delivery, flip_b_image, lap, micros};
 use crate::scenario::{
     Outcome, RunError, RunOptions, RunState, Verdict, check_settings, handle_message, vm_config,
 };
@@ -167,6 +168,9 @@ struct Hibernation<'a> {
     restoring: bool,
     /// C jumped to A's re-entry point in this VM.
     c_jumped: bool,
+    /// Harness time between checkpoints (B's first delivery), charged to
+    /// the next checkpoint.
+    carried: CheckpointRecord,
 }
 
 impl<'a> Hibernation<'a> {
@@ -199,6 +203,7 @@ impl<'a> Hibernation<'a> {
             a_suspended: None,
             restoring: false,
             c_jumped: false,
+            carried: CheckpointRecord::default(),
         }
     }
 
@@ -260,6 +265,20 @@ impl<'a> Hibernation<'a> {
                         return Ok(Some(failed));
                     }
                 }
+                VmEvent::Breakpoint { rip } if self.oracle.delivery_entry() == Some(rip) => {
+                    let (after, _) = self
+                        .a_suspended
+                        .ok_or(RunError::Protocol("kernel b was entered before a jumped"))?;
+                    let mismatches =
+                        first_delivery(vm, &mut self.oracle, &mut self.carried, rip, &after)?;
+                    if !mismatches.is_empty() {
+                        let what = format!(
+                            "{} page(s) of kernel b's first delivery differ from what a's kimage placed",
+                            mismatches.len()
+                        );
+                        return Ok(Some(fail(run, mismatches, &what, "b")));
+                    }
+                }
                 VmEvent::Breakpoint { .. } => {
                     return Err(RunError::Protocol(
                         "a breakpoint fired that the VMM did not set",
@@ -269,6 +288,9 @@ impl<'a> Hibernation<'a> {
                     let guest = vm.console_name().to_owned();
                     match handle_message(vm, run, ev)? {
                         None => {}
+                        Some(Verdict::Pass) if guest == "b" && self.oracle.delivery_pending() => {
+                            return Ok(Some(run.outcome(Verdict::Fail(NOT_ENTERED.into()), "b")));
+                        }
                         Some(Verdict::Pass)
                             if guest == "b" && matches!(self.a_suspended, Some((_, true))) =>
                         {
@@ -322,6 +344,10 @@ impl<'a> Hibernation<'a> {
                     "kernel b was to save kernel a and power off, but it jumped back",
                 ));
             }
+            (Kernel::B, Direction::Suspend) if self.oracle.delivery_pending() => {
+                vm.set_exec_breakpoint(None)?;
+                return Ok(Some(run.outcome(Verdict::Fail(NOT_ENTERED.into()), "b")));
+            }
             (Kernel::B, Direction::Resume) => {
                 return Err(RunError::Protocol(
                     "in hibernate kernel b boots afresh every time: it is never resumed",
@@ -336,23 +362,27 @@ impl<'a> Hibernation<'a> {
         }
         let restored = id.kernel == Kernel::A && id.direction == Direction::Resume && hibernating;
         let ran = vm.take_run_time();
+        let carried = std::mem::take(&mut self.carried);
         let mut rec = CheckpointRecord {
             t_us: micros(run.start),
             guest_us: ran.guest.as_micros() as u64,
-            exit_us: ran.exits.as_micros() as u64,
+            exit_us: ran.exits.as_micros() as u64 + carried.exit_us,
             ..CheckpointRecord::of(id)
         };
+        rec.dirty_log_us = carried.dirty_log_us;
+        rec.store_us = carried.store_us;
+        rec.compare_us = carried.compare_us;
         let mut t = Instant::now();
         let machine = vm.capture_machine()?;
-        rec.state_us = lap(&mut t);
+        rec.state_us += lap(&mut t);
         let dirty = vm.dirty_pages()?;
-        rec.dirty_log_us = lap(&mut t);
+        rec.dirty_log_us += lap(&mut t);
         let at = At::of(id);
         let mut mismatches = self.oracle.observe_memory(vm.memory(), &dirty, &at)?;
-        rec.store_us = lap(&mut t);
+        rec.store_us += lap(&mut t);
         rec.capture_us = rec.state_us + rec.dirty_log_us + rec.store_us;
         let j = self.oracle.judge(id, &machine, vm.memory())?;
-        rec.compare_us = lap(&mut t);
+        rec.compare_us += lap(&mut t);
         if restored {
             let (excused, kept): (Vec<Mismatch>, Vec<Mismatch>) =
                 j.mismatches.into_iter().partition(restore_excuses);
@@ -374,21 +404,37 @@ impl<'a> Hibernation<'a> {
         });
         if !mismatches.is_empty() {
             let n = mismatches.len();
-            run.report().push_mismatches(mismatches);
             let what = match (id.kernel, id.direction) {
                 (Kernel::A, Direction::Resume) if restored => format!(
                     "{n} mismatch(es) at kernel a's resume in a new VM (restored from its image)"
                 ),
                 (k, d) => format!("{n} mismatch(es) at kernel {}'s {}", k.name(), d.name()),
             };
-            let why = first_line(&what, &first_mismatch(run));
-            return Ok(Some(run.outcome(Verdict::Fail(why), id.kernel.name())));
+            return Ok(Some(fail(run, mismatches, &what, id.kernel.name())));
         }
         match (id.kernel, id.direction) {
             (Kernel::A, Direction::Suspend) => {
                 let hibernation = self.hibernations < self.cfg.cycles;
                 self.a_suspended = Some((*id, hibernation));
                 vm.set_console_name("b");
+                // B boots afresh every time here: its memory is checked at
+                // its entry, before its first instruction, against what
+                // A's (re)loaded kimage placed for it, as in ping-pong's
+                // first cycle.
+                let entry = self.oracle.read_control(
+                    vm.memory(),
+                    Kernel::A,
+                    control::DATA_PEER_ENTRY,
+                    false,
+                )?;
+                self.oracle.expect_delivery(entry)?;
+                vm.set_exec_breakpoint(Some(entry))?;
+                if self.cfg.inject.as_ref().is_some_and(|i| {
+                    matches!(i.host(), Some(HostFault::FlipBImage)) && i.host_cycle() == id.cycle
+                }) {
+                    let note = flip_b_image(vm, &self.oracle)?;
+                    log::warn!("injected: {note}");
+                }
             }
             (Kernel::B, _) => vm.set_console_name("a"),
             (Kernel::A, Direction::Resume) => {
@@ -585,6 +631,17 @@ fn restore_excuses(m: &Mismatch) -> bool {
         && m.name
             .as_deref()
             .is_some_and(|n| RESTORE_ALLOWLIST.iter().any(|(f, _)| *f == n))
+}
+
+/// What a fresh B that ran without the check of its first delivery is
+/// told.
+const NOT_ENTERED: &str = "kernel b ran without being entered where kernel a's jump said: its first delivery was not checked";
+
+/// The run fails with `mismatches` (`what` says where), blamed on `kernel`.
+fn fail(run: &mut RunState, mismatches: Vec<Mismatch>, what: &str, kernel: &str) -> Outcome {
+    run.report().push_mismatches(mismatches);
+    let why = first_line(what, &first_mismatch(run));
+    run.outcome(Verdict::Fail(why), kernel)
 }
 
 fn first_mismatch(run: &RunState) -> kjump_core::report::Mismatch {

@@ -177,7 +177,13 @@ pub(crate) fn run_from(
                         "a breakpoint fired that the VMM did not set",
                     ));
                 }
-                let mismatches = first_delivery(vm, &mut pp, rip)?;
+                let first = CheckpointId {
+                    index: 0,
+                    cycle: 1,
+                    kernel: Kernel::A,
+                    direction: Direction::Suspend,
+                };
+                let mismatches = first_delivery(vm, &mut pp.oracle, &mut pp.carried, rip, &first)?;
                 if !mismatches.is_empty() {
                     progress.finish();
                     return Ok(failed(run, mismatches));
@@ -222,32 +228,59 @@ fn failed(run: &mut RunState, mismatches: Vec<Mismatch>) -> Outcome {
 /// Kernel b is about to run its first instruction, at `entry`: the VMM's
 /// breakpoint stopped it there. Its memory must hold exactly what a's
 /// kimage delivered (checked before b can run, so a relocation that
-/// corrupts the first delivery is caught in cycle 1, not when b crashes).
-fn first_delivery(
+/// corrupts the first delivery is caught in the cycle of a's jump `after`,
+/// not when b crashes). The harness time goes to `carried`.
+pub(crate) fn first_delivery(
     vm: &mut Vm,
-    pp: &mut PingPong<'_>,
+    oracle: &mut Oracle,
+    carried: &mut CheckpointRecord,
     entry: u64,
+    after: &CheckpointId,
 ) -> Result<Vec<Mismatch>, RunError> {
     vm.set_exec_breakpoint(None)?;
     let at = kjump_core::report::At {
-        checkpoint: 0,
-        cycle: 1,
+        checkpoint: after.index,
+        cycle: after.cycle,
         kernel: Kernel::B.name().to_owned(),
         direction: "first entry".to_owned(),
     };
     let mut t = Instant::now();
     let dirty = vm.dirty_pages()?;
-    pp.carried.dirty_log_us += lap(&mut t);
-    let mut mismatches = pp.oracle.observe_memory(vm.memory(), &dirty, &at)?;
-    pp.carried.store_us += lap(&mut t);
-    let j = pp.oracle.check_delivery(&at)?;
-    pp.carried.compare_us += lap(&mut t);
+    carried.dirty_log_us += lap(&mut t);
+    let mut mismatches = oracle.observe_memory(vm.memory(), &dirty, &at)?;
+    carried.store_us += lap(&mut t);
+    let j = oracle.check_delivery(&at)?;
+    carried.compare_us += lap(&mut t);
     log::info!(
         "kernel b entered at {entry:#x}: {} pages of its first delivery checked",
         j.pages_compared
     );
     mismatches.extend(j.mismatches);
     Ok(mismatches)
+}
+
+/// Flips a byte of B's page of the pattern where A's kimage keeps it
+/// until the relocation code delivers it (`flip-b-image`, at A's suspend
+/// before B boots); says what it did.
+pub(crate) fn flip_b_image(vm: &Vm, oracle: &Oracle) -> Result<String, RunError> {
+    let (home, sym) = pattern_target(oracle)?;
+    let at = oracle.parked_at(Kernel::B, home);
+    vm.flip_byte(at)?;
+    Ok(format!(
+        "flipped a byte of b's image at {home:#x} ({sym}), waiting at {at:#x} in a's source pages"
+    ))
+}
+
+/// The byte the memory faults damage: in the kernels' pattern, by symbol.
+fn pattern_target(oracle: &Oracle) -> Result<(u64, String), RunError> {
+    let s = oracle
+        .symbols()
+        .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
+    let a = s
+        .address_of_suffix("kexec::pattern::STATIC_PATTERN")
+        .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?
+        + 0x123;
+    Ok((a, s.lookup(a).unwrap_or_default()))
 }
 
 /// Microseconds since `t`.
@@ -618,16 +651,10 @@ impl Injector {
         let Some(fault) = self.due(id).cloned() else {
             return Ok(());
         };
-        let target = |sym: &str| -> Option<(u64, String)> {
-            let s = oracle.symbols()?;
-            let a = s.address_of_suffix(sym)? + 0x123;
-            Some((a, s.lookup(a).unwrap_or_default()))
-        };
         // Damage the away kernel's parked copy of its pattern: A's while B
         // runs (at B's suspend), B's while A runs (at A's resume).
         let flip = |vm: &Vm, victim: Kernel| -> Result<String, RunError> {
-            let (home, sym) = target("kexec::pattern::STATIC_PATTERN")
-                .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
+            let (home, sym) = pattern_target(oracle)?;
             let at = oracle.parked_at(victim, home);
             vm.flip_byte(at)?;
             Ok(format!(
@@ -639,15 +666,7 @@ impl Injector {
             (HostFault::FlipA, Kernel::B, Direction::Suspend) => flip(vm, Kernel::A)?,
             (HostFault::FlipB, Kernel::A, Direction::Resume) => flip(vm, Kernel::B)?,
             (HostFault::FlipBImage, Kernel::A, Direction::Suspend) if id.index == 0 => {
-                // B's page of the pattern, where A's kimage keeps it until
-                // the relocation code delivers it.
-                let (home, sym) = target("kexec::pattern::STATIC_PATTERN")
-                    .ok_or(RunError::Protocol("no pattern symbol in the kernel"))?;
-                let at = oracle.parked_at(Kernel::B, home);
-                vm.flip_byte(at)?;
-                format!(
-                    "flipped a byte of b's image at {home:#x} ({sym}), waiting at {at:#x} in a's source pages"
-                )
+                flip_b_image(vm, oracle)?
             }
             (HostFault::SavedReg(slot, name), Kernel::A, Direction::Suspend) => {
                 let offset = control::CONTEXT + 8 * slot;
