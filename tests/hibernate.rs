@@ -251,6 +251,25 @@ fn a_page_b_leaves_out_of_the_image_is_named_by_the_vmm_check_of_the_disk() {
     );
     // C never ran: the check comes before any restore.
     assert!(!out.contains("[c]"), "{out}");
+    // Armed for the second hibernation: the B that A's reloaded kimage
+    // boots in the second VM leaves the page out.
+    let (out, err) = assert_exit(
+        &hibernate(&["--cycles", "2", "--inject", "b:image-skip-page@2"]),
+        1,
+    );
+    assert!(
+        out.contains("[a] a: restored from hibernation 1 of 2"),
+        "{out}"
+    );
+    let summary = line(
+        &out,
+        &err,
+        "kjump: hibernate: FAIL (kernel b, 1 of 2 cycles, ",
+    );
+    assert!(
+        summary.contains("first: checkpoint 3 (cycle 2, kernel a, image): memory: page 0x"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -274,6 +293,21 @@ fn a_that_does_not_take_the_disk_back_is_caught_at_the_device_fields() {
     assert!(
         out.contains("at kernel a's resume in a new VM (restored from its image): first: checkpoint 2 (cycle 1, kernel a, resume): device virtio_blk.status"),
         "{err}"
+    );
+    // In the second restore only.
+    let (out, _) = assert_exit(
+        &hibernate(&["--cycles", "2", "--inject", "no-device-resume@2"]),
+        1,
+    );
+    assert!(
+        out.contains("[a] a: restored from hibernation 1 of 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "checkpoint 5 (cycle 2, kernel a, resume): device virtio_blk.status: 0x0 -> 0xf"
+        ),
+        "{out}"
     );
 }
 

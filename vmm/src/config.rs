@@ -213,15 +213,16 @@ impl RunConfig {
             return refuse("cycles count from 1".into());
         }
         if scenario == Scenario::Hibernate {
-            // Its image faults (B's and A's in the first save and restore,
-            // the host's and C's in any), B's first delivery in any cycle,
+            // Its image faults (B's, A's, C's and the host's, in any of
+            // the run's hibernations), B's first delivery in any cycle,
             // and A's stop faults at boot.
             return match &inj.kind {
                 InjectKind::Guest {
                     fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
                     ..
-                } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
-                InjectKind::Host(HostFault::Image(_)) | InjectKind::Restore { .. }
+                }
+                | InjectKind::Host(HostFault::Image(_))
+                | InjectKind::Restore { .. }
                     if inj.cycle.unwrap_or(1) > cycles =>
                 {
                     refuse(format!(
@@ -229,7 +230,12 @@ impl RunConfig {
                         inj.cycle.unwrap_or(1)
                     ))
                 }
-                InjectKind::Host(HostFault::Image(_)) | InjectKind::Restore { .. } => Ok(()),
+                InjectKind::Guest {
+                    fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
+                    ..
+                }
+                | InjectKind::Host(HostFault::Image(_))
+                | InjectKind::Restore { .. } => Ok(()),
                 // A fresh B boots in each cycle, the last one's included.
                 InjectKind::Host(HostFault::FlipBImage) if inj.host_cycle() <= cycles + 1 => Ok(()),
                 InjectKind::Host(HostFault::FlipBImage) => refuse(format!(

@@ -36,6 +36,9 @@ use kjump_abi::control;
 
 /// The key on B's command line with the end of A's RAM.
 pub const A_RAM_TOP_KEY: &str = "kjump.a.ram_top";
+/// The key on B's command line with the number of A's hibernation it
+/// saves (from 1): B's faults are armed for it.
+pub const CYCLE_KEY: &str = "kjump.hibernation";
 
 /// Bytes the disk takes per request.
 const CHUNK: u64 = 4 << 20;
@@ -93,7 +96,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         } else {
             "ping-pong"
         };
-        load::reload_b(boot, &cfg, &img, next);
+        load::reload_b(boot, &cfg, &img, (next, cycle + 1));
     }
     let before = cpu_view();
     img.jump();
@@ -191,7 +194,8 @@ pub fn run_b(boot: &BootInfo) -> ! {
     let (cp, _) = load::setup_control_pages(Role::B, map_top);
     // `image-skip-page`: the first page of A's with data above B's region
     // is left out.
-    let skip = match super::faults::Injected::from_cmdline(boot).jump(1) {
+    let cycle = arg(CYCLE_KEY).unwrap_or(1);
+    let skip = match super::faults::Injected::from_cmdline(boot).jump(cycle) {
         Some(JumpFault::ImageSkipPage) => in_ring3(
             cp,
             first_nonzero_ring3,

@@ -162,7 +162,7 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
     let Some(sources) = mem::alloc_pages(npages, u64::MAX, avoid) else {
         fail(format_args!("a: no room for {npages} source pages"))
     };
-    let jump_back_entry = place_b(boot, cfg, &elf, cp, sources, boot.scenario);
+    let jump_back_entry = place_b(boot, cfg, &elf, cp, sources, (boot.scenario, 1));
 
     let (head, head2, pages_per_transfer) = build_lists(cfg, cp, npages, sources);
     phys_write_u64(cp + control::DATA_HEAD, head);
@@ -204,15 +204,16 @@ fn kernel_b(boot: &BootInfo) -> Elf<'static> {
 }
 
 /// Puts B's image into the source pages (zeroed) from `sources` on: its
-/// PT_LOADs, its zero page and command line (B to boot in `scenario`);
-/// B is to be entered at its ELF entry. Returns A's jump-back entry.
+/// PT_LOADs, its zero page and command line (B to boot in `scenario`, in
+/// A's cycle `cycle`); B is to be entered at its ELF entry. Returns A's
+/// jump-back entry.
 fn place_b(
     boot: &BootInfo,
     cfg: &Config,
     elf: &Elf<'_>,
     cp: u64,
     sources: u64,
-    scenario: &str,
+    (scenario, cycle): (&str, u64),
 ) -> u64 {
     let src_of = |d: u64| sources + (d - cfg.peer_start);
     for seg in elf.segments() {
@@ -224,7 +225,7 @@ fn place_b(
         cfg,
         jump_back_entry,
         src_of(cfg.peer_start),
-        scenario,
+        (scenario, cycle),
     );
     phys_write_u64(cp + control::DATA_PEER_ENTRY, elf.entry);
     phys_write_u64(cp + control::DATA_PEER_BOOT_ENTRY, elf.entry);
@@ -235,18 +236,23 @@ fn place_b(
 
 /// Kernel A loads kernel B again into the kimage `img` (`kexec -l` once
 /// more, into the same source pages and lists): the next jump boots a
-/// fresh B, in `scenario`. After a restore from a hibernation image the
+/// fresh B, in `scenario` and A's cycle `cycle`. After a restore from a hibernation image the
 /// kimage is stale: B powered the machine off, the source pages hold what
 /// the restore kernel left in B's region (A's relocation code swapped it
 /// out when the restore kernel entered A), and the recorded peer entry is
 /// the restore kernel's. So Linux's user space loads the kernel to jump to
 /// again after a resume; so does A.
-pub(super) fn reload_b(boot: &BootInfo, cfg: &Config, img: &JumpImage, scenario: &str) {
+pub(super) fn reload_b(
+    boot: &BootInfo,
+    cfg: &Config,
+    img: &JumpImage,
+    (scenario, cycle): (&str, u64),
+) {
     let elf = kernel_b(boot);
     // SAFETY: the source pages are A's (allocated by `load_b`, outside
     // every view but their kimage's) and identity-mapped.
     unsafe { mem::zero(img.sources, img.peer_end - img.peer_start) };
-    let entry = place_b(boot, cfg, &elf, img.cp, img.sources, scenario);
+    let entry = place_b(boot, cfg, &elf, img.cp, img.sources, (scenario, cycle));
     crate::println!(
         "a: kimage reloaded: a fresh b ({scenario}) at {:#x}..{:#x}, jump-back entry {entry:#x}",
         img.peer_start,
@@ -262,7 +268,7 @@ fn write_b_boot_pages(
     cfg: &Config,
     jump_back_entry: u64,
     zero_page_src: u64,
-    scenario: &str,
+    (scenario, cycle): (&str, u64),
 ) {
     let (peer_start, peer_end) = (cfg.peer_start, cfg.peer_end);
     let mut cmd = harness::TextBuf::new();
@@ -279,13 +285,15 @@ fn write_b_boot_pages(
     if let Some(c) = cmdline::get(boot.cmdline, fault::B_CYCLE_KEY) {
         let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
     }
-    // A hibernating B saves A's RAM: it needs to know where it ends.
+    // A hibernating B saves A's RAM: it needs to know where it ends, and
+    // which of A's hibernations this is (for its faults).
     if scenario == "hibernate" {
         let _ = write!(
             cmd,
-            " {}={:#x}",
+            " {}={:#x} {}={cycle}",
             super::hibernate::A_RAM_TOP_KEY,
-            mem::ram_top()
+            mem::ram_top(),
+            super::hibernate::CYCLE_KEY,
         );
     }
     // The disk is the machine's: B finds it where A did.
