@@ -126,12 +126,13 @@ struct Job {
 const NO_PAGE: u64 = u64::MAX;
 
 /// Reads the word at physical `addr` (page 0 included, which a Rust
-/// pointer may not point at).
+/// pointer may not point at). Callers: ring 3 on a control page's user
+/// identity map, or ring 0 on the kernel's, both of RAM below 4 GiB.
 fn read_word(addr: u64) -> u64 {
     let v: u64;
     // SAFETY: `addr` is 8-byte aligned RAM of this VM below 4 GiB, mapped
-    // by the control page's user identity map this runs on (ring 3); a
-    // plain load, no side effect.
+    // by the map this runs on (the control page's user identity map in
+    // ring 3, the kernel's in ring 0); a plain load, no side effect.
     unsafe {
         asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) v,
              options(nostack, readonly, preserves_flags))
@@ -341,6 +342,16 @@ pub fn run_c(boot: &BootInfo) -> ! {
         }
     }
     let (entry, n, pages) = (h.entry, h.len(), h.pages());
+    // C jumps there (and with `no-trampoline` reads A's control page
+    // there): it must be restored memory.
+    if !h
+        .ranges()
+        .any(|r| r.start <= entry && entry - r.start < r.len)
+    {
+        fail(format_args!(
+            "c: refusing the image: its entry {entry:#x} lies in none of its ranges"
+        ));
+    }
     let (k0, k1) = mem::kernel_image();
     crate::println!(
         "c: kernel c at {k0:#x}..{k1:#x}; image of {pages} pages in {n} ranges, entry {entry:#x}; loading it"
@@ -374,10 +385,12 @@ pub fn run_c(boot: &BootInfo) -> ! {
 /// directly (its address is in A's restored control page, the page of
 /// A's re-entry point), through [`kjump_enter_reentry`], instead of A's
 /// relocation code: A's pages of the region C ran in are never swapped
-/// back from where A's kimage parked them.
+/// back from where A's kimage parked them. `entry` is in the image.
 fn skip_trampoline(cp: u64, entry: u64) {
     let a_cp = entry & !(PAGE_SIZE - 1);
-    let reentry = super::phys_read_u64(a_cp + control::DATA_REENTRY);
+    // A plain load from restored RAM below 4 GiB, which C's own identity
+    // map covers (it maps at least the first 4 GiB).
+    let reentry = read_word(a_cp + control::DATA_REENTRY);
     crate::println!(
         "c: INJECTED FAULT: skipping the trampoline: entering a's re-entry routine {reentry:#x} directly"
     );
