@@ -5,7 +5,9 @@
 //! to the end of the scenario, checked all the way.
 
 mod common;
-use common::{assert_exit, assert_only_answer_and_tsc_expected, kjump, kvm_or_skip, scratch};
+use common::{
+    assert_exit, assert_only_answer_and_tsc_expected, gdb_or_skip, kjump, kvm_or_skip, scratch,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,23 +23,6 @@ use kjump_core::state::VcpuState;
 use kjump_core::symbols::Symbols;
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress};
-
-/// Whether gdb runs here. Without it the test skips, loudly; with
-/// `KJUMP_REQUIRE_KVM=1` (CI) a skip is a failure.
-fn gdb_or_skip(test: &str) -> bool {
-    let ok = Command::new("gdb")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg = format!("SKIPPED {test}: gdb is not installed");
-        if std::env::var("KJUMP_REQUIRE_KVM").as_deref() == Ok("1") {
-            panic!("{msg} (KJUMP_REQUIRE_KVM=1 turns the skip into a failure)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-    }
-    ok
-}
 
 /// A 64-bit kernel state stopped at `rip`, with `rsp` pointing at a return
 /// address.

@@ -3,7 +3,7 @@
 //! clients that break the protocol.
 
 mod common;
-use common::{kjump, kjump_command, kvm_or_skip, scratch, skip};
+use common::{gdb_or_skip, kjump, kjump_command, kvm_or_skip, scratch};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,19 +16,6 @@ use kjump_core::symbols::Symbols;
 
 /// How long any one kjump or gdb may take before the test gives up on it.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Whether gdb runs here; without it the test skips, loudly (a failure in
-/// CI, where `.ci/run` installs it).
-fn gdb_or_skip(test: &str) -> bool {
-    let ok = Command::new("gdb")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(test, "gdb is not installed");
-    }
-    ok
-}
 
 fn ready(test: &str) -> bool {
     kvm_or_skip(test) && gdb_or_skip(test)

@@ -1,5 +1,6 @@
 //! The host side of the hibernation image (`kjump_abi::hibimage`, written
-//! by kernel B onto the virtio-blk disk): read it from the disk file
+//! by kernel B onto the virtio-blk disk; the crash scenario's vmcore is one
+//! of kind vmcore): read it from the disk file
 //! checking its magic, version, size and every range's checksum, and
 //! check it page by page against the oracle's record of the kernel it
 //! claims to be (what kernel A left at its suspend), before anything
@@ -49,12 +50,31 @@ pub struct DiskImage {
     header: Vec<u8>,
     entry: u64,
     ranges: Vec<Range>,
+    /// A vmcore's `struct elf_prstatus`.
+    prstatus: Option<Vec<u8>>,
 }
 
 impl DiskImage {
-    /// Opens the image at the start of the disk file `path` and verifies
-    /// it: headers, size, every range's checksum.
+    /// Opens the resumable image at the start of the disk file `path` and
+    /// verifies it: headers, size, every range's checksum.
     pub fn open(path: &Path) -> Result<Self, DiskImageError> {
+        Self::open_kind(path, false, true)
+    }
+
+    /// Opens and verifies the vmcore at the start of the disk file `path`
+    /// (the crash scenario's: not resumable, with an `NT_PRSTATUS` note).
+    pub fn open_vmcore(path: &Path) -> Result<Self, DiskImageError> {
+        Self::open_kind(path, true, true)
+    }
+
+    /// Opens the vmcore at the start of `path` checking its headers and
+    /// size but not its ranges' checksums: to find the pages of a range
+    /// whose checksum [`DiskImage::open_vmcore`] refused.
+    pub fn open_vmcore_unchecked(path: &Path) -> Result<Self, DiskImageError> {
+        Self::open_kind(path, true, false)
+    }
+
+    fn open_kind(path: &Path, vmcore: bool, sums: bool) -> Result<Self, DiskImageError> {
         let read = |source| DiskImageError::Read {
             path: path.to_owned(),
             source,
@@ -68,12 +88,17 @@ impl DiskImage {
             ))) as usize
         ];
         file.read_exact_at(&mut first, 0).map_err(read)?;
-        let h = Header::parse(&first).map_err(DiskImageError::Image)?;
+        let (h, prstatus) = if vmcore {
+            Header::parse_vmcore(&first).map(|(h, p)| (h, Some(p.to_vec())))
+        } else {
+            Header::parse(&first).map(|h| (h, None))
+        }
+        .map_err(DiskImageError::Image)?;
         h.check_size(size).map_err(DiskImageError::Image)?;
         let ranges: Vec<Range> = h.ranges().collect();
         let entry = h.entry;
         let mut buf = vec![0u8; CHUNK];
-        for (i, r) in ranges.iter().enumerate() {
+        for (i, r) in ranges.iter().enumerate().filter(|_| sums) {
             let mut sum = Checksum::new();
             let base = h.data_offset(i);
             let mut off = 0;
@@ -94,6 +119,7 @@ impl DiskImage {
             header: first,
             entry,
             ranges,
+            prstatus,
         })
     }
 
@@ -117,6 +143,11 @@ impl DiskImage {
         &self.header
     }
 
+    /// A vmcore's `struct elf_prstatus` (`None` for a resumable image).
+    pub fn prstatus(&self) -> Option<&[u8]> {
+        self.prstatus.as_deref()
+    }
+
     /// The page of memory at `addr` as the image holds it; `None` when the
     /// image does not hold it.
     pub fn page(&self, addr: u64) -> io::Result<Option<Box<Page>>> {
@@ -138,6 +169,8 @@ impl DiskImage {
 #[derive(Debug, Default)]
 pub struct ImageCheck {
     pub pages_compared: u64,
+    /// Pages of the view the check was told not to compare.
+    pub pages_excused: u64,
     pub mismatches: Vec<Mismatch>,
 }
 
@@ -153,6 +186,26 @@ pub fn check_against_record(
     found: &crate::GuestMem,
     at: &At,
 ) -> Result<ImageCheck, io::Error> {
+    check_pages(image, oracle, k, found, at, "hibernation image", |home| {
+        Some(oracle.parked_at(k, home))
+    })
+}
+
+/// Checks every page of kernel `k`'s view as the oracle recorded it at its
+/// suspend against `image` (a "`what`"), each page `home` where
+/// `place(home)` says the image holds it; `None` excuses the page (counted
+/// in `pages_excused`). A run of pages missing from the image is one
+/// memory mismatch (its first page, and how many); a page that differs is
+/// one with its byte ranges, a hexdump and the symbol.
+pub fn check_pages(
+    image: &DiskImage,
+    oracle: &Oracle,
+    k: Kernel,
+    found: &crate::GuestMem,
+    at: &At,
+    what: &str,
+    place: impl Fn(u64) -> Option<u64>,
+) -> Result<ImageCheck, io::Error> {
     use crate::dump::RamSource;
     let mut out = ImageCheck::default();
     let Some((_, _, left)) = oracle.left(k, found) else {
@@ -163,58 +216,99 @@ pub fn check_against_record(
     };
     let symbols = oracle.symbols();
     let mut expected = Box::new([0u8; PAGE_SIZE]);
+    // A run of pages missing from the image: (first home, its location,
+    // the next home after the run, pages).
+    let mut missing: Option<(u64, u64, u64, u64)> = None;
+    let missing_mismatch = |(home, location, _, pages): (u64, u64, u64, u64)| Mismatch {
+        at: at.clone(),
+        kind: MismatchKind::Memory,
+        name: Some(format!("{pages} page(s) missing from the {what}, from")),
+        address: Some(home),
+        location: Some(location),
+        expected: format!("{pages} page(s)"),
+        actual: format!("(not in the {what})"),
+        ranges: Vec::new(),
+        hexdump: None,
+        symbol: symbols.and_then(|s| s.lookup(home)),
+        note: Some(format!(
+            "kernel {}'s pages [{home:#x}..{:#x}) ({pages} page(s), from {location:#x}) are not in the {what}",
+            k.name(),
+            home + pages * PAGE
+        )),
+    };
     for home in view.pages() {
+        let Some(location) = place(home) else {
+            out.pages_excused += 1;
+            continue;
+        };
         left.read_ram(home, &mut expected[..])
             .map_err(|e| io::Error::other(e.to_string()))?;
-        let location = oracle.parked_at(k, home);
         out.pages_compared += 1;
-        let mismatch = |actual: String, ranges, hexdump, note| Mismatch {
-            at: at.clone(),
-            kind: MismatchKind::Memory,
-            name: None,
-            address: Some(home),
-            location: Some(location),
-            expected: PageHash::of(&expected).to_string(),
-            actual,
-            ranges,
-            hexdump,
-            symbol: symbols.and_then(|s| s.lookup(home)),
-            note: Some(note),
+        let Some(actual) = image.page(location)? else {
+            missing = match missing {
+                Some((h, l, next, n)) if next == home => Some((h, l, home + PAGE, n + 1)),
+                other => {
+                    if let Some(run) = other {
+                        out.mismatches.push(missing_mismatch(run));
+                    }
+                    Some((home, location, home + PAGE, 1))
+                }
+            };
+            continue;
         };
-        match image.page(location)? {
-            None => out.mismatches.push(mismatch(
-                "(not in the image)".to_owned(),
-                Vec::new(),
-                None,
-                format!(
-                    "kernel {}'s page {home:#x} (parked at {location:#x}) is not in the hibernation image",
-                    k.name()
-                ),
-            )),
-            Some(actual) if *actual != *expected => {
-                let diff = diff_ranges(&expected, &actual);
-                let ranges = diff
-                    .iter()
-                    .map(|&(s, e)| ByteRange {
-                        start: home + s as u64,
-                        end: home + e as u64,
-                        symbol: symbols.and_then(|sy| sy.lookup(home + s as u64)),
-                    })
-                    .collect();
-                out.mismatches.push(mismatch(
-                    PageHash::of(&actual).to_string(),
-                    ranges,
-                    Some(hexdump(home, &expected, &actual, &diff)),
-                    format!(
-                        "the hibernation image holds kernel {}'s page {home:#x} (at {location:#x}) other than it was left",
-                        k.name()
-                    ),
-                ));
-            }
-            Some(_) => {}
+        if *actual == *expected {
+            continue;
         }
+        out.mismatches.push(page_mismatch(
+            at,
+            symbols,
+            (home, location),
+            &expected,
+            &actual,
+            format!(
+                "the {what} holds kernel {}'s page {home:#x} (at {location:#x}) other than it was left",
+                k.name()
+            ),
+        ));
+    }
+    if let Some(run) = missing {
+        out.mismatches.push(missing_mismatch(run));
     }
     Ok(out)
+}
+
+/// A memory mismatch of the page `home` (looked for at `location`): its
+/// differing byte ranges with their symbols, and a hexdump.
+pub(crate) fn page_mismatch(
+    at: &At,
+    symbols: Option<&crate::symbols::Symbols>,
+    (home, location): (u64, u64),
+    expected: &Page,
+    actual: &Page,
+    note: String,
+) -> Mismatch {
+    let diff = diff_ranges(expected, actual);
+    let ranges = diff
+        .iter()
+        .map(|&(s, e)| ByteRange {
+            start: home + s as u64,
+            end: home + e as u64,
+            symbol: symbols.and_then(|sy| sy.lookup(home + s as u64)),
+        })
+        .collect();
+    Mismatch {
+        at: at.clone(),
+        kind: MismatchKind::Memory,
+        name: None,
+        address: Some(home),
+        location: Some(location),
+        expected: PageHash::of(expected).to_string(),
+        actual: PageHash::of(actual).to_string(),
+        ranges,
+        hexdump: Some(hexdump(home, expected, actual, &diff)),
+        symbol: symbols.and_then(|s| s.lookup(home)),
+        note: Some(note),
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub mod state;
 pub mod symbols;
 pub mod text;
 pub mod virtio;
+pub mod vmcore;
 pub mod write_log;
 
 /// Guest RAM: mmap-backed, with vm-memory's bitmap recording the writes the

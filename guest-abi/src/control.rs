@@ -92,6 +92,10 @@ pub const FAULT_NO_IOAPIC_RESTORE: u64 = 46;
 pub const FAULT_NO_MTRR_RESTORE: u64 = 47;
 /// Bit of [`DATA_FAULT`]: skip the device resume ([`DATA_DEVICE_RESUME`]).
 pub const FAULT_NO_DEVICE_RESUME: u64 = 48;
+/// Bit of [`DATA_FAULT`]: on the way out, the relocation code stores its
+/// own rsp over the saved one (the crash scenario's `stale-crash-notes`:
+/// the saved context is the crash notes the capture kernel reads).
+pub const FAULT_STALE_CRASH_NOTES: u64 = 49;
 
 /// What the relocation code leaves in each GPR (but rdi and rsp) when it
 /// hands over to the re-entry path: this plus the register's [`Slot`]

@@ -89,6 +89,23 @@ pub enum JumpFault {
     /// trampoline in the restored image), so A's pages of the region C
     /// ran in are never swapped back: `no-trampoline` (C, hibernate).
     NoTrampoline,
+    /// Crashing A jumps to the capture kernel without backing up low
+    /// memory first: `no-backup` (A, crash).
+    NoBackup,
+    /// The relocation code overwrites the crash notes' rsp (A's saved
+    /// context) with its own after the checkpoint: the notes no longer
+    /// hold A's registers as at the panic: `stale-crash-notes` (A, crash).
+    StaleCrashNotes,
+    /// The capture kernel reads A's low memory in place (where it runs
+    /// itself) instead of from the backup region: `no-backup-read` (B,
+    /// crash).
+    NoBackupRead,
+    /// The capture kernel leaves A's last memory range out of the vmcore:
+    /// `vmcore-skip` (B, crash).
+    VmcoreSkip,
+    /// The capture kernel writes one word just past its region, into A's
+    /// memory: `write-outside-reserved` (B, crash).
+    WriteOutsideReserved,
 }
 
 /// A guest-side fault.
@@ -195,6 +212,31 @@ pub const CATALOG: &[Entry] = &[
         what: "the restore kernel enters a's re-entry routine directly, skipping a's relocation code (the trampoline in the image that swaps back a's pages of the region c ran in)",
     },
     Entry {
+        name: "no-backup",
+        who: Who::AOnly,
+        what: "crashing kernel a jumps to the capture kernel without backing up low memory",
+    },
+    Entry {
+        name: "stale-crash-notes",
+        who: Who::AOnly,
+        what: "the crash notes lose a's rsp at the panic (the relocation code's own is stored over it)",
+    },
+    Entry {
+        name: "no-backup-read",
+        who: Who::BOnly,
+        what: "the capture kernel reads a's low memory in place, not from the backup region",
+    },
+    Entry {
+        name: "vmcore-skip",
+        who: Who::BOnly,
+        what: "the capture kernel leaves a's last memory range out of the vmcore",
+    },
+    Entry {
+        name: "write-outside-reserved",
+        who: Who::BOnly,
+        what: "the capture kernel writes one word just past its region, into a's memory",
+    },
+    Entry {
         name: "hang",
         who: Who::Both,
         what: "the kernel spins with interrupts off: the watchdog stops it",
@@ -264,6 +306,11 @@ impl Fault {
             "image-skip-page" => Self::Jump(J::ImageSkipPage),
             "no-device-resume" => Self::Jump(J::NoDeviceResume),
             "no-trampoline" => Self::Jump(J::NoTrampoline),
+            "no-backup" => Self::Jump(J::NoBackup),
+            "stale-crash-notes" => Self::Jump(J::StaleCrashNotes),
+            "no-backup-read" => Self::Jump(J::NoBackupRead),
+            "vmcore-skip" => Self::Jump(J::VmcoreSkip),
+            "write-outside-reserved" => Self::Jump(J::WriteOutsideReserved),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -308,6 +355,11 @@ impl Fault {
             Self::Jump(J::ImageSkipPage) => "image-skip-page",
             Self::Jump(J::NoDeviceResume) => "no-device-resume",
             Self::Jump(J::NoTrampoline) => "no-trampoline",
+            Self::Jump(J::NoBackup) => "no-backup",
+            Self::Jump(J::StaleCrashNotes) => "stale-crash-notes",
+            Self::Jump(J::NoBackupRead) => "no-backup-read",
+            Self::Jump(J::VmcoreSkip) => "vmcore-skip",
+            Self::Jump(J::WriteOutsideReserved) => "write-outside-reserved",
         };
         CATALOG
             .iter()
@@ -332,7 +384,14 @@ impl JumpFault {
             Self::SkipSwapBack => 1 << control::FAULT_SKIP_SWAP_BACK,
             Self::WrongReentrySlot => 1 << control::FAULT_WRONG_REENTRY_SLOT,
             Self::LosePreserve => 1 << control::FAULT_LOSE_PRESERVE,
-            Self::WriteOutside | Self::ImageSkipPage | Self::NoTrampoline => 0,
+            Self::StaleCrashNotes => 1 << control::FAULT_STALE_CRASH_NOTES,
+            Self::WriteOutside
+            | Self::ImageSkipPage
+            | Self::NoTrampoline
+            | Self::NoBackup
+            | Self::NoBackupRead
+            | Self::VmcoreSkip
+            | Self::WriteOutsideReserved => 0,
         }
     }
 }
@@ -366,7 +425,8 @@ mod tests {
 
     #[test]
     fn masks_are_distinct_single_bits() {
-        let faults: [JumpFault; 12] = [
+        let faults: [JumpFault; 13] = [
+            JumpFault::StaleCrashNotes,
             JumpFault::Forget(Slot::Rbx as u64),
             JumpFault::NoTableRestore(Slot::GdtrBase as u64),
             JumpFault::NoTableRestore(Slot::IdtrBase as u64),

@@ -42,6 +42,12 @@ pub const MAGIC: [u8; 8] = *b"KJHIBIMG";
 pub const VERSION: u32 = 1;
 /// `flags`: the image can be resumed at its entry.
 pub const FLAG_RESUMABLE: u32 = 1;
+/// `flags`: the image is a vmcore (the crash scenario: a crashed kernel's
+/// memory, for the debugger, never resumed; its entry is where the kernel
+/// died). A "CORE" `NT_PRSTATUS` note with the kernel's registers follows
+/// the KJUMP note in the PT_NOTE segment, within the header pages (see
+/// [`crate::vmcore`]).
+pub const FLAG_VMCORE: u32 = 2;
 /// Most ranges an image may have (A's memory is a few runs of pages).
 pub const MAX_RANGES: usize = 64;
 
@@ -54,6 +60,8 @@ const NOTE_HDR: usize = 12 + 8;
 const IMAGE_HDR: usize = 8 + 4 + 4 + 8 + 4 + 4 + 8;
 /// One range entry: address, length, checksum.
 const RANGE: usize = 24;
+/// A vmcore's "CORE" note: header, "CORE\0" padded to 8, the prstatus.
+const CORE_NOTE: usize = 12 + 8 + crate::vmcore::PRSTATUS_SIZE;
 
 /// One range of memory in the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +89,8 @@ pub enum ImageError {
     Version(u32),
     /// Not marked resumable.
     NotResumable,
+    /// Not marked a vmcore, or without its `NT_PRSTATUS` note.
+    NotVmcore,
     /// More ranges than [`MAX_RANGES`], or none.
     RangeCount(u64),
     /// The range table does not match its checksum.
@@ -111,6 +121,7 @@ impl core::fmt::Display for ImageError {
             Self::BadMagic(m) => write!(f, "wrong magic {m:02x?} (expected \"KJHIBIMG\")"),
             Self::Version(v) => write!(f, "image version {v}, this kernel reads {VERSION}"),
             Self::NotResumable => write!(f, "the image is not marked resumable"),
+            Self::NotVmcore => write!(f, "the image is not a vmcore with an NT_PRSTATUS note"),
             Self::RangeCount(n) => write!(f, "{n} ranges (1 to {MAX_RANGES} allowed)"),
             Self::TableChecksum { expected, found } => write!(
                 f,
@@ -230,8 +241,33 @@ fn get64(b: &[u8], o: usize) -> u64 {
 /// entered at `entry` into `out`, which must hold [`header_size`] bytes;
 /// returns that size. Zero-fills the rest of the header pages.
 pub fn write_headers(out: &mut [u8], entry: u64, ranges: &[Range]) -> Result<u64, ImageError> {
+    write_any_headers(out, entry, ranges, None)
+}
+
+/// Writes the headers of a vmcore ([`FLAG_VMCORE`]) of `ranges`, whose
+/// kernel died at `entry` with the registers of `prstatus` (a Linux
+/// `struct elf_prstatus`), into `out`, which must hold [`header_size`]
+/// bytes; returns that size. The "CORE" note must fit in the header
+/// pages: a vmcore has at most 44 ranges, or 50 to [`MAX_RANGES`].
+pub fn write_vmcore_headers(
+    out: &mut [u8],
+    entry: u64,
+    ranges: &[Range],
+    prstatus: &[u8; crate::vmcore::PRSTATUS_SIZE],
+) -> Result<u64, ImageError> {
+    write_any_headers(out, entry, ranges, Some(prstatus))
+}
+
+fn write_any_headers(
+    out: &mut [u8],
+    entry: u64,
+    ranges: &[Range],
+    prstatus: Option<&[u8; crate::vmcore::PRSTATUS_SIZE]>,
+) -> Result<u64, ImageError> {
     let n = ranges.len();
-    if n == 0 || n > MAX_RANGES {
+    let core_note = if prstatus.is_some() { CORE_NOTE } else { 0 };
+    let raw = EHDR + (1 + n) * PHDR + NOTE_HDR + IMAGE_HDR + n * RANGE + core_note;
+    if n == 0 || n > MAX_RANGES || raw as u64 > header_size(n) {
         return Err(ImageError::RangeCount(n as u64));
     }
     let size = header_size(n);
@@ -262,8 +298,8 @@ pub fn write_headers(out: &mut [u8], entry: u64, ranges: &[Range]) -> Result<u64
     let ph = EHDR;
     put32(out, ph, PT_NOTE);
     put64(out, ph + 8, note as u64);
-    put64(out, ph + 32, (NOTE_HDR + desc_len) as u64);
-    put64(out, ph + 40, (NOTE_HDR + desc_len) as u64);
+    put64(out, ph + 32, (NOTE_HDR + desc_len + core_note) as u64);
+    put64(out, ph + 40, (NOTE_HDR + desc_len + core_note) as u64);
     put64(out, ph + 48, 4);
     // PT_LOADs.
     for (i, r) in ranges.iter().enumerate() {
@@ -285,7 +321,15 @@ pub fn write_headers(out: &mut [u8], entry: u64, ranges: &[Range]) -> Result<u64
     let d = note + NOTE_HDR;
     out[d..d + 8].copy_from_slice(&MAGIC);
     put32(out, d + 8, VERSION);
-    put32(out, d + 12, FLAG_RESUMABLE);
+    put32(
+        out,
+        d + 12,
+        if prstatus.is_some() {
+            FLAG_VMCORE
+        } else {
+            FLAG_RESUMABLE
+        },
+    );
     put64(out, d + 16, entry);
     put32(out, d + 24, n as u32);
     put64(out, d + 32, table_checksum(ranges.iter().copied()));
@@ -294,6 +338,14 @@ pub fn write_headers(out: &mut [u8], entry: u64, ranges: &[Range]) -> Result<u64
         put64(out, e, r.start);
         put64(out, e + 8, r.len);
         put64(out, e + 16, r.checksum);
+    }
+    if let Some(p) = prstatus {
+        let c = d + desc_len;
+        put32(out, c, 5);
+        put32(out, c + 4, p.len() as u32);
+        put32(out, c + 8, crate::vmcore::NT_PRSTATUS);
+        out[c + 12..c + 17].copy_from_slice(b"CORE\0");
+        out[c + 20..c + 20 + p.len()].copy_from_slice(p);
     }
     Ok(size)
 }
@@ -306,14 +358,27 @@ pub fn write_headers(out: &mut [u8], entry: u64, ranges: &[Range]) -> Result<u64
 pub struct Header<'a> {
     /// Where the image is resumed (A's re-entry point).
     pub entry: u64,
+    /// The header's flags ([`FLAG_RESUMABLE`], ...).
+    pub flags: u32,
     table: &'a [u8],
     n: usize,
 }
 
 impl<'a> Header<'a> {
     /// Parses the first [`header_size`] bytes of an image (give at least
-    /// one page; more is fine).
+    /// one page; more is fine). Refuses an image not marked resumable.
     pub fn parse(b: &'a [u8]) -> Result<Self, ImageError> {
+        let h = Self::parse_any(b)?;
+        if h.flags & FLAG_RESUMABLE == 0 {
+            return Err(ImageError::NotResumable);
+        }
+        Ok(h)
+    }
+
+    /// [`Header::parse`] for readers that also take an image not marked
+    /// resumable (a memory image to inspect, not to resume): every check
+    /// but that one. The caller looks at [`Header::flags`].
+    pub fn parse_any(b: &'a [u8]) -> Result<Self, ImageError> {
         let have = b.len() as u64;
         let short = |need: usize| ImageError::TooShort {
             need: need as u64,
@@ -361,14 +426,12 @@ impl<'a> Header<'a> {
         if version != VERSION {
             return Err(ImageError::Version(version));
         }
-        if get32(b, desc + 12) & FLAG_RESUMABLE == 0 {
-            return Err(ImageError::NotResumable);
-        }
         if get32(b, desc + 24) as usize != n {
             return Err(ImageError::RangeCount(get32(b, desc + 24).into()));
         }
         let h = Self {
             entry: get64(b, desc + 16),
+            flags: get32(b, desc + 12),
             table: &b[desc + IMAGE_HDR..end],
             n,
         };
@@ -405,6 +468,35 @@ impl<'a> Header<'a> {
                 .ok_or(ImageError::BadRange { index: i })?;
         }
         Ok(h)
+    }
+
+    /// Parses the headers of a vmcore ([`FLAG_VMCORE`]) as
+    /// [`Header::parse_any`] does, and finds its `NT_PRSTATUS` note right
+    /// after the image note: the header and the note's descriptor (a
+    /// `struct elf_prstatus`).
+    pub fn parse_vmcore(b: &'a [u8]) -> Result<(Self, &'a [u8]), ImageError> {
+        let h = Self::parse_any(b)?;
+        if h.flags & FLAG_VMCORE == 0 {
+            return Err(ImageError::NotVmcore);
+        }
+        let c = EHDR + (1 + h.n) * PHDR + NOTE_HDR + IMAGE_HDR + h.n * RANGE;
+        let p = c + 20;
+        if b.len() < c + CORE_NOTE {
+            return Err(ImageError::TooShort {
+                need: (c + CORE_NOTE) as u64,
+                have: b.len() as u64,
+            });
+        }
+        let note_len = get64(b, EHDR + 32) as usize;
+        if note_len != NOTE_HDR + IMAGE_HDR + h.n * RANGE + CORE_NOTE
+            || get32(b, c) != 5
+            || get32(b, c + 4) as usize != crate::vmcore::PRSTATUS_SIZE
+            || get32(b, c + 8) != crate::vmcore::NT_PRSTATUS
+            || &b[c + 12..c + 17] != b"CORE\0"
+        {
+            return Err(ImageError::NotVmcore);
+        }
+        Ok((h, &b[p..p + crate::vmcore::PRSTATUS_SIZE]))
     }
 
     /// Number of ranges.
@@ -575,6 +667,50 @@ mod tests {
             Some(ImageError::TooShort { need: 64, have: 10 })
         );
         assert_eq!(verify(&vec![0u8; 4096]).err(), Some(ImageError::NotElfCore));
+    }
+
+    #[test]
+    fn a_vmcore_carries_its_prstatus_and_is_not_resumable() {
+        let data = vec![0x5au8; 0x2000];
+        let ranges = [Range {
+            start: 0x10_0000,
+            len: 0x2000,
+            checksum: checksum(&data),
+        }];
+        let regs = core::array::from_fn(|i| i as u64 * 3);
+        let p = crate::vmcore::prstatus(&regs, false);
+        let mut img = vec![0u8; header_size(1) as usize];
+        assert_eq!(
+            write_vmcore_headers(&mut img, 0x20_0042, &ranges, &p),
+            Ok(PAGE_SIZE)
+        );
+        img.extend_from_slice(&data);
+        let (h, found) = Header::parse_vmcore(&img).unwrap();
+        assert_eq!(h.entry, 0x20_0042);
+        assert_eq!(h.flags, FLAG_VMCORE);
+        assert_eq!(found, &p[..]);
+        assert_eq!(h.data_offset(0), PAGE_SIZE);
+        h.check_size(img.len() as u64).unwrap();
+        assert_eq!(Header::parse(&img).err(), Some(ImageError::NotResumable));
+        let (resumable, _) = image();
+        assert_eq!(
+            Header::parse_vmcore(&resumable).err(),
+            Some(ImageError::NotVmcore)
+        );
+        // The CORE note must fit in the header pages.
+        let many: Vec<Range> = (0..45)
+            .map(|i| Range {
+                start: i * 0x1000,
+                len: 0x1000,
+                checksum: 0,
+            })
+            .collect();
+        let mut big = vec![0u8; header_size(45) as usize];
+        assert_eq!(
+            write_vmcore_headers(&mut big, 0, &many, &p),
+            Err(ImageError::RangeCount(45))
+        );
+        assert!(write_vmcore_headers(&mut big, 0, &many[..44], &p).is_ok());
     }
 
     #[test]

@@ -20,3 +20,4 @@ pub mod kimage;
 pub mod layout;
 pub mod textbuf;
 pub mod virtio;
+pub mod vmcore;

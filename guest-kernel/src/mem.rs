@@ -134,6 +134,28 @@ pub fn reserve(start: u64, end: u64) {
         .expect("free-range list has room to reserve a range");
 }
 
+/// Runs `f` with the allocator handing out pages of `[start, end)` only
+/// (page-aligned, free RAM), then takes the whole range out of the free
+/// set: what `f` allocated stays allocated, the rest of the range is
+/// never handed out again. The crash scenario loads its capture kernel
+/// so, into the region reserved for it (Linux's `crashkernel=`).
+pub fn within<R>(start: u64, end: u64, f: impl FnOnce() -> R) -> R {
+    let saved = FREE.with(|set| {
+        let saved = *set;
+        let mut only = FrameSet::<MAX_RANGES>::new();
+        only.add(start, end).expect("one range fits");
+        *set = only;
+        saved
+    });
+    let r = f();
+    FREE.with(|set| {
+        *set = saved;
+        set.remove(start, end)
+    })
+    .expect("free-range list has room to reserve a range");
+    r
+}
+
 /// The free ranges `[start, end)`, sorted (a copy: allocation may go on).
 pub fn free_ranges() -> impl Iterator<Item = (u64, u64)> {
     FREE.with(|f| *f).into_ranges()

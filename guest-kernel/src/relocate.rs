@@ -63,6 +63,8 @@ unsafe extern "sysv64" {
     pub static relocate_end: u8;
     /// The re-entry routine.
     pub static kjump_reentry: u8;
+    /// The checkpoint instruction (`in eax, dx`) of `kjump_jump`.
+    pub static kjump_checkpoint: u8;
 }
 
 global_asm!(
@@ -690,6 +692,19 @@ global_asm!(
     "relocate_start:",
     // relocate_entry(rdi = cp), rsp = cp's stack, the jumping kernel's CR3.
     "mov rbx, rdi",
+    // The saved context then holds the kernel as its checkpoint left it:
+    // rax, the one register the checkpoint changes, is the VMM's answer
+    // (the crash scenario's crash notes are this context; the re-entry
+    // path's own checkpoint overwrites rax anyway).
+    "mov [rbx + {rax}], rax",
+    // Fault injection only (`kjump.fault=stale-crash-notes`, the crash
+    // scenario): store our own rsp over the saved one, so the saved
+    // context (the crash notes the capture kernel reads) no longer holds
+    // the kernel's rsp at the checkpoint.
+    "bt qword ptr [rbx + {fault}], {bit_stale_notes}",
+    "jnc 2f",
+    "mov [rbx + {rsp}], rsp",
+    "2:",
     "xor esi, esi", // direction: 0 = outbound
     "call 10f",
     "mov qword ptr [rbx + {peer_booted}], 1",
@@ -931,6 +946,7 @@ global_asm!(
     cr0_cd = const CR0_CD,
     cr4_pge = const CR4_PGE,
     bit_skip_swap_back = const control::FAULT_SKIP_SWAP_BACK,
+    bit_stale_notes = const control::FAULT_STALE_CRASH_NOTES,
     back = const ANSWER_BACK,
     jump = const ANSWER_JUMP,
     rax = const slot_offset(Slot::Rax),

@@ -42,6 +42,13 @@ pub fn run(boot: &'static BootInfo) -> ! {
             Role::B => kexec::hibernate::run_b(boot),
             Role::C => kexec::hibernate::run_c(boot),
         },
+        // A crashes on purpose; B, the capture kernel, saves A's memory
+        // as a vmcore to the disk and powers off (kexec/crash.rs).
+        "crash" => match boot.role {
+            Role::A => kexec::crash::run_a(boot),
+            Role::B => kexec::crash::run_b(boot),
+            Role::C => harness::verdict(false, "crash has no kernel c"),
+        },
         "" => harness::verdict(false, "no kjump.scenario= on the command line"),
         other => harness::verdict_fmt(false, format_args!("unknown scenario {other:?}")),
     }

@@ -103,3 +103,16 @@ pub fn assert_only_answer_and_tsc_expected(out: &str) {
     );
     assert!(out.contains("registers: 0 differ\n"), "{out}");
 }
+
+/// Whether gdb runs here; without it a test skips, loudly (a failure in
+/// CI, where `.ci/run` installs it).
+pub fn gdb_or_skip(test: &str) -> bool {
+    let ok = Command::new("gdb")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(test, "gdb is not installed");
+    }
+    ok
+}

@@ -354,6 +354,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
     pub peer_mem: u64,
 
+    /// Crash: the low memory kernel A backs up before the capture kernel
+    /// runs there (seed 2004's backup region), from 0; whole pages, at
+    /// least 5M.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    pub backup_size: u64,
+
     /// Inject a fault to show the oracle catches it: KIND, or KIND@CYCLE.
     #[arg(long, value_name = "KIND[@CYCLE]")]
     pub inject: Option<Inject>,
@@ -423,6 +429,7 @@ impl RunArgs {
             compare: self.compare.into(),
             mode: self.mode,
             peer_mem: self.peer_mem,
+            backup_size: self.backup_size,
             inject,
             gdb: self.gdb.options(),
             disk: self.disk,

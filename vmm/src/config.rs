@@ -24,11 +24,13 @@ pub enum Scenario {
     PingPong,
     /// A jumps to B, B saves A's image, a fresh kernel restores A.
     Hibernate,
+    /// A panics, B (the capture kernel) saves A's memory as a vmcore.
+    Crash,
 }
 
 impl Scenario {
     /// Every scenario, built or not.
-    pub const ALL: [Scenario; 3] = [Self::Boot, Self::PingPong, Self::Hibernate];
+    pub const ALL: [Scenario; 4] = [Self::Boot, Self::PingPong, Self::Hibernate, Self::Crash];
 
     /// The name on the command lines (kjump's and the guest's).
     pub fn name(self) -> &'static str {
@@ -36,6 +38,7 @@ impl Scenario {
             Self::Boot => "boot",
             Self::PingPong => "ping-pong",
             Self::Hibernate => "hibernate",
+            Self::Crash => "crash",
         }
     }
 
@@ -45,6 +48,9 @@ impl Scenario {
             Self::Boot => "Boot kernel A and let it check its boot data",
             Self::PingPong => "A→B→A→B… for --cycles, checked at every checkpoint",
             Self::Hibernate => "A jumps to B, B saves A's image, a fresh kernel restores A",
+            Self::Crash => {
+                "A panics, the capture kernel B saves A's memory as a vmcore, checked page by page"
+            }
         }
     }
 
@@ -52,12 +58,15 @@ impl Scenario {
     /// back, `hibernate` keeps A's image on it. Ping-pong has none (its
     /// dumps resume without one).
     pub fn has_disk(self) -> bool {
-        matches!(self, Self::Boot | Self::Hibernate)
+        matches!(self, Self::Boot | Self::Hibernate | Self::Crash)
     }
 
     /// Whether this build can run it.
     pub fn is_built(self) -> bool {
-        matches!(self, Self::Boot | Self::PingPong | Self::Hibernate)
+        matches!(
+            self,
+            Self::Boot | Self::PingPong | Self::Hibernate | Self::Crash
+        )
     }
 }
 
@@ -100,6 +109,8 @@ impl JumpMode {
 pub const DEFAULT_MEM: u64 = 256 << 20;
 /// Default RAM kernel A gives kernel B.
 pub const DEFAULT_PEER_MEM: u64 = 8 << 20;
+/// Default low memory the crash scenario backs up (`--backup-size`).
+pub const DEFAULT_BACKUP_SIZE: u64 = 16 << 20;
 /// Default cycles of ping-pong.
 pub const DEFAULT_CYCLES: u64 = 10;
 /// Default watchdog: seconds without progress before a guest is hung.
@@ -136,6 +147,8 @@ pub struct RunConfig {
     pub mode: JumpMode,
     /// RAM kernel A gives kernel B.
     pub peer_mem: u64,
+    /// Crash: low memory backed up before the capture kernel runs there.
+    pub backup_size: u64,
     /// Damage to inject, parsed against the fault catalog.
     pub inject: Option<Injection>,
     /// `--gdb`, `--gdb-on-mismatch`.
@@ -170,6 +183,7 @@ impl Default for RunConfig {
             compare: CompareMode::default(),
             mode: JumpMode::default(),
             peer_mem: DEFAULT_PEER_MEM,
+            backup_size: DEFAULT_BACKUP_SIZE,
             inject: None,
             gdb: GdbOptions::default(),
             disk: None,
@@ -251,6 +265,28 @@ impl RunConfig {
                 _ => refuse(format!("not a fault of --scenario {scenario}")),
             };
         }
+        if scenario == Scenario::Crash {
+            // A crashes once: the crash faults, and A's stop faults at boot.
+            return match &inj.kind {
+                InjectKind::Guest {
+                    fault:
+                        Fault::Jump(
+                            JumpFault::NoBackup
+                            | JumpFault::StaleCrashNotes
+                            | JumpFault::NoBackupRead
+                            | JumpFault::VmcoreSkip
+                            | JumpFault::WriteOutsideReserved,
+                        ),
+                    ..
+                } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
+                InjectKind::Guest {
+                    fault: Fault::Stop(_),
+                    kernel: Kernel::A,
+                    ..
+                } if inj.cycle.is_none() => Ok(()),
+                _ => refuse(format!("not a fault of --scenario {scenario}")),
+            };
+        }
         if matches!(inj.kind, InjectKind::Restore { .. }) {
             return refuse("needs --scenario hibernate (kernel c restores a there)".into());
         }
@@ -296,6 +332,14 @@ impl RunConfig {
                 ) => {
                     return refuse("needs --scenario hibernate".into());
                 }
+                (
+                    JumpFault::NoBackup
+                    | JumpFault::StaleCrashNotes
+                    | JumpFault::NoBackupRead
+                    | JumpFault::VmcoreSkip
+                    | JumpFault::WriteOutsideReserved,
+                    _,
+                ) => return refuse("needs --scenario crash".into()),
                 (_, Kernel::A) => c,
                 // B's jump in cycle c comes back in cycle c + 1.
                 (_, Kernel::B) => c + 1,
@@ -361,10 +405,28 @@ pub fn ignored_options(
             "dump",
             "dump-dir",
             "restore-kernel",
+            "backup-size",
         ] {
             if given(opt) {
                 w.push(format!(
                     "--{opt} is ignored by --scenario boot (it has no jumps to check or dump)"
+                ));
+            }
+        }
+        return w;
+    }
+    if scenario == Some(Scenario::Crash) {
+        for opt in [
+            "cycles",
+            "dump",
+            "dump-dir",
+            "mode",
+            "peer-mem",
+            "restore-kernel",
+        ] {
+            if given(opt) {
+                w.push(format!(
+                    "--{opt} is ignored by --scenario crash (one crash, backup mode, B runs in --backup-size)"
                 ));
             }
         }
@@ -378,9 +440,12 @@ pub fn ignored_options(
                 ));
             }
         }
+        if given("backup-size") {
+            w.push("--backup-size is ignored by --scenario hibernate (it is crash's)".into());
+        }
         return w;
     }
-    for opt in ["disk", "restore-kernel"] {
+    for opt in ["disk", "restore-kernel", "backup-size"] {
         if given(opt) {
             w.push(format!(
                 "--{opt} is ignored by --scenario ping-pong (it has no disk)"

@@ -77,14 +77,6 @@ pub const NT_KJUMP: u32 = 0x4b4a_0001;
 /// Owner name of the kjump note.
 pub const KJUMP_NOTE_NAME: &str = "KJUMP";
 
-/// Size of x86_64 `struct elf_prstatus`.
-const PRSTATUS_SIZE: usize = 336;
-/// Offset of `pr_reg` (the `elf_gregset_t`) in it.
-const PRSTATUS_REGS: usize = 112;
-/// Offset of `pr_pid`.
-const PRSTATUS_PID: usize = 32;
-/// Offset of `pr_fpvalid`.
-const PRSTATUS_FPVALID: usize = 328;
 /// Size of the legacy FXSAVE area (`user_fpregs_struct`).
 const FXSAVE_SIZE: usize = 512;
 /// QEMU's `QEMU_CPUSTATE_VERSION`.
@@ -177,7 +169,7 @@ mod read;
 mod record;
 #[cfg(test)]
 mod tests;
-mod write;
+pub(crate) mod write;
 
 pub use crate::state::UartState;
 pub use diff::{DumpDiff, ExpectedDiff, PageDiff, RegisterDiff, diff};

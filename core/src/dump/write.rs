@@ -24,13 +24,19 @@ pub(super) fn push_note(out: &mut Vec<u8>, name: &str, kind: u32, desc: &[u8]) {
     out.resize(align_up(out.len(), NOTE_ALIGN), 0);
 }
 
-/// Linux's x86_64 `struct elf_prstatus`: signal info, pids and times are
-/// zero, except `pr_pid` 1 (gdb names the thread after it); `pr_reg` is a
-/// `user_regs_struct`.
-pub(super) fn prstatus(s: &VcpuState) -> Vec<u8> {
+/// Linux's x86_64 `struct elf_prstatus` of the vCPU state `s`
+/// (`kjump_abi::vmcore::prstatus`: signal info, pids and times are zero,
+/// except `pr_pid` 1, gdb names the thread after it).
+pub(crate) fn prstatus(s: &VcpuState) -> Vec<u8> {
+    kjump_abi::vmcore::prstatus(&prstatus_regs(s), true).to_vec()
+}
+
+/// The registers of `pr_reg` (a `user_regs_struct`) of the vCPU state `s`,
+/// in `kjump_abi::vmcore::PRSTATUS_REG_NAMES` order.
+pub(crate) fn prstatus_regs(s: &VcpuState) -> [u64; kjump_abi::vmcore::PRSTATUS_NREGS] {
     let (r, sr) = (&s.regs, &s.sregs);
     let sel = |seg: &kvm_segment| u64::from(seg.selector);
-    let regs = [
+    [
         r.r15,
         r.r14,
         r.r13,
@@ -58,14 +64,7 @@ pub(super) fn prstatus(s: &VcpuState) -> Vec<u8> {
         sel(&sr.es),
         sel(&sr.fs),
         sel(&sr.gs),
-    ];
-    let mut b = vec![0u8; PRSTATUS_SIZE];
-    put(&mut b, PRSTATUS_PID, &1u32.to_le_bytes());
-    for (i, v) in regs.iter().enumerate() {
-        put(&mut b, PRSTATUS_REGS + 8 * i, &v.to_le_bytes());
-    }
-    put(&mut b, PRSTATUS_FPVALID, &1u32.to_le_bytes());
-    b
+    ]
 }
 
 /// The FXSAVE area: the start of the XSAVE area (zeros if it is short).

@@ -123,7 +123,7 @@ struct Job {
     skip: u64,
 }
 
-const NO_PAGE: u64 = u64::MAX;
+pub(super) const NO_PAGE: u64 = u64::MAX;
 
 /// Reads the word at physical `addr` (page 0 included, which a Rust
 /// pointer may not point at). Callers: ring 3 on a control page's user
@@ -141,7 +141,7 @@ fn read_word(addr: u64) -> u64 {
 }
 
 /// Ring 3: the image checksum of the `Job` at `job`.
-extern "sysv64" fn checksum_ring3(job: u64) -> u64 {
+pub(super) extern "sysv64" fn checksum_ring3(job: u64) -> u64 {
     // SAFETY: `job` is the `&Job` `checksum` passed, alive for the call.
     let job = unsafe { &*(job as *const Job) };
     let mut c = Checksum::new();
@@ -163,7 +163,7 @@ extern "sysv64" fn first_nonzero_ring3(job: u64) -> u64 {
         .map_or(NO_PAGE, |a| a & !(PAGE_SIZE - 1))
 }
 
-fn in_ring3(cp: u64, f: extern "sysv64" fn(u64) -> u64, start: u64, len: u64, skip: u64) -> u64 {
+pub(super) fn in_ring3(cp: u64, f: extern "sysv64" fn(u64) -> u64, start: u64, len: u64, skip: u64) -> u64 {
     let job = Job { start, len, skip };
     // SAFETY: `cp` is B's control page, set up by `setup_control_pages`
     // (relocation code, user identity map of all RAM, ring-3 tables);
@@ -232,37 +232,17 @@ pub fn run_b(boot: &BootInfo) -> ! {
         Some(Err(e)) => fail(format_args!("b: virtio-blk: {e}")),
         None => fail(format_args!("b: no disk on the command line")),
     };
-    let header = hibimage::header_size(n);
-    let size = header + ranges.iter().map(|r| r.len).sum::<u64>();
-    if size > blk.capacity() * SECTOR_SIZE {
-        fail(format_args!(
-            "b: a's image takes {size} bytes, the disk has {}",
-            blk.capacity() * SECTOR_SIZE
-        ));
-    }
-    let pages = header / PAGE_SIZE;
-    let Some(hdr) = mem::alloc_pages(pages, u64::MAX, (0, 0)) else {
-        fail(format_args!("b: no room for the image header"))
-    };
-    // SAFETY: `pages` pages at `hdr` are ours alone (just allocated) and
-    // identity-mapped.
-    let hdr_bytes = unsafe { core::slice::from_raw_parts_mut(hdr as *mut u8, header as usize) };
-    if let Err(e) = hibimage::write_headers(hdr_bytes, entry, ranges) {
-        fail(format_args!("b: image header: {e}"));
-    }
+    let size = write_image(
+        &mut blk,
+        hibimage::header_size(n),
+        ranges,
+        |out| hibimage::write_headers(out, entry, ranges),
+        |i| ranges[i].start,
+    );
+    let pages = hibimage::header_size(n) / PAGE_SIZE;
     let io = |r: Result<(), crate::virtio::VirtioError>| {
         r.unwrap_or_else(|e| fail(format_args!("b: writing a's image: {e}")))
     };
-    io(blk.write(0, hdr_bytes));
-    for (i, r) in ranges.iter().enumerate() {
-        let base = hibimage::data_offset(ranges, i);
-        let mut off = 0;
-        while off < r.len {
-            let len = (r.len - off).min(CHUNK);
-            io(blk.write_phys((base + off) / SECTOR_SIZE, r.start + off, len as usize));
-            off += len;
-        }
-    }
     if skip != NO_PAGE {
         let (i, r) = ranges
             .iter()
@@ -286,6 +266,53 @@ pub fn run_b(boot: &BootInfo) -> ! {
     crate::println!("{}", msg.as_str());
     harness::verdict(true, msg.as_str());
     crate::halt_forever()
+}
+
+/// Writes an image of A (hibernation image or vmcore) to the disk: the
+/// headers, `header` bytes that `write_header` fills in pages allocated
+/// here, at byte 0, then each range's data in table order, which the
+/// device reads straight from `from(i)` (B copies nothing). Fails the run
+/// when the image does not fit on the disk or a request fails; returns
+/// the image's size. The caller flushes.
+pub(super) fn write_image(
+    blk: &mut Blk,
+    header: u64,
+    ranges: &[Range],
+    write_header: impl FnOnce(&mut [u8]) -> Result<u64, hibimage::ImageError>,
+    from: impl Fn(usize) -> u64,
+) -> u64 {
+    let size = header + ranges.iter().map(|r| r.len).sum::<u64>();
+    if size > blk.capacity() * SECTOR_SIZE {
+        fail(format_args!(
+            "b: a's image takes {size} bytes, the disk has {}",
+            blk.capacity() * SECTOR_SIZE
+        ));
+    }
+    let pages = header / PAGE_SIZE;
+    let Some(hdr) = mem::alloc_pages(pages, u64::MAX, (0, 0)) else {
+        fail(format_args!("b: no room for the image header"))
+    };
+    // SAFETY: `pages` pages at `hdr` are ours alone (just allocated) and
+    // identity-mapped.
+    let hdr_bytes = unsafe { core::slice::from_raw_parts_mut(hdr as *mut u8, header as usize) };
+    if let Err(e) = write_header(hdr_bytes) {
+        fail(format_args!("b: image header: {e}"));
+    }
+    let io = |r: Result<(), crate::virtio::VirtioError>| {
+        r.unwrap_or_else(|e| fail(format_args!("b: writing a's image: {e}")))
+    };
+    io(blk.write(0, hdr_bytes));
+    let mut base = header;
+    for (i, r) in ranges.iter().enumerate() {
+        let mut off = 0;
+        while off < r.len {
+            let len = (r.len - off).min(CHUNK);
+            io(blk.write_phys((base + off) / SECTOR_SIZE, from(i) + off, len as usize));
+            off += len;
+        }
+        base += r.len;
+    }
+    size
 }
 
 /// Kernel C, in a fresh machine: verify A's image on the disk and load it,

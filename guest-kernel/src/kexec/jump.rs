@@ -33,6 +33,9 @@ pub(super) struct JumpImage {
     pub(super) pages_per_transfer: u64,
     /// A's kimage of B: the first source page (0 for B's kimage back).
     pub(super) sources: u64,
+    /// Backup mode: where the jumping kernel's pages of the peer region
+    /// are saved, page for page (0 in swap mode).
+    pub(super) save: u64,
 }
 
 impl JumpImage {

@@ -164,7 +164,7 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
     };
     let jump_back_entry = place_b(boot, cfg, &elf, cp, sources, (boot.scenario, 1));
 
-    let (head, head2, pages_per_transfer) = build_lists(cfg, cp, npages, sources);
+    let (head, head2, pages_per_transfer, save) = build_lists(cfg, cp, npages, sources);
     phys_write_u64(cp + control::DATA_HEAD, head);
     phys_write_u64(cp + control::DATA_HEAD2, head2);
     phys_write_u64(
@@ -190,6 +190,7 @@ pub(super) fn load_b(boot: &BootInfo, cfg: &Config) -> JumpImage {
         peer_end,
         pages_per_transfer,
         sources,
+        save,
     }
 }
 
@@ -296,6 +297,10 @@ fn write_b_boot_pages(
             super::hibernate::CYCLE_KEY,
         );
     }
+    // A crashing kernel's capture kernel finds A's ELF core header there.
+    if let Some(hdr) = cfg.elfcorehdr {
+        let _ = write!(cmd, " elfcorehdr={hdr:#x}");
+    }
     // The disk is the machine's: B finds it where A did.
     if let Some(dev) = cmdline::get(boot.cmdline, kjump_abi::virtio::CMDLINE_KEY) {
         let _ = write!(cmd, " {}={dev}", kjump_abi::virtio::CMDLINE_KEY);
@@ -321,13 +326,13 @@ fn write_b_boot_pages(
 
 /// The indirection list(s) of B's `npages` pages, whose contents are in
 /// the source pages from `sources` on: `(head, head2, pages moved per
-/// transfer)`, `head2` 0 in swap mode.
+/// transfer, A's save pages)`, `head2` and the save pages 0 in swap mode.
 ///
 /// Built in ring 3 through control page `cp`'s trip, in frames allocated
 /// here: on the software KVM backend every ring-0 instruction is emulated,
 /// and building the lists in ring 0 (some 60 instructions a page) was half
 /// of a run's guest instructions.
-fn build_lists(cfg: &Config, cp: u64, npages: u64, sources: u64) -> (u64, u64, u64) {
+fn build_lists(cfg: &Config, cp: u64, npages: u64, sources: u64) -> (u64, u64, u64, u64) {
     let avoid = (cfg.peer_start, cfg.peer_end);
     let save = if cfg.backup {
         // Backup mode: A's content of each page is saved to a page of its
@@ -366,9 +371,9 @@ fn build_lists(cfg: &Config, cp: u64, npages: u64, sources: u64) -> (u64, u64, u
         fail(format_args!("a: out of memory for the indirection lists"));
     }
     if cfg.backup {
-        (job.head, job.head2, 2 * npages)
+        (job.head, job.head2, 2 * npages, save)
     } else {
-        (job.head, 0, npages)
+        (job.head, 0, npages, 0)
     }
 }
 
@@ -460,5 +465,6 @@ pub(super) fn jump_back_image(cp: u64, control_pages: u64, entry: u64) -> JumpIm
         peer_end: hi,
         pages_per_transfer: 0,
         sources: 0,
+        save: 0,
     }
 }

@@ -33,6 +33,7 @@ use kjump_abi::layout::{HIGH_RAM_START, PAGE_SIZE};
 use crate::harness;
 
 mod cpu_state;
+pub mod crash;
 mod faults;
 pub mod hibernate;
 mod jump;
@@ -51,6 +52,9 @@ struct Config {
     peer_end: u64,
     backup: bool,
     pattern_bytes: u64,
+    /// The crash scenario: where A's ELF core header is, for B's command
+    /// line (`elfcorehdr=`).
+    elfcorehdr: Option<u64>,
 }
 
 impl Config {
@@ -75,6 +79,7 @@ impl Config {
             peer_end: HIGH_RAM_START + peer_mem,
             backup,
             pattern_bytes,
+            elfcorehdr: None,
         })
     }
 }

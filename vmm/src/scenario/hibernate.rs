@@ -44,7 +44,7 @@ use crate::scenario::pingpong::{first_delivery, flip_b_image, lap, micros};
 use crate::scenario::{
     Outcome, RunError, RunOptions, RunState, Verdict, check_settings, handle_message, vm_config,
 };
-use crate::vm::watchdog::{self, WatchdogConfig};
+use crate::vm::watchdog;
 use crate::vm::{BLOCK_DEVICE, Vm, VmConfig, VmEvent};
 
 /// Bytes of disk a hibernation image of a VM of `mem` bytes needs at most
@@ -58,31 +58,19 @@ pub fn disk_size(mem: u64) -> u64 {
 /// the ping-pong jump at the end. Refuses a `--mem` above the 32-bit hole
 /// (B saves one run of RAM).
 pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
-    if args.mem > kjump_abi::layout::MMIO_HOLE_START {
-        return Err(RunError::Settings(format!(
-            "--mem {}: hibernate saves RAM below the 32-bit hole, at most 3G",
-            crate::config::format_size(args.mem)
-        )));
-    }
     if args.cycles == 0 {
         return Err(RunError::Settings(
             "--cycles 0: hibernate saves and restores kernel a at least once; give 1 or more"
                 .into(),
         ));
     }
-    if args.gdb.at_start.is_some() || args.gdb.on_mismatch.is_some() {
-        return Err(RunError::Settings(
-            "--gdb and --gdb-on-mismatch are not offered for hibernate (two VMs, one after the other)"
-                .into(),
-        ));
-    }
-    args.check_injection()?;
-    crate::scenario::check_outputs(&[
-        ("--report", args.report.as_deref()),
-        ("--junit", args.junit.as_deref()),
-    ])?;
-    let mut cfg = vm_config(args, opts)?;
-    check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
+    let (cfg, disk) = disk_scenario_config(
+        args,
+        opts,
+        "two VMs, one after the other",
+        disk_size(args.mem),
+        |_| Ok(()),
+    )?;
     let restore_kernel = match &args.restore_kernel {
         Some(path) => kjump_core::files::read_input(
             path,
@@ -92,18 +80,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         .map_err(RunError::ReadKernel)?,
         None => crate::DEFAULT_KERNEL.to_vec(),
     };
-    let size = disk_size(args.mem);
-    let disk = Disk::prepare(args.disk.as_deref(), size, size)?;
-    cfg.disk = Some(disk.path().to_owned());
-    // Kernel A saves the interrupt controllers and its re-entry path
-    // reprograms them: the in-kernel irqchip, as for ping-pong.
-    cfg.irqchip = true;
-    let wd = WatchdogConfig {
-        timeout: args.timeout(),
-        max_time: args.max_time(),
-        handle_signals: opts.handle_signals,
-        grace: watchdog::DEFAULT_GRACE,
-    };
+    let wd = crate::scenario::watchdog_config(args, opts);
     let start = Instant::now();
     let args = args.clone();
     let ledger = opts.ledger.clone();
@@ -152,9 +129,52 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
     })?
 }
 
+/// The checks and the VM configuration of a scenario whose kernel B saves
+/// A's RAM below the 32-bit hole onto the disk (hibernate, crash): `--mem`
+/// at most 3G, no `--gdb` (`why_no_gdb`), the fault, the outputs and the
+/// settings checked before anything boots (and by `check`, which may
+/// amend the configuration, before the disk is made); the disk (`--disk`,
+/// or a temporary file) of at least `disk_size` bytes attached, and the
+/// in-kernel irqchip (kernel A saves the interrupt controllers and its
+/// re-entry path reprograms them, as for ping-pong).
+pub(crate) fn disk_scenario_config(
+    args: &RunConfig,
+    opts: &RunOptions,
+    why_no_gdb: &str,
+    disk_size: u64,
+    check: impl FnOnce(&mut VmConfig) -> Result<(), RunError>,
+) -> Result<(VmConfig, Disk), RunError> {
+    let scenario = args.scenario;
+    if args.mem > kjump_abi::layout::MMIO_HOLE_START {
+        return Err(RunError::Settings(format!(
+            "--mem {}: {scenario} saves RAM below the 32-bit hole, at most 3G",
+            crate::config::format_size(args.mem)
+        )));
+    }
+    if args.gdb.at_start.is_some() || args.gdb.on_mismatch.is_some() {
+        return Err(RunError::Settings(format!(
+            "--gdb and --gdb-on-mismatch are not offered for {scenario} ({why_no_gdb})"
+        )));
+    }
+    args.check_injection()?;
+    crate::scenario::check_outputs(&[
+        ("--report", args.report.as_deref()),
+        ("--junit", args.junit.as_deref()),
+    ])?;
+    let mut cfg = vm_config(args, opts)?;
+    check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
+    check(&mut cfg)?;
+    let disk = Disk::prepare(args.disk.as_deref(), disk_size, disk_size)?;
+    cfg.disk = Some(disk.path().to_owned());
+    cfg.irqchip = true;
+    Ok((cfg, disk))
+}
+
 /// A hibernate run across its VMs: the oracle with A's record, where the
-/// checkpoint sequence is, and how far the run has come.
-struct Hibernation<'a> {
+/// checkpoint sequence is, and how far the run has come. The crash
+/// scenario drives its one VM with it too (A's suspend is its panic, B
+/// powers off after writing the vmcore).
+pub(crate) struct Hibernation<'a> {
     cfg: &'a RunConfig,
     oracle: Oracle,
     tracker: Tracker,
@@ -174,19 +194,21 @@ struct Hibernation<'a> {
 }
 
 impl<'a> Hibernation<'a> {
-    fn new(cfg: &'a RunConfig, kernel: &[u8], run: &mut RunState) -> Self {
+    pub(crate) fn new(cfg: &'a RunConfig, kernel: &[u8], run: &mut RunState) -> Self {
         let symbols = Symbols::from_elf(kernel).ok();
         let symbols_rip = symbols
             .as_ref()
             .and_then(|s| s.address_of("kjump_checkpoint"));
         let oracle = Oracle::new(symbols, Allowlist::standard(), cfg.compare);
+        let crash = cfg.scenario == crate::config::Scenario::Crash;
         *run.report() = kjump_core::report::Report::new(
             cfg.scenario.name(),
             cfg.cycles,
             cfg.compare.name(),
             oracle.allowlist().entries(),
         );
-        for (field, reason) in RESTORE_ALLOWLIST {
+        // A crash restores nothing.
+        for (field, reason) in RESTORE_ALLOWLIST.iter().filter(|_| !crash) {
             run.report()
                 .allowlist
                 .push(kjump_core::report::AllowedField {
@@ -211,7 +233,7 @@ impl<'a> Hibernation<'a> {
     /// VM 1, booting A). Its RAM is new: the oracle reads it afresh (from
     /// the first dirty list alone when the VM's RAM started zero), its
     /// records stay.
-    fn new_vm(&mut self, vm: &mut Vm, restore: bool) {
+    pub(crate) fn new_vm(&mut self, vm: &mut Vm, restore: bool) {
         self.oracle.forget_memory();
         if vm.dirty_log_covers_all_writes() {
             self.oracle.ram_starts_zero();
@@ -228,7 +250,11 @@ impl<'a> Hibernation<'a> {
 
     /// Runs `vm` to its end: `Some` with the outcome when the run ends
     /// here, `None` when B saved A and powered the machine off.
-    fn drive(&mut self, vm: &mut Vm, run: &mut RunState) -> Result<Option<Outcome>, RunError> {
+    pub(crate) fn drive(
+        &mut self,
+        vm: &mut Vm,
+        run: &mut RunState,
+    ) -> Result<Option<Outcome>, RunError> {
         loop {
             let mut id = None;
             let tracker = &mut self.tracker;
@@ -454,6 +480,16 @@ impl<'a> Hibernation<'a> {
         Ok(None)
     }
 
+    /// The oracle, with A's record.
+    pub(crate) fn oracle(&self) -> &Oracle {
+        &self.oracle
+    }
+
+    /// A's last suspend checkpoint.
+    pub(crate) fn a_suspended(&self) -> Option<CheckpointId> {
+        self.a_suspended.map(|(id, _)| id)
+    }
+
     /// B has powered the machine off: the image on the disk, checked
     /// against the oracle's record of A. `Some` with the outcome when it
     /// fails the run.
@@ -644,11 +680,11 @@ fn fail(run: &mut RunState, mismatches: Vec<Mismatch>, what: &str, kernel: &str)
     run.outcome(Verdict::Fail(why), kernel)
 }
 
-fn first_mismatch(run: &RunState) -> kjump_core::report::Mismatch {
+pub(crate) fn first_mismatch(run: &RunState) -> kjump_core::report::Mismatch {
     run.report().mismatches[0].clone()
 }
 
-fn first_line(what: &str, m: &kjump_core::report::Mismatch) -> String {
+pub(crate) fn first_line(what: &str, m: &kjump_core::report::Mismatch) -> String {
     format!(
         "{what}: first: {}",
         m.explain().lines().next().unwrap_or_default()

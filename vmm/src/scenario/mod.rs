@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use kjump_abi::abi::vector_name;
 
 pub mod boot;
+pub mod crash;
 pub mod disk;
 pub mod hibernate;
 pub mod pingpong;
@@ -519,6 +520,10 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         // Two VMs, one after the other (hibernate.rs).
         return hibernate::run(args, opts);
     }
+    if args.scenario == Scenario::Crash {
+        // One VM whose result is on the disk (crash.rs).
+        return crash::run(args, opts);
+    }
     args.check_injection()?;
     check_outputs(&[
         ("--report", args.report.as_deref()),
@@ -535,12 +540,7 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         .then(|| disk::Disk::prepare(args.disk.as_deref(), disk::BOOT_DISK_SIZE, 0))
         .transpose()?;
     cfg.disk = disk.as_ref().map(|d| d.path().to_owned());
-    let wd = WatchdogConfig {
-        timeout: args.timeout(),
-        max_time: args.max_time(),
-        handle_signals: opts.handle_signals,
-        grace: watchdog::DEFAULT_GRACE,
-    };
+    let wd = watchdog_config(args, opts);
     let scenario = args.scenario;
     let start = Instant::now();
     let args = args.clone();
@@ -568,6 +568,16 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         drop(disk);
         result.map_err(|e| run.failed(e.symbolize(&cfg.kernel), &vm))
     })?
+}
+
+/// The watchdog of a run of `args`.
+pub(crate) fn watchdog_config(args: &RunConfig, opts: &RunOptions) -> WatchdogConfig {
+    WatchdogConfig {
+        timeout: args.timeout(),
+        max_time: args.max_time(),
+        handle_signals: opts.handle_signals,
+        grace: watchdog::DEFAULT_GRACE,
+    }
 }
 
 /// What a scenario has seen so far. Its report lives in the run's

@@ -1,0 +1,150 @@
+//! The crash scenario's contract between the crashed kernel (A), the
+//! capture kernel (B) and the VMM: the `NT_PRSTATUS` layout B writes into
+//! the vmcore and the VMM reads back, and the crash information A leaves
+//! next to its ELF core header (Linux's `elfcorehdr=`).
+//!
+//! The vmcore itself is a `hibimage` image of kind vmcore
+//! ([`crate::hibimage::FLAG_VMCORE`]): the same ELF core layout as a
+//! hibernation image, not resumable, with a "CORE" `NT_PRSTATUS` note
+//! after the KJUMP note, so gdb shows A's registers.
+
+/// `NT_PRSTATUS`: Linux's x86_64 `struct elf_prstatus`.
+pub const NT_PRSTATUS: u32 = 1;
+/// Size of x86_64 `struct elf_prstatus`.
+pub const PRSTATUS_SIZE: usize = 336;
+/// Offset of `pr_reg` (a `user_regs_struct`) in it.
+pub const PRSTATUS_REGS: usize = 112;
+/// Offset of `pr_pid` (gdb names the thread after it).
+pub const PRSTATUS_PID: usize = 32;
+/// Offset of `pr_fpvalid`.
+pub const PRSTATUS_FPVALID: usize = 328;
+/// Registers in `pr_reg`, in `user_regs_struct` order
+/// (arch/x86/include/asm/user_64.h).
+pub const PRSTATUS_REG_NAMES: [&str; PRSTATUS_NREGS] = [
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
+    "rdi", "orig_rax", "rip", "cs", "rflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs",
+    "gs",
+];
+/// Number of registers in `pr_reg`.
+pub const PRSTATUS_NREGS: usize = 27;
+/// Index of `orig_rax` (-1: not in a system call).
+pub const ORIG_RAX: usize = 15;
+
+/// The `struct elf_prstatus` of the registers `regs` (in
+/// [`PRSTATUS_REG_NAMES`] order): signal info, pids and times zero but
+/// `pr_pid` 1; `pr_fpvalid` as given.
+pub fn prstatus(regs: &[u64; PRSTATUS_NREGS], fpvalid: bool) -> [u8; PRSTATUS_SIZE] {
+    let mut b = [0u8; PRSTATUS_SIZE];
+    b[PRSTATUS_PID..PRSTATUS_PID + 4].copy_from_slice(&1u32.to_le_bytes());
+    for (i, v) in regs.iter().enumerate() {
+        let o = PRSTATUS_REGS + 8 * i;
+        b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    b[PRSTATUS_FPVALID..PRSTATUS_FPVALID + 4].copy_from_slice(&u32::from(fpvalid).to_le_bytes());
+    b
+}
+
+/// The registers of a `struct elf_prstatus`; `None` when `b` is too short.
+pub fn prstatus_regs(b: &[u8]) -> Option<[u64; PRSTATUS_NREGS]> {
+    if b.len() < PRSTATUS_SIZE {
+        return None;
+    }
+    let mut regs = [0u64; PRSTATUS_NREGS];
+    for (i, r) in regs.iter_mut().enumerate() {
+        let o = PRSTATUS_REGS + 8 * i;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        *r = u64::from_le_bytes(w);
+    }
+    Some(regs)
+}
+
+/// What crashed kernel A leaves for the capture kernel right after its ELF
+/// core header (at `elfcorehdr + header_size(n)`): where its crash
+/// notes are and where its low memory was backed up (seed 2004's
+/// "backup region"), as Linux's kexec-tools put the backup region in the
+/// elfcorehdr's first `PT_LOAD`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashInfo {
+    /// The saved-context slots of A's control page (`control::CONTEXT`):
+    /// A's registers as its panic's checkpoint left them (the crash
+    /// notes; rax is the checkpoint's answer, stored by the relocation
+    /// code).
+    pub notes: u64,
+    /// A's rip there: just past the checkpoint instruction.
+    pub rip: u64,
+    /// Low memory `[backup_start, backup_end)` was copied, page for page,
+    /// to `backup_at` before B was copied over it.
+    pub backup_start: u64,
+    pub backup_end: u64,
+    pub backup_at: u64,
+}
+
+/// Magic of [`CrashInfo`]'s bytes.
+pub const CRASH_INFO_MAGIC: [u8; 8] = *b"KJCRASH1";
+/// Bytes of [`CrashInfo`]: the magic and five words.
+pub const CRASH_INFO_SIZE: usize = 8 + 5 * 8;
+
+impl CrashInfo {
+    pub fn to_bytes(&self) -> [u8; CRASH_INFO_SIZE] {
+        let mut b = [0u8; CRASH_INFO_SIZE];
+        b[..8].copy_from_slice(&CRASH_INFO_MAGIC);
+        let words = [
+            self.notes,
+            self.rip,
+            self.backup_start,
+            self.backup_end,
+            self.backup_at,
+        ];
+        for (i, w) in words.iter().enumerate() {
+            b[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    /// Reads it back; `None` without the magic.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < CRASH_INFO_SIZE || b[..8] != CRASH_INFO_MAGIC {
+            return None;
+        }
+        let w = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[8 + 8 * i..16 + 8 * i]);
+            u64::from_le_bytes(x)
+        };
+        Some(Self {
+            notes: w(0),
+            rip: w(1),
+            backup_start: w(2),
+            backup_end: w(3),
+            backup_at: w(4),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prstatus_and_crash_info_round_trip() {
+        let mut regs = [0u64; PRSTATUS_NREGS];
+        for (i, r) in regs.iter_mut().enumerate() {
+            *r = 0x1000 + i as u64;
+        }
+        let b = prstatus(&regs, true);
+        assert_eq!(prstatus_regs(&b), Some(regs));
+        assert_eq!(prstatus_regs(&b[..100]), None);
+        assert_eq!(PRSTATUS_REG_NAMES[16], "rip");
+        assert_eq!(PRSTATUS_REGS + 8 * PRSTATUS_NREGS, 328);
+        let c = CrashInfo {
+            notes: 1,
+            rip: 2,
+            backup_start: 3,
+            backup_end: 4,
+            backup_at: 5,
+        };
+        assert_eq!(CrashInfo::from_bytes(&c.to_bytes()), Some(c));
+        assert_eq!(CrashInfo::from_bytes(&[0; CRASH_INFO_SIZE]), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! Crash capture: kernel A reserves a region for the capture kernel B,
+//! loads B there, panics on purpose; its panic path saves its registers
+//! (the crash notes), checkpoints (the VMM's snapshot of A as it died),
+//! backs up low memory and enters B, which writes A's memory as a vmcore
+//! to the virtio-blk disk. The VMM checks the vmcore against its snapshot:
+//! every page of A but the reserved region, and the NT_PRSTATUS registers.
+//! Each fault of the catalog's crash faults is caught where it is.
+
+mod common;
+
+use std::process::Command;
+
+use common::{assert_exit, gdb_or_skip, kjump, kvm_or_skip, scratch};
+use kjump_abi::hibimage::{Header, ImageError};
+
+const MIB: u64 = 1 << 20;
+
+/// A crash run at 64M with 8M of low memory backed up: B runs in
+/// [1M, 8M), the reserved region is [8M, 24M), A's other memory
+/// [0, 1M) and [24M, 64M).
+fn crash(extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--scenario", "crash", "--mem", "64M", "--backup-size", "8M"];
+    args.extend_from_slice(extra);
+    kjump(&args)
+}
+
+/// The report's mismatches.
+fn mismatches(report: &std::path::Path) -> Vec<serde_json::Value> {
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    r["mismatches"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn b_saves_a_as_a_vmcore_that_matches_a_as_it_died() {
+    if !kvm_or_skip("b_saves_a_as_a_vmcore_that_matches_a_as_it_died") {
+        return;
+    }
+    let dir = scratch("crash-pass");
+    let disk = dir.join("disk.raw");
+    let report = dir.join("report.json");
+    let (out, err) = assert_exit(
+        &crash(&[
+            "--disk",
+            disk.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--dump-dir",
+            dir.join("dumps").to_str().unwrap(),
+        ]),
+        0,
+    );
+    let at = |s: &str| {
+        out.find(s)
+            .or_else(|| err.find(s))
+            .unwrap_or_else(|| panic!("no {s:?} in\n{out}\n{err}"))
+    };
+    at("[a] a: crash kernel loaded in [0x800000..0x1800000)");
+    let panic = at("[a] a: kernel panic (on purpose): jumping to the capture kernel");
+    let saved = at(
+        "[b] crash: b ran in [0x100000..0x800000) and wrote a's vmcore: 12288 pages in 3 ranges",
+    );
+    assert!(panic < saved, "{out}");
+    at("kjump: crash: pass (1 of 1 cycles, 1 checkpoints, ");
+
+    // The reserved region is excused, with its reason, in the report.
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let allowed = r["allowlist"].as_array().unwrap();
+    assert!(
+        allowed
+            .iter()
+            .any(|a| a["field"] == "memory [0x800000..0x1800000)"
+                && a["reason"].as_str().unwrap().contains("crashkernel=")),
+        "{r}"
+    );
+
+    // The disk holds a vmcore, not a resumable image: A's RAM outside the
+    // reserved region, with A's registers in NT_PRSTATUS.
+    let bytes = std::fs::read(&disk).unwrap();
+    assert_eq!(Header::parse(&bytes).err(), Some(ImageError::NotResumable));
+    let (h, prstatus) = Header::parse_vmcore(&bytes).expect("a valid vmcore header");
+    let ranges: Vec<_> = h.ranges().map(|r| (r.start, r.len)).collect();
+    assert_eq!(ranges, [(0, MIB), (MIB, 7 * MIB), (24 * MIB, 40 * MIB)]);
+    let regs = kjump_abi::vmcore::prstatus_regs(prstatus).unwrap();
+    assert_eq!(regs[16], h.entry, "rip is where a died");
+
+    // --dump-dir keeps A as the VMM saw it die: a dump `kjump inspect`
+    // reads, with the very registers of the vmcore's NT_PRSTATUS.
+    let dump = dir.join("dumps/c00001-00000-a-suspend-left.core");
+    let (info, _) = assert_exit(&kjump(&["inspect", "--json", dump.to_str().unwrap()]), 0);
+    let j: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(j["registers"]["rip"].as_u64(), Some(regs[16]), "{j}");
+    assert_eq!(j["registers"]["rsp"].as_u64(), Some(regs[19]), "{j}");
+}
+
+#[test]
+fn gdb_opens_the_vmcore_with_a_backtrace_through_a_s_panic() {
+    let test = "gdb_opens_the_vmcore_with_a_backtrace_through_a_s_panic";
+    if !kvm_or_skip(test) || !gdb_or_skip(test) {
+        return;
+    }
+    let dir = scratch("crash-gdb");
+    let disk = dir.join("disk.raw");
+    let elf = dir.join("kjump-guest.elf");
+    std::fs::write(&elf, kjump::DEFAULT_KERNEL).unwrap();
+    assert_exit(&crash(&["--disk", disk.to_str().unwrap(), "-q"]), 0);
+    let g = Command::new("gdb")
+        .args(["-q", "-batch", "-ex", "info registers rip", "-ex", "bt"])
+        .arg(&elf)
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&g.stdout);
+    assert!(out.contains("<kjump_checkpoint+1>"), "{out}");
+    let frames = [
+        "in kjump_checkpoint ()",
+        "kjump_kernel::kexec::jump::JumpImage::jump",
+        "kjump_kernel::kexec::crash::panic_on_purpose",
+        "kjump_kernel::kexec::crash::run_a",
+        "kjump_kernel::kmain",
+    ];
+    let mut from = 0;
+    for f in frames {
+        let i = out[from..]
+            .find(f)
+            .unwrap_or_else(|| panic!("no frame {f:?} after byte {from} in\n{out}"));
+        from += i;
+    }
+}
+
+/// Runs the crash scenario with `fault`: exit code 1, and the report's
+/// mismatches.
+fn caught(name: &str, fault: &str) -> (String, Vec<serde_json::Value>) {
+    let dir = scratch(name);
+    let report = dir.join("report.json");
+    let (out, err) = assert_exit(
+        &crash(&["--inject", fault, "--report", report.to_str().unwrap()]),
+        1,
+    );
+    assert!(out.contains("kjump: crash: FAIL"), "{fault}: {out}\n{err}");
+    (out, mismatches(&report))
+}
+
+#[test]
+fn no_backup_is_caught_at_a_s_pages_of_low_memory() {
+    if !kvm_or_skip("no_backup_is_caught_at_a_s_pages_of_low_memory") {
+        return;
+    }
+    let (out, ms) = caught("crash-no-backup", "no-backup");
+    // A's kernel text is the first page found lost, named by its symbol.
+    assert!(
+        out.contains("(cycle 1, kernel a, vmcore): memory: page 0x200000 in _start (.text)"),
+        "{out}"
+    );
+    // Every page reported is in the low memory B ran in.
+    for m in &ms {
+        let a = m["address"].as_u64().unwrap();
+        assert!((MIB..8 * MIB).contains(&a), "{m}");
+        assert_eq!(m["kind"], "memory", "{m}");
+    }
+    assert!(ms.len() > 10, "{ms:?}");
+}
+
+#[test]
+fn b_reading_low_memory_in_place_is_caught_at_the_pages_b_changed() {
+    if !kvm_or_skip("b_reading_low_memory_in_place_is_caught_at_the_pages_b_changed") {
+        return;
+    }
+    let (out, ms) = caught("crash-no-backup-read", "b:no-backup-read");
+    assert!(
+        out.contains("memory: checksum of the vmcore's range at 0x100000"),
+        "{out}"
+    );
+    // B's own boot data and kernel variables where A's were: pages of low
+    // memory, some named by a symbol of the kernel's data.
+    for m in &ms {
+        let a = m["address"].as_u64().unwrap();
+        assert!((MIB..8 * MIB).contains(&a), "{m}");
+    }
+    assert!(
+        ms.iter().any(|m| m["symbol"]
+            .as_str()
+            .is_some_and(|s| s.contains("(.bss)") || s.contains("(.data)"))),
+        "{ms:?}"
+    );
+}
+
+#[test]
+fn a_range_left_out_of_the_vmcore_is_named() {
+    if !kvm_or_skip("a_range_left_out_of_the_vmcore_is_named") {
+        return;
+    }
+    let (out, ms) = caught("crash-vmcore-skip", "b:vmcore-skip");
+    assert!(
+        out.contains("memory: 10240 page(s) missing from the vmcore, from 0x1800000"),
+        "{out}"
+    );
+    assert_eq!(ms.len(), 1, "{ms:?}");
+    assert!(
+        ms[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("pages [0x1800000..0x4000000)"),
+        "{ms:?}"
+    );
+}
+
+#[test]
+fn stale_crash_notes_are_caught_at_the_register() {
+    if !kvm_or_skip("stale_crash_notes_are_caught_at_the_register") {
+        return;
+    }
+    let (out, ms) = caught("crash-stale-notes", "stale-crash-notes");
+    assert_eq!(ms.len(), 1, "{ms:?}");
+    assert_eq!(ms[0]["kind"], "register");
+    assert_eq!(ms[0]["name"], "rsp");
+    assert!(
+        out.contains("(cycle 1, kernel a, vmcore): register rsp: 0x"),
+        "{out}"
+    );
+}
+
+#[test]
+fn b_writing_outside_its_region_is_caught_at_the_page() {
+    if !kvm_or_skip("b_writing_outside_its_region_is_caught_at_the_page") {
+        return;
+    }
+    let (out, ms) = caught("crash-write-outside", "b:write-outside-reserved");
+    assert_eq!(ms.len(), 1, "{ms:?}");
+    assert_eq!(ms[0]["address"], 24 * MIB);
+    assert_eq!(ms[0]["ranges"][0]["start"], 24 * MIB);
+    assert_eq!(ms[0]["ranges"][0]["end"], 24 * MIB + 8);
+    assert!(
+        out.contains("(cycle 1, kernel a, b's writes): memory: page written by kernel b 0x1800000"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_backup_size_is_one_error_line_and_exit_code_2() {
+    if !kvm_or_skip("a_bad_backup_size_is_one_error_line_and_exit_code_2") {
+        return;
+    }
+    for bad in ["0", "4097", "12345678", "1G", "2M"] {
+        let (out, err) = assert_exit(&crash_with_backup(bad), 2);
+        assert!(out.is_empty(), "{bad}: {out}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.starts_with("kjump: error: --backup-size "),
+            "{bad}: {err}"
+        );
+    }
+}
+
+fn crash_with_backup(size: &str) -> std::process::Output {
+    kjump(&["--scenario", "crash", "--mem", "64M", "--backup-size", size])
+}

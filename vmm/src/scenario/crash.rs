@@ -1,0 +1,363 @@
+//! The `crash` scenario: kernel A panics on purpose, the capture kernel B
+//! saves A's memory as a vmcore on the virtio-blk disk, and the VMM checks
+//! the vmcore page by page against its own snapshot of A as it died.
+//!
+//! ```text
+//! A boots: crashkernel=SIZE@ADDR reserved (A never uses it), B loaded
+//!   there by a plain copy with A's ELF core header (elfcorehdr=)
+//! A panics: crash notes (its saved context) ── the panic checkpoint: the
+//!   oracle records A (registers, devices, every page) ── the relocation
+//!   code backs up low memory [1 MiB, --backup-size) into the reserved
+//!   region, copies B over it and enters B (no context preserved)
+//! B runs in low memory, writes A's vmcore (low memory from the backup,
+//!   A's registers from the crash notes in NT_PRSTATUS), powers off
+//! VMM: the vmcore's headers and checksums; its NT_PRSTATUS against A's
+//!   vCPU at the checkpoint; every page of A but the reserved region
+//!   against the snapshot; and every page written since the checkpoint
+//!   outside B's region and the reserved region (B must not write A)
+//! ```
+
+use std::path::Path;
+use std::time::Instant;
+
+use kjump_abi::hibimage::ImageError;
+use kjump_core::checkpoint::Kernel;
+use kjump_core::hibimage::{DiskImage, DiskImageError, check_pages};
+use kjump_core::oracle::Oracle;
+use kjump_core::report::{AllowedField, At, Mismatch, MismatchKind};
+use kjump_core::vmcore::{check_prstatus, check_untouched};
+
+use super::hibernate::{Hibernation, disk_scenario_config, first_line, first_mismatch};
+use crate::config::{RunConfig, format_size};
+use crate::scenario::disk::DiskError;
+use crate::scenario::{Outcome, RunError, RunOptions, RunState, Verdict};
+use crate::vm::Vm;
+use crate::vm::watchdog;
+
+const MIB: u64 = 1 << 20;
+/// RAM A keeps for itself above the reserved region (its page tables,
+/// pattern, stack): the reserved region must leave this much.
+const A_ROOM: u64 = 16 * MIB;
+
+/// Where the crash scenario puts things in guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Low memory `[1 MiB, backup)` is backed up and B runs there.
+    pub backup: u64,
+    /// The region reserved for the capture kernel (`crashkernel=`):
+    /// B's image, the backup region, the lists, A's control pages, the
+    /// ELF core header.
+    pub reserved: (u64, u64),
+}
+
+impl Layout {
+    /// The layout of a VM of `mem` bytes whose initramfs takes
+    /// `initramfs_len`, backing up `backup` bytes; why not when the
+    /// backup size is unusable.
+    pub fn new(mem: u64, backup: u64, initramfs_len: u64) -> Result<Self, String> {
+        let high = kjump_abi::layout::HIGH_RAM_START;
+        let min = high + super::MIN_PEER_MEM;
+        if backup == 0 || !backup.is_multiple_of(kjump_abi::layout::PAGE_SIZE) || backup < min {
+            return Err(format!(
+                "--backup-size {}: the low memory the capture kernel runs in is whole 4 KiB pages, at least {}",
+                format_size(backup),
+                format_size(min)
+            ));
+        }
+        // B's image and the backup region, page for page each; the lists,
+        // control pages and core header in the rest.
+        let size = (2 * (backup - high) + 2 * MIB).next_multiple_of(2 * MIB);
+        let start = backup.next_multiple_of(2 * MIB);
+        let top = kjump_core::layout::initramfs_addr(mem, initramfs_len).unwrap_or(0);
+        if start + size + A_ROOM > top {
+            let max = top.saturating_sub(A_ROOM + 2 * MIB) / 3;
+            return Err(format!(
+                "--backup-size {} does not fit in --mem {}: the reserved region takes twice it, and kernel a needs room of its own; at most about {} here",
+                format_size(backup),
+                format_size(mem),
+                format_size(max & !(MIB - 1))
+            ));
+        }
+        Ok(Self {
+            backup,
+            reserved: (start, start + size),
+        })
+    }
+
+    /// The words A's command line gets.
+    pub fn cmdline(&self) -> String {
+        let (s, e) = self.reserved;
+        format!(
+            "{}={:#x} {}={:#x}@{s:#x}",
+            "kjump.backup_size",
+            self.backup,
+            "crashkernel",
+            e - s
+        )
+    }
+
+    fn in_reserved(&self, p: u64) -> bool {
+        (self.reserved.0..self.reserved.1).contains(&p)
+    }
+
+    fn in_b_region(&self, p: u64) -> bool {
+        (kjump_abi::layout::HIGH_RAM_START..self.backup).contains(&p)
+    }
+}
+
+/// Bytes of disk a vmcore of a VM of `mem` bytes needs at most.
+pub fn disk_size(mem: u64) -> u64 {
+    mem + kjump_abi::hibimage::header_size(kjump_abi::hibimage::MAX_RANGES)
+}
+
+/// Runs the scenario (one VM).
+pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
+    // One crash: A's one jump, to the capture kernel (`--cycles` does not
+    // apply).
+    let args = &RunConfig {
+        cycles: 1,
+        ..args.clone()
+    };
+    // Held until the run ends.
+    let dump_lock = args
+        .dump_dir
+        .as_deref()
+        .map(crate::scenario::check_dump_dir)
+        .transpose()?;
+    let mut layout = None;
+    let (cfg, disk) = disk_scenario_config(
+        args,
+        opts,
+        "one VM that powers off; open the vmcore in gdb instead",
+        disk_size(args.mem),
+        |cfg| {
+            let initramfs_len = cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64);
+            let l = Layout::new(args.mem, args.backup_size, initramfs_len)
+                .map_err(RunError::Settings)?;
+            cfg.cmdline = format!("{} {}", cfg.cmdline, l.cmdline());
+            layout = Some(l);
+            Ok(())
+        },
+    )?;
+    let layout = layout.expect("disk_scenario_config ran the check");
+    let wd = crate::scenario::watchdog_config(args, opts);
+    let start = Instant::now();
+    let args = args.clone();
+    let ledger = opts.ledger.clone();
+    watchdog::run_guarded(&wd, move |stop| {
+        let mut cfg = cfg;
+        cfg.stop = stop;
+        let mut run = RunState::new(args.scenario, start, &ledger);
+        let result = (|| {
+            let mut vm = Vm::new(&cfg)?;
+            // A boots, loads B, panics (its one suspend: recorded), B is
+            // checked at its entry and runs until it powers off.
+            let mut driver = Hibernation::new(&args, &cfg.kernel, &mut run);
+            driver.new_vm(&mut vm, false);
+            if let Some(done) = driver.drive(&mut vm, &mut run)? {
+                return Ok(done);
+            }
+            let oracle = driver.oracle();
+            let panicked = driver
+                .a_suspended()
+                .ok_or(RunError::Protocol("kernel b powered off before a panicked"))?;
+            if let Some(dir) = &args.dump_dir {
+                write_panic_dump(&vm, &args, oracle, dir)?;
+            }
+            let at = At {
+                checkpoint: panicked.index,
+                cycle: 1,
+                kernel: Kernel::A.name().to_owned(),
+                direction: "vmcore".to_owned(),
+            };
+            check_vmcore(&mut vm, &mut run, &args, oracle, &layout, disk.path(), &at)
+        })();
+        drop(disk);
+        drop(dump_lock);
+        result.map_err(|e| e.symbolize(&cfg.kernel))
+    })?
+}
+
+/// `--dump-dir`: kernel A as it died (the VMM's snapshot at the panic
+/// checkpoint, the truth the vmcore is checked against) as a dump,
+/// `c00001-00000-a-suspend-left.core`, not resumable.
+fn write_panic_dump(
+    vm: &Vm,
+    args: &RunConfig,
+    oracle: &Oracle,
+    dir: &Path,
+) -> Result<(), RunError> {
+    let Some((id, machine, left)) = oracle.left(Kernel::A, vm.memory()) else {
+        return Ok(());
+    };
+    let path = dir.join(format!(
+        "c{:05}-{:05}-{}-{}-left.core",
+        id.cycle,
+        id.index,
+        id.kernel.name(),
+        id.direction.name()
+    ));
+    let kernel_name = args
+        .kernel
+        .as_ref()
+        .map_or("built-in".into(), |p| p.display().to_string());
+    let input = kjump_core::dump::DumpInput {
+        state: machine.vcpu(),
+        id: &id,
+        jump_back_entry: oracle.jump_back_entry(Kernel::A),
+        resumable: false,
+        memory: &left,
+        kernel_name: &kernel_name,
+        mem_size: args.mem,
+        kjump_version: env!("CARGO_PKG_VERSION"),
+        resume: None,
+    };
+    kjump_core::dump::write_dump(&path, &input)?;
+    log::info!("dump of a at its panic written: {}", path.display());
+    Ok(())
+}
+
+/// B has powered the machine off: its vmcore on the disk against the
+/// oracle's record of A at the panic checkpoint, and B's writes since.
+fn check_vmcore(
+    vm: &mut Vm,
+    run: &mut RunState,
+    args: &RunConfig,
+    oracle: &Oracle,
+    layout: &Layout,
+    disk: &Path,
+    at: &At,
+) -> Result<Outcome, RunError> {
+    let started = Instant::now();
+    let io = |source| {
+        RunError::Disk(DiskError::Stat {
+            path: disk.to_owned(),
+            source,
+        })
+    };
+    let mut mismatches = Vec::new();
+    // A range whose checksum fails is a mismatch, and its pages are still
+    // compared: which ones differ says more than the checksum.
+    let opened = DiskImage::open_vmcore(disk).or_else(|e| match e {
+        DiskImageError::Image(ImageError::RangeChecksum {
+            start,
+            len,
+            expected,
+            found,
+            ..
+        }) => {
+            mismatches.push(Mismatch {
+                at: at.clone(),
+                kind: MismatchKind::Memory,
+                name: Some("checksum of the vmcore's range at".to_owned()),
+                address: Some(start),
+                location: Some(start),
+                expected: format!("{expected:#018x}"),
+                actual: format!("{found:#018x}"),
+                ranges: Vec::new(),
+                hexdump: None,
+                symbol: None,
+                note: Some(format!(
+                    "the vmcore's range [{start:#x}..{:#x}) does not match its checksum: kernel b's data changed while it wrote it",
+                    start + len
+                )),
+            });
+            DiskImage::open_vmcore_unchecked(disk)
+        }
+        e => Err(e),
+    });
+    let image = match opened {
+        Ok(i) => i,
+        Err(e) => {
+            return Ok(run.outcome(Verdict::Fail(format!("kernel b's vmcore of a: {e}")), "b"));
+        }
+    };
+    let (res_start, res_end) = layout.reserved;
+    run.report().allowlist.push(AllowedField {
+        field: format!("memory [{res_start:#x}..{res_end:#x})"),
+        reason: "the region kernel a reserved for the capture kernel (crashkernel=): never a's \
+                 memory, it holds b's staged image, the backup of low memory, the lists and a's \
+                 control pages; not in the vmcore"
+            .to_owned(),
+    });
+    let Some((_, machine, _)) = oracle.left(Kernel::A, vm.memory()) else {
+        return Err(RunError::Protocol("kernel a panicked without a record"));
+    };
+    mismatches.extend(check_prstatus(&image, machine.vcpu(), at));
+    let pages = check_pages(
+        &image,
+        oracle,
+        Kernel::A,
+        vm.memory(),
+        at,
+        "vmcore",
+        |home| (!layout.in_reserved(home)).then_some(home),
+    )
+    .map_err(io)?;
+    mismatches.extend(pages.mismatches);
+    // B may write its own region (low memory, backed up) only; the
+    // reserved region is the capture kernel's too.
+    let written = vm.dirty_pages()?;
+    let outside = check_untouched(
+        oracle,
+        Kernel::A,
+        vm.memory(),
+        &written,
+        |p| layout.in_b_region(p) || layout.in_reserved(p),
+        "kernel b",
+        &At {
+            direction: "b's writes".to_owned(),
+            ..at.clone()
+        },
+    )
+    .map_err(io)?;
+    mismatches.extend(outside);
+    log::info!(
+        "the vmcore on the disk: {} pages in {} ranges; {} pages of a's memory checked against the panic checkpoint, {} excused (the reserved region [{res_start:#x}..{res_end:#x})); NT_PRSTATUS checked; {} pages written since the panic; checked in {} ms",
+        image.pages(),
+        image.ranges().len(),
+        pages.pages_compared,
+        pages.pages_excused,
+        written.len(),
+        started.elapsed().as_millis()
+    );
+    run.set_cycles(1);
+    if !mismatches.is_empty() {
+        let n = mismatches.len();
+        run.report().push_mismatches(mismatches);
+        let why = first_line(
+            &format!("{n} mismatch(es) between kernel b's vmcore of a and a as it died"),
+            &first_mismatch(run),
+        );
+        return Ok(run.outcome(Verdict::Fail(why), "b"));
+    }
+    let verdict = match &args.inject {
+        Some(inj) => Verdict::Fail(format!(
+            "the injected fault {} was not caught: the run passed",
+            inj.spec
+        )),
+        None => Verdict::Pass,
+    };
+    Ok(run.outcome(verdict, "b"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_refuses_bad_backup_sizes() {
+        let l = Layout::new(256 * MIB, 16 * MIB, 4 * MIB).unwrap();
+        assert_eq!(l.reserved, (16 * MIB, 48 * MIB));
+        assert_eq!(
+            l.cmdline(),
+            "kjump.backup_size=0x1000000 crashkernel=0x2000000@0x1000000"
+        );
+        assert!(l.in_reserved(16 * MIB) && !l.in_reserved(48 * MIB));
+        assert!(l.in_b_region(MIB) && !l.in_b_region(16 * MIB) && !l.in_b_region(0));
+        for bad in [0, 16 * MIB + 1, 4 * MIB, 200 * MIB] {
+            let e = Layout::new(256 * MIB, bad, 4 * MIB).unwrap_err();
+            assert!(e.starts_with("--backup-size"), "{e}");
+        }
+    }
+}
