@@ -9,11 +9,12 @@
 //!   oracle records A (registers, devices, every page) ── the relocation
 //!   code backs up low memory [1 MiB, --backup-size) into the reserved
 //!   region, copies B over it and enters B (no context preserved)
+//! VMM: at B's entry, B's first delivery (what A's kimage placed)
 //! B runs in low memory, writes A's vmcore (low memory from the backup,
 //!   A's registers from the crash notes in NT_PRSTATUS), powers off
 //! VMM: the vmcore's headers and checksums; its NT_PRSTATUS against A's
 //!   vCPU at the checkpoint; every page of A but the reserved region
-//!   against the snapshot; and every page written since the checkpoint
+//!   against the snapshot; and every page written since B's entry
 //!   outside B's region and the reserved region (B must not write A)
 //! ```
 
@@ -218,7 +219,8 @@ fn write_panic_dump(
 }
 
 /// B has powered the machine off: its vmcore on the disk against the
-/// oracle's record of A at the panic checkpoint, and B's writes since.
+/// oracle's record of A at the panic checkpoint, and B's writes since its
+/// entry (where B's first delivery was checked).
 fn check_vmcore(
     vm: &mut Vm,
     run: &mut RunState,
@@ -313,7 +315,7 @@ fn check_vmcore(
     .map_err(io)?;
     mismatches.extend(outside);
     log::info!(
-        "the vmcore on the disk: {} pages in {} ranges; {} pages of a's memory checked against the panic checkpoint, {} excused (the reserved region [{res_start:#x}..{res_end:#x})); NT_PRSTATUS checked; {} pages written since the panic; checked in {} ms",
+        "the vmcore on the disk: {} pages in {} ranges; {} pages of a's memory checked against the panic checkpoint, {} excused (the reserved region [{res_start:#x}..{res_end:#x})); NT_PRSTATUS checked; {} pages written since b's entry; checked in {} ms",
         image.pages(),
         image.ranges().len(),
         pages.pages_compared,
