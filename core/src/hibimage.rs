@@ -11,12 +11,20 @@
 //! so the check reads each view page there and names the first bytes that
 //! differ, as the oracle does at a resume.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use kjump_abi::hibimage::{Checksum, Header, ImageError, Range};
+use kjump_abi::control;
+use kjump_abi::vmcore::{PRSTATUS_NREGS, PRSTATUS_REG_NAMES};
+use kjump_abi::hibimage::{
+    Checksum, FLAG_RESUMABLE, FLAG_VMCORE, Header, ImageError, MAX_RANGES, NOTE_NAME, Range, data_offset,
+    header_size,
+};
+
+use crate::dump::{DumpError, NoteInfo, RamSource};
 
 use crate::checkpoint::Kernel;
 use crate::oracle::{Oracle, diff_ranges, hexdump};
@@ -40,63 +48,92 @@ pub enum DiskImageError {
     /// The image is not well formed or fails a checksum.
     #[error("the image on the disk is refused: {0}")]
     Image(ImageError),
+    /// The notes after the image header are malformed.
+    #[error("the image on the disk is refused: {0}")]
+    Notes(String),
+    /// The image is sound but kernel A's view cannot be read from it: no
+    /// control page at its entry, or a kimage list that does not walk.
+    #[error("kernel a's view of the image: {0}")]
+    View(String),
 }
 
 /// A verified image in a disk file.
 #[derive(Debug)]
 pub struct DiskImage {
+    path: PathBuf,
     file: File,
     /// The header pages (ELF header, program headers, note).
     header: Vec<u8>,
     entry: u64,
+    flags: u32,
     ranges: Vec<Range>,
-    /// A vmcore's `struct elf_prstatus`.
+    /// The notes of the PT_NOTE segment, the image header's first.
+    notes: Vec<NoteInfo>,
+    /// A `CORE`/`NT_PRSTATUS` note's descriptor, if the image has one (a
+    /// vmcore's).
     prstatus: Option<Vec<u8>>,
+    /// Bytes of the disk file (the image and what follows it).
+    file_size: u64,
 }
 
 impl DiskImage {
-    /// Opens the resumable image at the start of the disk file `path` and
-    /// verifies it: headers, size, every range's checksum.
+    /// Opens the image at the start of the disk file `path` and verifies
+    /// it: headers, size, every range's checksum. Refuses an image not
+    /// marked resumable (what C and the hibernate scenario need).
     pub fn open(path: &Path) -> Result<Self, DiskImageError> {
-        Self::open_kind(path, false, true)
+        let img = Self::open_any(path)?;
+        if !img.resumable() {
+            return Err(DiskImageError::Image(ImageError::NotResumable));
+        }
+        Ok(img)
     }
 
     /// Opens and verifies the vmcore at the start of the disk file `path`
     /// (the crash scenario's: not resumable, with an `NT_PRSTATUS` note).
     pub fn open_vmcore(path: &Path) -> Result<Self, DiskImageError> {
-        Self::open_kind(path, true, true)
+        Self::open_kind(path, true)?.vmcore_only()
     }
 
     /// Opens the vmcore at the start of `path` checking its headers and
     /// size but not its ranges' checksums: to find the pages of a range
     /// whose checksum [`DiskImage::open_vmcore`] refused.
     pub fn open_vmcore_unchecked(path: &Path) -> Result<Self, DiskImageError> {
-        Self::open_kind(path, true, false)
+        Self::open_kind(path, false)?.vmcore_only()
     }
 
-    fn open_kind(path: &Path, vmcore: bool, sums: bool) -> Result<Self, DiskImageError> {
+    /// [`DiskImage::open`] for readers (`inspect`, `diff`, gdb's
+    /// `image view`): takes an image of any kind (resumable or a vmcore),
+    /// with every other check.
+    pub fn open_any(path: &Path) -> Result<Self, DiskImageError> {
+        Self::open_kind(path, true)
+    }
+
+    /// Refuses an image that is not a vmcore.
+    fn vmcore_only(self) -> Result<Self, DiskImageError> {
+        if self.is_vmcore() {
+            Ok(self)
+        } else {
+            Err(DiskImageError::Image(ImageError::NotVmcore))
+        }
+    }
+
+    fn open_kind(path: &Path, sums: bool) -> Result<Self, DiskImageError> {
         let read = |source| DiskImageError::Read {
             path: path.to_owned(),
             source,
         };
         let file = File::open(path).map_err(read)?;
         let size = file.metadata().map_err(read)?.len();
-        let mut first = vec![
-            0u8;
-            (size.min(kjump_abi::hibimage::header_size(
-                kjump_abi::hibimage::MAX_RANGES
-            ))) as usize
-        ];
+        let mut first = vec![0u8; size.min(header_size(MAX_RANGES)) as usize];
         file.read_exact_at(&mut first, 0).map_err(read)?;
-        let (h, prstatus) = if vmcore {
-            Header::parse_vmcore(&first).map(|(h, p)| (h, Some(p.to_vec())))
-        } else {
-            Header::parse(&first).map(|h| (h, None))
+        let h = Header::parse_any(&first).map_err(DiskImageError::Image)?;
+        if h.flags & FLAG_VMCORE != 0 {
+            // A vmcore's NT_PRSTATUS note sits right after the image note.
+            Header::parse_vmcore(&first).map_err(DiskImageError::Image)?;
         }
-        .map_err(DiskImageError::Image)?;
         h.check_size(size).map_err(DiskImageError::Image)?;
         let ranges: Vec<Range> = h.ranges().collect();
-        let entry = h.entry;
+        let (entry, flags) = (h.entry, h.flags);
         let mut buf = vec![0u8; CHUNK];
         for (i, r) in ranges.iter().enumerate().filter(|_| sums) {
             let mut sum = Checksum::new();
@@ -112,20 +149,69 @@ impl DiskImage {
             h.check_range(i, sum.value())
                 .map_err(DiskImageError::Image)?;
         }
-        let header_len = kjump_abi::hibimage::header_size(ranges.len()) as usize;
+        let header_len = header_size(ranges.len()) as usize;
         first.truncate(header_len);
+        let (notes, prstatus) = read_notes(&first).map_err(DiskImageError::Notes)?;
         Ok(Self {
+            path: path.to_owned(),
             file,
             header: first,
             entry,
+            flags,
             ranges,
+            notes,
             prstatus,
+            file_size: size,
         })
+    }
+
+    /// Whether `path` holds a hibernation image (its first note is the
+    /// KJUMP image note), sound or not: what `inspect` and `diff` read
+    /// with [`DiskImage::open_any`] rather than as a dump.
+    pub fn is_image(path: &Path) -> bool {
+        let Ok(file) = File::open(path) else {
+            return false;
+        };
+        let mut b = vec![0u8; header_size(MAX_RANGES) as usize];
+        let n = file_read_upto(&file, &mut b);
+        match Header::parse_any(&b[..n]) {
+            Ok(_) => true,
+            // The note was found and is the image's; what follows is wrong.
+            Err(
+                ImageError::BadMagic(_)
+                | ImageError::Version(_)
+                | ImageError::RangeCount(_)
+                | ImageError::TableChecksum { .. }
+                | ImageError::BadRange { .. }
+                | ImageError::TooShort { .. },
+            ) => image_note_at_start(&b[..n]),
+            Err(_) => false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Where the image is to be resumed.
     pub fn entry(&self) -> u64 {
         self.entry
+    }
+
+    /// The header's flags.
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    /// Whether the image is marked resumable.
+    pub fn resumable(&self) -> bool {
+        self.flags & FLAG_RESUMABLE != 0
+    }
+
+    /// Whether the image is a vmcore (the crash scenario's: a crashed
+    /// kernel's memory in place, its registers in an `NT_PRSTATUS` note).
+    pub fn is_vmcore(&self) -> bool {
+        self.flags & FLAG_VMCORE != 0 && self.prstatus.is_some()
     }
 
     /// The ranges of memory it holds.
@@ -138,9 +224,44 @@ impl DiskImage {
         self.ranges.iter().map(|r| r.len / PAGE).sum()
     }
 
+    /// Bytes of the image (headers and ranges), from byte 0 of the file.
+    pub fn image_size(&self) -> u64 {
+        data_offset(&self.ranges, self.ranges.len())
+    }
+
+    /// Bytes of the file holding it (a disk is larger than its image).
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// Where range `i`'s data starts in the file.
+    pub fn data_offset(&self, i: usize) -> u64 {
+        data_offset(&self.ranges, i)
+    }
+
+    /// The image's notes, in file order.
+    pub fn notes(&self) -> &[NoteInfo] {
+        &self.notes
+    }
+
     /// The image's headers.
     pub fn header_bytes(&self) -> &[u8] {
         &self.header
+    }
+
+    /// Copies the image's bytes (its [`DiskImage::image_size`] from byte
+    /// 0, not the rest of the disk) to `out`.
+    pub fn copy_bytes(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0;
+        let size = self.image_size();
+        while off < size {
+            let n = (size - off).min(CHUNK as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], off)?;
+            out.write_all(&buf[..n])?;
+            off += n as u64;
+        }
+        Ok(())
     }
 
     /// A vmcore's `struct elf_prstatus` (`None` for a resumable image).
@@ -151,7 +272,7 @@ impl DiskImage {
     /// The page of memory at `addr` as the image holds it; `None` when the
     /// image does not hold it.
     pub fn page(&self, addr: u64) -> io::Result<Option<Box<Page>>> {
-        let mut off = kjump_abi::hibimage::header_size(self.ranges.len());
+        let mut off = header_size(self.ranges.len());
         for r in &self.ranges {
             if (r.start..r.start + r.len).contains(&addr) {
                 let mut p = Box::new([0u8; PAGE_SIZE]);
@@ -162,6 +283,318 @@ impl DiskImage {
             off += r.len;
         }
         Ok(None)
+    }
+
+    /// The word at `addr`, if the image holds it.
+    fn word(&self, addr: u64) -> Option<u64> {
+        let mut w = [0u8; 8];
+        self.read_ram(addr, &mut w).ok()?;
+        Some(u64::from_le_bytes(w))
+    }
+
+    /// The registers the image carries: its `NT_PRSTATUS` note when it has
+    /// one (a vmcore); otherwise, for a resumable image, the context kernel
+    /// A saved in its control page before the jump (the page of the
+    /// entry, `kjump_abi::control`), which its re-entry path restores: the
+    /// image keeps A's registers in A's own memory, as Linux's hibernation
+    /// image keeps `saved_context`. `None` when neither is there.
+    pub fn registers(&self) -> Option<SavedRegisters> {
+        if let Some(p) = &self.prstatus {
+            return SavedRegisters::from_prstatus(p);
+        }
+        if !self.resumable() {
+            return None;
+        }
+        let cp = self.entry & !(PAGE - 1);
+        let mut slots = [0u64; control::SLOTS as usize];
+        for (i, v) in slots.iter_mut().enumerate() {
+            *v = self.word(cp + control::CONTEXT + 8 * i as u64)?;
+        }
+        Some(SavedRegisters::Context {
+            control_page: cp,
+            slots,
+        })
+    }
+
+    /// Kernel A's logical view of the image: its pages where A had them,
+    /// those its kimage parked in source pages read from there. The
+    /// kimage is found as A's re-entry path finds it: the control page is
+    /// the entry's page, its list head and mode are in that page's data
+    /// slots; the list is walked in the image (every entry checked).
+    pub fn view(&self) -> Result<ImageView<'_>, DiskImageError> {
+        let bad = |w: String| DiskImageError::View(w);
+        if !self.resumable() {
+            return Err(bad(
+                "the image is not marked resumable: it has no re-entry point to find kernel a's kimage from".into(),
+            ));
+        }
+        let cp = self.entry & !(PAGE - 1);
+        let slot = |o: u64| {
+            self.word(cp + o).ok_or_else(|| {
+                bad(format!(
+                    "the entry's control page {cp:#x} is not in the image"
+                ))
+            })
+        };
+        let head = slot(control::DATA_HEAD)?;
+        let mode = slot(control::DATA_MODE)?;
+        if mode != control::MODE_SWAP && mode != control::MODE_BACKUP {
+            return Err(bad(format!(
+                "control page {cp:#x}: kimage mode {mode:#x} is neither swap nor backup"
+            )));
+        }
+        let max = (self.pages().saturating_mul(PAGE) / 8).min(crate::kimage::MAX_ENTRIES as u64);
+        let mut parked = BTreeMap::new();
+        let mut outside = None;
+        kjump_abi::kimage::walk(
+            head,
+            max as usize,
+            |a| a.is_multiple_of(8).then(|| self.word(a)).flatten(),
+            |p| {
+                if outside.is_none() && self.page_index(p.src).is_none() {
+                    outside = Some(p.src);
+                }
+                parked.insert(p.dest, p.src);
+            },
+        )
+        .map_err(|e| bad(format!("control page {cp:#x}: kimage list: {e}")))?;
+        if let Some(src) = outside {
+            return Err(bad(format!(
+                "kimage source page {src:#x} is not in the image"
+            )));
+        }
+        let mut spans: Vec<(u64, u64)> = self.ranges.iter().map(|r| (r.start, r.len)).collect();
+        spans.extend(
+            parked
+                .keys()
+                .filter(|d| self.page_index(**d).is_none())
+                .map(|&d| (d, PAGE)),
+        );
+        spans.sort_unstable();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (s, l) in spans {
+            match ranges.last_mut() {
+                Some(last) if last.0 + last.1 == s => last.1 += l,
+                Some(last) if last.0 + last.1 > s => {
+                    return Err(bad(format!("kimage destination page {s:#x} listed twice")));
+                }
+                _ => ranges.push((s, l)),
+            }
+        }
+        let control_end = cp + control::control_pages(4 << 30) * PAGE;
+        Ok(ImageView {
+            image: self,
+            sources: parked.values().copied().collect(),
+            parked,
+            control: (cp, control_end),
+            ranges,
+        })
+    }
+
+    /// The index of the range holding `addr`.
+    fn page_index(&self, addr: u64) -> Option<usize> {
+        self.ranges
+            .iter()
+            .position(|r| (r.start..r.start + r.len).contains(&addr))
+    }
+}
+
+/// Reads into `buf` what the file has of it; returns the bytes read.
+fn file_read_upto(file: &File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
+}
+
+/// Whether the first program header is a note segment whose first note
+/// is the KJUMP image note (what a damaged image still shows).
+fn image_note_at_start(b: &[u8]) -> bool {
+    let get = |o: usize, n: usize| b.get(o..o + n);
+    let (Some(ph), Some(elf)) = (get(64, 56), get(0, 4)) else {
+        return false;
+    };
+    if elf != b"\x7fELF" || ph[0..4] != 4u32.to_le_bytes() {
+        return false;
+    }
+    let off = u64::from_le_bytes(ph[8..16].try_into().expect("8 bytes"));
+    let Ok(off) = usize::try_from(off) else {
+        return false;
+    };
+    match (get(off + 8, 4), get(off + 12, 6)) {
+        (Some(t), Some(name)) => {
+            t == kjump_abi::hibimage::NT_KJUMP_IMAGE.to_le_bytes() && name == &NOTE_NAME[..]
+        }
+        _ => false,
+    }
+}
+
+/// The notes of the image's PT_NOTE segment, which must lie in the header
+/// pages; and the descriptor of an `NT_PRSTATUS` note among them.
+fn read_notes(header: &[u8]) -> Result<(Vec<NoteInfo>, Option<Vec<u8>>), String> {
+    let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
+    // Header::parse checked the first program header is the PT_NOTE.
+    let (off, size) = (u64_at(64 + 8), u64_at(64 + 32));
+    let end = off
+        .checked_add(size)
+        .filter(|&e| e <= header.len() as u64)
+        .ok_or_else(|| {
+            format!(
+                "the note segment at byte {off} ({size} bytes) runs past the headers ({} bytes)",
+                header.len()
+            )
+        })?;
+    let notes = crate::dump::parse_notes(&header[off as usize..end as usize])
+        .map_err(|w| format!("note segment: {w}"))?;
+    let mut prstatus = None;
+    let mut info = Vec::new();
+    for n in notes {
+        if n.name == "CORE" && n.kind == crate::dump::NT_PRSTATUS {
+            if prstatus.is_some() {
+                return Err("more than one NT_PRSTATUS note".into());
+            }
+            prstatus = Some(n.desc.to_vec());
+        }
+        info.push(NoteInfo {
+            name: n.name,
+            kind: n.kind,
+            size: n.desc.len() as u64,
+        });
+    }
+    Ok((info, prstatus))
+}
+
+/// The registers an image carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SavedRegisters {
+    /// Kernel A's saved context in its control page (`control::Slot`
+    /// order).
+    Context {
+        control_page: u64,
+        slots: [u64; control::SLOTS as usize],
+    },
+    /// An `NT_PRSTATUS` note's `pr_reg` (Linux's `user_regs_struct`).
+    Prstatus([u64; PRSTATUS_NREGS]),
+}
+
+impl SavedRegisters {
+    fn from_prstatus(desc: &[u8]) -> Option<Self> {
+        kjump_abi::vmcore::prstatus_regs(desc).map(Self::Prstatus)
+    }
+
+    /// Where they come from, for people.
+    pub fn source(&self) -> String {
+        match self {
+            Self::Context { control_page, .. } => format!(
+                "kernel a's saved context in its control page {control_page:#x} (restored by its re-entry path)"
+            ),
+            Self::Prstatus(_) => "the NT_PRSTATUS note".into(),
+        }
+    }
+
+    /// The registers by name, in their order (the UART slot left out).
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Self::Context { slots, .. } => control::SLOT_NAMES
+                .iter()
+                .zip(slots)
+                .filter(|(n, _)| **n != "uart")
+                .map(|(n, v)| (*n, *v))
+                .collect(),
+            Self::Prstatus(r) => PRSTATUS_REG_NAMES
+                .iter()
+                .copied()
+                .zip(r.iter().copied())
+                .collect(),
+        }
+    }
+}
+
+/// Kernel A's logical view of a resumable image ([`DiskImage::view`]):
+/// every page of A's at its home address. RAM ranges are the image's
+/// plus the pages A's kimage parked elsewhere (B's region).
+#[derive(Debug)]
+pub struct ImageView<'a> {
+    image: &'a DiskImage,
+    /// Home page -> the source page holding it in the image.
+    parked: BTreeMap<u64, u64>,
+    /// The source pages: in the image they hold A's parked pages, in A's
+    /// own view (as A left) what A loaded there for B.
+    sources: std::collections::BTreeSet<u64>,
+    /// A's control pages: written after A's checkpoint (the swap's
+    /// bookkeeping), not part of its view.
+    control: (u64, u64),
+    ranges: Vec<(u64, u64)>,
+}
+
+impl ImageView<'_> {
+    pub fn image(&self) -> &DiskImage {
+        self.image
+    }
+
+    /// Pages A's kimage parked in source pages.
+    pub fn parked_pages(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// A's first control page and the end of its control pages.
+    pub fn control_range(&self) -> (u64, u64) {
+        self.control
+    }
+
+    /// Whether the page at `page` is A's own as A left it: not a source
+    /// page (holding the parked pages here, B's pages in A's memory) and
+    /// not a control page.
+    pub fn is_own(&self, page: u64) -> bool {
+        !self.sources.contains(&page) && !(self.control.0..self.control.1).contains(&page)
+    }
+
+    /// Where A's page `home` lies in the image.
+    pub fn parked_at(&self, home: u64) -> u64 {
+        self.parked.get(&home).copied().unwrap_or(home)
+    }
+}
+
+impl RamSource for DiskImage {
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|r| (r.start, r.len)).collect()
+    }
+
+    fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+        let i = self.page_index(addr).ok_or(DumpError::Memory(addr))?;
+        let r = self.ranges[i];
+        if addr + buf.len() as u64 > r.start + r.len {
+            return Err(DumpError::Memory(addr));
+        }
+        self.file
+            .read_exact_at(buf, self.data_offset(i) + (addr - r.start))
+            .map_err(|source| DumpError::Read {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+impl RamSource for ImageView<'_> {
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.clone()
+    }
+
+    fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr + done as u64;
+            let page = at & !(PAGE - 1);
+            let n = ((page + PAGE - at) as usize).min(buf.len() - done);
+            self.image
+                .read_ram(self.parked_at(page) + (at - page), &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
     }
 }
 

@@ -662,6 +662,8 @@ mod tests {
         let mut r = img.clone();
         r[desc + 12] = 0;
         assert_eq!(verify(&r).err(), Some(ImageError::NotResumable));
+        // Read, not resumed: the flags are the reader's to judge.
+        assert_eq!(Header::parse_any(&r).map(|h| h.flags), Ok(0));
         assert_eq!(
             verify(&img[..10]).err(),
             Some(ImageError::TooShort { need: 64, have: 10 })

@@ -133,9 +133,11 @@ impl Cli {
 pub enum Command {
     /// Run a scenario (the default).
     Run(RunArgs),
-    /// Show a dump: checkpoint, registers, memory ranges, notes.
+    /// Show a dump or a hibernation image: checkpoint or image header,
+    /// registers, memory ranges (with their checksums), notes.
     Inspect {
-        /// The dump (an ELF core written by kjump).
+        /// The dump (an ELF core written by kjump), or a disk holding a
+        /// hibernation image (or such an image on its own).
         file: PathBuf,
         /// JSON instead of text.
         #[arg(long)]
@@ -147,8 +149,10 @@ pub enum Command {
         /// Where to write it.
         output: PathBuf,
     },
-    /// What differs between two dumps: registers, then pages with byte
-    /// ranges, hexdump and guest symbol. Exit code 1 when they differ.
+    /// What differs between two dumps or images: registers, then pages
+    /// with byte ranges, hexdump and guest symbol. An image is compared
+    /// with a dump as kernel a's view (its pages at home). Exit code 1 when
+    /// they differ.
     Diff {
         a: PathBuf,
         b: PathBuf,
@@ -156,6 +160,9 @@ pub enum Command {
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
+    /// The hibernation image on a disk file.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Build a fresh VM from a dump alone (memory and complete vCPU state)
     /// and run the scenario on from the dump's checkpoint to its end, every
     /// checkpoint checked as in the run. Exit codes as a run.
@@ -170,6 +177,34 @@ pub enum Command {
         /// JSON instead of the table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `kjump image ...`: the hibernation image on a disk.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Write the image out of the disk file: exactly its bytes (headers
+    /// and ranges, not the rest of the disk), atomically, after every check
+    /// of its headers and checksums.
+    Extract {
+        /// The disk file (the image from byte 0).
+        disk: PathBuf,
+        /// Where to write the image.
+        output: PathBuf,
+    },
+    /// Write kernel a's view of the image as a kjump dump that gdb opens
+    /// with a's symbols: a's pages at home (those its kimage parked in
+    /// source pages read from there), its saved registers in NT_PRSTATUS
+    /// (rip at its checkpoint). Marked not resumable.
+    View {
+        /// The disk file (the image from byte 0).
+        disk: PathBuf,
+        /// Where to write the dump.
+        output: PathBuf,
+        /// Kernel a's ELF, for the checkpoint's address (default: the
+        /// embedded kjump guest).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
     },
 }
 

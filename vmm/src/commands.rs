@@ -1,9 +1,12 @@
-//! The subcommands that work on files alone: `inspect` and `diff` of dumps.
+//! The subcommands that work on files alone: `inspect` and `diff` of dumps
+//! and hibernation images, `image extract` and `image view`.
 
 use std::path::Path;
 
-use kjump_core::dump::{self, DumpError};
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel};
+use kjump_core::dump::{self, CoreFile, CoreFileError, DumpError};
 use kjump_core::files::{InputError, check_input, read_input};
+use kjump_core::hibimage::DiskImage;
 use kjump_core::symbols::Symbols;
 
 /// Why a dump command could not be carried out.
@@ -11,12 +14,18 @@ use kjump_core::symbols::Symbols;
 pub enum CommandError {
     #[error(transparent)]
     Dump(#[from] DumpError),
+    /// A hibernation image that is refused (the cause says why).
+    #[error(transparent)]
+    Core(#[from] CoreFileError),
     /// A dump that is not a regular file (a FIFO would block the reader).
     #[error("cannot read the dump")]
     DumpFile(#[source] InputError),
     /// The kernel given for symbols (the cause names it).
     #[error("cannot read the kernel")]
     Kernel(#[source] InputError),
+    /// The output of `image extract` or `image view`.
+    #[error("cannot write {}", .0.display())]
+    Write(std::path::PathBuf, #[source] std::io::Error),
 }
 
 /// Reads a dump that is a regular file.
@@ -25,36 +34,120 @@ pub fn read_dump(path: &Path) -> Result<dump::Dump, CommandError> {
     Ok(dump::read_dump(path)?)
 }
 
+/// Reads a dump or an image that is a regular file.
+fn read_core(path: &Path) -> Result<CoreFile, CommandError> {
+    check_input(path).map_err(CommandError::DumpFile)?;
+    Ok(CoreFile::open(path)?)
+}
+
+/// Reads the image at the start of the disk file `path` (any flags).
+fn read_image(path: &Path) -> Result<DiskImage, CommandError> {
+    check_input(path).map_err(CommandError::DumpFile)?;
+    DiskImage::open_any(path).map_err(|source| {
+        CommandError::Core(CoreFileError::Image {
+            path: path.to_owned(),
+            source,
+        })
+    })
+}
+
 /// `kjump inspect FILE [--json]`: the text (or pretty JSON) to print.
 pub fn inspect(path: &Path, json: bool) -> Result<String, CommandError> {
-    let d = read_dump(path)?;
-    if json {
-        let v = dump::inspect_json(&d);
-        Ok(serde_json::to_string_pretty(&v).map_err(DumpError::Encode)? + "\n")
-    } else {
-        Ok(dump::inspect(&d))
+    let v = match read_core(path)? {
+        CoreFile::Dump(d) if json => dump::inspect_json(&d),
+        CoreFile::Dump(d) => return Ok(dump::inspect(&d)),
+        CoreFile::Image(i) if json => dump::inspect_image_json(&i),
+        CoreFile::Image(i) => return Ok(dump::inspect_image(&i)),
+    };
+    Ok(serde_json::to_string_pretty(&v).map_err(DumpError::Encode)? + "\n")
+}
+
+/// The kernel for symbols: `kernel` (no larger than `bound`, the files'
+/// guest RAM), or the embedded guest.
+fn kernel_elf(kernel: Option<&Path>, bound: u64, what: &str) -> Result<Vec<u8>, CommandError> {
+    match kernel {
+        Some(k) => read_input(k, bound, what).map_err(CommandError::Kernel),
+        None => Ok(crate::DEFAULT_KERNEL.to_vec()),
     }
 }
 
 /// `kjump diff A B [--kernel K]`: the text to print and whether the guest
-/// states differ. Addresses are named from `kernel` (default: the
-/// embedded guest), which can be no larger than the dumps' guest RAM.
+/// states differ. Each of A and B is a dump or an image. Addresses are
+/// named from `kernel` (default: the embedded guest), which can be no
+/// larger than the files' guest RAM.
 pub fn diff(a: &Path, b: &Path, kernel: Option<&Path>) -> Result<(String, bool), CommandError> {
-    let (da, db) = (read_dump(a)?, read_dump(b)?);
-    let elf = match kernel {
-        Some(k) => {
-            let bound = da.meta().mem_size.max(db.meta().mem_size);
-            read_input(k, bound, "the dumps' guest RAM").map_err(CommandError::Kernel)?
-        }
-        None => crate::DEFAULT_KERNEL.to_vec(),
-    };
+    let (fa, fb) = (read_core(a)?, read_core(b)?);
+    let bound = fa.mem_bound().max(fb.mem_bound());
+    let elf = kernel_elf(kernel, bound, "the dumps' guest RAM")?;
     let symbols = if elf.is_empty() {
         None
     } else {
         Some(Symbols::from_elf(&elf).map_err(DumpError::Symbols)?)
     };
-    let d = dump::diff(&da, &db, symbols.as_ref());
+    let s = symbols.as_ref();
+    let d = match (&fa, &fb) {
+        (CoreFile::Dump(x), CoreFile::Dump(y)) => dump::diff(x, y, s),
+        (CoreFile::Image(x), CoreFile::Dump(y)) => dump::diff_image_dump(x, y, true, s),
+        (CoreFile::Dump(x), CoreFile::Image(y)) => dump::diff_image_dump(y, x, false, s),
+        (CoreFile::Image(x), CoreFile::Image(y)) => dump::diff_images(x, y, s),
+    };
     Ok((d.to_string(), d.differs()))
+}
+
+/// `kjump image extract DISK OUT`: the image's bytes, checked, written
+/// atomically. Returns the bytes written.
+pub fn image_extract(disk: &Path, output: &Path) -> Result<u64, CommandError> {
+    let img = read_image(disk)?;
+    kjump_core::files::write_atomic_with(output, |mut f| img.copy_bytes(&mut f))
+        .map_err(|e| CommandError::Write(output.to_owned(), e))?;
+    Ok(img.image_size())
+}
+
+/// `kjump image view DISK OUT [--kernel K]`: kernel a's view of a
+/// resumable image as a dump (not resumable) for gdb; `rip` is a's
+/// checkpoint, where its re-entry path resumes it.
+pub fn image_view(disk: &Path, output: &Path, kernel: Option<&Path>) -> Result<(), CommandError> {
+    let img = read_image(disk)?;
+    let view = img.view().map_err(|source| {
+        CommandError::Core(CoreFileError::Image {
+            path: disk.to_owned(),
+            source,
+        })
+    })?;
+    let mem: u64 = kjump_core::dump::RamSource::ram_ranges(&view)
+        .last()
+        .map_or(0, |(s, l)| s + l);
+    let elf = kernel_elf(kernel, mem, "the image's guest RAM")?;
+    let rip = Symbols::from_elf(&elf)
+        .map_err(DumpError::Symbols)?
+        .address_of("kjump_checkpoint")
+        .unwrap_or(0);
+    let state = dump::image_view_state(&img, rip);
+    let id = CheckpointId {
+        index: 0,
+        cycle: 1,
+        kernel: Kernel::A,
+        direction: Direction::Suspend,
+    };
+    let name = format!("kernel a's view of the image {}", disk.display());
+    let input = dump::DumpInput {
+        state: &state,
+        id: &id,
+        jump_back_entry: img.entry(),
+        resumable: false,
+        memory: &view,
+        kernel_name: &name,
+        mem_size: mem,
+        kjump_version: env!("CARGO_PKG_VERSION"),
+        resume: None,
+    };
+    dump::write_dump(output, &input)?;
+    Ok(())
+}
+
+/// Whether `path` holds a hibernation image rather than a dump.
+pub fn is_image(path: &Path) -> bool {
+    DiskImage::is_image(path)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use kjump::cli::{Cli, Command};
+use kjump::cli::{Cli, Command, ImageCommand};
 use kjump::scenario::resume::ResumeError;
 use kjump::scenario::{self, Ledger, RunOptions};
 use kjump::vm::serial::ConsoleSink;
@@ -44,6 +44,29 @@ fn main() -> ExitCode {
                 out(&text);
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                report_error(&e, None);
+                ExitCode::from(2)
+            }
+        },
+        Command::Image(ImageCommand::Extract { disk, output }) => {
+            match kjump::commands::image_extract(&disk, &output) {
+                Ok(bytes) => {
+                    log::info!("{bytes} bytes of image written to {}", output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report_error(&e, None);
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Image(ImageCommand::View {
+            disk,
+            output,
+            kernel,
+        }) => match kjump::commands::image_view(&disk, &output, kernel.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 report_error(&e, None);
                 ExitCode::from(2)

@@ -294,7 +294,22 @@ pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
         pages: Vec::new(),
         problems: Vec::new(),
     };
-    let (ra, rb) = (a.ranges(), b.ranges());
+    diff_ram(a, b, &|_| true, symbols, &mut out);
+    out
+}
+
+/// Compares the RAM of `a` (old) and `b` (new) into `out`: ranges in one
+/// only are a problem; every page both have and `compared` takes is
+/// compared (what both skip as zeros is not read). Shared by dumps and
+/// hibernation images.
+pub(super) fn diff_ram(
+    a: &dyn RamSource,
+    b: &dyn RamSource,
+    compared: &dyn Fn(u64) -> bool,
+    symbols: Option<&Symbols>,
+    out: &mut DumpDiff,
+) {
+    let (ra, rb) = (a.ram_ranges(), b.ram_ranges());
     if ra != rb {
         let show = |r: &[(u64, u64)]| {
             r.iter()
@@ -308,9 +323,9 @@ pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
         ));
     }
     let mut common = Vec::new();
-    for la in &a.loads {
-        for lb in &b.loads {
-            let (s, e) = (la.paddr.max(lb.paddr), la.end().min(lb.end()));
+    for &(sa, la) in &ra {
+        for &(sb, lb) in &rb {
+            let (s, e) = (sa.max(sb), (sa + la).min(sb + lb));
             if s < e {
                 common.push((s, e));
             }
@@ -320,14 +335,14 @@ pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
     for (start, end) in common {
         let mut pos = start;
         while pos < end {
-            pos = a.next_data(pos, end).min(b.next_data(pos, end));
+            pos = a.skip_zeros(pos, end).min(b.skip_zeros(pos, end));
             if pos >= end {
                 break;
             }
             let n = (end - pos).min(CHUNK as u64) as usize;
             if let Err(e) = a
-                .read_at(pos, &mut ba[..n])
-                .and_then(|()| b.read_at(pos, &mut bb[..n]))
+                .read_ram(pos, &mut ba[..n])
+                .and_then(|()| b.read_ram(pos, &mut bb[..n]))
             {
                 out.problems.push(format!(
                     "cannot compare [{pos:#x}..{:#x}): {e}",
@@ -342,24 +357,18 @@ pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
                     .zip(bb[..n].chunks_exact(PAGE_SIZE))
                     .enumerate()
                 {
-                    if pa != pb {
+                    let addr = pos + (i * PAGE_SIZE) as u64;
+                    if pa != pb && compared(addr) {
                         let (pa, pb): (&Page, &Page) = (
                             pa.try_into().expect("whole pages"),
                             pb.try_into().expect("whole pages"),
                         );
                         let detailed = out.pages.len() < MAX_DETAILED;
-                        out.pages.push(page_diff(
-                            pos + (i * PAGE_SIZE) as u64,
-                            pa,
-                            pb,
-                            symbols,
-                            detailed,
-                        ));
+                        out.pages.push(page_diff(addr, pa, pb, symbols, detailed));
                     }
                 }
             }
             pos += n as u64;
         }
     }
-    out
 }

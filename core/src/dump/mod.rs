@@ -163,6 +163,7 @@ pub enum DumpError {
 }
 
 mod diff;
+mod image;
 mod inspect;
 mod ram;
 mod read;
@@ -173,8 +174,13 @@ pub(crate) mod write;
 
 pub use crate::state::UartState;
 pub use diff::{DumpDiff, ExpectedDiff, PageDiff, RegisterDiff, diff};
+pub use image::{
+    CoreFile, CoreFileError, diff_image_dump, diff_images, image_view_state, inspect_image,
+    inspect_image_json,
+};
 pub use inspect::{inspect, inspect_json};
 pub use ram::RamSource;
+pub(crate) use read::parse_notes;
 pub use read::{read_dump, read_dump_bytes};
 pub use record::{ResumeRecord, SuspendRecord};
 pub use write::write_dump;
@@ -323,6 +329,9 @@ impl NoteInfo {
             ("CORE", NT_PRFPREG) => "NT_PRFPREG (FXSAVE area)",
             ("QEMU", NT_QEMU) => "QEMUCPUState",
             (KJUMP_NOTE_NAME, NT_KJUMP) => "kjump checkpoint and vCPU state",
+            (KJUMP_NOTE_NAME, kjump_abi::hibimage::NT_KJUMP_IMAGE) => {
+                "kjump image header and range table"
+            }
             _ => "unknown",
         }
     }

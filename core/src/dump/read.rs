@@ -13,14 +13,14 @@ pub(super) fn u64_at(b: &[u8], o: usize) -> u64 {
 }
 
 /// One note as found in the file.
-pub(super) struct RawNote<'a> {
-    pub(super) name: String,
-    pub(super) kind: u32,
-    pub(super) desc: &'a [u8],
+pub(crate) struct RawNote<'a> {
+    pub(crate) name: String,
+    pub(crate) kind: u32,
+    pub(crate) desc: &'a [u8],
 }
 
 /// Splits a note segment into notes, checking every size against it.
-pub(super) fn parse_notes(b: &[u8]) -> Result<Vec<RawNote<'_>>, String> {
+pub(crate) fn parse_notes(b: &[u8]) -> Result<Vec<RawNote<'_>>, String> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < b.len() {
