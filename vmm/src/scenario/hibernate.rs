@@ -64,6 +64,13 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
                 .into(),
         ));
     }
+    // Held until the run ends (kernel a's suspend dump).
+    let _dump_lock = match (&args.dump_dir, args.dump) {
+        (Some(dir), crate::config::DumpPolicy::EveryJump) => {
+            Some(crate::scenario::check_dump_dir(dir)?)
+        }
+        _ => None,
+    };
     let (cfg, disk) = disk_scenario_config(
         args,
         opts,
@@ -440,6 +447,9 @@ impl<'a> Hibernation<'a> {
         }
         match (id.kernel, id.direction) {
             (Kernel::A, Direction::Suspend) => {
+                if let Some(path) = dump_suspend(vm, self.cfg, &self.oracle, id, &machine)? {
+                    run.report().dumps.push(path);
+                }
                 let hibernation = self.hibernations < self.cfg.cycles;
                 self.a_suspended = Some((*id, hibernation));
                 vm.set_console_name("b");
@@ -595,6 +605,52 @@ fn restore_config(
     c.kvm_device = cfg.kvm_device.clone();
     c.disk = cfg.disk.clone();
     Ok(c)
+}
+
+/// `--dump every-jump --dump-dir DIR`: kernel a at each suspend, as
+/// ping-pong dumps it (`c00001-00000-a-suspend.core` the first), what
+/// `kjump diff` compares the image on the disk with. Returns the file
+/// written.
+fn dump_suspend(
+    vm: &Vm,
+    cfg: &RunConfig,
+    oracle: &Oracle,
+    id: &kjump_core::checkpoint::CheckpointId,
+    machine: &kjump_core::state::MachineState,
+) -> Result<Option<String>, RunError> {
+    let Some(dir) = cfg
+        .dump_dir
+        .as_deref()
+        .filter(|_| cfg.dump == crate::config::DumpPolicy::EveryJump)
+    else {
+        return Ok(None);
+    };
+    let path = dir.join(format!(
+        "c{:05}-{:05}-{}-{}.core",
+        id.cycle,
+        id.index,
+        id.kernel.name(),
+        id.direction.name()
+    ));
+    let kernel_name = cfg
+        .kernel
+        .as_ref()
+        .map_or("built-in".into(), |p| p.display().to_string());
+    let resume = oracle.resume_record(cfg.scenario.name(), cfg.cycles, id, machine);
+    let input = kjump_core::dump::DumpInput {
+        state: machine.vcpu(),
+        id,
+        jump_back_entry: oracle.jump_back_entry(id.kernel),
+        resumable: true,
+        memory: vm.memory(),
+        kernel_name: &kernel_name,
+        mem_size: vm.mem_size(),
+        kjump_version: env!("CARGO_PKG_VERSION"),
+        resume: Some(&resume),
+    };
+    kjump_core::dump::write_dump(&path, &input)?;
+    log::info!("dump written: {}", path.display());
+    Ok(Some(path.display().to_string()))
 }
 
 /// Host-side damage to the image between the two VMs (`--inject

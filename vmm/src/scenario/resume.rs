@@ -232,6 +232,12 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
         ("--junit", args.junit.as_deref()),
     ])?;
     kjump_core::files::check_input(&args.file).map_err(ResumeError::DumpFile)?;
+    if kjump_core::hibimage::DiskImage::is_image(&args.file) {
+        return Err(ResumeError::NotResumable {
+            path: args.file.clone(),
+            why: "it is a hibernation image (kernel a's memory, no vCPU state of its own): kjump resume resumes dumps; --scenario hibernate restores images through kernel c".into(),
+        });
+    }
     let dump = dump::read_dump(&args.file)?;
     let plan = plan(&dump)?;
     let kernel = read_kernel(args.kernel.as_deref(), dump.meta().mem_size)?;
