@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Short fuzz runs of kjump's parsers (fuzz/: cpio, elf, kimage_walk,
-# harness_msg, dump_reader): builds every cargo-fuzz target, runs each for
+# harness_msg, dump_reader, image_reader): builds every cargo-fuzz target, runs each for
 # KJUMP_FUZZ_SECONDS (default 20) from a temporary copy of its seeds, and
 # fails on the first crash, assertion failure, leak, timeout or OOM.
 #
@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 seconds=${KJUMP_FUZZ_SECONDS:-20}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(cpio elf kimage_walk harness_msg dump_reader)
+    targets=(cpio elf kimage_walk harness_msg dump_reader image_reader)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

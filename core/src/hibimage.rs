@@ -24,7 +24,7 @@ use kjump_abi::hibimage::{
     header_size,
 };
 
-use crate::dump::{DumpError, NoteInfo, RamSource};
+use crate::dump::{Backing, DumpError, NoteInfo, RamSource};
 
 use crate::checkpoint::Kernel;
 use crate::oracle::{Oracle, diff_ranges, hexdump};
@@ -61,7 +61,7 @@ pub enum DiskImageError {
 #[derive(Debug)]
 pub struct DiskImage {
     path: PathBuf,
-    file: File,
+    file: Backing,
     /// The header pages (ELF header, program headers, note).
     header: Vec<u8>,
     entry: u64,
@@ -124,6 +124,21 @@ impl DiskImage {
         };
         let file = File::open(path).map_err(read)?;
         let size = file.metadata().map_err(read)?.len();
+        Self::parse(Backing::File(file), size, path, sums)
+    }
+
+    /// [`DiskImage::open_any`] on an image already in memory; `path` only
+    /// names it. Checks exactly what `open_any` checks.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, DiskImageError> {
+        let size = bytes.len() as u64;
+        Self::parse(Backing::Bytes(bytes), size, path, true)
+    }
+
+    fn parse(file: Backing, size: u64, path: &Path, sums: bool) -> Result<Self, DiskImageError> {
+        let read = |source| DiskImageError::Read {
+            path: path.to_owned(),
+            source,
+        };
         let mut first = vec![0u8; size.min(header_size(MAX_RANGES)) as usize];
         file.read_exact_at(&mut first, 0).map_err(read)?;
         let h = Header::parse_any(&first).map_err(DiskImageError::Image)?;
@@ -837,5 +852,149 @@ mod tests {
             Err(DiskImageError::Image(ImageError::NotElfCore))
         ));
         std::fs::remove_file(&p).unwrap();
+    }
+
+    /// An image of RAM [0, 0x4000) and [0x8000, 0x10000), entered in the
+    /// control page 0x9000, whose swap-mode kimage parks a's page 0x4000
+    /// (outside the image) at 0xb000; rdi and rsp saved in the context.
+    fn image_with_view(head_ok: bool) -> Vec<u8> {
+        use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
+        let cp = 0x9000u64;
+        let mut ram = vec![0u8; 0x10000];
+        let mut put =
+            |a: u64, v: u64| ram[a as usize..a as usize + 8].copy_from_slice(&v.to_le_bytes());
+        let list = 0xa000;
+        put(cp + control::DATA_HEAD, list | IND_INDIRECTION);
+        put(list, 0x4000 | IND_DESTINATION);
+        put(list + 8, if head_ok { 0xb000 } else { 0x5000 } | IND_SOURCE);
+        put(list + 16, IND_DONE);
+        put(control::slot_offset(control::Slot::Rdi) + cp, cp);
+        put(control::slot_offset(control::Slot::Rsp) + cp, 0x2345);
+        ram[0xb000..0xc000].fill(0x5a);
+        ram[0x3000] = 7;
+        let rs: Vec<Range> = [(0u64, 0x4000u64), (0x8000, 0x8000)]
+            .iter()
+            .map(|&(start, len)| Range {
+                start,
+                len,
+                checksum: checksum(&ram[start as usize..(start + len) as usize]),
+            })
+            .collect();
+        let mut img = vec![0u8; header_size(2) as usize];
+        write_headers(&mut img, cp + 0x25, &rs).unwrap();
+        img.extend_from_slice(&ram[..0x4000]);
+        img.extend_from_slice(&ram[0x8000..]);
+        img
+    }
+
+    #[test]
+    fn a_view_reads_parked_pages_at_home_and_the_registers_from_the_control_page() {
+        let img = DiskImage::from_bytes(image_with_view(true), Path::new("v.img")).unwrap();
+        assert!(img.resumable());
+        assert_eq!(img.image_size(), 0x1000 + 0xc000);
+        let regs = img.registers().unwrap();
+        let named = regs.named();
+        assert!(named.contains(&("rdi", 0x9000)) && named.contains(&("rsp", 0x2345)));
+        assert!(!named.iter().any(|(n, _)| *n == "uart"));
+        let v = img.view().unwrap();
+        assert_eq!(v.ram_ranges(), [(0, 0x5000), (0x8000, 0x8000)]);
+        assert_eq!(v.parked_pages(), 1);
+        let mut p = [0u8; PAGE_SIZE];
+        v.read_ram(0x4000, &mut p).unwrap();
+        assert!(
+            p.iter().all(|&b| b == 0x5a),
+            "a's page read where it is parked"
+        );
+        v.read_ram(0x3000, &mut p).unwrap();
+        assert_eq!(p[0], 7, "a page at home read in place");
+        // Source and control pages are not a's own; the rest is.
+        assert!(!v.is_own(0xb000) && !v.is_own(0x9000) && v.is_own(0x3000) && v.is_own(0x4000));
+        // Across a page boundary into the parked page.
+        let mut two = [0u8; 16];
+        v.read_ram(0x4000 - 8, &mut two).unwrap();
+        assert_eq!(two[8..], [0x5a; 8]);
+        // The image itself holds nothing at 0x4000.
+        assert!(img.read_ram(0x4000, &mut p).is_err());
+    }
+
+    #[test]
+    fn a_kimage_source_outside_the_image_is_no_view_and_the_reason_is_given() {
+        let img = DiskImage::from_bytes(image_with_view(false), Path::new("v.img")).unwrap();
+        let e = img.view().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kernel a's view of the image: kimage source page 0x5000 is not in the image"
+        );
+    }
+
+    #[test]
+    fn an_image_not_marked_resumable_is_read_but_not_resumed_and_its_prstatus_is_its_registers() {
+        let mut b = image_with_view(true);
+        // The flags word of the image header (after the ELF header, 3
+        // program headers and the note's header) cleared.
+        let flags = 64 + 3 * 56 + 20 + 12;
+        b[flags..flags + 4].fill(0);
+        // An NT_PRSTATUS note after the image note, in the header page.
+        let note_off = u64::from_le_bytes(b[64 + 8..64 + 16].try_into().unwrap()) as usize;
+        let note_len = u64::from_le_bytes(b[64 + 32..64 + 40].try_into().unwrap()) as usize;
+        let at = note_off + note_len;
+        let mut note = Vec::new();
+        note.extend_from_slice(&5u32.to_le_bytes());
+        note.extend_from_slice(&336u32.to_le_bytes());
+        note.extend_from_slice(&1u32.to_le_bytes());
+        note.extend_from_slice(b"CORE\0\0\0\0");
+        let mut desc = vec![0u8; 336];
+        desc[112 + 16 * 8..112 + 17 * 8].copy_from_slice(&0x20_1234u64.to_le_bytes()); // rip
+        note.extend_from_slice(&desc);
+        b[at..at + note.len()].copy_from_slice(&note);
+        let total = (note_len + note.len()) as u64;
+        b[64 + 32..64 + 40].copy_from_slice(&total.to_le_bytes());
+        b[64 + 40..64 + 48].copy_from_slice(&total.to_le_bytes());
+        let p = tmp("vmcore");
+        std::fs::write(&p, &b).unwrap();
+        assert!(matches!(
+            DiskImage::open(&p),
+            Err(DiskImageError::Image(ImageError::NotResumable))
+        ));
+        let img = DiskImage::open_any(&p).unwrap();
+        assert!(!img.resumable());
+        assert!(DiskImage::is_image(&p));
+        assert_eq!(img.notes().len(), 2);
+        let regs = img.registers().unwrap();
+        assert_eq!(regs.source(), "the NT_PRSTATUS note");
+        assert!(regs.named().contains(&("rip", 0x20_1234)));
+        assert!(
+            img.view()
+                .unwrap_err()
+                .to_string()
+                .contains("not marked resumable")
+        );
+        // A second NT_PRSTATUS is refused.
+        let mut twice = b.clone();
+        twice[at + note.len()..at + 2 * note.len()].copy_from_slice(&note);
+        let total = (note_len + 2 * note.len()) as u64;
+        twice[64 + 32..64 + 40].copy_from_slice(&total.to_le_bytes());
+        let e = DiskImage::from_bytes(twice, Path::new("t")).unwrap_err();
+        assert!(
+            e.to_string().ends_with("more than one NT_PRSTATUS note"),
+            "{e}"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_image_is_still_recognised_as_one_and_a_dump_is_not() {
+        let p = tmp("sniff");
+        let mut b = image_with_view(true);
+        let desc = 64 + 3 * 56 + 20;
+        b[desc] = b'X'; // the magic
+        std::fs::write(&p, &b).unwrap();
+        assert!(DiskImage::is_image(&p));
+        let e = DiskImage::open_any(&p).unwrap_err();
+        assert!(e.to_string().contains("wrong magic"), "{e}");
+        std::fs::write(&p, b"\x7fELF not an image").unwrap();
+        assert!(!DiskImage::is_image(&p));
+        std::fs::remove_file(&p).unwrap();
+        assert!(!DiskImage::is_image(&p));
     }
 }

@@ -20,7 +20,7 @@ use kjump_core::dump::{
     DumpError, DumpInput, RamSource, ResumeRecord, SuspendRecord, UartState, write_dump,
 };
 use kjump_core::state::VcpuState;
-use kjump_fuzz::fix_kjump_checksum;
+use kjump_fuzz::{fix_image_checksums, fix_kjump_checksum};
 
 /// Seeds must stay small: the repository keeps them.
 const MAX_SEED: usize = 64 << 10;
@@ -34,6 +34,7 @@ fn main() {
         ("kimage_walk", kimage_seeds()),
         ("harness_msg", harness_seeds()),
         ("dump_reader", dump_seeds()),
+        ("image_reader", image_seeds()),
     ] {
         let dir = root.join(target);
         // Only this generator writes here: start from nothing.
@@ -566,5 +567,68 @@ fn dump_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("resume-record", resumable),
         ("version-1", v1),
         ("checksum-fixed", fixed),
+    ]
+}
+
+// ------------------------------------------------------------ image_reader
+
+/// A hibernation image of RAM [0, 0x4000) and [0x8000, 0x10000) whose
+/// entry lies in a control page at 0x9000 holding a swap-mode kimage: one
+/// page of kernel a's (home 0x4000, outside the image) parked at 0xb000.
+fn image(ranges: &[(u64, u64)], mode: u64) -> Vec<u8> {
+    use kjump_abi::control;
+    use kjump_abi::hibimage::{Range, checksum, header_size, write_headers};
+    use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_SOURCE};
+    let cp = 0x9000u64;
+    let mut ram = vec![0u8; 0x10000];
+    let mut put =
+        |a: u64, v: u64| ram[a as usize..a as usize + 8].copy_from_slice(&v.to_le_bytes());
+    let list = 0xa000;
+    put(cp + control::DATA_HEAD, list | IND_INDIRECTION);
+    put(cp + control::DATA_MODE, mode);
+    put(list, 0x4000 | IND_DESTINATION);
+    put(list + 8, 0xb000 | IND_SOURCE);
+    put(list + 16, IND_DONE);
+    put(cp + control::slot_offset(control::Slot::Rdi), cp);
+    ram[0xb000..0xc000].fill(0x5a);
+    let rs: Vec<Range> = ranges
+        .iter()
+        .map(|&(start, len)| Range {
+            start,
+            len,
+            checksum: checksum(&ram[start as usize..(start + len) as usize]),
+        })
+        .collect();
+    let mut out = vec![0u8; header_size(rs.len()) as usize];
+    write_headers(&mut out, cp + 0x25, &rs).expect("a valid image");
+    for &(start, len) in ranges {
+        out.extend_from_slice(&ram[start as usize..(start + len) as usize]);
+    }
+    out
+}
+
+fn image_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let both = [(0, 0x4000), (0x8000, 0x8000)];
+    let valid = image(&both, MODE_SWAP);
+    let mut fixed = vec![0u8];
+    let mut flipped = valid.clone();
+    let last = flipped.len() - 100;
+    flipped[last] ^= 1;
+    fixed.extend_from_slice(&flipped);
+    let mut refixed = fixed[1..].to_vec();
+    fix_image_checksums(&mut refixed);
+    assert_eq!(refixed.len(), flipped.len());
+    let mut no_view = image(&[(0, 0x4000)], MODE_SWAP);
+    no_view.extend_from_slice(&[0; 4096]);
+    let mut tail = valid.clone();
+    tail.extend_from_slice(&[0; 8192]);
+    vec![
+        ("valid", valid.clone()),
+        ("backup-mode", image(&both, MODE_BACKUP)),
+        ("flipped-fixed", fixed),
+        ("flipped", flipped),
+        ("no-view", no_view),
+        ("disk-tail", tail),
+        ("truncated", valid[..valid.len() - 4096].to_vec()),
     ]
 }

@@ -124,3 +124,61 @@ pub fn fix_kjump_checksum(dump: &mut [u8]) {
     let sum = xxhash_rust::xxh3::xxh3_64(desc);
     desc[KJUMP_CHECKSUM..KJUMP_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
 }
+
+/// Makes the checksums of a hibernation image (`kjump_abi::hibimage`)
+/// agree with its bytes where its headers can be found: each range's data
+/// (where the file holds it) and then the range table, so that mutations
+/// of the headers and data reach the checks behind the checksums.
+pub fn fix_image_checksums(img: &mut [u8]) {
+    use kjump_abi::hibimage::{Range, checksum, header_size, table_checksum};
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    /// Note header with its padded name, then the image header.
+    const DESC: usize = 12 + 8;
+    const TABLE: usize = 40;
+    let get = |b: &[u8], o: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+    };
+    let Some(phnum) = img
+        .get(56..58)
+        .map(|p| u16::from_le_bytes([p[0], p[1]]) as usize)
+    else {
+        return;
+    };
+    let n = phnum.saturating_sub(1);
+    if n == 0 || n > kjump_abi::hibimage::MAX_RANGES {
+        return;
+    }
+    let desc = EHDR + phnum * PHDR + DESC;
+    let mut ranges = Vec::with_capacity(n);
+    let mut off = header_size(n);
+    for i in 0..n {
+        let e = desc + TABLE + 24 * i;
+        let (Some(start), Some(len)) = (get(img, e), get(img, e + 8)) else {
+            return;
+        };
+        let data = usize::try_from(off)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(o, l)| img.get(o..o.checked_add(l)?))
+            .filter(|d| d.len() % 8 == 0);
+        let sum = match data {
+            Some(d) => checksum(d),
+            None => get(img, e + 16).unwrap_or(0),
+        };
+        let Some(slot) = img.get_mut(e + 16..e + 24) else {
+            return;
+        };
+        slot.copy_from_slice(&sum.to_le_bytes());
+        ranges.push(Range {
+            start,
+            len,
+            checksum: sum,
+        });
+        off = off.saturating_add(len);
+    }
+    let t = table_checksum(ranges.into_iter());
+    if let Some(slot) = img.get_mut(desc + 32..desc + 40) {
+        slot.copy_from_slice(&t.to_le_bytes());
+    }
+}

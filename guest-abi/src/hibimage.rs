@@ -193,7 +193,9 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     c.value()
 }
 
-fn table_checksum(ranges: impl Iterator<Item = Range>) -> u64 {
+/// The checksum of a range table (what the image header's
+/// `table checksum` holds).
+pub fn table_checksum(ranges: impl Iterator<Item = Range>) -> u64 {
     let mut c = Checksum::new();
     for r in ranges {
         c.update_word(r.start);

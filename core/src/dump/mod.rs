@@ -359,7 +359,7 @@ impl Load {
 /// Where a dump's bytes are: its file, read on demand (a dump is as large
 /// as guest RAM), or a buffer ([`read_dump_bytes`]).
 #[derive(Debug)]
-enum Backing {
+pub(crate) enum Backing {
     File(File),
     Bytes(Vec<u8>),
 }
@@ -367,7 +367,7 @@ enum Backing {
 impl Backing {
     /// Fills `buf` from offset `off`; past the end is an error, as for a file
     /// (and as for a file, reading nothing is never one).
-    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         match self {
             Self::File(f) => f.read_exact_at(buf, off),
             Self::Bytes(_) if buf.is_empty() => Ok(()),
