@@ -342,11 +342,109 @@ fn damaged_images_are_refused_with_one_line_and_no_output() {
     );
 }
 
+/// A copy of the disk whose kernel a's control page holds `fault` in its
+/// fault word (`kjump_abi::control::DATA_FAULT`: the re-entry path's
+/// injected bugs), the image's checksums made to agree: a consistent
+/// image of a kernel whose restore goes wrong.
+fn with_fault(name: &str, fault: u64) -> PathBuf {
+    use kjump_abi::hibimage::{Range, checksum, data_offset, write_headers};
+    let s = saved();
+    let mut b = std::fs::read(&s.disk).unwrap();
+    let h = Header::parse(&b).unwrap();
+    let entry = h.entry;
+    let mut ranges: Vec<Range> = h.ranges().collect();
+    let word = (entry & !0xfff) + kjump_abi::control::DATA_FAULT;
+    let i = ranges
+        .iter()
+        .position(|r| (r.start..r.start + r.len).contains(&word))
+        .unwrap();
+    let off = data_offset(&ranges, i);
+    let at = (off + word - ranges[i].start) as usize;
+    b[at..at + 8].copy_from_slice(&fault.to_le_bytes());
+    ranges[i].checksum = checksum(&b[off as usize..(off + ranges[i].len) as usize]);
+    let n = kjump_abi::hibimage::header_size(ranges.len()) as usize;
+    write_headers(&mut b[..n], entry, &ranges).unwrap();
+    let p = s.dir.join(name);
+    std::fs::write(&p, b).unwrap();
+    p
+}
+
 #[test]
-fn kjump_resume_refuses_an_image_with_a_clear_line() {
-    if !kvm_or_skip("kjump_resume_refuses_an_image_with_a_clear_line") {
+fn kjump_resume_brings_a_back_from_its_image_and_checks_it_against_the_image() {
+    if !kvm_or_skip("kjump_resume_brings_a_back_from_its_image_and_checks_it_against_the_image") {
         return;
     }
     let s = saved();
-    refused(&["resume", arg(&s.disk)], "hibernation image");
+    let report = s.dir.join("resume.json");
+    let (out, err) = assert_exit(
+        &kjump(&["resume", arg(&s.disk), "--report", arg(&report)]),
+        0,
+    );
+    assert!(
+        out.contains("[a] a: back from my jump, state intact"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kjump: hibernate: pass (1 of 1 cycles, 1 checkpoints, "),
+        "{out}\n{err}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let cp = &r["checkpoints"][0];
+    assert_eq!(
+        (&cp["kernel"], &cp["direction"]),
+        (&"a".into(), &"resume".into())
+    );
+    // Every page of a's view of its 64 MiB but the control and source pages.
+    assert!(cp["pages_compared"].as_u64().unwrap() > 14000, "{r}");
+}
+
+#[test]
+fn a_restore_that_forgets_a_register_or_a_page_is_caught_with_its_location() {
+    if !kvm_or_skip("a_restore_that_forgets_a_register_or_a_page_is_caught_with_its_location") {
+        return;
+    }
+    // forget-rbx: the re-entry path leaves rbx as the relocation code did.
+    let forget = with_fault("forget-rbx.raw", 1 << kjump_abi::control::Slot::Rbx as u64);
+    let (out, _) = assert_exit(&kjump(&["resume", arg(&forget)]), 1);
+    assert!(
+        out.contains("mismatch(es) at kernel a's resume from its image: first: ")
+            && out.contains("register rbx: "),
+        "{out}"
+    );
+    // skip-swap-back: a's first page of b's region stays in its source
+    // page; the VMM fills what the image does not hold with poison, so
+    // the page is seen even where a had zeros.
+    let skip = with_fault(
+        "skip-swap-back.raw",
+        1 << kjump_abi::control::FAULT_SKIP_SWAP_BACK,
+    );
+    let (out, _) = assert_exit(&kjump(&["resume", arg(&skip)]), 1);
+    assert!(out.contains("page 0x100000"), "{out}");
+    assert!(!out.contains("register "), "only memory: {out}");
+}
+
+#[test]
+fn kjump_resume_refuses_an_image_not_marked_resumable_or_damaged_with_one_line() {
+    if !kvm_or_skip("kjump_resume_refuses_an_image_not_marked_resumable_or_damaged_with_one_line") {
+        return;
+    }
+    let s = saved();
+    let vmcore = damaged("not-resumable.raw", |b| {
+        let m = b.windows(8).position(|w| w == b"KJHIBIMG").unwrap();
+        b[m + 12..m + 16].fill(0);
+    });
+    refused(
+        &["resume", arg(&vmcore)],
+        "cannot be resumed: the image is not marked resumable",
+    );
+    // inspect still reads it.
+    let (out, _) = assert_exit(&kjump(&["inspect", arg(&vmcore)]), 0);
+    assert!(out.contains("flags 0x0 (not resumable)"), "{out}");
+    assert!(out.contains("registers: none"), "{out}");
+    let flipped = damaged("resume-flipped.raw", |b| b[0x2000] ^= 1);
+    refused(
+        &["resume", arg(&flipped)],
+        "range 0 [0x0..0x100000) checksum",
+    );
+    let _ = s;
 }

@@ -759,6 +759,90 @@ pub(crate) fn page_mismatch(
     }
 }
 
+/// Checks a kernel restored from an image in a new VM (`kjump resume
+/// IMAGE`), at its resume checkpoint, against what the image holds:
+/// every register of its saved context ([`SavedRegisters::Context`]);
+/// every page of its view ([`ImageView::is_own`]) in `found`, the VM's
+/// memory, at home. `state` is captured with the checkpoint's `in eax,
+/// dx` (one byte, at `checkpoint`) completed, so exactly two registers
+/// differ from the context by design and are expected to: `rip` is
+/// `checkpoint + 1` and `rax` is `answer` (the `in` writes eax, clearing
+/// the upper half). Each difference is a mismatch at `at`, a page's with
+/// its byte ranges, hexdump and symbol.
+pub fn check_restored(
+    view: &ImageView<'_>,
+    state: &crate::state::VcpuState,
+    checkpoint: u64,
+    answer: u32,
+    found: &crate::GuestMem,
+    at: &At,
+    symbols: Option<&crate::symbols::Symbols>,
+) -> Result<ImageCheck, DumpError> {
+    let mut out = ImageCheck::default();
+    let mut regs: Vec<(&str, u64)> = view
+        .image()
+        .registers()
+        .map(|r| r.named())
+        .unwrap_or_default();
+    for (name, v) in regs.iter_mut() {
+        if *name == "rax" {
+            *v = u64::from(answer);
+        }
+    }
+    regs.push(("rip", checkpoint + 1));
+    for (name, expected) in regs {
+        let Some(actual) = crate::dump::state_value(state, name) else {
+            continue;
+        };
+        if actual != expected {
+            out.mismatches.push(Mismatch {
+                at: at.clone(),
+                kind: MismatchKind::Register,
+                name: Some(name.to_owned()),
+                address: None,
+                location: None,
+                expected: format!("{expected:#x}"),
+                actual: format!("{actual:#x}"),
+                ranges: Vec::new(),
+                hexdump: None,
+                symbol: None,
+                note: Some(match name {
+                    "rax" => "the checkpoint's answer (BACK)".into(),
+                    "rip" => "after the checkpoint instruction".into(),
+                    _ => "as saved in the image's context".into(),
+                }),
+            });
+        }
+    }
+    let mut expected = Box::new([0u8; PAGE_SIZE]);
+    let mut actual = Box::new([0u8; PAGE_SIZE]);
+    for (start, len) in view.ram_ranges() {
+        for home in (start..start + len).step_by(PAGE_SIZE) {
+            if !view.is_own(home) {
+                continue;
+            }
+            view.read_ram(home, &mut expected[..])?;
+            found.read_ram(home, &mut actual[..])?;
+            out.pages_compared += 1;
+            if *actual == *expected {
+                continue;
+            }
+            out.mismatches.push(page_mismatch(
+                at,
+                symbols,
+                (home, home),
+                &expected,
+                &actual,
+                format!(
+                    "the restored kernel's page {home:#x} is not as the image holds it (at {:#x})",
+                    view.parked_at(home)
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

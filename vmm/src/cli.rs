@@ -165,7 +165,8 @@ pub enum Command {
     Image(ImageCommand),
     /// Build a fresh VM from a dump alone (memory and complete vCPU state)
     /// and run the scenario on from the dump's checkpoint to its end, every
-    /// checkpoint checked as in the run. Exit codes as a run.
+    /// checkpoint checked as in the run; or kernel a from a hibernation
+    /// image, checked against it. Exit codes as a run.
     Resume(ResumeArgs),
     /// Measure what a checkpoint costs (ping-pong at 256M, 1G, 4G and 16G,
     /// checked and --no-check) and judge issue 13's targets; exit 0 when
@@ -212,7 +213,9 @@ pub enum ImageCommand {
 #[derive(Clone, Debug, Args)]
 pub struct ResumeArgs {
     /// The dump to go on from (an ELF core kjump wrote at a checkpoint,
-    /// e.g. with --dump every-jump).
+    /// e.g. with --dump every-jump), or a disk holding a hibernation image
+    /// (kernel a is entered at its re-entry point and checked against the
+    /// image).
     pub file: PathBuf,
 
     /// Write a JSON report here.

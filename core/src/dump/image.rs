@@ -191,7 +191,7 @@ pub fn inspect_image_json(img: &DiskImage) -> serde_json::Value {
 
 /// The value a [`VcpuState`] holds for one of the names of
 /// [`SavedRegisters::named`]; `None` for a name it has no field for.
-fn state_value(s: &VcpuState, name: &str) -> Option<u64> {
+pub fn state_value(s: &VcpuState, name: &str) -> Option<u64> {
     let sr = &s.sregs;
     let sel = |g: &kvm_segment| Some(u64::from(g.selector));
     match name {

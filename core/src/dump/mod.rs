@@ -176,7 +176,7 @@ pub use crate::state::UartState;
 pub use diff::{DumpDiff, ExpectedDiff, PageDiff, RegisterDiff, diff};
 pub use image::{
     CoreFile, CoreFileError, diff_image_dump, diff_images, image_view_state, inspect_image,
-    inspect_image_json,
+    inspect_image_json, state_value,
 };
 pub use inspect::{inspect, inspect_json};
 pub use ram::RamSource;

@@ -20,6 +20,7 @@ pub mod disk;
 pub mod hibernate;
 pub mod pingpong;
 pub mod resume;
+pub mod resume_image;
 
 use crate::config::{RunConfig, Scenario, format_size};
 use crate::faults::FaultError;

@@ -45,6 +45,9 @@ pub enum ResumeError {
     /// The dump is unreadable, truncated or corrupt.
     #[error(transparent)]
     Dump(#[from] DumpError),
+    /// A hibernation image that is refused (the cause says why).
+    #[error(transparent)]
+    Image(#[from] kjump_core::dump::CoreFileError),
     /// The dump is not a regular file (a FIFO would block the reader).
     #[error("cannot read the dump")]
     DumpFile(#[source] kjump_core::files::InputError),
@@ -233,10 +236,7 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
     ])?;
     kjump_core::files::check_input(&args.file).map_err(ResumeError::DumpFile)?;
     if kjump_core::hibimage::DiskImage::is_image(&args.file) {
-        return Err(ResumeError::NotResumable {
-            path: args.file.clone(),
-            why: "it is a hibernation image (kernel a's memory, no vCPU state of its own): kjump resume resumes dumps; --scenario hibernate restores images through kernel c".into(),
-        });
+        return crate::scenario::resume_image::resume_image(args, opts);
     }
     let dump = dump::read_dump(&args.file)?;
     let plan = plan(&dump)?;

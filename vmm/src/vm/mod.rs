@@ -705,6 +705,56 @@ impl Vm {
         })
     }
 
+    /// Before the first run: fills guest RAM with `ram`'s ranges (every
+    /// page, zeros included, over what the boot loaded there) and points
+    /// the vCPU, still in its boot state (64-bit, interrupts off), at `rip`
+    /// with stack `rsp` and page tables `cr3`: a kernel entered at its
+    /// re-entry point by the VMM, as a restore kernel would enter it.
+    /// `cr3` must lie in RAM.
+    pub fn enter_image(
+        &mut self,
+        ram: &dyn RamSource,
+        rip: u64,
+        rsp: u64,
+        cr3: u64,
+    ) -> Result<(), VmError> {
+        const CHUNK: usize = 1 << 20;
+        if !self.mem.address_in_range(GuestAddress(cr3)) {
+            return Err(VmError::ImageRead(DumpError::Memory(cr3)));
+        }
+        let mut buf = vec![0u8; CHUNK];
+        for (start, len) in ram.ram_ranges() {
+            let mut pos = start;
+            while pos < start + len {
+                let n = (start + len - pos).min(CHUNK as u64) as usize;
+                ram.read_ram(pos, &mut buf[..n])
+                    .map_err(VmError::ImageRead)?;
+                self.mem
+                    .write_slice(&buf[..n], GuestAddress(pos))
+                    .map_err(|_| VmError::ImageRead(DumpError::Memory(pos)))?;
+                pos += n as u64;
+            }
+        }
+        let mut regs = self
+            .vcpu
+            .get_regs()
+            .map_err(kvm_err("read the registers"))?;
+        regs.rip = rip;
+        regs.rsp = rsp;
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(kvm_err("set the registers"))?;
+        let mut sregs = self
+            .vcpu
+            .get_sregs()
+            .map_err(kvm_err("read the system registers"))?;
+        sregs.cr3 = cr3;
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(kvm_err("set the system registers"))?;
+        Ok(())
+    }
+
     /// Builds a VM that goes on from an image of a running one: `mem_size`
     /// bytes of RAM laid out as [`Vm::new`] lays them out, filled from
     /// `ram` (zero pages are left alone: fresh RAM is zero), the in-kernel
