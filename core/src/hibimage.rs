@@ -613,6 +613,22 @@ impl RamSource for ImageView<'_> {
     }
 }
 
+/// The differing byte ranges `diff` (offsets in the page at `home`) as
+/// guest-physical ranges with their symbols.
+fn byte_ranges(
+    home: u64,
+    diff: &[(usize, usize)],
+    symbols: Option<&crate::symbols::Symbols>,
+) -> Vec<ByteRange> {
+    diff.iter()
+        .map(|&(s, e)| ByteRange {
+            start: home + s as u64,
+            end: home + e as u64,
+            symbol: symbols.and_then(|sy| sy.lookup(home + s as u64)),
+        })
+        .collect()
+}
+
 /// What [`check_against_record`] compared.
 #[derive(Debug, Default)]
 pub struct ImageCheck {
@@ -736,14 +752,7 @@ pub(crate) fn page_mismatch(
     note: String,
 ) -> Mismatch {
     let diff = diff_ranges(expected, actual);
-    let ranges = diff
-        .iter()
-        .map(|&(s, e)| ByteRange {
-            start: home + s as u64,
-            end: home + e as u64,
-            symbol: symbols.and_then(|sy| sy.lookup(home + s as u64)),
-        })
-        .collect();
+    let ranges = byte_ranges(home, &diff, symbols);
     Mismatch {
         at: at.clone(),
         kind: MismatchKind::Memory,
@@ -843,6 +852,49 @@ pub fn check_restored(
     Ok(out)
 }
 
+/// Images for tests, here and in the fuzz seeds.
+#[doc(hidden)]
+pub mod testing {
+    use kjump_abi::control;
+    use kjump_abi::hibimage::{Range, checksum, header_size, write_headers};
+    use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
+
+    /// An image of `ranges` of a 64 KiB RAM, entered in the control page
+    /// 0x9000 (`rdi` = 0x9000 and `rsp` = 0x2345 in its context) whose
+    /// kimage (list at 0xa000, `mode`) parks a's page 0x4000 at `source`;
+    /// page 0xb000 is all 0x5a, byte 0x3000 is 7.
+    pub fn image_with_view(ranges: &[(u64, u64)], mode: u64, source: u64) -> Vec<u8> {
+        let cp = 0x9000u64;
+        let mut ram = vec![0u8; 0x10000];
+        let mut put =
+            |a: u64, v: u64| ram[a as usize..a as usize + 8].copy_from_slice(&v.to_le_bytes());
+        let list = 0xa000;
+        put(cp + control::DATA_HEAD, list | IND_INDIRECTION);
+        put(cp + control::DATA_MODE, mode);
+        put(list, 0x4000 | IND_DESTINATION);
+        put(list + 8, source | IND_SOURCE);
+        put(list + 16, IND_DONE);
+        put(control::slot_offset(control::Slot::Rdi) + cp, cp);
+        put(control::slot_offset(control::Slot::Rsp) + cp, 0x2345);
+        ram[0xb000..0xc000].fill(0x5a);
+        ram[0x3000] = 7;
+        let rs: Vec<Range> = ranges
+            .iter()
+            .map(|&(start, len)| Range {
+                start,
+                len,
+                checksum: checksum(&ram[start as usize..(start + len) as usize]),
+            })
+            .collect();
+        let mut img = vec![0u8; header_size(rs.len()) as usize];
+        write_headers(&mut img, cp + 0x25, &rs).expect("a valid image");
+        for &(start, len) in ranges {
+            img.extend_from_slice(&ram[start as usize..(start + len) as usize]);
+        }
+        img
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,37 +990,9 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
     }
 
-    /// An image of RAM [0, 0x4000) and [0x8000, 0x10000), entered in the
-    /// control page 0x9000, whose swap-mode kimage parks a's page 0x4000
-    /// (outside the image) at 0xb000; rdi and rsp saved in the context.
     fn image_with_view(head_ok: bool) -> Vec<u8> {
-        use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_INDIRECTION, IND_SOURCE};
-        let cp = 0x9000u64;
-        let mut ram = vec![0u8; 0x10000];
-        let mut put =
-            |a: u64, v: u64| ram[a as usize..a as usize + 8].copy_from_slice(&v.to_le_bytes());
-        let list = 0xa000;
-        put(cp + control::DATA_HEAD, list | IND_INDIRECTION);
-        put(list, 0x4000 | IND_DESTINATION);
-        put(list + 8, if head_ok { 0xb000 } else { 0x5000 } | IND_SOURCE);
-        put(list + 16, IND_DONE);
-        put(control::slot_offset(control::Slot::Rdi) + cp, cp);
-        put(control::slot_offset(control::Slot::Rsp) + cp, 0x2345);
-        ram[0xb000..0xc000].fill(0x5a);
-        ram[0x3000] = 7;
-        let rs: Vec<Range> = [(0u64, 0x4000u64), (0x8000, 0x8000)]
-            .iter()
-            .map(|&(start, len)| Range {
-                start,
-                len,
-                checksum: checksum(&ram[start as usize..(start + len) as usize]),
-            })
-            .collect();
-        let mut img = vec![0u8; header_size(2) as usize];
-        write_headers(&mut img, cp + 0x25, &rs).unwrap();
-        img.extend_from_slice(&ram[..0x4000]);
-        img.extend_from_slice(&ram[0x8000..]);
-        img
+        let source = if head_ok { 0xb000 } else { 0x5000 };
+        testing::image_with_view(&[(0, 0x4000), (0x8000, 0x8000)], control::MODE_SWAP, source)
     }
 
     #[test]

@@ -572,39 +572,10 @@ fn dump_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 // ------------------------------------------------------------ image_reader
 
-/// A hibernation image of RAM [0, 0x4000) and [0x8000, 0x10000) whose
-/// entry lies in a control page at 0x9000 holding a swap-mode kimage: one
-/// page of kernel a's (home 0x4000, outside the image) parked at 0xb000.
+/// A hibernation image of `ranges` whose kimage parks a page at 0xb000
+/// (see `kjump_core::hibimage::testing`).
 fn image(ranges: &[(u64, u64)], mode: u64) -> Vec<u8> {
-    use kjump_abi::control;
-    use kjump_abi::hibimage::{Range, checksum, header_size, write_headers};
-    use kjump_abi::kimage::{IND_DESTINATION, IND_DONE, IND_SOURCE};
-    let cp = 0x9000u64;
-    let mut ram = vec![0u8; 0x10000];
-    let mut put =
-        |a: u64, v: u64| ram[a as usize..a as usize + 8].copy_from_slice(&v.to_le_bytes());
-    let list = 0xa000;
-    put(cp + control::DATA_HEAD, list | IND_INDIRECTION);
-    put(cp + control::DATA_MODE, mode);
-    put(list, 0x4000 | IND_DESTINATION);
-    put(list + 8, 0xb000 | IND_SOURCE);
-    put(list + 16, IND_DONE);
-    put(cp + control::slot_offset(control::Slot::Rdi), cp);
-    ram[0xb000..0xc000].fill(0x5a);
-    let rs: Vec<Range> = ranges
-        .iter()
-        .map(|&(start, len)| Range {
-            start,
-            len,
-            checksum: checksum(&ram[start as usize..(start + len) as usize]),
-        })
-        .collect();
-    let mut out = vec![0u8; header_size(rs.len()) as usize];
-    write_headers(&mut out, cp + 0x25, &rs).expect("a valid image");
-    for &(start, len) in ranges {
-        out.extend_from_slice(&ram[start as usize..(start + len) as usize]);
-    }
-    out
+    kjump_core::hibimage::testing::image_with_view(ranges, mode, 0xb000)
 }
 
 fn image_seeds() -> Vec<(&'static str, Vec<u8>)> {

@@ -57,6 +57,20 @@ pub struct DumpDiff {
 }
 
 impl DumpDiff {
+    /// No difference yet between `a` (old) and `b` (new), named so.
+    pub(super) fn between(a: String, b: String) -> Self {
+        Self {
+            a,
+            b,
+            meta: Vec::new(),
+            pair: None,
+            expected: Vec::new(),
+            registers: Vec::new(),
+            pages: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
     /// True when the guest states differ (registers, memory or layout)
     /// beyond the expected differences.
     pub fn differs(&self) -> bool {

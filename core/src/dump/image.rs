@@ -133,17 +133,7 @@ pub fn inspect_image(img: &DiskImage) -> String {
         }
         Err(_) => {}
     }
-    let _ = writeln!(o, "notes: {}", img.notes().len());
-    for n in img.notes() {
-        let _ = writeln!(
-            o,
-            "  {:<6} type {:#010x} {:>6} bytes  {}",
-            n.name,
-            n.kind,
-            n.size,
-            n.describe()
-        );
-    }
+    notes_text(&mut o, img.notes());
     o
 }
 
@@ -289,16 +279,7 @@ pub fn diff_image_dump(
     } else {
         (names.1, names.0)
     };
-    let mut out = DumpDiff {
-        a,
-        b,
-        meta: Vec::new(),
-        pair: None,
-        expected: Vec::new(),
-        registers: Vec::new(),
-        pages: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut out = DumpDiff::between(a, b);
     if img.entry() != dump.meta().jump_back_entry {
         out.meta.push(format!(
             "entry: image {:#x}, dump's jump-back entry {:#x}",
@@ -342,16 +323,10 @@ pub fn diff_image_dump(
 /// What differs between two images: header (entry, flags), registers,
 /// and memory as each lies on its disk.
 pub fn diff_images(a: &DiskImage, b: &DiskImage, symbols: Option<&Symbols>) -> DumpDiff {
-    let mut out = DumpDiff {
-        a: a.path().display().to_string(),
-        b: b.path().display().to_string(),
-        meta: Vec::new(),
-        pair: None,
-        expected: Vec::new(),
-        registers: Vec::new(),
-        pages: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut out = DumpDiff::between(
+        a.path().display().to_string(),
+        b.path().display().to_string(),
+    );
     if a.entry() != b.entry() {
         out.meta
             .push(format!("entry: {:#x} -> {:#x}", a.entry(), b.entry()));

@@ -189,8 +189,14 @@ pub fn inspect(d: &Dump) -> String {
             l.offset
         );
     }
-    let _ = writeln!(o, "notes: {}", d.notes.len());
-    for n in &d.notes {
+    notes_text(&mut o, &d.notes);
+    o
+}
+
+/// The `notes:` part of `inspect`: one line a note.
+pub(super) fn notes_text(o: &mut String, notes: &[NoteInfo]) {
+    let _ = writeln!(o, "notes: {}", notes.len());
+    for n in notes {
         let _ = writeln!(
             o,
             "  {:<6} type {:#010x} {:>6} bytes  {}",
@@ -200,7 +206,6 @@ pub fn inspect(d: &Dump) -> String {
             n.describe()
         );
     }
-    o
 }
 
 /// The captured MSRs, `0x2ff MTRR_DEF_TYPE`, in index order.
