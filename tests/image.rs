@@ -277,6 +277,35 @@ fn gdb_reads_a_symbol_and_a_backtrace_from_a_view_of_the_image() {
     let from_dump = words(&gdb(&elf, &s.suspend, &[&read]).unwrap());
     assert_eq!(from_view, from_dump, "{out}");
     assert!(from_view.iter().any(|w| w != "0x0000000000000000"), "{out}");
+    // gdb reads the image itself too (as it lies: physical): the same
+    // words in the source page A's kimage parked the pattern's page in
+    // (`sources at` on A's console: one page for each of B's region's,
+    // in order).
+    let field = |key: &str| -> u64 {
+        let t = s
+            .out
+            .split(key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key}: {}", s.out));
+        let hex = t.trim_start_matches("0x");
+        let end = hex.find(|c: char| !c.is_ascii_hexdigit()).unwrap();
+        u64::from_str_radix(&hex[..end], 16).unwrap()
+    };
+    let (peer_start, sources) = (field("pages for b at "), field("sources at "));
+    let image = s.dir.join("gdb-image.core");
+    assert_exit(&kjump(&["image", "extract", arg(&s.disk), arg(&image)]), 0);
+    let parked = format!("x/2gx {:#x}", sources + pattern_addr() - peer_start);
+    let out_raw = gdb(&elf, &image, &[&parked]).unwrap();
+    let raw: Vec<String> = out_raw
+        .lines()
+        .find(|l| l.starts_with("0x"))
+        .unwrap_or_else(|| panic!("no words in\n{out_raw}"))
+        .split_whitespace()
+        .rev()
+        .take(2)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(raw, from_view, "{out_raw}");
     // The registers: A at its checkpoint, its backtrace through the jump.
     assert!(
         out.contains("#0  ") && out.contains("in kjump_checkpoint ()"),

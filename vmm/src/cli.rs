@@ -627,6 +627,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["diff", "a.core"]).is_err());
+        match parse(&["image", "extract", "disk.raw", "i.core"])
+            .unwrap()
+            .into_command()
+        {
+            Command::Image(ImageCommand::Extract { disk, output }) => {
+                assert_eq!((disk, output), ("disk.raw".into(), "i.core".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["image", "view", "disk.raw", "v.core", "--kernel", "k"])
+            .unwrap()
+            .into_command()
+        {
+            Command::Image(ImageCommand::View {
+                disk,
+                output,
+                kernel,
+            }) => assert_eq!(
+                (disk, output, kernel),
+                ("disk.raw".into(), "v.core".into(), Some("k".into()))
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["image"]).is_err());
+        assert!(parse(&["image", "extract", "disk.raw"]).is_err());
+        assert!(parse(&["image", "view", "disk.raw", "v.core", "--cycles", "2"]).is_err());
         match parse(&[
             "resume",
             "d.core",
