@@ -364,6 +364,16 @@ fn damaged_images_are_refused_with_one_line_and_no_output() {
     // The flip names its range and both checksums.
     let line = refused(&["inspect", arg(&flipped)], "the table says 0x");
     assert!(line.contains(&format!("{:#018x}", ranges[1].2)), "{line}");
+    // Over the disk itself: refused, the disk untouched.
+    let copy = damaged("self.raw", |_| {});
+    refused(
+        &["image", "extract", arg(&copy), arg(&copy)],
+        "it is the disk being read",
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&s.disk).unwrap()
+    );
     // Not a regular file: refused before it is read.
     refused(
         &["image", "extract", "/dev/null", arg(&s.dir.join("x"))],

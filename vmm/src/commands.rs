@@ -98,6 +98,15 @@ pub fn diff(a: &Path, b: &Path, kernel: Option<&Path>) -> Result<(String, bool),
 /// atomically. Returns the bytes written.
 pub fn image_extract(disk: &Path, output: &Path) -> Result<u64, CommandError> {
     let img = read_image(disk)?;
+    // Renamed over the disk, the image would replace it.
+    if let (Ok(d), Ok(o)) = (disk.canonicalize(), output.canonicalize())
+        && d == o
+    {
+        return Err(CommandError::Write(
+            output.to_owned(),
+            std::io::Error::other("it is the disk being read"),
+        ));
+    }
     kjump_core::files::write_atomic_with(output, |mut f| img.copy_bytes(&mut f))
         .map_err(|e| CommandError::Write(output.to_owned(), e))?;
     Ok(img.image_size())
