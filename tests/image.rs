@@ -420,21 +420,49 @@ fn kjump_resume_brings_a_back_from_its_image_and_checks_it_against_the_image() {
         0,
     );
     assert!(
-        out.contains("[a] a: back from my jump, state intact"),
+        out.contains("[a] a: restored from hibernation 1 of 1, state intact"),
+        "{out}"
+    );
+    // Then, as after a restore by C, a jumps to a fresh B and back.
+    assert!(out.contains("[b] kjump guest kernel b: ping-pong"), "{out}");
+    assert!(
+        out.contains("[a] a: back from the ping-pong jump to a fresh b"),
         "{out}"
     );
     assert!(
-        out.contains("kjump: hibernate: pass (1 of 1 cycles, 1 checkpoints, "),
+        out.contains("kjump: hibernate: pass (1 of 1 cycles, 4 checkpoints, "),
         "{out}\n{err}"
     );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let cp = &r["checkpoints"][0];
+    let cps: Vec<(u64, &str, &str)> = r["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["index"].as_u64().unwrap(),
+                c["kernel"].as_str().unwrap(),
+                c["direction"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Numbered as in the hibernate run: #0 a's suspend (saved), #1 c's
+    // jump, #2 a's resume from the image, then the ping-pong jump.
     assert_eq!(
-        (&cp["kernel"], &cp["direction"]),
-        (&"a".into(), &"resume".into())
+        cps,
+        [
+            (2, "a", "resume"),
+            (3, "a", "suspend"),
+            (4, "b", "suspend"),
+            (5, "a", "resume")
+        ],
+        "{r}"
     );
-    // Every page of a's view of its 64 MiB but the control and source pages.
-    assert!(cp["pages_compared"].as_u64().unwrap() > 14000, "{r}");
+    // At #2 every page of a's view of its 64 MiB but the control and
+    // source pages; at #5 a's view as recorded at #3, where it was written
+    // or parked since (the oracle's dirty mode).
+    let compared = |i: usize| r["checkpoints"][i]["pages_compared"].as_u64().unwrap();
+    assert!(compared(0) > 14000 && compared(3) > 2048, "{r}");
 }
 
 #[test]

@@ -11,7 +11,9 @@
 //!       re-entry path restores its registers and devices (the disk reset)
 //!       ── resume checkpoint: every register of the context A saved in
 //!       the image and rip at A's checkpoint; every page of A's view of the
-//!       image, at home ── A checks its CPU state and pattern, reports pass
+//!       image, at home ── A checks its CPU state and pattern, reloads B
+//!       and jumps to a fresh B once (ping-pong, judged by an oracle as in
+//!       a run) ── A reports pass
 //! ```
 //!
 //! The image holds A's memory and its saved context, not a vCPU state of
@@ -21,9 +23,11 @@
 
 use std::time::Instant;
 
-use kjump_core::checkpoint::{Direction, Kernel};
+use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
 use kjump_core::harness::HarnessEvent;
 use kjump_core::hibimage::{DiskImage, check_restored};
+use kjump_core::kimage::Kimage;
+use kjump_core::oracle::{Allowlist, Oracle};
 use kjump_core::report::{At, CheckpointRecord};
 use kjump_core::symbols::Symbols;
 
@@ -188,7 +192,11 @@ pub fn resume_image(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, R
     Ok(outcome)
 }
 
-/// Runs A from its entry to its verdict, checking its resume checkpoint.
+/// Runs A from its entry to its verdict: its resume checkpoint checked
+/// against the image ([`check_restored`]); then, as after a restore by C,
+/// A reloads B and jumps to a fresh B once, ping-pong fashion, each
+/// checkpoint judged by an oracle as in a run (A recorded at its suspend
+/// and checked in full at its resume).
 fn run_restored(
     vm: &mut Vm,
     run: &mut RunState,
@@ -196,79 +204,125 @@ fn run_restored(
     checkpoint: u64,
     symbols: Option<&Symbols>,
 ) -> Result<Outcome, RunError> {
-    *run.report() = kjump_core::report::Report::new("hibernate", 1, "full", &[]);
-    let id = kjump_core::checkpoint::CheckpointId {
+    let mut oracle = Oracle::new(
+        symbols.cloned(),
+        Allowlist::standard(),
+        kjump_core::oracle::CompareMode::Dirty,
+    );
+    *run.report() =
+        kjump_core::report::Report::new("hibernate", 1, "dirty", oracle.allowlist().entries());
+    // Numbered as in the hibernate run: A's suspend #0 (saved), the
+    // restore kernel's jump in B's place #1, A's resume #2 (here).
+    let mut tracker = Tracker::resume_after(CheckpointId {
         index: 0,
         cycle: 1,
         kernel: Kernel::A,
-        direction: Direction::Resume,
-    };
+        direction: Direction::Suspend,
+    })
+    .ok_or(RunError::Protocol("no checkpoint after a's suspend"))?;
+    tracker.next();
     let mut checked = false;
     loop {
-        // A's only checkpoint is its resume: the answer is BACK.
-        let event = vm.run_until_event(&mut || Direction::Resume.answer())?;
+        let mut id = None;
+        let event = vm.run_until_event(&mut || {
+            let i = tracker.next();
+            id = Some(i);
+            i.direction.answer()
+        })?;
         match event {
-            VmEvent::Checkpoint { .. } if !checked => {
+            VmEvent::Checkpoint { .. } => {
+                let id = id.ok_or(RunError::Protocol("checkpoint without identity"))?;
+                let first = !checked;
+                if first && (id.kernel, id.direction) != (Kernel::A, Direction::Resume) {
+                    return Err(RunError::Protocol(
+                        "the first checkpoint after the image's entry is not kernel a's resume",
+                    ));
+                }
                 checked = true;
                 let machine = vm.capture_machine()?;
+                let dirty = vm.dirty_pages()?;
                 let at = At::of(&id);
-                let check = check_restored(
-                    view,
-                    machine.vcpu(),
-                    checkpoint,
-                    Direction::Resume.answer(),
-                    vm.memory(),
-                    &at,
-                    symbols,
-                )?;
+                let (pages_compared, mismatches) = if first {
+                    let c = check_restored(
+                        view,
+                        machine.vcpu(),
+                        checkpoint,
+                        Direction::Resume.answer(),
+                        vm.memory(),
+                        &at,
+                        symbols,
+                    )?;
+                    (c.pages_compared, c.mismatches)
+                } else {
+                    let j = oracle.checkpoint(&id, &machine, vm.memory(), &dirty)?;
+                    (j.pages_compared, j.mismatches)
+                };
                 run.checkpoints += 1;
                 run.set_cycles(1);
                 run.report().push_checkpoint(CheckpointRecord {
                     rip: machine.vcpu().regs.rip,
-                    pages_compared: check.pages_compared,
-                    mismatches: check.mismatches.len() as u64,
+                    dirty_pages: dirty.len() as u64,
+                    pages_compared,
+                    mismatches: mismatches.len() as u64,
                     ..CheckpointRecord::of(&id)
                 });
-                if !check.mismatches.is_empty() {
-                    let n = check.mismatches.len();
-                    let first = check.mismatches[0].explain();
-                    run.report().push_mismatches(check.mismatches);
+                if !mismatches.is_empty() {
+                    let n = mismatches.len();
+                    let first_line = mismatches[0].explain();
+                    run.report().push_mismatches(mismatches);
+                    let what = if first {
+                        "at kernel a's resume from its image".to_owned()
+                    } else {
+                        format!("at kernel {}'s {}", id.kernel.name(), id.direction.name())
+                    };
                     let why = format!(
-                        "{n} mismatch(es) at kernel a's resume from its image: first: {}",
-                        first.lines().next().unwrap_or_default()
+                        "{n} mismatch(es) {what}: first: {}",
+                        first_line.lines().next().unwrap_or_default()
                     );
-                    return Ok(run.outcome(Verdict::Fail(why), "a"));
+                    return Ok(run.outcome(Verdict::Fail(why), id.kernel.name()));
                 }
-                log::info!(
-                    "kernel a resumed from its image: {} pages of its view and its saved registers as the image holds them",
-                    check.pages_compared
-                );
-            }
-            VmEvent::Checkpoint { .. } => {
-                return Err(RunError::Protocol(
-                    "kernel a jumped again after its resume from the image",
-                ));
+                if first {
+                    log::info!(
+                        "kernel a resumed from its image: {pages_compared} pages of its view and its saved registers as the image holds them"
+                    );
+                    // A loads B afresh now: B boots at A's next jump.
+                    tracker.peer_reloaded();
+                }
+                vm.set_console_name(match (id.kernel, id.direction) {
+                    (Kernel::A, Direction::Suspend) => "b",
+                    _ => "a",
+                });
             }
             VmEvent::Breakpoint { .. } => {
                 return Err(RunError::Protocol(
                     "a breakpoint fired that the VMM did not set",
                 ));
             }
-            VmEvent::Message(HarnessEvent::Kimage { .. }) => {
-                return Err(RunError::Protocol(
-                    "kernel a reported a kimage after its resume from the image",
-                ));
-            }
-            VmEvent::Message(ev) => match handle_message(vm, run, ev)? {
-                None => {}
-                Some(Verdict::Pass) if checked => return Ok(run.outcome(Verdict::Pass, "a")),
-                Some(Verdict::Pass) => {
+            VmEvent::Message(HarnessEvent::Kimage { args }) => {
+                let k = Kimage::read(vm.memory(), &args)?;
+                let kernel = Kernel::from(k.role);
+                if !checked || kernel != tracker.running() {
                     return Err(RunError::Protocol(
-                        "kernel a reported pass before its resume checkpoint",
+                        "a kimage reported out of turn after the image's entry",
                     ));
                 }
-                Some(fail) => return Ok(run.outcome(fail, "a")),
-            },
+                oracle.kimage_reported(kernel, k, args);
+            }
+            VmEvent::Message(ev) => {
+                let guest = vm.console_name().to_owned();
+                match handle_message(vm, run, ev)? {
+                    None => {}
+                    Some(Verdict::Pass) if checked && guest == "a" => {
+                        return Ok(run.outcome(Verdict::Pass, "a"));
+                    }
+                    Some(Verdict::Pass) => {
+                        return Err(RunError::Protocol(
+                            "a kernel reported pass before kernel a's resume from its image",
+                        ));
+                    }
+                    Some(fail) => return Ok(run.outcome(fail, &guest)),
+                }
+            }
         }
     }
 }
