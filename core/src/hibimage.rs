@@ -18,11 +18,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use kjump_abi::control;
-use kjump_abi::vmcore::{PRSTATUS_NREGS, PRSTATUS_REG_NAMES};
 use kjump_abi::hibimage::{
-    Checksum, FLAG_RESUMABLE, FLAG_VMCORE, Header, ImageError, MAX_RANGES, NOTE_NAME, Range, data_offset,
-    header_size,
+    Checksum, FLAG_RESUMABLE, FLAG_VMCORE, Header, ImageError, MAX_RANGES, NOTE_NAME, Range,
+    data_offset, header_size,
 };
+use kjump_abi::vmcore::{PRSTATUS_NREGS, PRSTATUS_REG_NAMES};
 
 use crate::dump::{Backing, DumpError, NoteInfo, RamSource};
 
