@@ -59,6 +59,21 @@ pub fn prstatus_regs(b: &[u8]) -> Option<[u64; PRSTATUS_NREGS]> {
     Some(regs)
 }
 
+/// The key on crashed kernel A's command line with the region reserved
+/// for the capture kernel, `SIZE@ADDR` (Linux's `crashkernel=`).
+pub const CRASHKERNEL_KEY: &str = "crashkernel";
+
+/// The region `crashkernel=SIZE@ADDR` on the command line `cmdline`
+/// reserves: `(ADDR, ADDR + SIZE)`; `None` without a valid one.
+pub fn crashkernel(cmdline: &str) -> Option<(u64, u64)> {
+    let (size, at) = crate::cmdline::get(cmdline, CRASHKERNEL_KEY)?.split_once('@')?;
+    let (size, at) = (
+        crate::cmdline::parse_size(size)?,
+        crate::cmdline::parse_size(at)?,
+    );
+    Some((at, at.checked_add(size)?))
+}
+
 /// What crashed kernel A leaves for the capture kernel right after its ELF
 /// core header (at `elfcorehdr + header_size(n)`): where its crash
 /// notes are and where its low memory was backed up (seed 2004's
@@ -146,5 +161,12 @@ mod tests {
         };
         assert_eq!(CrashInfo::from_bytes(&c.to_bytes()), Some(c));
         assert_eq!(CrashInfo::from_bytes(&[0; CRASH_INFO_SIZE]), None);
+        assert_eq!(
+            crashkernel("kjump.backup_size=0x800000 crashkernel=0x1000000@0x800000"),
+            Some((0x80_0000, 0x180_0000))
+        );
+        assert_eq!(crashkernel("crashkernel=16M@8M"), Some((8 << 20, 24 << 20)));
+        assert_eq!(crashkernel("crashkernel=16M"), None);
+        assert_eq!(crashkernel("crashkernel=1@0xffffffffffffffff"), None);
     }
 }

@@ -44,27 +44,18 @@ use crate::{harness, mem};
 
 /// The key on A's command line with the size of low memory to back up.
 pub const BACKUP_SIZE_KEY: &str = "kjump.backup_size";
-/// The key with the region reserved for the capture kernel,
-/// `SIZE@ADDR` (Linux's `crashkernel=`).
-pub const CRASHKERNEL_KEY: &str = "crashkernel";
 /// The most ranges A's core header has.
 const MAX_RANGES: usize = 4;
-
-/// `crashkernel=SIZE@ADDR`: `(ADDR, ADDR + SIZE)`.
-fn crashkernel(boot: &BootInfo) -> Option<(u64, u64)> {
-    let (size, at) = boot.arg(CRASHKERNEL_KEY)?.split_once('@')?;
-    let (size, at) = (cmdline::parse_size(size)?, cmdline::parse_size(at)?);
-    Some((at, at.checked_add(size)?))
-}
 
 /// Kernel A: reserve, load B, fill the pattern, panic.
 pub fn run_a(boot: &BootInfo) -> ! {
     let Some(backup) = boot.arg(BACKUP_SIZE_KEY).and_then(cmdline::parse_size) else {
         fail(format_args!("a: no valid {BACKUP_SIZE_KEY}= on the command line"))
     };
-    let Some((res_start, res_end)) = crashkernel(boot) else {
+    let Some((res_start, res_end)) = vmcore::crashkernel(boot.cmdline) else {
         fail(format_args!(
-            "a: no valid {CRASHKERNEL_KEY}=SIZE@ADDR on the command line"
+            "a: no valid {}=SIZE@ADDR on the command line",
+            vmcore::CRASHKERNEL_KEY
         ))
     };
     let ram_top = mem::ram_top();

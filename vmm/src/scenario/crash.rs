@@ -92,7 +92,7 @@ impl Layout {
             "{}={:#x} {}={:#x}@{s:#x}",
             "kjump.backup_size",
             self.backup,
-            "crashkernel",
+            kjump_abi::vmcore::CRASHKERNEL_KEY,
             e - s
         )
     }
