@@ -74,6 +74,20 @@ pub struct DiskImage {
     prstatus: Option<Vec<u8>>,
     /// Bytes of the disk file (the image and what follows it).
     file_size: u64,
+    /// The ranges whose checksum failed, when opened by
+    /// [`DiskImage::open_to_compare`] (every other opener refuses them).
+    bad_sums: Vec<ImageError>,
+}
+
+/// What opening an image does with its ranges' checksums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sums {
+    /// Refuses the image at the first range that fails its checksum.
+    Check,
+    /// Does not read the ranges.
+    Skip,
+    /// Keeps every failure ([`DiskImage::checksum_failures`]).
+    Report,
 }
 
 impl DiskImage {
@@ -91,21 +105,36 @@ impl DiskImage {
     /// Opens and verifies the vmcore at the start of the disk file `path`
     /// (the crash scenario's: not resumable, with an `NT_PRSTATUS` note).
     pub fn open_vmcore(path: &Path) -> Result<Self, DiskImageError> {
-        Self::open_kind(path, true)?.vmcore_only()
+        Self::open_kind(path, Sums::Check)?.vmcore_only()
     }
 
     /// Opens the vmcore at the start of `path` checking its headers and
     /// size but not its ranges' checksums: to find the pages of a range
     /// whose checksum [`DiskImage::open_vmcore`] refused.
     pub fn open_vmcore_unchecked(path: &Path) -> Result<Self, DiskImageError> {
-        Self::open_kind(path, false)?.vmcore_only()
+        Self::open_kind(path, Sums::Skip)?.vmcore_only()
     }
 
     /// [`DiskImage::open`] for readers (`inspect`, `diff`, gdb's
     /// `image view`): takes an image of any kind (resumable or a vmcore),
     /// with every other check.
     pub fn open_any(path: &Path) -> Result<Self, DiskImageError> {
-        Self::open_kind(path, true)
+        Self::open_kind(path, Sums::Check)
+    }
+
+    /// [`DiskImage::open_any`] for `kjump diff`, which shows where an image
+    /// differs: a range that fails its checksum does not refuse the image
+    /// but is kept in [`DiskImage::checksum_failures`] (a vmcore whose
+    /// capture kernel changed the memory it was writing is compared page
+    /// by page); every other check refuses as `open_any` does.
+    pub fn open_to_compare(path: &Path) -> Result<Self, DiskImageError> {
+        Self::open_kind(path, Sums::Report)
+    }
+
+    /// The ranges that failed their checksum (only
+    /// [`DiskImage::open_to_compare`] opens such an image).
+    pub fn checksum_failures(&self) -> &[ImageError] {
+        &self.bad_sums
     }
 
     /// Refuses an image that is not a vmcore.
@@ -117,7 +146,7 @@ impl DiskImage {
         }
     }
 
-    fn open_kind(path: &Path, sums: bool) -> Result<Self, DiskImageError> {
+    fn open_kind(path: &Path, sums: Sums) -> Result<Self, DiskImageError> {
         let read = |source| DiskImageError::Read {
             path: path.to_owned(),
             source,
@@ -131,10 +160,10 @@ impl DiskImage {
     /// names it. Checks exactly what `open_any` checks.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, DiskImageError> {
         let size = bytes.len() as u64;
-        Self::parse(Backing::Bytes(bytes), size, path, true)
+        Self::parse(Backing::Bytes(bytes), size, path, Sums::Check)
     }
 
-    fn parse(file: Backing, size: u64, path: &Path, sums: bool) -> Result<Self, DiskImageError> {
+    fn parse(file: Backing, size: u64, path: &Path, sums: Sums) -> Result<Self, DiskImageError> {
         let read = |source| DiskImageError::Read {
             path: path.to_owned(),
             source,
@@ -150,7 +179,8 @@ impl DiskImage {
         let ranges: Vec<Range> = h.ranges().collect();
         let (entry, flags) = (h.entry, h.flags);
         let mut buf = vec![0u8; CHUNK];
-        for (i, r) in ranges.iter().enumerate().filter(|_| sums) {
+        let mut bad_sums = Vec::new();
+        for (i, r) in ranges.iter().enumerate().filter(|_| sums != Sums::Skip) {
             let mut sum = Checksum::new();
             let base = h.data_offset(i);
             let mut off = 0;
@@ -161,8 +191,10 @@ impl DiskImage {
                 sum.update(&buf[..n]);
                 off += n as u64;
             }
-            h.check_range(i, sum.value())
-                .map_err(DiskImageError::Image)?;
+            match h.check_range(i, sum.value()) {
+                Err(e) if sums == Sums::Report => bad_sums.push(e),
+                r => r.map_err(DiskImageError::Image)?,
+            }
         }
         let header_len = header_size(ranges.len()) as usize;
         first.truncate(header_len);
@@ -177,6 +209,7 @@ impl DiskImage {
             notes,
             prstatus,
             file_size: size,
+            bad_sums,
         })
     }
 
@@ -227,6 +260,18 @@ impl DiskImage {
     /// kernel's memory in place, its registers in an `NT_PRSTATUS` note).
     pub fn is_vmcore(&self) -> bool {
         self.flags & FLAG_VMCORE != 0 && self.prstatus.is_some()
+    }
+
+    /// The kind of image, for people: "vmcore", "resumable image", or
+    /// "image not marked resumable".
+    pub fn kind(&self) -> &'static str {
+        if self.is_vmcore() {
+            "vmcore"
+        } else if self.resumable() {
+            "resumable image"
+        } else {
+            "image not marked resumable"
+        }
     }
 
     /// The ranges of memory it holds.
@@ -338,6 +383,18 @@ impl DiskImage {
     /// slots; the list is walked in the image (every entry checked).
     pub fn view(&self) -> Result<ImageView<'_>, DiskImageError> {
         let bad = |w: String| DiskImageError::View(w);
+        if self.is_vmcore() {
+            // B wrote the crashed kernel's pages from where they were (low
+            // memory from the backup region) to their own addresses: they
+            // are in place, and the entry is A's rip, not a control page.
+            return Ok(ImageView {
+                image: self,
+                parked: BTreeMap::new(),
+                sources: std::collections::BTreeSet::new(),
+                control: None,
+                ranges: self.ram_ranges(),
+            });
+        }
         if !self.resumable() {
             return Err(bad(
                 "the image is not marked resumable: it has no re-entry point to find kernel a's kimage from".into(),
@@ -401,7 +458,7 @@ impl DiskImage {
             image: self,
             sources: parked.values().copied().collect(),
             parked,
-            control: (cp, control_end),
+            control: Some((cp, control_end)),
             ranges,
         })
     }
@@ -541,8 +598,8 @@ pub struct ImageView<'a> {
     /// own view (as A left) what A loaded there for B.
     sources: std::collections::BTreeSet<u64>,
     /// A's control pages: written after A's checkpoint (the swap's
-    /// bookkeeping), not part of its view.
-    control: (u64, u64),
+    /// bookkeeping), not part of its view (none in a vmcore).
+    control: Option<(u64, u64)>,
     ranges: Vec<(u64, u64)>,
 }
 
@@ -556,8 +613,9 @@ impl ImageView<'_> {
         self.parked.len()
     }
 
-    /// A's first control page and the end of its control pages.
-    pub fn control_range(&self) -> (u64, u64) {
+    /// A's first control page and the end of its control pages (`None`
+    /// for a vmcore: its pages are in place).
+    pub fn control_range(&self) -> Option<(u64, u64)> {
         self.control
     }
 
@@ -565,7 +623,10 @@ impl ImageView<'_> {
     /// page (holding the parked pages here, B's pages in A's memory) and
     /// not a control page.
     pub fn is_own(&self, page: u64) -> bool {
-        !self.sources.contains(&page) && !(self.control.0..self.control.1).contains(&page)
+        !self.sources.contains(&page)
+            && !self
+                .control
+                .is_some_and(|(c0, c1)| (c0..c1).contains(&page))
     }
 
     /// Where A's page `home` lies in the image.
@@ -1087,6 +1148,81 @@ mod tests {
             e.to_string().ends_with("more than one NT_PRSTATUS note"),
             "{e}"
         );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_vmcore_is_read_in_place_and_compared_despite_a_failed_checksum() {
+        use kjump_abi::hibimage::write_vmcore_headers;
+        use kjump_abi::vmcore::prstatus;
+        let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 13) as u8).collect();
+        let rs = [
+            Range {
+                start: 0x10_0000,
+                len: 2 * PAGE,
+                checksum: checksum(&data),
+            },
+            Range {
+                start: 0x40_0000,
+                len: PAGE,
+                checksum: checksum(&[9; PAGE_SIZE]),
+            },
+        ];
+        let mut regs = [0u64; PRSTATUS_NREGS];
+        regs[16] = 0x20_1001;
+        let mut b = vec![0u8; header_size(2) as usize];
+        write_vmcore_headers(&mut b, 0x20_1001, &rs, &prstatus(&regs, false)).unwrap();
+        b.extend_from_slice(&data);
+        b.extend_from_slice(&[9; PAGE_SIZE]);
+        let p = tmp("vmcore-in-place");
+        std::fs::write(&p, &b).unwrap();
+        let img = DiskImage::open_any(&p).unwrap();
+        assert!(img.is_vmcore() && !img.resumable());
+        assert_eq!(img.kind(), "vmcore");
+        assert!(DiskImage::open_vmcore(&p).is_ok());
+        assert!(matches!(
+            DiskImage::open(&p),
+            Err(DiskImageError::Image(ImageError::NotResumable))
+        ));
+        assert!(
+            img.registers()
+                .unwrap()
+                .named()
+                .contains(&("rip", 0x20_1001))
+        );
+        // Its entry is a's rip, not a control page: the view is the pages
+        // as they lie, every one a's own.
+        let view = img.view().unwrap();
+        assert_eq!(view.control_range(), None);
+        assert_eq!(view.parked_pages(), 0);
+        assert_eq!(
+            view.ram_ranges(),
+            [(0x10_0000, 2 * PAGE), (0x40_0000, PAGE)]
+        );
+        let mut page = [0u8; PAGE_SIZE];
+        view.read_ram(0x10_1000, &mut page).unwrap();
+        assert_eq!(page[..], data[PAGE_SIZE..]);
+        assert!(view.is_own(0x10_0000) && view.is_own(0x40_0000));
+
+        // A byte of range 1 changed: refused, but opened to compare with
+        // the failure kept; unchecked, nothing is kept.
+        b[header_size(2) as usize + 2 * PAGE_SIZE + 5] ^= 1;
+        std::fs::write(&p, &b).unwrap();
+        assert!(matches!(
+            DiskImage::open_any(&p),
+            Err(DiskImageError::Image(ImageError::RangeChecksum {
+                index: 1,
+                ..
+            }))
+        ));
+        let img = DiskImage::open_to_compare(&p).unwrap();
+        assert!(matches!(
+            img.checksum_failures(),
+            [ImageError::RangeChecksum { index: 1, .. }]
+        ));
+        assert_eq!(img.page(0x40_0000).unwrap().unwrap()[5], 9 ^ 1);
+        let unchecked = DiskImage::open_vmcore_unchecked(&p).unwrap();
+        assert!(unchecked.checksum_failures().is_empty());
         std::fs::remove_file(&p).unwrap();
     }
 

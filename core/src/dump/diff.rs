@@ -336,6 +336,19 @@ pub(super) fn diff_ram(
             show(&rb)
         ));
     }
+    diff_common_ram(a, b, compared, symbols, out);
+}
+
+/// [`diff_ram`] of the RAM both hold, page by page, saying nothing of RAM
+/// in one only (the caller accounts for it).
+pub(super) fn diff_common_ram(
+    a: &dyn RamSource,
+    b: &dyn RamSource,
+    compared: &dyn Fn(u64) -> bool,
+    symbols: Option<&Symbols>,
+    out: &mut DumpDiff,
+) {
+    let (ra, rb) = (a.ram_ranges(), b.ram_ranges());
     let mut common = Vec::new();
     for &(sa, la) in &ra {
         for &(sb, lb) in &rb {

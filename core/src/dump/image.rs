@@ -39,8 +39,22 @@ impl CoreFile {
     /// Reads `path`: as an image when its first note is the KJUMP image
     /// note, else as a dump; either way every check of its reader.
     pub fn open(path: &Path) -> Result<Self, CoreFileError> {
+        Self::open_with(path, DiskImage::open_any)
+    }
+
+    /// [`CoreFile::open`] for `kjump diff`: an image whose ranges fail
+    /// their checksum is read anyway ([`DiskImage::open_to_compare`]), the
+    /// failures among the differences.
+    pub fn open_to_compare(path: &Path) -> Result<Self, CoreFileError> {
+        Self::open_with(path, DiskImage::open_to_compare)
+    }
+
+    fn open_with(
+        path: &Path,
+        open_image: fn(&Path) -> Result<DiskImage, DiskImageError>,
+    ) -> Result<Self, CoreFileError> {
         if DiskImage::is_image(path) {
-            let img = DiskImage::open_any(path).map_err(|source| CoreFileError::Image {
+            let img = open_image(path).map_err(|source| CoreFileError::Image {
                 path: path.to_owned(),
                 source,
             })?;
@@ -63,6 +77,8 @@ fn flags_text(flags: u32) -> String {
     let mut t = format!("{flags:#x}");
     t.push_str(if flags & kjump_abi::hibimage::FLAG_RESUMABLE != 0 {
         " (resumable)"
+    } else if flags & kjump_abi::hibimage::FLAG_VMCORE != 0 {
+        " (vmcore, not resumable)"
     } else {
         " (not resumable)"
     });
@@ -74,7 +90,20 @@ fn flags_text(flags: u32) -> String {
 /// A's view (its control page and parked pages), the notes.
 pub fn inspect_image(img: &DiskImage) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "kjump hibernation image {}", img.path().display());
+    if img.is_vmcore() {
+        let _ = writeln!(
+            o,
+            "kjump vmcore {} (an image of kind vmcore: a crashed kernel's memory, not resumable)",
+            img.path().display()
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "kjump hibernation image {} ({})",
+            img.path().display(),
+            img.kind()
+        );
+    }
     let _ = writeln!(
         o,
         "  ELF64 core, x86_64, image {} bytes ({} program headers) in a file of {} bytes, image header version {}",
@@ -120,14 +149,18 @@ pub fn inspect_image(img: &DiskImage) -> String {
         None => o.push_str("registers: none (no NT_PRSTATUS note, not resumable)\n"),
     }
     match img.view() {
-        Ok(v) => {
-            let (c0, c1) = v.control_range();
-            let _ = writeln!(
-                o,
-                "kernel a's view: control pages [{c0:#x}..{c1:#x}), {} page(s) parked by its kimage in source pages (read at home by `kjump diff` and `kjump image view`)",
-                v.parked_pages()
-            );
-        }
+        Ok(v) => match v.control_range() {
+            Some((c0, c1)) => {
+                let _ = writeln!(
+                    o,
+                    "kernel a's view: control pages [{c0:#x}..{c1:#x}), {} page(s) parked by its kimage in source pages (read at home by `kjump diff` and `kjump image view`)",
+                    v.parked_pages()
+                );
+            }
+            None => o.push_str(
+                "kernel a's view: its pages in place (a vmcore: the entry is a's rip at its death, no kimage to walk)\n",
+            ),
+        },
         Err(e) if img.resumable() => {
             let _ = writeln!(o, "{e}");
         }
@@ -138,10 +171,11 @@ pub fn inspect_image(img: &DiskImage) -> String {
 }
 
 /// [`inspect_image`] as JSON: `file`, `format` ("kjump-image"),
-/// `image_size`, `file_size`, `entry`, `flags`, `resumable`, `ranges`
-/// (`start`, `len`, `checksum`, `file_offset`), `registers` (`source`,
-/// `values`, or null), `view` (`control`, `parked_pages`, or null),
-/// `notes`.
+/// `image_size`, `file_size`, `entry`, `flags`, `kind` ("vmcore",
+/// "resumable image", ...), `resumable`, `vmcore`, `ranges` (`start`,
+/// `len`, `checksum`, `file_offset`), `registers` (`source`, `values`, or
+/// null), `view` (`control`, null for a vmcore, and `parked_pages`; or
+/// null), `notes`.
 pub fn inspect_image_json(img: &DiskImage) -> serde_json::Value {
     let ranges: Vec<_> = img
         .ranges()
@@ -160,8 +194,8 @@ pub fn inspect_image_json(img: &DiskImage) -> serde_json::Value {
         json!({"source": r.source(), "values": values})
     });
     let view = img.view().ok().map(|v| {
-        let (c0, c1) = v.control_range();
-        json!({"control": [c0, c1], "parked_pages": v.parked_pages()})
+        let control = v.control_range().map(|(c0, c1)| [c0, c1]);
+        json!({"control": control, "parked_pages": v.parked_pages()})
     });
     json!({
         "file": img.path().display().to_string(),
@@ -171,7 +205,9 @@ pub fn inspect_image_json(img: &DiskImage) -> serde_json::Value {
         "file_size": img.file_size(),
         "entry": img.entry(),
         "flags": img.flags(),
+        "kind": img.kind(),
         "resumable": img.resumable(),
+        "vmcore": img.is_vmcore(),
         "ranges": ranges,
         "registers": registers,
         "view": view,
@@ -241,8 +277,12 @@ fn register_diffs_with(regs: &SavedRegisters, dump: &Dump, image_first: bool) ->
 /// page by page at A's home addresses, except A's control pages and its
 /// kimage's source pages (which hold A's parked pages in the image and
 /// what A loaded for B in A's memory); and the image's registers against
-/// the dump's vCPU. An image without a view (not resumable) is compared
-/// as it lies.
+/// the dump's vCPU. A vmcore's view is its pages in place; the dump's RAM
+/// it does not hold is a difference but for the region A reserved for the
+/// capture kernel (`crashkernel=` on A's command line in the dump), which
+/// is neither in the vmcore nor compared. An image without a view (not
+/// resumable) is compared as it lies. Ranges that failed their checksum
+/// ([`DiskImage::open_to_compare`]) are differences too.
 pub fn diff_image_dump(
     img: &DiskImage,
     dump: &Dump,
@@ -259,7 +299,16 @@ pub fn diff_image_dump(
         (names.1, names.0)
     };
     let mut out = DumpDiff::between(a, b);
-    if img.entry() != dump.meta().jump_back_entry {
+    checksum_problems(img, &mut out);
+    if img.is_vmcore() {
+        if img.entry() != dump.state().regs.rip {
+            out.meta.push(format!(
+                "entry: vmcore {:#x} (a's rip at its death), dump's rip {:#x}",
+                img.entry(),
+                dump.state().regs.rip
+            ));
+        }
+    } else if img.entry() != dump.meta().jump_back_entry {
         out.meta.push(format!(
             "entry: image {:#x}, dump's jump-back entry {:#x}",
             img.entry(),
@@ -273,11 +322,13 @@ pub fn diff_image_dump(
     let view = img.view();
     let ram: &dyn RamSource = match &view {
         Ok(v) => {
-            let (c0, c1) = v.control_range();
-            out.meta.push(format!(
-                "image: kernel a's view, {} page(s) read at home from the kimage's source pages; not compared: a's control pages [{c0:#x}..{c1:#x}) and the source pages",
-                v.parked_pages()
-            ));
+            out.meta.push(match v.control_range() {
+                Some((c0, c1)) => format!(
+                    "image: kernel a's view, {} page(s) read at home from the kimage's source pages; not compared: a's control pages [{c0:#x}..{c1:#x}) and the source pages",
+                    v.parked_pages()
+                ),
+                None => "image: a vmcore, kernel a's pages in place".to_owned(),
+            });
             v
         }
         Err(e) => {
@@ -285,14 +336,124 @@ pub fn diff_image_dump(
             img
         }
     };
-    let own = |page: u64| {
+    let reserved = if img.is_vmcore() {
+        vmcore_coverage(img, dump, symbols, &mut out)
+    } else {
+        None
+    };
+    let compared = |page: u64| {
         view.as_ref()
             .map_or(true, |v: &ImageView<'_>| v.is_own(page))
+            && !reserved.is_some_and(|(s, e)| (s..e).contains(&page))
     };
-    if image_first {
-        diff_ram(ram, dump, &own, symbols, &mut out);
+    let (x, y): (&dyn RamSource, &dyn RamSource) = if image_first {
+        (ram, dump)
     } else {
-        diff_ram(dump, ram, &own, symbols, &mut out);
+        (dump, ram)
+    };
+    if img.is_vmcore() {
+        diff_common_ram(x, y, &compared, symbols, &mut out);
+    } else {
+        diff_ram(x, y, &compared, symbols, &mut out);
+    }
+    out
+}
+
+/// Each range of `img` that failed its checksum, as a problem.
+fn checksum_problems(img: &DiskImage, out: &mut DumpDiff) {
+    for e in img.checksum_failures() {
+        out.problems.push(format!("{}: {e}", img.path().display()));
+    }
+}
+
+/// The RAM of `dump` the vmcore `img` does not hold, and the RAM it holds
+/// the dump does not: problems, each run named by its first page, but for
+/// the region kernel A reserved for the capture kernel (found on A's
+/// command line in the dump, `crashkernel=SIZE@ADDR`): the capture kernel
+/// ran there and it was never A's, so it is left out of the vmcore and
+/// of the comparison (said in `meta`). Returns that region.
+fn vmcore_coverage(
+    img: &DiskImage,
+    dump: &Dump,
+    symbols: Option<&Symbols>,
+    out: &mut DumpDiff,
+) -> Option<(u64, u64)> {
+    let mut line = vec![0u8; kjump_abi::layout::CMDLINE_MAX as usize];
+    let reserved = dump
+        .read_ram(kjump_abi::layout::CMDLINE, &mut line)
+        .ok()
+        .and_then(|()| kjump_abi::cmdline::from_nul_terminated(&line).ok())
+        .and_then(kjump_abi::vmcore::crashkernel);
+    let (vmcore, ram) = (img.ram_ranges(), dump.ram_ranges());
+    let named = |a: u64| {
+        symbols
+            .and_then(|s| s.lookup(a))
+            .map_or(String::new(), |s| format!(" {s}"))
+    };
+    let mut excused = 0;
+    for (start, end) in uncovered(&ram, &vmcore) {
+        let mut runs = vec![(start, end)];
+        if let Some((rs, re)) = reserved {
+            let (s, e) = (start.max(rs), end.min(re));
+            if s < e {
+                excused += (e - s) / PAGE_SIZE as u64;
+                runs = [(start, s), (e, end)]
+                    .into_iter()
+                    .filter(|(a, b)| a < b)
+                    .collect();
+            }
+        }
+        for (s, e) in runs {
+            out.problems.push(format!(
+                "{} page(s) missing from the vmcore, from {s:#x}{}: the dump's [{s:#x}..{e:#x})",
+                (e - s) / PAGE_SIZE as u64,
+                named(s)
+            ));
+        }
+    }
+    for (s, e) in uncovered(&vmcore, &ram) {
+        out.problems.push(format!(
+            "{} page(s) in the vmcore only, from {s:#x}: [{s:#x}..{e:#x}) is not in the dump",
+            (e - s) / PAGE_SIZE as u64
+        ));
+    }
+    match reserved {
+        Some((s, e)) => out.meta.push(format!(
+            "not compared: [{s:#x}..{e:#x}), the region kernel a reserved for the capture kernel ({}=SIZE@ADDR on its command line): never a's memory, the capture kernel ran there; {excused} page(s) of the dump there are not in the vmcore",
+            kjump_abi::vmcore::CRASHKERNEL_KEY
+        )),
+        None => out.meta.push(format!(
+            "no {}=SIZE@ADDR on the dump's command line at {:#x}: no region is excused",
+            kjump_abi::vmcore::CRASHKERNEL_KEY,
+            kjump_abi::layout::CMDLINE
+        )),
+    }
+    reserved
+}
+
+/// The parts of the ranges `a` (start, length) that no range of `b`
+/// covers, as `(start, end)`.
+fn uncovered(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(start, len) in a {
+        let mut runs = vec![(start, start + len)];
+        for &(bs, bl) in b {
+            let be = bs + bl;
+            runs = runs
+                .into_iter()
+                .flat_map(|(s, e)| {
+                    if be <= s || e <= bs {
+                        vec![(s, e)]
+                    } else {
+                        [(s, bs.max(s)), (be.min(e), e)]
+                            .into_iter()
+                            .filter(|(x, y)| x < y)
+                            .collect()
+                    }
+                })
+                .collect();
+        }
+        out.extend(runs);
     }
     out
 }
@@ -304,6 +465,8 @@ pub fn diff_images(a: &DiskImage, b: &DiskImage, symbols: Option<&Symbols>) -> D
         a.path().display().to_string(),
         b.path().display().to_string(),
     );
+    checksum_problems(a, &mut out);
+    checksum_problems(b, &mut out);
     if a.entry() != b.entry() {
         out.meta
             .push(format!("entry: {:#x} -> {:#x}", a.entry(), b.entry()));
@@ -411,4 +574,27 @@ pub fn image_view_state(img: &DiskImage, rip: u64) -> VcpuState {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uncovered;
+
+    #[test]
+    fn uncovered_is_what_no_range_of_the_other_holds() {
+        let dump = [(0, 0x4000), (0x8000, 0x8000)];
+        let vmcore = [(0, 0x1000), (0x2000, 0x1000), (0x9000, 0x2000)];
+        assert_eq!(
+            uncovered(&dump, &vmcore),
+            [
+                (0x1000, 0x2000),
+                (0x3000, 0x4000),
+                (0x8000, 0x9000),
+                (0xb000, 0x10000)
+            ]
+        );
+        assert_eq!(uncovered(&vmcore, &dump), []);
+        assert_eq!(uncovered(&dump, &dump), []);
+        assert_eq!(uncovered(&dump, &[]), [(0, 0x4000), (0x8000, 0x10000)]);
+    }
 }
