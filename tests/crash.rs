@@ -130,14 +130,190 @@ fn gdb_opens_the_vmcore_with_a_backtrace_through_a_s_panic() {
 /// Runs the crash scenario with `fault`: exit code 1, and the report's
 /// mismatches.
 fn caught(name: &str, fault: &str) -> (String, Vec<serde_json::Value>) {
+    let (out, ms, _) = caught_with_files(name, fault);
+    (out, ms)
+}
+
+/// [`caught`], keeping the vmcore (`disk`) and A's panic dump (`dump`).
+fn caught_with_files(name: &str, fault: &str) -> (String, Vec<serde_json::Value>, Saved) {
     let dir = scratch(name);
     let report = dir.join("report.json");
+    let saved = Saved::in_dir(&dir);
     let (out, err) = assert_exit(
-        &crash(&["--inject", fault, "--report", report.to_str().unwrap()]),
+        &crash(&[
+            "--inject",
+            fault,
+            "--report",
+            report.to_str().unwrap(),
+            "--disk",
+            saved.disk.to_str().unwrap(),
+            "--dump-dir",
+            dir.join("dumps").to_str().unwrap(),
+        ]),
         1,
     );
     assert!(out.contains("kjump: crash: FAIL"), "{fault}: {out}\n{err}");
-    (out, mismatches(&report))
+    (out, mismatches(&report), saved)
+}
+
+/// A crash run's vmcore and A's panic dump.
+struct Saved {
+    disk: std::path::PathBuf,
+    dump: std::path::PathBuf,
+}
+
+impl Saved {
+    fn in_dir(dir: &std::path::Path) -> Self {
+        Self {
+            disk: dir.join("disk.raw"),
+            dump: dir.join("dumps/c00001-00000-a-suspend-left.core"),
+        }
+    }
+
+    fn disk(&self) -> &str {
+        self.disk.to_str().unwrap()
+    }
+
+    fn dump(&self) -> &str {
+        self.dump.to_str().unwrap()
+    }
+}
+
+/// `kjump diff` of the vmcore and A's panic dump, both orders: exit code
+/// `code`; the output with the vmcore first.
+fn diff_both_ways(s: &Saved, code: i32) -> String {
+    let (d, _) = assert_exit(&kjump(&["diff", s.disk(), s.dump()]), code);
+    let (back, _) = assert_exit(&kjump(&["diff", s.dump(), s.disk()]), code);
+    assert_eq!(
+        d.lines().count(),
+        back.lines().count(),
+        "either order, the same differences:\n{d}\n{back}"
+    );
+    d
+}
+
+#[test]
+fn inspect_and_diff_read_the_vmcore_and_resume_refuses_it() {
+    if !kvm_or_skip("inspect_and_diff_read_the_vmcore_and_resume_refuses_it") {
+        return;
+    }
+    let dir = scratch("crash-tools");
+    let s = Saved::in_dir(&dir);
+    assert_exit(
+        &crash(&[
+            "--disk",
+            s.disk(),
+            "--dump-dir",
+            dir.join("dumps").to_str().unwrap(),
+            "-q",
+        ]),
+        0,
+    );
+    let bytes = std::fs::read(&s.disk).unwrap();
+    let (h, prstatus) = Header::parse_vmcore(&bytes).unwrap();
+    let regs = kjump_abi::vmcore::prstatus_regs(prstatus).unwrap();
+
+    // inspect: the kind, the ranges (the reserved region [8M, 24M) not
+    // among them), A's registers from NT_PRSTATUS, its view in place.
+    let (out, _) = assert_exit(&kjump(&["inspect", s.disk()]), 0);
+    assert!(out.starts_with("kjump vmcore "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "entry {:#x}, flags 0x2 (vmcore, not resumable)",
+            h.entry
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("ranges: 3, 12288 pages, every checksum verified"),
+        "{out}"
+    );
+    assert!(
+        out.contains("range 2 [0x1800000..0x4000000) 40 MiB"),
+        "{out}"
+    );
+    assert!(out.contains("registers: the NT_PRSTATUS note"), "{out}");
+    assert!(out.contains(&format!("rip {:#018x}", regs[16])), "{out}");
+    assert!(out.contains("kernel a's view: its pages in place"), "{out}");
+    let (json, _) = assert_exit(&kjump(&["inspect", "--json", s.disk()]), 0);
+    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(j["kind"], "vmcore", "{j}");
+    assert_eq!(j["vmcore"], true, "{j}");
+    assert_eq!(j["resumable"], false, "{j}");
+    assert_eq!(
+        j["registers"]["values"]["rsp"].as_u64(),
+        Some(regs[19]),
+        "{j}"
+    );
+    assert!(j["view"]["control"].is_null(), "{j}");
+
+    // diff against A's panic dump: nothing differs, registers and every
+    // page the vmcore holds; the reserved region, in the dump only, is
+    // said to be left out and why.
+    let d = diff_both_ways(&s, 0);
+    assert!(
+        d.contains("meta: image registers: the NT_PRSTATUS note"),
+        "{d}"
+    );
+    assert!(
+        d.contains("meta: image: a vmcore, kernel a's pages in place"),
+        "{d}"
+    );
+    assert!(
+        d.contains(
+            "meta: not compared: [0x800000..0x1800000), the region kernel a reserved for the capture kernel (crashkernel=SIZE@ADDR on its command line)"
+        ) && d.contains("4096 page(s) of the dump there are not in the vmcore"),
+        "{d}"
+    );
+    assert!(d.contains("identical: registers and memory\n"), "{d}");
+
+    // Not resumable: one line, exit code 2.
+    let (out, err) = assert_exit(&kjump(&["resume", s.disk()]), 2);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("kjump: error: ") && err.contains("cannot be resumed: it is a vmcore"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diff_of_a_damaged_vmcore_and_a_s_panic_dump_names_the_pages() {
+    if !kvm_or_skip("diff_of_a_damaged_vmcore_and_a_s_panic_dump_names_the_pages") {
+        return;
+    }
+    // A range left out: the first page of what is missing, with its symbol.
+    let (_, _, s) = caught_with_files("crash-diff-skip", "b:vmcore-skip");
+    let d = diff_both_ways(&s, 1);
+    assert!(
+        d.contains("problem: 10240 page(s) missing from the vmcore, from 0x1800000")
+            && d.contains("the dump's [0x1800000..0x4000000)"),
+        "{d}"
+    );
+    assert!(d.contains("pages: 0 differ"), "{d}");
+
+    // Low memory read in place: the range's checksum, and the very pages
+    // the VMM's own check named.
+    let (_, ms, s) = caught_with_files("crash-diff-no-backup-read", "b:no-backup-read");
+    let d = diff_both_ways(&s, 1);
+    assert!(d.contains("range 1 [0x100000..0x800000) checksum"), "{d}");
+    // The report's pages (its first mismatch is the range's checksum).
+    let pages: Vec<u64> = ms
+        .iter()
+        .filter(|m| m["name"].is_null())
+        .filter_map(|m| m["address"].as_u64())
+        .collect();
+    assert!(!pages.is_empty(), "{ms:?}");
+    assert!(
+        d.contains(&format!("pages: {} differ", pages.len())),
+        "{d}\n{pages:x?}"
+    );
+    for p in pages {
+        assert!(
+            d.contains(&format!("  page {p:#x}: ")),
+            "page {p:#x} not named:\n{d}"
+        );
+    }
 }
 
 #[test]

@@ -40,6 +40,13 @@ fn read_core(path: &Path) -> Result<CoreFile, CommandError> {
     Ok(CoreFile::open(path)?)
 }
 
+/// [`read_core`] for `diff`: an image's ranges that fail their checksum
+/// are compared and shown, not refused.
+fn read_core_to_compare(path: &Path) -> Result<CoreFile, CommandError> {
+    check_input(path).map_err(CommandError::DumpFile)?;
+    Ok(CoreFile::open_to_compare(path)?)
+}
+
 /// Reads the image at the start of the disk file `path` (any flags).
 fn read_image(path: &Path) -> Result<DiskImage, CommandError> {
     check_input(path).map_err(CommandError::DumpFile)?;
@@ -76,7 +83,7 @@ fn kernel_elf(kernel: Option<&Path>, bound: u64, what: &str) -> Result<Vec<u8>, 
 /// named from `kernel` (default: the embedded guest), which can be no
 /// larger than the files' guest RAM.
 pub fn diff(a: &Path, b: &Path, kernel: Option<&Path>) -> Result<(String, bool), CommandError> {
-    let (fa, fb) = (read_core(a)?, read_core(b)?);
+    let (fa, fb) = (read_core_to_compare(a)?, read_core_to_compare(b)?);
     let bound = fa.mem_bound().max(fb.mem_bound());
     let elf = kernel_elf(kernel, bound, "the dumps' guest RAM")?;
     let symbols = if elf.is_empty() {

@@ -107,6 +107,12 @@ pub fn resume_image(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, R
             source,
         })
     })?;
+    if img.is_vmcore() {
+        return Err(not(
+            "it is a vmcore (a crashed kernel's memory, never resumed: kjump inspect, kjump diff or gdb read it)"
+                .into(),
+        ));
+    }
     if !img.resumable() {
         return Err(not("the image is not marked resumable".into()));
     }
