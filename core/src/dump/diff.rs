@@ -308,21 +308,13 @@ pub fn diff(a: &Dump, b: &Dump, symbols: Option<&Symbols>) -> DumpDiff {
         pages: Vec::new(),
         problems: Vec::new(),
     };
+    ram_ranges_problem(a, b, &mut out);
     diff_ram(a, b, &|_| true, symbols, &mut out);
     out
 }
 
-/// Compares the RAM of `a` (old) and `b` (new) into `out`: ranges in one
-/// only are a problem; every page both have and `compared` takes is
-/// compared (what both skip as zeros is not read). Shared by dumps and
-/// hibernation images.
-pub(super) fn diff_ram(
-    a: &dyn RamSource,
-    b: &dyn RamSource,
-    compared: &dyn Fn(u64) -> bool,
-    symbols: Option<&Symbols>,
-    out: &mut DumpDiff,
-) {
+/// RAM ranges in one of `a` (old) and `b` (new) only: a problem in `out`.
+pub(super) fn ram_ranges_problem(a: &dyn RamSource, b: &dyn RamSource, out: &mut DumpDiff) {
     let (ra, rb) = (a.ram_ranges(), b.ram_ranges());
     if ra != rb {
         let show = |r: &[(u64, u64)]| {
@@ -336,12 +328,13 @@ pub(super) fn diff_ram(
             show(&rb)
         ));
     }
-    diff_common_ram(a, b, compared, symbols, out);
 }
 
-/// [`diff_ram`] of the RAM both hold, page by page, saying nothing of RAM
-/// in one only (the caller accounts for it).
-pub(super) fn diff_common_ram(
+/// Compares the RAM of `a` (old) and `b` (new) into `out`: every page both
+/// have and `compared` takes (what both skip as zeros is not read). RAM in
+/// one only is the caller's to account for ([`ram_ranges_problem`]).
+/// Shared by dumps, hibernation images and vmcores.
+pub(super) fn diff_ram(
     a: &dyn RamSource,
     b: &dyn RamSource,
     compared: &dyn Fn(u64) -> bool,

@@ -351,11 +351,11 @@ pub fn diff_image_dump(
     } else {
         (dump, ram)
     };
-    if img.is_vmcore() {
-        diff_common_ram(x, y, &compared, symbols, &mut out);
-    } else {
-        diff_ram(x, y, &compared, symbols, &mut out);
+    // A vmcore's ranges were accounted for above.
+    if !img.is_vmcore() {
+        ram_ranges_problem(x, y, &mut out);
     }
+    diff_ram(x, y, &compared, symbols, &mut out);
     out
 }
 
@@ -490,6 +490,7 @@ pub fn diff_images(a: &DiskImage, b: &DiskImage, symbols: Option<&Symbols>) -> D
             }
         }
     }
+    ram_ranges_problem(a, b, &mut out);
     diff_ram(a, b, &|_| true, symbols, &mut out);
     out
 }

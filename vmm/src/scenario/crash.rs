@@ -191,17 +191,8 @@ fn write_panic_dump(
     let Some((id, machine, left)) = oracle.left(Kernel::A, vm.memory()) else {
         return Ok(());
     };
-    let path = dir.join(format!(
-        "c{:05}-{:05}-{}-{}-left.core",
-        id.cycle,
-        id.index,
-        id.kernel.name(),
-        id.direction.name()
-    ));
-    let kernel_name = args
-        .kernel
-        .as_ref()
-        .map_or("built-in".into(), |p| p.display().to_string());
+    let path = crate::scenario::dump_path(dir, &id, "-left");
+    let kernel_name = crate::scenario::dump_kernel_name(args);
     let input = kjump_core::dump::DumpInput {
         state: machine.vcpu(),
         id: &id,

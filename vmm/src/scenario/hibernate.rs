@@ -625,17 +625,8 @@ fn dump_suspend(
     else {
         return Ok(None);
     };
-    let path = dir.join(format!(
-        "c{:05}-{:05}-{}-{}.core",
-        id.cycle,
-        id.index,
-        id.kernel.name(),
-        id.direction.name()
-    ));
-    let kernel_name = cfg
-        .kernel
-        .as_ref()
-        .map_or("built-in".into(), |p| p.display().to_string());
+    let path = crate::scenario::dump_path(dir, id, "");
+    let kernel_name = crate::scenario::dump_kernel_name(cfg);
     let resume = oracle.resume_record(cfg.scenario.name(), cfg.cycles, id, machine);
     let input = kjump_core::dump::DumpInput {
         state: machine.vcpu(),

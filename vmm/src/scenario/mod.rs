@@ -467,6 +467,30 @@ pub fn check_settings(args: &RunConfig, initramfs_len: u64) -> Result<(), RunErr
 /// The smallest `--peer-mem` the guest takes.
 pub const MIN_PEER_MEM: u64 = 4 << 20;
 
+/// Where checkpoint `id`'s dump goes in `dir`:
+/// `cCCCCC-IIIII-KERNEL-DIRECTION{what}.core` (`what` is "" for the VM as
+/// it is, "-left" for a kernel as it left, "-found" as it was found).
+pub(crate) fn dump_path(
+    dir: &Path,
+    id: &kjump_core::checkpoint::CheckpointId,
+    what: &str,
+) -> PathBuf {
+    dir.join(format!(
+        "c{:05}-{:05}-{}-{}{what}.core",
+        id.cycle,
+        id.index,
+        id.kernel.name(),
+        id.direction.name()
+    ))
+}
+
+/// The kernel a dump names: the `--kernel` file, or "built-in".
+pub(crate) fn dump_kernel_name(cfg: &RunConfig) -> String {
+    cfg.kernel
+        .as_ref()
+        .map_or("built-in".into(), |p| p.display().to_string())
+}
+
 /// Creates the dump directory and proves it writable before the run, so a
 /// bad `--dump-dir` is refused up front, not at the first mismatch; and
 /// removes the temporary files that runs killed while writing a dump left

@@ -443,13 +443,7 @@ impl PingPong<'_> {
             .dump_dir
             .as_deref()
             .expect("dumps only with --dump-dir");
-        dir.join(format!(
-            "c{:05}-{:05}-{}-{}{what}.core",
-            id.cycle,
-            id.index,
-            id.kernel.name(),
-            id.direction.name()
-        ))
+        crate::scenario::dump_path(dir, id, what)
     }
 
     fn write(
@@ -461,11 +455,7 @@ impl PingPong<'_> {
         size: u64,
         resume: Option<&ResumeRecord>,
     ) -> Result<(), RunError> {
-        let kernel_name = self
-            .cfg
-            .kernel
-            .as_ref()
-            .map_or("built-in".into(), |p| p.display().to_string());
+        let kernel_name = crate::scenario::dump_kernel_name(self.cfg);
         let input = DumpInput {
             state: machine.vcpu(),
             id,
