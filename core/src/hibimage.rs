@@ -24,7 +24,7 @@ use kjump_abi::hibimage::{
 };
 use kjump_abi::vmcore::{PRSTATUS_NREGS, PRSTATUS_REG_NAMES};
 
-use crate::dump::{Backing, DumpError, NoteInfo, RamSource};
+use crate::dump::{Backing, DumpError, NoteInfo, RamSource, read_by_page};
 
 use crate::checkpoint::Kernel;
 use crate::oracle::{Oracle, diff_ranges, hexdump};
@@ -661,16 +661,9 @@ impl RamSource for ImageView<'_> {
     }
 
     fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = addr + done as u64;
-            let page = at & !(PAGE - 1);
-            let n = ((page + PAGE - at) as usize).min(buf.len() - done);
-            self.image
-                .read_ram(self.parked_at(page) + (at - page), &mut buf[done..done + n])?;
-            done += n;
-        }
-        Ok(())
+        read_by_page(addr, buf, |page, off, part| {
+            self.image.read_ram(self.parked_at(page) + off as u64, part)
+        })
     }
 }
 

@@ -179,7 +179,7 @@ pub use image::{
     inspect_image_json, state_value,
 };
 pub use inspect::{inspect, inspect_json};
-pub use ram::RamSource;
+pub use ram::{RamSource, read_by_page};
 pub(crate) use read::parse_notes;
 pub use read::{read_dump, read_dump_bytes};
 pub use record::{ResumeRecord, SuspendRecord};

@@ -17,6 +17,27 @@ pub trait RamSource {
     }
 }
 
+/// Fills `buf` from guest-physical `addr` a page at a time: `read(page,
+/// off, part)` fills `part` with the bytes from offset `off` of the page
+/// at `page` (never past its end). For a [`RamSource`] whose pages do not
+/// all lie where they belong (kept in a page store, parked elsewhere).
+pub fn read_by_page(
+    addr: u64,
+    buf: &mut [u8],
+    mut read: impl FnMut(u64, usize, &mut [u8]) -> Result<(), DumpError>,
+) -> Result<(), DumpError> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = addr + done as u64;
+        let page = at & !(PAGE - 1);
+        let off = (at - page) as usize;
+        let n = (PAGE_SIZE - off).min(buf.len() - done);
+        read(page, off, &mut buf[done..done + n])?;
+        done += n;
+    }
+    Ok(())
+}
+
 impl RamSource for GuestMem {
     /// The regions, with adjacent ones merged (one `PT_LOAD` per range).
     fn ram_ranges(&self) -> Vec<(u64, u64)> {

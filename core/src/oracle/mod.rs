@@ -36,7 +36,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::GuestMem;
 use crate::checkpoint::{CheckpointId, Direction, Kernel};
 use crate::devices;
-use crate::dump::{DumpError, RamSource, ResumeRecord, SuspendRecord};
+use crate::dump::{DumpError, RamSource, ResumeRecord, SuspendRecord, read_by_page};
 use crate::kimage::Kimage;
 use crate::pages::{PAGE_SIZE, PageError, PageSet, PageStore, Shadow};
 use crate::report::{At, ExcusedPage, Mismatch, MismatchKind};
@@ -903,18 +903,12 @@ impl RamSource for LeftRam<'_> {
     }
 
     fn read_ram(&self, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = addr + done as u64;
-            let page = at & !(PAGE - 1);
-            let off = (at - page) as usize;
-            let n = (PAGE_SIZE - off).min(buf.len() - done);
+        read_by_page(addr, buf, |page, off, part| {
             match self.view.get(page).and_then(|h| self.store.get(h)) {
-                Some(p) => buf[done..done + n].copy_from_slice(&p[off..off + n]),
-                None => self.found.read_ram(at, &mut buf[done..done + n])?,
+                Some(p) => part.copy_from_slice(&p[off..off + part.len()]),
+                None => self.found.read_ram(page + off as u64, part)?,
             }
-            done += n;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
