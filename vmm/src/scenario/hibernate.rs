@@ -42,7 +42,8 @@ use crate::faults::{HostFault, ImageDamage};
 use crate::scenario::disk::Disk;
 use crate::scenario::pingpong::{first_delivery, flip_b_image, lap, micros};
 use crate::scenario::{
-    Outcome, RunError, RunOptions, RunState, Verdict, check_settings, handle_message, vm_config,
+    Outcome, RunError, RunOptions, RunState, Verdict, check_settings, handle_message, run_tracked,
+    vm_config,
 };
 use crate::vm::watchdog;
 use crate::vm::{BLOCK_DEVICE, Vm, VmConfig, VmEvent};
@@ -263,13 +264,7 @@ impl<'a> Hibernation<'a> {
         run: &mut RunState,
     ) -> Result<Option<Outcome>, RunError> {
         loop {
-            let mut id = None;
-            let tracker = &mut self.tracker;
-            let event = vm.run_until_event(&mut || {
-                let i = tracker.next();
-                id = Some(i);
-                i.direction.answer()
-            })?;
+            let (event, id) = run_tracked(vm, &mut self.tracker)?;
             match event {
                 VmEvent::Message(HarnessEvent::Kimage { args: a }) => {
                     let k = Kimage::read(vm.memory(), &a)?;

@@ -27,7 +27,8 @@ use crate::faults::FaultError;
 use crate::vm::serial::ConsoleSink;
 use crate::vm::vcpu::RegDump;
 use crate::vm::watchdog::{self, WatchdogConfig, WatchdogError};
-use crate::vm::{Vm, VmConfig, VmError};
+use crate::vm::{Vm, VmConfig, VmError, VmEvent};
+use kjump_core::checkpoint::{CheckpointId, Tracker};
 use kjump_core::files::{self, InputError};
 use kjump_core::harness::HarnessEvent;
 use kjump_core::report::Report;
@@ -470,11 +471,7 @@ pub const MIN_PEER_MEM: u64 = 4 << 20;
 /// Where checkpoint `id`'s dump goes in `dir`:
 /// `cCCCCC-IIIII-KERNEL-DIRECTION{what}.core` (`what` is "" for the VM as
 /// it is, "-left" for a kernel as it left, "-found" as it was found).
-pub(crate) fn dump_path(
-    dir: &Path,
-    id: &kjump_core::checkpoint::CheckpointId,
-    what: &str,
-) -> PathBuf {
+pub(crate) fn dump_path(dir: &Path, id: &CheckpointId, what: &str) -> PathBuf {
     dir.join(format!(
         "c{:05}-{:05}-{}-{}{what}.core",
         id.cycle,
@@ -735,6 +732,23 @@ impl RateLimit {
             None
         }
     }
+}
+
+/// Runs `vm` to its next event, answering a checkpoint as `tracker`'s next
+/// checkpoint goes: the event, and for a checkpoint the identity the
+/// tracker gave it (what ping-pong, hibernate and `kjump resume` of an
+/// image number their checkpoints by).
+pub(crate) fn run_tracked(
+    vm: &mut Vm,
+    tracker: &mut Tracker,
+) -> Result<(VmEvent, Option<CheckpointId>), VmError> {
+    let mut id = None;
+    let event = vm.run_until_event(&mut || {
+        let i = tracker.next();
+        id = Some(i);
+        i.direction.answer()
+    })?;
+    Ok((event, id))
 }
 
 /// What every scenario does with a message: a hello names the console, logs

@@ -23,7 +23,7 @@ use kjump_core::symbols::Symbols;
 use crate::config::{DumpPolicy, RunConfig};
 use crate::faults::HostFault;
 use crate::progress::Progress;
-use crate::scenario::{Outcome, RunError, RunState, Verdict, handle_message};
+use crate::scenario::{Outcome, RunError, RunState, Verdict, handle_message, run_tracked};
 use crate::vm::{Vm, VmEvent};
 
 /// Where a run resumed from a dump starts (`kjump resume`): the dump's
@@ -118,13 +118,7 @@ pub(crate) fn run_from(
         progress.set_cycle(run.cycles);
     }
     loop {
-        let mut id = None;
-        let tracker = &mut pp.tracker;
-        let event = vm.run_until_event(&mut || {
-            let i = tracker.next();
-            id = Some(i);
-            i.direction.answer()
-        })?;
+        let (event, id) = run_tracked(vm, &mut pp.tracker)?;
         let id = match event {
             VmEvent::Message(HarnessEvent::Kimage { .. }) if cfg.unchecked => continue,
             VmEvent::Message(HarnessEvent::Kimage { args: a }) => {

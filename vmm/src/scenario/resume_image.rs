@@ -34,7 +34,9 @@ use kjump_core::symbols::Symbols;
 use crate::config::{ResumeConfig, Scenario};
 use crate::scenario::disk::Disk;
 use crate::scenario::resume::ResumeError;
-use crate::scenario::{Outcome, RunError, RunOptions, RunState, Verdict, handle_message};
+use crate::scenario::{
+    Outcome, RunError, RunOptions, RunState, Verdict, handle_message, run_tracked,
+};
 use crate::vm::watchdog::{self, WatchdogConfig};
 use crate::vm::{BLOCK_DEVICE, Vm, VmConfig, VmEvent};
 
@@ -229,12 +231,7 @@ fn run_restored(
     tracker.next();
     let mut checked = false;
     loop {
-        let mut id = None;
-        let event = vm.run_until_event(&mut || {
-            let i = tracker.next();
-            id = Some(i);
-            i.direction.answer()
-        })?;
+        let (event, id) = run_tracked(vm, &mut tracker)?;
         match event {
             VmEvent::Checkpoint { .. } => {
                 let id = id.ok_or(RunError::Protocol("checkpoint without identity"))?;
