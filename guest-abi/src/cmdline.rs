@@ -2,6 +2,25 @@
 //! `kjump.role=a kjump.scenario=ping-pong kjump.cycles=100
 //! kexec_jump_back_entry=0x1000`.
 
+// The keys the VMM puts on kernel A's command line and the kernels read
+// (A passes them on to B, the VMM to a restore kernel C). Those of one
+// scenario or one facility live with it: `fault::KEY`,
+// `vmcore::CRASHKERNEL_KEY`, `vmcore::BACKUP_SIZE_KEY`,
+// `virtio::CMDLINE_KEY`.
+
+/// The kernel's role: `a`, `b` or `c`.
+pub const ROLE_KEY: &str = "kjump.role";
+/// The scenario (`ping-pong`, `hibernate`, ...).
+pub const SCENARIO_KEY: &str = "kjump.scenario";
+/// How many A→B→A cycles.
+pub const CYCLES_KEY: &str = "kjump.cycles";
+/// How B is kept off A's memory: `swap` or `backup`.
+pub const MODE_KEY: &str = "kjump.mode";
+/// The size of B's region (a size: `64M`).
+pub const PEER_MEM_KEY: &str = "kjump.peer_mem";
+/// The guest's log level.
+pub const LOG_KEY: &str = "kjump.log";
+
 /// Looks up the value of `key` (the last occurrence wins, as in Linux).
 pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline

@@ -63,6 +63,11 @@ pub fn prstatus_regs(b: &[u8]) -> Option<[u64; PRSTATUS_NREGS]> {
 /// for the capture kernel, `SIZE@ADDR` (Linux's `crashkernel=`).
 pub const CRASHKERNEL_KEY: &str = "crashkernel";
 
+/// The key on crashed kernel A's command line with the size of its low
+/// memory `[0, SIZE)` the capture kernel runs in, backed up into the
+/// reserved region first.
+pub const BACKUP_SIZE_KEY: &str = "kjump.backup_size";
+
 /// The region `crashkernel=SIZE@ADDR` on the command line `cmdline`
 /// reserves: `(ADDR, ADDR + SIZE)`; `None` without a valid one.
 pub fn crashkernel(cmdline: &str) -> Option<(u64, u64)> {

@@ -48,7 +48,7 @@ impl BootInfo {
 
     /// `kjump.fault=`, if any.
     pub fn fault(&self) -> Option<&'static str> {
-        self.arg("kjump.fault")
+        self.arg(kjump_abi::fault::KEY)
     }
 
     /// End of the loader's command line, NUL included (for reservations).
@@ -139,11 +139,11 @@ pub fn init(zero_page: u64) -> &'static BootInfo {
         unsafe { phys_slice(initramfs_addr, size as usize) }
     };
 
-    let role = match cmdline::get(cmdline, "kjump.role") {
+    let role = match cmdline::get(cmdline, cmdline::ROLE_KEY) {
         None | Some("a") => Role::A,
         Some("b") => Role::B,
         Some("c") => Role::C,
-        Some(other) => panic!("kjump.role={other}: expected a, b or c"),
+        Some(other) => panic!("{}={other}: expected a, b or c", cmdline::ROLE_KEY),
     };
     BOOT_INFO.init(BootInfo {
         zero_page,
@@ -152,7 +152,7 @@ pub fn init(zero_page: u64) -> &'static BootInfo {
         cmdline,
         cmdline_addr,
         role,
-        scenario: cmdline::get(cmdline, "kjump.scenario").unwrap_or(""),
+        scenario: cmdline::get(cmdline, cmdline::SCENARIO_KEY).unwrap_or(""),
         initramfs,
         initramfs_addr: if size == 0 { 0 } else { initramfs_addr },
     })

@@ -89,10 +89,11 @@ extern "C" fn kmain(boot_params: u64) -> ! {
     serial::init(boot.role);
     harness::hello(boot.role);
     println!("kjump guest kernel {}: {}", boot.role.name(), boot.scenario);
-    if !logger::init(boot.arg("kjump.log")) {
+    if !logger::init(boot.arg(kjump_abi::cmdline::LOG_KEY)) {
         log::warn!(
-            "unknown kjump.log level {:?}; using info",
-            boot.arg("kjump.log")
+            "unknown {} level {:?}; using info",
+            kjump_abi::cmdline::LOG_KEY,
+            boot.arg(kjump_abi::cmdline::LOG_KEY)
         );
     }
     log::debug!("command line: {}", boot.cmdline);

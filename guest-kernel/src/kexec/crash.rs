@@ -31,7 +31,7 @@ use kjump_abi::fault::JumpFault;
 use kjump_abi::hibimage::{self, Range};
 use kjump_abi::kimage::IND_DONE;
 use kjump_abi::layout::{HIGH_RAM_START, PAGE_SIZE};
-use kjump_abi::vmcore::{self, CrashInfo, PRSTATUS_NREGS};
+use kjump_abi::vmcore::{self, BACKUP_SIZE_KEY, CrashInfo, PRSTATUS_NREGS};
 
 use super::faults::Injected;
 use super::hibernate::{NO_PAGE, checksum_ring3, in_ring3, write_image};
@@ -42,8 +42,6 @@ use crate::bootinfo::BootInfo;
 use crate::virtio::Blk;
 use crate::{harness, mem};
 
-/// The key on A's command line with the size of low memory to back up.
-pub const BACKUP_SIZE_KEY: &str = "kjump.backup_size";
 /// The most ranges A's core header has.
 const MAX_RANGES: usize = 4;
 

@@ -275,8 +275,12 @@ fn write_b_boot_pages(
     let mut cmd = harness::TextBuf::new();
     let _ = write!(
         cmd,
-        "kjump.role=b kjump.scenario={scenario} kjump.cycles={} kjump.mode={} kexec_jump_back_entry={jump_back_entry:#x}",
+        "{}=b {}={scenario} {}={} {}={} kexec_jump_back_entry={jump_back_entry:#x}",
+        cmdline::ROLE_KEY,
+        cmdline::SCENARIO_KEY,
+        cmdline::CYCLES_KEY,
         cfg.cycles,
+        cmdline::MODE_KEY,
         if cfg.backup { "backup" } else { "swap" },
     );
     // Faults meant for B travel on A's command line as `kjump.b.fault=`.
@@ -306,8 +310,8 @@ fn write_b_boot_pages(
         let _ = write!(cmd, " {}={dev}", kjump_abi::virtio::CMDLINE_KEY);
     }
     // So does the log level: both kernels log alike.
-    if let Some(level) = cmdline::get(boot.cmdline, "kjump.log") {
-        let _ = write!(cmd, " kjump.log={level}");
+    if let Some(level) = cmdline::get(boot.cmdline, cmdline::LOG_KEY) {
+        let _ = write!(cmd, " {}={level}", cmdline::LOG_KEY);
     }
     let mut cmd_bytes = [0u8; 512];
     let n = cmd.as_str().len().min(cmd_bytes.len() - 1);

@@ -61,10 +61,10 @@ impl Config {
     fn parse(cmd: &str) -> Result<Self, &'static str> {
         let num = |k, d| cmdline::get(cmd, k).map_or(Some(d), cmdline::parse_u64);
         let size = |k, d| cmdline::get(cmd, k).map_or(Some(d), cmdline::parse_size);
-        let cycles = num("kjump.cycles", 10).ok_or("bad kjump.cycles")?;
-        let peer_mem = size("kjump.peer_mem", kjump_abi::layout::DEFAULT_PEER_MEM)
+        let cycles = num(cmdline::CYCLES_KEY, 10).ok_or("bad kjump.cycles")?;
+        let peer_mem = size(cmdline::PEER_MEM_KEY, kjump_abi::layout::DEFAULT_PEER_MEM)
             .ok_or("bad kjump.peer_mem")?;
-        let backup = match cmdline::get(cmd, "kjump.mode").unwrap_or("swap") {
+        let backup = match cmdline::get(cmd, cmdline::MODE_KEY).unwrap_or("swap") {
             "swap" => false,
             "backup" => true,
             _ => return Err("kjump.mode must be swap or backup"),

@@ -90,7 +90,7 @@ impl Layout {
         let (s, e) = self.reserved;
         format!(
             "{}={:#x} {}={:#x}@{s:#x}",
-            "kjump.backup_size",
+            kjump_abi::vmcore::BACKUP_SIZE_KEY,
             self.backup,
             kjump_abi::vmcore::CRASHKERNEL_KEY,
             e - s

@@ -28,6 +28,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use kjump_abi::abi::Role;
+use kjump_abi::cmdline::{LOG_KEY, ROLE_KEY, SCENARIO_KEY};
 use kjump_abi::control;
 use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
 use kjump_core::harness::HarnessEvent;
@@ -577,11 +578,11 @@ fn restore_config(
     kernel: Vec<u8>,
 ) -> Result<VmConfig, RunError> {
     let mut cmdline = format!(
-        "kjump.role=c kjump.scenario=hibernate mem={:#x} {BLOCK_DEVICE}",
+        "{ROLE_KEY}=c {SCENARIO_KEY}=hibernate mem={:#x} {BLOCK_DEVICE}",
         hib.peer_end()?
     );
-    if let Some(level) = kjump_abi::cmdline::get(&cfg.cmdline, "kjump.log") {
-        cmdline.push_str(&format!(" kjump.log={level}"));
+    if let Some(level) = kjump_abi::cmdline::get(&cfg.cmdline, LOG_KEY) {
+        cmdline.push_str(&format!(" {LOG_KEY}={level}"));
     }
     // A fault of the restore kernel's, in the restore it is armed for.
     if let Some(word) = args.inject.as_ref().and_then(|i| {

@@ -323,8 +323,9 @@ impl std::ops::DerefMut for ReportGuard<'_> {
 
 /// The guest command line for a run.
 pub fn guest_cmdline(args: &RunConfig) -> String {
+    use kjump_abi::cmdline::{CYCLES_KEY, MODE_KEY, PEER_MEM_KEY, ROLE_KEY, SCENARIO_KEY};
     let mut c = format!(
-        "kjump.role=a kjump.scenario={} kjump.cycles={} kjump.mode={} kjump.peer_mem={}",
+        "{ROLE_KEY}=a {SCENARIO_KEY}={} {CYCLES_KEY}={} {MODE_KEY}={} {PEER_MEM_KEY}={}",
         args.scenario,
         args.cycles,
         args.mode.name(),

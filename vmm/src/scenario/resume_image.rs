@@ -152,7 +152,11 @@ pub fn resume_image(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, R
     let disk = Disk::prepare(None, 1 << 20, 1 << 20).map_err(RunError::Disk)?;
     let mut cfg = VmConfig::new(
         kernel.clone(),
-        format!("kjump.role=a kjump.scenario=hibernate {BLOCK_DEVICE}"),
+        format!(
+            "{}=a {}=hibernate {BLOCK_DEVICE}",
+            kjump_abi::cmdline::ROLE_KEY,
+            kjump_abi::cmdline::SCENARIO_KEY
+        ),
     );
     cfg.mem_size = mem;
     cfg.irqchip = true;
