@@ -1091,27 +1091,28 @@ mod tests {
 
     #[test]
     fn an_image_not_marked_resumable_is_read_but_not_resumed_and_its_prstatus_is_its_registers() {
+        use kjump_abi::hibimage::{FLAG_VMCORE, write_vmcore_headers};
+        use kjump_abi::vmcore::prstatus;
         let mut b = image_with_view(true);
-        // The flags word of the image header (after the ELF header, 3
-        // program headers and the note's header) cleared.
+        // The note segment's offset and length (the first program header's
+        // p_offset and p_filesz).
+        let word =
+            |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+        let (note_off, image_note) = (word(&b, 64 + 8), word(&b, 64 + 32));
+        // The same image with an NT_PRSTATUS note after the image note (a
+        // vmcore's headers), then its flags word (after the ELF header, 3
+        // program headers and the note's header) cleared: neither
+        // resumable nor a vmcore.
+        let h = Header::parse_any(&b).unwrap();
+        let (entry, rs): (u64, Vec<Range>) = (h.entry, h.ranges().collect());
+        let mut regs = [0u64; PRSTATUS_NREGS];
+        regs[16] = 0x20_1234; // rip
+        write_vmcore_headers(&mut b, entry, &rs, &prstatus(&regs, false)).unwrap();
         let flags = 64 + 3 * 56 + 20 + 12;
+        assert_eq!(b[flags..flags + 4], FLAG_VMCORE.to_le_bytes());
         b[flags..flags + 4].fill(0);
-        // An NT_PRSTATUS note after the image note, in the header page.
-        let note_off = u64::from_le_bytes(b[64 + 8..64 + 16].try_into().unwrap()) as usize;
-        let note_len = u64::from_le_bytes(b[64 + 32..64 + 40].try_into().unwrap()) as usize;
-        let at = note_off + note_len;
-        let mut note = Vec::new();
-        note.extend_from_slice(&5u32.to_le_bytes());
-        note.extend_from_slice(&336u32.to_le_bytes());
-        note.extend_from_slice(&1u32.to_le_bytes());
-        note.extend_from_slice(b"CORE\0\0\0\0");
-        let mut desc = vec![0u8; 336];
-        desc[112 + 16 * 8..112 + 17 * 8].copy_from_slice(&0x20_1234u64.to_le_bytes()); // rip
-        note.extend_from_slice(&desc);
-        b[at..at + note.len()].copy_from_slice(&note);
-        let total = (note_len + note.len()) as u64;
-        b[64 + 32..64 + 40].copy_from_slice(&total.to_le_bytes());
-        b[64 + 40..64 + 48].copy_from_slice(&total.to_le_bytes());
+        let at = note_off + word(&b, 64 + 32);
+        let note = b[note_off + image_note..at].to_vec();
         let p = tmp("vmcore");
         std::fs::write(&p, &b).unwrap();
         assert!(matches!(
@@ -1133,8 +1134,8 @@ mod tests {
         );
         // A second NT_PRSTATUS is refused.
         let mut twice = b.clone();
-        twice[at + note.len()..at + 2 * note.len()].copy_from_slice(&note);
-        let total = (note_len + 2 * note.len()) as u64;
+        twice[at..at + note.len()].copy_from_slice(&note);
+        let total = (image_note + 2 * note.len()) as u64;
         twice[64 + 32..64 + 40].copy_from_slice(&total.to_le_bytes());
         let e = DiskImage::from_bytes(twice, Path::new("t")).unwrap_err();
         assert!(
