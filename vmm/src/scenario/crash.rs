@@ -31,9 +31,8 @@ use kjump_core::vmcore::{check_prstatus, check_untouched};
 use super::hibernate::{Hibernation, disk_scenario_config, first_line, first_mismatch};
 use crate::config::{RunConfig, format_size};
 use crate::scenario::disk::DiskError;
-use crate::scenario::{Outcome, RunError, RunOptions, RunState, Verdict};
+use crate::scenario::{Outcome, RunError, RunOptions, RunState, Verdict, run_watched};
 use crate::vm::Vm;
-use crate::vm::watchdog;
 
 const MIB: u64 = 1 << 20;
 /// RAM A keeps for itself above the reserved region (its page tables,
@@ -142,13 +141,8 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
     )?;
     let layout = layout.expect("disk_scenario_config ran the check");
     let wd = crate::scenario::watchdog_config(args, opts);
-    let start = Instant::now();
     let args = args.clone();
-    let ledger = opts.ledger.clone();
-    watchdog::run_guarded(&wd, move |stop| {
-        let mut cfg = cfg;
-        cfg.stop = stop;
-        let mut run = RunState::new(args.scenario, start, &ledger);
+    run_watched(&wd, opts, args.scenario, cfg, move |cfg, mut run| {
         let result = (|| {
             let mut vm = Vm::new(&cfg)?;
             // A boots, loads B, panics (its one suspend: recorded), B is
@@ -176,7 +170,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         drop(disk);
         drop(dump_lock);
         result.map_err(|e| e.symbolize(&cfg.kernel))
-    })?
+    })
 }
 
 /// `--dump-dir`: kernel A as it died (the VMM's snapshot at the panic

@@ -44,9 +44,8 @@ use crate::scenario::disk::Disk;
 use crate::scenario::pingpong::{first_delivery, flip_b_image, lap, micros};
 use crate::scenario::{
     Outcome, RunError, RunOptions, RunState, Verdict, check_settings, handle_message, run_tracked,
-    vm_config,
+    run_watched, vm_config,
 };
-use crate::vm::watchdog;
 use crate::vm::{BLOCK_DEVICE, Vm, VmConfig, VmEvent};
 
 /// Bytes of disk a hibernation image of a VM of `mem` bytes needs at most
@@ -90,13 +89,8 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         None => crate::DEFAULT_KERNEL.to_vec(),
     };
     let wd = crate::scenario::watchdog_config(args, opts);
-    let start = Instant::now();
     let args = args.clone();
-    let ledger = opts.ledger.clone();
-    watchdog::run_guarded(&wd, move |stop| {
-        let mut cfg = cfg;
-        cfg.stop = stop;
-        let mut run = RunState::new(args.scenario, start, &ledger);
+    run_watched(&wd, opts, args.scenario, cfg, move |cfg, mut run| {
         let mut restoring = false;
         let result = (|| -> Result<Outcome, RunError> {
             let mut hib = Hibernation::new(&args, &cfg.kernel, &mut run);
@@ -135,7 +129,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
                 _ => e,
             }
         })
-    })?
+    })
 }
 
 /// The checks and the VM configuration of a scenario whose kernel B saves

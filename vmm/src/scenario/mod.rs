@@ -593,6 +593,27 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
     })?
 }
 
+/// Runs `body` on the vCPU thread under the watchdog `wd`, with `cfg`
+/// (its stop flag the watchdog's) and the run's state, a run of
+/// `scenario` started now, its report in `opts`' ledger.
+pub(crate) fn run_watched<F>(
+    wd: &WatchdogConfig,
+    opts: &RunOptions,
+    scenario: Scenario,
+    mut cfg: VmConfig,
+    body: F,
+) -> Result<Outcome, RunError>
+where
+    F: FnOnce(VmConfig, RunState) -> Result<Outcome, RunError> + Send + 'static,
+{
+    let start = Instant::now();
+    let ledger = opts.ledger.clone();
+    watchdog::run_guarded(wd, move |stop| {
+        cfg.stop = stop;
+        body(cfg, RunState::new(scenario, start, &ledger))
+    })?
+}
+
 /// The watchdog of a run of `args`.
 pub(crate) fn watchdog_config(args: &RunConfig, opts: &RunOptions) -> WatchdogConfig {
     WatchdogConfig {

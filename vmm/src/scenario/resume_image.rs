@@ -21,8 +21,6 @@
 //! it holds is what is checked. The hibernate scenario checks all of A
 //! against the oracle's record from VM 1.
 
-use std::time::Instant;
-
 use kjump_core::checkpoint::{CheckpointId, Direction, Kernel, Tracker};
 use kjump_core::harness::HarnessEvent;
 use kjump_core::hibimage::{DiskImage, check_restored};
@@ -35,7 +33,7 @@ use crate::config::{ResumeConfig, Scenario};
 use crate::scenario::disk::Disk;
 use crate::scenario::resume::ResumeError;
 use crate::scenario::{
-    Outcome, RunError, RunOptions, RunState, Verdict, handle_message, run_tracked,
+    Outcome, RunError, RunOptions, RunState, Verdict, handle_message, run_tracked, run_watched,
 };
 use crate::vm::watchdog::{self, WatchdogConfig};
 use crate::vm::{BLOCK_DEVICE, Vm, VmConfig, VmEvent};
@@ -180,12 +178,7 @@ pub fn resume_image(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, R
         view.parked_pages()
     );
     drop(view);
-    let ledger = opts.ledger.clone();
-    let start = Instant::now();
-    let outcome = watchdog::run_guarded(&wd, move |stop| {
-        let mut cfg = cfg;
-        cfg.stop = stop;
-        let mut run = RunState::new(Scenario::Hibernate, start, &ledger);
+    let outcome = run_watched(&wd, opts, Scenario::Hibernate, cfg, move |cfg, mut run| {
         let result = (|| {
             let view = img
                 .view()
@@ -199,8 +192,7 @@ pub fn resume_image(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, R
         })();
         drop(disk);
         result.map_err(|e| e.symbolize(&cfg.kernel))
-    })
-    .map_err(RunError::from)??;
+    })?;
     Ok(outcome)
 }
 
