@@ -27,9 +27,10 @@ use kjump_abi::vmcore::{PRSTATUS_NREGS, PRSTATUS_REG_NAMES};
 use crate::dump::{Backing, DumpError, NoteInfo, RamSource, read_by_page};
 
 use crate::checkpoint::Kernel;
-use crate::oracle::{Oracle, diff_ranges, hexdump};
+use crate::oracle::{Oracle, RegisterMismatch, diff_ranges, hexdump};
 use crate::pages::{PAGE_SIZE, Page, PageHash};
 use crate::report::{At, ByteRange, Mismatch, MismatchKind};
+use crate::state::FieldValue;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// The file is read in chunks of this size.
@@ -858,23 +859,19 @@ pub fn check_restored(
             continue;
         };
         if actual != expected {
-            out.mismatches.push(Mismatch {
-                at: at.clone(),
-                kind: MismatchKind::Register,
-                name: Some(name.to_owned()),
-                address: None,
-                location: None,
-                expected: format!("{expected:#x}"),
-                actual: format!("{actual:#x}"),
-                ranges: Vec::new(),
-                hexdump: None,
-                symbol: None,
-                note: Some(match name {
-                    "rax" => "the checkpoint's answer (BACK)".into(),
-                    "rip" => "after the checkpoint instruction".into(),
-                    _ => "as saved in the image's context".into(),
-                }),
-            });
+            out.mismatches.push(Mismatch::register(
+                at,
+                &RegisterMismatch {
+                    field: name.to_owned(),
+                    expected: FieldValue::U64(expected),
+                    actual: FieldValue::U64(actual),
+                    note: Some(match name {
+                        "rax" => "the checkpoint's answer (BACK)".into(),
+                        "rip" => "after the checkpoint instruction".into(),
+                        _ => "as saved in the image's context".into(),
+                    }),
+                },
+            ));
         }
     }
     let mut expected = Box::new([0u8; PAGE_SIZE]);
