@@ -929,42 +929,41 @@ pub mod testing {
         put(control::slot_offset(control::Slot::Rsp) + cp, 0x2345);
         ram[0xb000..0xc000].fill(0x5a);
         ram[0x3000] = 7;
+        let data: Vec<(u64, &[u8])> = ranges
+            .iter()
+            .map(|&(start, len)| (start, &ram[start as usize..(start + len) as usize]))
+            .collect();
+        image_of(cp + 0x25, &data).0
+    }
+
+    /// The image entered at `entry` of `ranges` (each its start and its
+    /// bytes), its checksums filled in; and its range table.
+    pub fn image_of(entry: u64, ranges: &[(u64, &[u8])]) -> (Vec<u8>, Vec<Range>) {
         let rs: Vec<Range> = ranges
             .iter()
-            .map(|&(start, len)| Range {
+            .map(|&(start, d)| Range {
                 start,
-                len,
-                checksum: checksum(&ram[start as usize..(start + len) as usize]),
+                len: d.len() as u64,
+                checksum: checksum(d),
             })
             .collect();
         let mut img = vec![0u8; header_size(rs.len()) as usize];
-        write_headers(&mut img, cp + 0x25, &rs).expect("a valid image");
-        for &(start, len) in ranges {
-            img.extend_from_slice(&ram[start as usize..(start + len) as usize]);
+        write_headers(&mut img, entry, &rs).expect("a valid image");
+        for (_, d) in ranges {
+            img.extend_from_slice(d);
         }
-        img
+        (img, rs)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kjump_abi::hibimage::{checksum, header_size, write_headers};
+    use kjump_abi::hibimage::{checksum, header_size};
 
     fn write_image(path: &Path, ranges: &[(u64, Vec<u8>)]) -> Vec<Range> {
-        let rs: Vec<Range> = ranges
-            .iter()
-            .map(|(s, d)| Range {
-                start: *s,
-                len: d.len() as u64,
-                checksum: checksum(d),
-            })
-            .collect();
-        let mut img = vec![0u8; header_size(rs.len()) as usize];
-        write_headers(&mut img, 0x20_0000, &rs).unwrap();
-        for (_, d) in ranges {
-            img.extend_from_slice(d);
-        }
+        let data: Vec<(u64, &[u8])> = ranges.iter().map(|(s, d)| (*s, d.as_slice())).collect();
+        let (img, rs) = testing::image_of(0x20_0000, &data);
         std::fs::write(path, img).unwrap();
         rs
     }
