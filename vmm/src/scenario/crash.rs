@@ -140,7 +140,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         },
     )?;
     let layout = layout.expect("disk_scenario_config ran the check");
-    let wd = crate::scenario::watchdog_config(args, opts);
+    let wd = crate::scenario::watchdog_config(args.timeout(), args.max_time(), opts);
     let args = args.clone();
     run_watched(&wd, opts, args.scenario, cfg, move |cfg, mut run| {
         let result = (|| {

@@ -88,7 +88,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         .map_err(RunError::ReadKernel)?,
         None => crate::DEFAULT_KERNEL.to_vec(),
     };
-    let wd = crate::scenario::watchdog_config(args, opts);
+    let wd = crate::scenario::watchdog_config(args.timeout(), args.max_time(), opts);
     let args = args.clone();
     run_watched(&wd, opts, args.scenario, cfg, move |cfg, mut run| {
         let mut restoring = false;

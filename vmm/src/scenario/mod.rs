@@ -563,7 +563,7 @@ pub fn run_scenario_with(args: &RunConfig, opts: &RunOptions) -> Result<Outcome,
         .then(|| disk::Disk::prepare(args.disk.as_deref(), disk::BOOT_DISK_SIZE, 0))
         .transpose()?;
     cfg.disk = disk.as_ref().map(|d| d.path().to_owned());
-    let wd = watchdog_config(args, opts);
+    let wd = watchdog_config(args.timeout(), args.max_time(), opts);
     let scenario = args.scenario;
     let start = Instant::now();
     let args = args.clone();
@@ -614,11 +614,15 @@ where
     })?
 }
 
-/// The watchdog of a run of `args`.
-pub(crate) fn watchdog_config(args: &RunConfig, opts: &RunOptions) -> WatchdogConfig {
+/// The watchdog of a run: `--timeout` and `--max-time` as given.
+pub(crate) fn watchdog_config(
+    timeout: Duration,
+    max_time: Option<Duration>,
+    opts: &RunOptions,
+) -> WatchdogConfig {
     WatchdogConfig {
-        timeout: args.timeout(),
-        max_time: args.max_time(),
+        timeout,
+        max_time,
         handle_signals: opts.handle_signals,
         grace: watchdog::DEFAULT_GRACE,
     }

@@ -35,7 +35,7 @@ use crate::config::{ResumeConfig, RunConfig, Scenario};
 use crate::scenario::pingpong::{self, Seed};
 use crate::scenario::{Outcome, RunError, RunOptions, RunState};
 use crate::vm::vcpu::RegDump;
-use crate::vm::watchdog::{self, WatchdogConfig};
+use crate::vm::watchdog;
 use crate::vm::{Vm, VmConfig};
 
 /// Why a dump cannot be resumed, or the resumed run could not be carried
@@ -258,12 +258,7 @@ pub fn resume(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, ResumeE
         plan.at.direction.name(),
         plan.record.cycles
     );
-    let wd = WatchdogConfig {
-        timeout: args.timeout(),
-        max_time: args.max_time(),
-        handle_signals: opts.handle_signals,
-        grace: watchdog::DEFAULT_GRACE,
-    };
+    let wd = crate::scenario::watchdog_config(args.timeout(), args.max_time(), opts);
     let console = opts.console.clone();
     let kvm_device = opts.kvm_device.clone();
     let ledger = opts.ledger.clone();

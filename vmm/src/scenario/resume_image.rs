@@ -35,7 +35,6 @@ use crate::scenario::resume::ResumeError;
 use crate::scenario::{
     Outcome, RunError, RunOptions, RunState, Verdict, handle_message, run_tracked, run_watched,
 };
-use crate::vm::watchdog::{self, WatchdogConfig};
 use crate::vm::{BLOCK_DEVICE, Vm, VmConfig, VmEvent};
 
 /// Where the VMM enters A: the image's entry on A's control page stack
@@ -164,12 +163,7 @@ pub fn resume_image(args: &ResumeConfig, opts: &RunOptions) -> Result<Outcome, R
     if let Some(dev) = &opts.kvm_device {
         cfg.kvm_device = dev.clone();
     }
-    let wd = WatchdogConfig {
-        timeout: args.timeout(),
-        max_time: args.max_time(),
-        handle_signals: opts.handle_signals,
-        grace: watchdog::DEFAULT_GRACE,
-    };
+    let wd = crate::scenario::watchdog_config(args.timeout(), args.max_time(), opts);
     log::info!(
         "resuming kernel a from the image {}: entry {:#x}, {} pages, {} parked",
         args.file.display(),
