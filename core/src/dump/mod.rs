@@ -66,8 +66,8 @@ const PN_XNUM: u16 = 0xffff;
 /// Core-file notes are 4-byte aligned (`Elf64_Nhdr` is 12 bytes).
 const NOTE_ALIGN: usize = 4;
 
-/// `NT_PRSTATUS`: `struct elf_prstatus`.
-pub const NT_PRSTATUS: u32 = 1;
+/// `NT_PRSTATUS`: `struct elf_prstatus` (the vmcore's contract has it too).
+pub use kjump_abi::vmcore::NT_PRSTATUS;
 /// `NT_PRFPREG`: `struct user_fpregs_struct`, i.e. the FXSAVE area.
 pub const NT_PRFPREG: u32 = 2;
 /// Type of QEMU's `QEMU` note (`QEMUCPUState`).
