@@ -437,3 +437,109 @@ fn under_timeout_the_real_reason_is_given() {
         );
     }
 }
+
+/// Hostile settings of the two newest scenarios: each refused with one
+/// line, exit code 2, before any guest runs (the restore kernel included:
+/// it used to be read only after VM 1 had run, and a restore kernel linked
+/// past B's region loaded A's image over itself and hung).
+#[test]
+fn hostile_hibernate_and_crash_settings_are_refused_before_any_guest_runs() {
+    let d = scratch("hostile-hib-crash");
+    let not_elf = d.join("not-elf");
+    std::fs::write(&not_elf, "#!/bin/sh\n").unwrap();
+    let fifo = fifo(&d, "disk.pipe");
+    let small = d.join("small.raw");
+    std::fs::write(&small, vec![0u8; 4096]).unwrap();
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    let (not_elf, fifo, small, dir) = (p(&not_elf), p(&fifo), p(&small), p(&d));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--scenario", "hibernate", "--restore-kernel", &not_elf],
+            "--restore-kernel",
+        ),
+        (
+            &["--scenario", "hibernate", "--restore-kernel", &dir],
+            "not a regular file",
+        ),
+        (
+            &["--scenario", "hibernate", "--disk", &fifo],
+            "not a regular file",
+        ),
+        (
+            &["--scenario", "crash", "--disk", &dir],
+            "not a regular file",
+        ),
+        (&["--scenario", "crash", "--disk", &small], "needs at least"),
+        (&["--scenario", "hibernate", "--mem", "4097"], "--mem"),
+        (
+            &["--scenario", "hibernate", "--mem", "3221229568"],
+            "at most 3G",
+        ),
+        (
+            &["--scenario", "crash", "--mem", "0"],
+            "--mem 0 is too small",
+        ),
+        (
+            &["--scenario", "crash", "--mem", "32M"],
+            "--mem 32M is too small",
+        ),
+        (
+            &["--scenario", "crash", "--backup-size", "0"],
+            "--backup-size",
+        ),
+        (
+            &["--scenario", "crash", "--backup-size", "5242879"],
+            "whole 4 KiB pages",
+        ),
+        (
+            &[
+                "--scenario",
+                "crash",
+                "--backup-size",
+                "18446744073709551615",
+            ],
+            "--backup-size",
+        ),
+        (
+            &["--scenario", "crash", "--backup-size", "200M"],
+            "does not fit",
+        ),
+        (&["--scenario", "hibernate", "--cycles", "0"], "--cycles 0"),
+        // The most cycles there are: a fault in a cycle past them is
+        // refused, not an overflow.
+        (
+            &[
+                "--scenario",
+                "ping-pong",
+                "--cycles",
+                "18446744073709551615",
+                "--inject",
+                "b:forget-r12@18446744073709551615",
+            ],
+            "its effect shows in cycle",
+        ),
+    ];
+    for (args, says) in cases {
+        refused(args, says);
+    }
+    // The build's kernel linked at 6 MiB restores A, but not when B's
+    // region (where C runs) ends at 5 MiB.
+    let c = env!("KJUMP_GUEST_KERNEL_ALT");
+    if !c.is_empty() {
+        let err = refused(
+            &[
+                "--scenario",
+                "hibernate",
+                "--peer-mem",
+                "4M",
+                "--restore-kernel",
+                c,
+            ],
+            "the kernel is linked at 0x600000..",
+        );
+        assert!(
+            err.contains("past the end of kernel b's region at 0x500000"),
+            "{err}"
+        );
+    }
+}

@@ -251,10 +251,14 @@ impl RunConfig {
                 | InjectKind::Host(HostFault::Image(_))
                 | InjectKind::Restore { .. } => Ok(()),
                 // A fresh B boots in each cycle, the last one's included.
-                InjectKind::Host(HostFault::FlipBImage) if inj.host_cycle() <= cycles + 1 => Ok(()),
+                InjectKind::Host(HostFault::FlipBImage)
+                    if inj.host_cycle() <= cycles.saturating_add(1) =>
+                {
+                    Ok(())
+                }
                 InjectKind::Host(HostFault::FlipBImage) => refuse(format!(
                     "b boots in cycles 1 to {} of this run (use --cycles {} or more)",
-                    cycles + 1,
+                    cycles.saturating_add(1),
                     inj.host_cycle() - 1
                 )),
                 InjectKind::Guest {
@@ -342,7 +346,14 @@ impl RunConfig {
                 ) => return refuse("needs --scenario crash".into()),
                 (_, Kernel::A) => c,
                 // B's jump in cycle c comes back in cycle c + 1.
-                (_, Kernel::B) => c + 1,
+                (_, Kernel::B) => match c.checked_add(1) {
+                    Some(next) => next,
+                    None => {
+                        return refuse(format!(
+                            "its effect shows in cycle {c} + 1, past the most cycles a run has"
+                        ));
+                    }
+                },
             },
         };
         if shows_in > cycles {
@@ -540,5 +551,9 @@ mod tests {
         assert!(check("b:forget-r12", Some(3), Scenario::Boot, 10).is_err());
         assert!(check("ud2", None, Scenario::Boot, 10).is_ok());
         assert!(check("flip-a", Some(0), Scenario::PingPong, 10).is_err());
+        // The most cycles there are: no overflow counting the last B's.
+        assert!(check("flip-b-image", Some(5), Scenario::Hibernate, u64::MAX).is_ok());
+        assert!(check("flip-b-image", Some(3), Scenario::Hibernate, 1).is_err());
+        assert!(check("b:forget-r12", Some(u64::MAX), Scenario::PingPong, u64::MAX).is_err());
     }
 }

@@ -71,6 +71,13 @@ impl Layout {
         let top = kjump_core::layout::initramfs_addr(mem, initramfs_len).unwrap_or(0);
         if start + size + A_ROOM > top {
             let max = top.saturating_sub(A_ROOM + 2 * MIB) / 3;
+            if max < min {
+                return Err(format!(
+                    "--mem {} is too small for --scenario crash: the reserved region takes twice --backup-size (at least {}), and kernel a needs room of its own",
+                    format_size(mem),
+                    format_size(min)
+                ));
+            }
             return Err(format!(
                 "--backup-size {} does not fit in --mem {}: the reserved region takes twice it, and kernel a needs room of its own; at most about {} here",
                 format_size(backup),
@@ -345,6 +352,11 @@ mod tests {
         for bad in [0, 16 * MIB + 1, 4 * MIB, 200 * MIB] {
             let e = Layout::new(256 * MIB, bad, 4 * MIB).unwrap_err();
             assert!(e.starts_with("--backup-size"), "{e}");
+        }
+        // Where no backup size fits, --mem is what is wrong.
+        for mem in [0, 32 * MIB] {
+            let e = Layout::new(mem, 5 * MIB, 4 * MIB).unwrap_err();
+            assert!(e.contains("is too small for --scenario crash"), "{e}");
         }
     }
 }

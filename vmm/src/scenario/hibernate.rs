@@ -88,6 +88,12 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         .map_err(RunError::ReadKernel)?,
         None => crate::DEFAULT_KERNEL.to_vec(),
     };
+    if let Some(path) = &args.restore_kernel {
+        let b_end = kjump_abi::layout::HIGH_RAM_START + args.peer_mem;
+        check_restore_kernel(&restore_kernel, args.mem, b_end).map_err(|why| {
+            RunError::Settings(format!("--restore-kernel {}: {why}", path.display()))
+        })?;
+    }
     let wd = crate::scenario::watchdog_config(args.timeout(), args.max_time(), opts);
     let args = args.clone();
     run_watched(&wd, opts, args.scenario, cfg, move |cfg, mut run| {
@@ -321,7 +327,8 @@ impl<'a> Hibernation<'a> {
                         }
                         Some(Verdict::Pass)
                             if guest == "a"
-                                && self.tracker.cycles_completed() == self.cfg.cycles + 1 =>
+                                && self.tracker.cycles_completed()
+                                    == self.cfg.cycles.saturating_add(1) =>
                         {
                             let verdict = match &self.cfg.inject {
                                 Some(inj) => Verdict::Fail(format!(
@@ -563,6 +570,24 @@ impl<'a> Hibernation<'a> {
     }
 }
 
+/// Why the restore kernel `elf` cannot restore A in a VM of `mem` bytes
+/// whose B's region ends at `b_end`, checked before anything boots: it
+/// must be a kernel the VMM boots, and lie in B's region (C runs with
+/// `mem=` there and lets the device write A's image everywhere else, so a
+/// C linked elsewhere would load the image over itself).
+fn check_restore_kernel(elf: &[u8], mem: u64, b_end: u64) -> Result<(), String> {
+    let info = kjump_core::image::inspect_kernel(elf).map_err(|e| e.to_string())?;
+    kjump_core::image::check_kernel_fits(&info, mem).map_err(|e| e.to_string())?;
+    if info.end > b_end {
+        return Err(format!(
+            "the kernel is linked at {:#x}..{:#x}, past the end of kernel b's region at {b_end:#x} \
+             (1 MiB + --peer-mem): kernel c would load a's image over itself",
+            info.start, info.end
+        ));
+    }
+    Ok(())
+}
+
 /// The VM that restores A: the restore kernel, the same RAM size and disk,
 /// no initramfs; `mem=` keeps C to the region A's image does not cover.
 fn restore_config(
@@ -571,10 +596,13 @@ fn restore_config(
     hib: &Hibernation<'_>,
     kernel: Vec<u8>,
 ) -> Result<VmConfig, RunError> {
-    let mut cmdline = format!(
-        "{ROLE_KEY}=c {SCENARIO_KEY}=hibernate mem={:#x} {BLOCK_DEVICE}",
-        hib.peer_end()?
-    );
+    let peer_end = hib.peer_end()?;
+    // A's kimage says where B's region ends; C must fit below it.
+    check_restore_kernel(&kernel, args.mem, peer_end).map_err(|why| {
+        RunError::Settings(format!("the restore kernel cannot restore a here: {why}"))
+    })?;
+    let mut cmdline =
+        format!("{ROLE_KEY}=c {SCENARIO_KEY}=hibernate mem={peer_end:#x} {BLOCK_DEVICE}");
     if let Some(level) = kjump_abi::cmdline::get(&cfg.cmdline, LOG_KEY) {
         cmdline.push_str(&format!(" {LOG_KEY}={level}"));
     }
