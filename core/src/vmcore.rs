@@ -63,13 +63,43 @@ pub fn check_untouched(
     Ok(out)
 }
 
-/// Checks the registers of a vmcore's `NT_PRSTATUS` note against the vCPU
-/// state `vcpu` of the kernel it claims to hold (the VMM's own capture at
-/// the kernel's last checkpoint): every register of `pr_reg` must be the
-/// same. One register mismatch per register that differs, named.
+/// Checks a vmcore's `NT_PRSTATUS` note against the vCPU state `vcpu` of
+/// the kernel it claims to hold (the VMM's own capture at the kernel's
+/// last checkpoint): every register of `pr_reg` must be the same, and
+/// every other byte of the note what the contract puts there
+/// ([`kjump_abi::vmcore::prstatus`]: `pr_pid` 1, no signal, no times, no
+/// FPU registers; a note claiming a signal or FPU state the kernel never
+/// had is as wrong as a wrong register). One mismatch per register or
+/// field that differs, named.
 pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At) -> Vec<Mismatch> {
-    use kjump_abi::vmcore::{PRSTATUS_REG_NAMES, prstatus_regs};
+    use kjump_abi::vmcore::{PRSTATUS_FIELDS, PRSTATUS_REG_NAMES, prstatus, prstatus_regs};
     let expected = crate::dump::write::prstatus_regs(vcpu);
+    let contract = prstatus(&expected, false);
+    let note = image.prstatus().unwrap_or_default();
+    let fields = PRSTATUS_FIELDS
+        .iter()
+        .filter(|(_, o, n)| note.len() >= o + n && note[*o..o + n] != contract[*o..o + n])
+        .map(|&(name, o, n)| {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let (e, f) = (hex(&contract[o..o + n]), hex(&note[o..o + n]));
+            Mismatch {
+                at: at.clone(),
+                kind: MismatchKind::Register,
+                name: Some(format!("NT_PRSTATUS.{name}")),
+                address: None,
+                location: None,
+                expected: e.clone(),
+                actual: f.clone(),
+                ranges: Vec::new(),
+                hexdump: None,
+                symbol: None,
+                note: Some(format!(
+                    "the vmcore's NT_PRSTATUS holds {name} = {f} (bytes {o}..{}, little-endian); the crashed kernel's is {e}",
+                    o + n
+                )),
+            }
+        });
+    let fields: Vec<Mismatch> = fields.collect();
     let Some(found) = image.prstatus().and_then(prstatus_regs) else {
         return vec![Mismatch {
             at: at.clone(),
@@ -85,7 +115,7 @@ pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At
             note: Some("the vmcore has no NT_PRSTATUS note".to_owned()),
         }];
     };
-    PRSTATUS_REG_NAMES
+    let regs = PRSTATUS_REG_NAMES
         .iter()
         .zip(expected.iter().zip(found.iter()))
         .filter(|(_, (e, f))| e != f)
@@ -103,8 +133,79 @@ pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At
             note: Some(format!(
                 "the vmcore's NT_PRSTATUS holds {name} {f:#x}; the kernel had {e:#x} at its checkpoint"
             )),
+        });
+    regs.chain(fields).collect()
+}
+
+/// Checks the vmcore's ELF entry (`e_entry`: where the crashed kernel
+/// was, its rip at death) against `vcpu`'s rip, the VMM's own capture:
+/// one register mismatch named `e_entry` when they differ.
+pub fn check_entry(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At) -> Option<Mismatch> {
+    let (e, f) = (vcpu.regs.rip, image.entry());
+    (e != f).then(|| Mismatch {
+        at: at.clone(),
+        kind: MismatchKind::Register,
+        name: Some("e_entry".to_owned()),
+        address: None,
+        location: None,
+        expected: format!("{e:#x}"),
+        actual: format!("{f:#x}"),
+        ranges: Vec::new(),
+        hexdump: None,
+        symbol: None,
+        note: Some(format!(
+            "the vmcore's ELF entry (the crashed kernel's rip) is {f:#x}; the kernel was at {e:#x}"
+        )),
+    })
+}
+
+/// Checks that every page the vmcore holds is one of kernel `k`'s pages
+/// it should hold (`ks`: a page of `k`'s view at its checkpoint, outside
+/// what the vmcore leaves out): a vmcore that holds pages the kernel never
+/// had (beyond its RAM, in the region reserved for the capture kernel)
+/// claims memory that was not there. One memory mismatch per run of such
+/// pages.
+pub fn check_claimed(
+    image: &DiskImage,
+    k: Kernel,
+    ks: impl Fn(u64) -> bool,
+    at: &At,
+) -> Vec<Mismatch> {
+    let page = PAGE_SIZE as u64;
+    let not_k = |p: u64| !ks(p);
+    let mut out = Vec::new();
+    let mut push = |(s, e): (u64, u64)| {
+        out.push(Mismatch {
+            at: at.clone(),
+            kind: MismatchKind::Memory,
+            name: Some(format!("{} page(s) not kernel {}'s in the vmcore, from", (e - s) / page, k.name())),
+            address: Some(s),
+            location: Some(s),
+            expected: "(not in the vmcore)".to_owned(),
+            actual: format!("{} page(s)", (e - s) / page),
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: None,
+            note: Some(format!(
+                "the vmcore holds [{s:#x}..{e:#x}), which was not kernel {}'s memory (outside its RAM, or in the region the vmcore leaves out)",
+                k.name()
+            )),
         })
-        .collect()
+    };
+    for r in image.ranges() {
+        let mut run: Option<(u64, u64)> = None;
+        for p in (r.start..r.start.saturating_add(r.len)).step_by(PAGE_SIZE) {
+            if not_k(p) {
+                run = Some(run.map_or((p, p + page), |(s, _)| (s, p + page)));
+            } else if let Some(done) = run.take() {
+                push(done);
+            }
+        }
+        if let Some(done) = run {
+            push(done);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -113,17 +214,146 @@ mod tests {
     use kjump_abi::hibimage::{Range, checksum, header_size, write_vmcore_headers};
 
     fn vmcore(path: &std::path::Path, regs: &[u64; kjump_abi::vmcore::PRSTATUS_NREGS]) {
-        let data = vec![3u8; PAGE_SIZE];
-        let r = [Range {
-            start: 0x10_0000,
-            len: PAGE_SIZE as u64,
-            checksum: checksum(&data),
-        }];
-        let mut img = vec![0u8; header_size(1) as usize];
         let p = kjump_abi::vmcore::prstatus(regs, false);
-        write_vmcore_headers(&mut img, regs[16], &r, &p).unwrap();
-        img.extend_from_slice(&data);
+        vmcore_of(path, regs[16], &[(0x10_0000, 1)], &p);
+    }
+
+    /// A vmcore entered at `entry` of `(start, pages)` ranges, with the
+    /// note `p`.
+    fn vmcore_of(
+        path: &std::path::Path,
+        entry: u64,
+        ranges: &[(u64, usize)],
+        p: &[u8; kjump_abi::vmcore::PRSTATUS_SIZE],
+    ) {
+        let data: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|&(_, n)| vec![3u8; n * PAGE_SIZE])
+            .collect();
+        let r: Vec<Range> = ranges
+            .iter()
+            .zip(&data)
+            .map(|(&(start, _), d)| Range {
+                start,
+                len: d.len() as u64,
+                checksum: checksum(d),
+            })
+            .collect();
+        let mut img = vec![0u8; header_size(r.len()) as usize];
+        write_vmcore_headers(&mut img, entry, &r, p).unwrap();
+        data.iter().for_each(|d| img.extend_from_slice(d));
         std::fs::write(path, img).unwrap();
+    }
+
+    fn at() -> At {
+        At {
+            checkpoint: 0,
+            cycle: 1,
+            kernel: "a".into(),
+            direction: "vmcore".into(),
+        }
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("kjump-vmcore-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn every_byte_of_nt_prstatus_beyond_the_registers_is_checked_and_named() {
+        let mut vcpu = crate::state::VcpuState::default();
+        vcpu.regs.rip = 0x20_1001;
+        let regs = crate::dump::write::prstatus_regs(&vcpu);
+        let p = tmp("fields");
+        // The registers right, but a signal A never got, a pid and FPU
+        // registers claimed.
+        let mut note = kjump_abi::vmcore::prstatus(&regs, false);
+        note[12] = 11;
+        note[32] = 7;
+        note[328] = 1;
+        vmcore_of(&p, regs[16], &[(0x10_0000, 1)], &note);
+        let img = DiskImage::open_vmcore(&p).unwrap();
+        let m = check_prstatus(&img, &vcpu, &at());
+        let names: Vec<_> = m.iter().map(|m| m.name.as_deref().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "NT_PRSTATUS.pr_cursig",
+                "NT_PRSTATUS.pr_pid",
+                "NT_PRSTATUS.pr_fpvalid"
+            ]
+        );
+        assert_eq!(
+            (m[0].expected.as_str(), m[0].actual.as_str()),
+            ("0000", "0b00")
+        );
+        assert_eq!(m[1].actual, "07000000");
+        assert!(
+            m[2].note.as_deref().unwrap().contains("bytes 328..332"),
+            "{m:?}"
+        );
+        // Any byte outside pr_reg: the padding too.
+        let mut note = kjump_abi::vmcore::prstatus(&regs, false);
+        note[335] = 0xff;
+        vmcore_of(&p, regs[16], &[(0x10_0000, 1)], &note);
+        let img = DiskImage::open_vmcore(&p).unwrap();
+        let m = check_prstatus(&img, &vcpu, &at());
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m[0].name.as_deref(),
+            Some("NT_PRSTATUS.(padding at the end)")
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn the_vmcore_entry_is_the_crashed_kernels_rip() {
+        let mut vcpu = crate::state::VcpuState::default();
+        vcpu.regs.rip = 0x20_1001;
+        let regs = crate::dump::write::prstatus_regs(&vcpu);
+        let note = kjump_abi::vmcore::prstatus(&regs, false);
+        let p = tmp("entry");
+        vmcore_of(&p, 0x20_1001, &[(0x10_0000, 1)], &note);
+        let img = DiskImage::open_vmcore(&p).unwrap();
+        assert!(check_entry(&img, &vcpu, &at()).is_none());
+        // NT_PRSTATUS right, e_entry elsewhere.
+        vmcore_of(&p, 0x20_5000, &[(0x10_0000, 1)], &note);
+        let img = DiskImage::open_vmcore(&p).unwrap();
+        assert!(check_prstatus(&img, &vcpu, &at()).is_empty());
+        let m = check_entry(&img, &vcpu, &at()).expect("caught");
+        assert_eq!(m.name.as_deref(), Some("e_entry"));
+        assert_eq!(
+            (m.expected.as_str(), m.actual.as_str()),
+            ("0x201001", "0x205000")
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn pages_the_kernel_never_had_are_named_in_runs() {
+        let regs = [0u64; kjump_abi::vmcore::PRSTATUS_NREGS];
+        let note = kjump_abi::vmcore::prstatus(&regs, false);
+        let p = tmp("claimed");
+        // A's memory is [0, 16 MiB) but the reserved [4 MiB, 8 MiB).
+        let ks = |a: u64| a < 0x100_0000 && !(0x40_0000..0x80_0000).contains(&a);
+        vmcore_of(&p, 0, &[(0x10_0000, 2), (0xff_e000, 2)], &note);
+        let img = DiskImage::open_vmcore(&p).unwrap();
+        assert!(check_claimed(&img, Kernel::A, ks, &at()).is_empty());
+        // Two pages of the reserved region and one past the end of RAM.
+        vmcore_of(&p, 0, &[(0x3f_f000, 3), (0xff_f000, 2)], &note);
+        let img = DiskImage::open_vmcore(&p).unwrap();
+        let m = check_claimed(&img, Kernel::A, ks, &at());
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[0].address, Some(0x40_0000));
+        assert_eq!(m[0].actual, "2 page(s)");
+        assert_eq!(m[1].address, Some(0x100_0000));
+        assert!(
+            m[1].note
+                .as_deref()
+                .unwrap()
+                .contains("[0x1000000..0x1001000)"),
+            "{m:?}"
+        );
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]

@@ -25,6 +25,28 @@ pub const PRSTATUS_REG_NAMES: [&str; PRSTATUS_NREGS] = [
     "rdi", "orig_rax", "rip", "cs", "rflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs",
     "gs",
 ];
+/// The fields of `struct elf_prstatus` around `pr_reg`, as `(name,
+/// offset, size)` in byte order (include/uapi/linux/elfcore.h; x86_64:
+/// `pr_info` is three ints, the times two longs each); the padding after
+/// `pr_cursig` and at the end is named too, so every byte has a name.
+pub const PRSTATUS_FIELDS: [(&str, usize, usize); 15] = [
+    ("pr_info", 0, 12),
+    ("pr_cursig", 12, 2),
+    ("(padding after pr_cursig)", 14, 2),
+    ("pr_sigpend", 16, 8),
+    ("pr_sighold", 24, 8),
+    ("pr_pid", PRSTATUS_PID, 4),
+    ("pr_ppid", 36, 4),
+    ("pr_pgrp", 40, 4),
+    ("pr_sid", 44, 4),
+    ("pr_utime", 48, 16),
+    ("pr_stime", 64, 16),
+    ("pr_cutime", 80, 16),
+    ("pr_cstime", 96, 16),
+    ("pr_fpvalid", PRSTATUS_FPVALID, 4),
+    ("(padding at the end)", PRSTATUS_FPVALID + 4, 4),
+];
+
 /// Number of registers in `pr_reg`.
 pub const PRSTATUS_NREGS: usize = 27;
 /// Index of `orig_rax` (-1: not in a system call).
@@ -157,6 +179,15 @@ mod tests {
         assert_eq!(prstatus_regs(&b[..100]), None);
         assert_eq!(PRSTATUS_REG_NAMES[16], "rip");
         assert_eq!(PRSTATUS_REGS + 8 * PRSTATUS_NREGS, 328);
+        // The fields and pr_reg cover every byte once.
+        let mut covered = [0u8; PRSTATUS_SIZE];
+        for (_, o, n) in PRSTATUS_FIELDS {
+            covered[o..o + n].iter_mut().for_each(|c| *c += 1);
+        }
+        covered[PRSTATUS_REGS..PRSTATUS_FPVALID]
+            .iter_mut()
+            .for_each(|c| *c += 1);
+        assert!(covered.iter().all(|&c| c == 1));
         let c = CrashInfo {
             notes: 1,
             rip: 2,

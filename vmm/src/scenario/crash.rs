@@ -26,7 +26,7 @@ use kjump_core::checkpoint::Kernel;
 use kjump_core::hibimage::{DiskImage, DiskImageError, check_pages};
 use kjump_core::oracle::Oracle;
 use kjump_core::report::{AllowedField, At, Mismatch, MismatchKind};
-use kjump_core::vmcore::{check_prstatus, check_untouched};
+use kjump_core::vmcore::{check_claimed, check_entry, check_prstatus, check_untouched};
 
 use super::hibernate::{Hibernation, disk_scenario_config, first_line, first_mismatch};
 use crate::config::{RunConfig, format_size};
@@ -277,7 +277,16 @@ fn check_vmcore(
     let Some((_, machine, _)) = oracle.left(Kernel::A, vm.memory()) else {
         return Err(RunError::Protocol("kernel a panicked without a record"));
     };
+    mismatches.extend(check_entry(&image, machine.vcpu(), at));
     mismatches.extend(check_prstatus(&image, machine.vcpu(), at));
+    // Nothing in the vmcore but A's memory outside the reserved region.
+    let view = oracle.record(Kernel::A).view.as_ref();
+    mismatches.extend(check_claimed(
+        &image,
+        Kernel::A,
+        |p| !layout.in_reserved(p) && view.is_some_and(|v| v.get(p).is_some()),
+        at,
+    ));
     let pages = check_pages(
         &image,
         oracle,
