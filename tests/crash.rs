@@ -430,3 +430,27 @@ fn a_bad_backup_size_is_one_error_line_and_exit_code_2() {
 fn crash_with_backup(size: &str) -> std::process::Output {
     kjump(&["--scenario", "crash", "--mem", "64M", "--backup-size", size])
 }
+
+#[test]
+fn a_b_that_powers_off_without_writing_finds_no_vmcore_of_an_earlier_run() {
+    if !kvm_or_skip("a_b_that_powers_off_without_writing_finds_no_vmcore_of_an_earlier_run") {
+        return;
+    }
+    // A disk that holds a good vmcore of this very A (an earlier run's):
+    // a B that writes nothing must not pass on it.
+    let dir = scratch("crash-power-off-early");
+    let disk = dir.join("disk.raw");
+    let d = disk.to_str().unwrap();
+    assert_exit(&crash(&["--disk", d, "-q"]), 0);
+    assert!(Header::parse_vmcore(&std::fs::read(&disk).unwrap()).is_ok());
+    let (out, err) = assert_exit(&crash(&["--disk", d, "--inject", "b:power-off-early"]), 1);
+    assert!(
+        out.contains("b: INJECTED FAULT: powering off without writing"),
+        "{out}\n{err}"
+    );
+    assert!(
+        out.contains("kernel b's vmcore of a: ") && out.contains("not an ELF"),
+        "{out}\n{err}"
+    );
+    assert!(!out.contains("was not caught"), "{out}");
+}

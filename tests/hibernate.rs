@@ -531,3 +531,33 @@ fn a_fresh_b_from_the_kimage_reloaded_after_a_restore_is_checked_at_its_first_en
         "{err}"
     );
 }
+
+#[test]
+fn a_b_that_powers_off_without_writing_finds_no_image_of_an_earlier_hibernation() {
+    if !kvm_or_skip("a_b_that_powers_off_without_writing_finds_no_image_of_an_earlier_hibernation")
+    {
+        return;
+    }
+    // The disk holds a good image of this very A from an earlier run; in
+    // the run's second hibernation it holds the first one's (C restored
+    // from it). A B that writes nothing passes on neither.
+    let dir = scratch("hibernate-power-off-early");
+    let disk = dir.join("disk.raw");
+    let d = disk.to_str().unwrap();
+    assert_exit(&hibernate(&["--disk", d, "-q"]), 0);
+    for (cycles, fault) in [("1", "b:power-off-early"), ("2", "b:power-off-early@2")] {
+        let (out, err) = assert_exit(
+            &hibernate(&["--disk", d, "--cycles", cycles, "--inject", fault]),
+            1,
+        );
+        assert!(
+            out.contains("b: INJECTED FAULT: powering off without writing"),
+            "{fault}: {out}\n{err}"
+        );
+        assert!(
+            out.contains("kernel b's image of a: ") && out.contains("not an ELF"),
+            "{fault}: {out}\n{err}"
+        );
+        assert!(!out.contains("was not caught"), "{fault}: {out}");
+    }
+}

@@ -516,7 +516,7 @@ fn hostile_hibernate_and_crash_settings_are_refused_before_any_guest_runs() {
                 "--inject",
                 "b:forget-r12@18446744073709551615",
             ],
-            "its effect shows in cycle",
+            "past the most cycles a run has",
         ),
     ];
     for (args, says) in cases {

@@ -106,6 +106,10 @@ pub enum JumpFault {
     /// The capture kernel writes one word just past its region, into A's
     /// memory: `write-outside-reserved` (B, crash).
     WriteOutsideReserved,
+    /// The saving kernel powers off without writing anything to the disk
+    /// (its vmcore or image of A): `power-off-early` (B, crash and
+    /// hibernate).
+    PowerOffEarly,
 }
 
 /// A guest-side fault.
@@ -237,6 +241,11 @@ pub const CATALOG: &[Entry] = &[
         what: "the capture kernel writes one word just past its region, into a's memory",
     },
     Entry {
+        name: "power-off-early",
+        who: Who::BOnly,
+        what: "b powers off without writing a's vmcore or image to the disk",
+    },
+    Entry {
         name: "hang",
         who: Who::Both,
         what: "the kernel spins with interrupts off: the watchdog stops it",
@@ -311,6 +320,7 @@ impl Fault {
             "no-backup-read" => Self::Jump(J::NoBackupRead),
             "vmcore-skip" => Self::Jump(J::VmcoreSkip),
             "write-outside-reserved" => Self::Jump(J::WriteOutsideReserved),
+            "power-off-early" => Self::Jump(J::PowerOffEarly),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -360,6 +370,7 @@ impl Fault {
             Self::Jump(J::NoBackupRead) => "no-backup-read",
             Self::Jump(J::VmcoreSkip) => "vmcore-skip",
             Self::Jump(J::WriteOutsideReserved) => "write-outside-reserved",
+            Self::Jump(J::PowerOffEarly) => "power-off-early",
         };
         CATALOG
             .iter()
@@ -391,7 +402,8 @@ impl JumpFault {
             | Self::NoBackup
             | Self::NoBackupRead
             | Self::VmcoreSkip
-            | Self::WriteOutsideReserved => 0,
+            | Self::WriteOutsideReserved
+            | Self::PowerOffEarly => 0,
         }
     }
 }

@@ -226,13 +226,26 @@ impl RunConfig {
         if inj.cycle == Some(0) {
             return refuse("cycles count from 1".into());
         }
+        let next_cycle = |c: u64| {
+            c.checked_add(1).ok_or_else(|| {
+                FaultError::NotFor(format!(
+                    "--inject {}: its effect shows in the cycle after {c}, past the most cycles a run has",
+                    inj.name()
+                ))
+            })
+        };
         if scenario == Scenario::Hibernate {
             // Its image faults (B's, A's, C's and the host's, in any of
             // the run's hibernations), B's first delivery in any cycle,
             // and A's stop faults at boot.
             return match &inj.kind {
                 InjectKind::Guest {
-                    fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
+                    fault:
+                        Fault::Jump(
+                            JumpFault::ImageSkipPage
+                            | JumpFault::NoDeviceResume
+                            | JumpFault::PowerOffEarly,
+                        ),
                     ..
                 }
                 | InjectKind::Host(HostFault::Image(_))
@@ -245,7 +258,12 @@ impl RunConfig {
                     ))
                 }
                 InjectKind::Guest {
-                    fault: Fault::Jump(JumpFault::ImageSkipPage | JumpFault::NoDeviceResume),
+                    fault:
+                        Fault::Jump(
+                            JumpFault::ImageSkipPage
+                            | JumpFault::NoDeviceResume
+                            | JumpFault::PowerOffEarly,
+                        ),
                     ..
                 }
                 | InjectKind::Host(HostFault::Image(_))
@@ -279,7 +297,8 @@ impl RunConfig {
                             | JumpFault::StaleCrashNotes
                             | JumpFault::NoBackupRead
                             | JumpFault::VmcoreSkip
-                            | JumpFault::WriteOutsideReserved,
+                            | JumpFault::WriteOutsideReserved
+                            | JumpFault::PowerOffEarly,
                         ),
                     ..
                 } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
@@ -328,7 +347,9 @@ impl RunConfig {
                 ..
             } => match (j, kernel) {
                 // Recorded wrong on the way back, seen at the next jump.
-                (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => c + 1,
+                (JumpFault::WrongReentrySlot | JumpFault::LosePreserve, Kernel::A) => {
+                    next_cycle(c)?
+                }
                 (JumpFault::WriteOutside, _) => c,
                 (
                     JumpFault::ImageSkipPage | JumpFault::NoDeviceResume | JumpFault::NoTrampoline,
@@ -344,16 +365,12 @@ impl RunConfig {
                     | JumpFault::WriteOutsideReserved,
                     _,
                 ) => return refuse("needs --scenario crash".into()),
+                (JumpFault::PowerOffEarly, _) => {
+                    return refuse("needs --scenario crash or hibernate".into());
+                }
                 (_, Kernel::A) => c,
                 // B's jump in cycle c comes back in cycle c + 1.
-                (_, Kernel::B) => match c.checked_add(1) {
-                    Some(next) => next,
-                    None => {
-                        return refuse(format!(
-                            "its effect shows in cycle {c} + 1, past the most cycles a run has"
-                        ));
-                    }
-                },
+                (_, Kernel::B) => next_cycle(c)?,
             },
         };
         if shows_in > cycles {

@@ -189,6 +189,9 @@ pub fn run_b(boot: &BootInfo) -> ! {
     let (cp, _) = load::setup_control_pages(Role::B, map_top);
     let injected = Injected::from_cmdline(boot);
     let fault = injected.jump(1);
+    if fault == Some(JumpFault::PowerOffEarly) {
+        super::hibernate::power_off_early();
+    }
 
     // A's core header and crash information, where A left them.
     let mut page = [0u8; PAGE_SIZE as usize];

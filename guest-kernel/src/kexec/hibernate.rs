@@ -196,7 +196,11 @@ pub fn run_b(boot: &BootInfo) -> ! {
     // `image-skip-page`: the first page of A's with data above B's region
     // is left out.
     let cycle = arg(CYCLE_KEY).unwrap_or(1);
-    let skip = match super::faults::Injected::from_cmdline(boot).jump(cycle) {
+    let fault = super::faults::Injected::from_cmdline(boot).jump(cycle);
+    if fault == Some(JumpFault::PowerOffEarly) {
+        power_off_early();
+    }
+    let skip = match fault {
         Some(JumpFault::ImageSkipPage) => in_ring3(
             cp,
             first_nonzero_ring3,
@@ -406,6 +410,16 @@ pub fn run_c(boot: &BootInfo) -> ! {
     }
     img.jump();
     fail(format_args!("c: a came back to me"))
+}
+
+/// The `power-off-early` fault: B reports its verdict (pass) and powers
+/// off without writing a byte to the disk, so what the VMM finds there is
+/// whatever the disk held before.
+pub(super) fn power_off_early() -> ! {
+    let msg = "b: INJECTED FAULT: powering off without writing a's image to the disk";
+    crate::println!("{msg}");
+    crate::harness::verdict(true, msg);
+    crate::halt_forever()
 }
 
 /// The `no-trampoline` fault: C's jump enters A's re-entry routine

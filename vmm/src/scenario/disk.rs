@@ -110,6 +110,25 @@ impl Disk {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Zeroes the disk, keeping its size (a file cut to nothing and grown
+    /// back: sparse, so this costs no writes): what the VMM reads back
+    /// later was written since, never left from an earlier run or cycle.
+    pub fn wipe(&self) -> Result<(), DiskError> {
+        wipe(&self.path)
+    }
+}
+
+/// [`Disk::wipe`] of the disk file at `path`.
+pub fn wipe(path: &Path) -> Result<(), DiskError> {
+    let stat = |source| DiskError::Stat {
+        path: path.to_owned(),
+        source,
+    };
+    let f = OpenOptions::new().write(true).open(path).map_err(stat)?;
+    let len = f.metadata().map_err(stat)?.len();
+    f.set_len(0).map_err(stat)?;
+    f.set_len(len).map_err(stat)
 }
 
 impl Drop for Disk {
@@ -150,6 +169,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192);
         // Used as it is the next time; too small for a bigger need.
         assert!(Disk::prepare(Some(&p), 1 << 20, 8192).is_ok());
+        // A wiped disk keeps its size and holds zeros only.
+        std::fs::write(&p, vec![0x5a; 8192]).unwrap();
+        Disk::prepare(Some(&p), 8192, 8192).unwrap().wipe().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), vec![0; 8192]);
         assert!(matches!(
             Disk::prepare(Some(&p), 1 << 20, 1 << 20),
             Err(DiskError::TooSmall { size: 8192, .. })

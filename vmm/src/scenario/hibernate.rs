@@ -100,6 +100,7 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
         let mut restoring = false;
         let result = (|| -> Result<Outcome, RunError> {
             let mut hib = Hibernation::new(&args, &cfg.kernel, &mut run);
+            hib.disk = Some(disk.path().to_owned());
             let mut vm = Vm::new(&cfg)?;
             hib.new_vm(&mut vm, false);
             loop {
@@ -174,6 +175,9 @@ pub(crate) fn disk_scenario_config(
     check_settings(args, cfg.initramfs.as_ref().map_or(0, |i| i.len() as u64))?;
     check(&mut cfg)?;
     let disk = Disk::prepare(args.disk.as_deref(), disk_size, disk_size)?;
+    // B's image (or vmcore) is to be found on the disk after B ran: an
+    // image a disk kept from an earlier run is not B's work.
+    disk.wipe()?;
     cfg.disk = Some(disk.path().to_owned());
     cfg.irqchip = true;
     Ok((cfg, disk))
@@ -200,6 +204,9 @@ pub(crate) struct Hibernation<'a> {
     /// Harness time between checkpoints (B's first delivery), charged to
     /// the next checkpoint.
     carried: CheckpointRecord,
+    /// The disk B saves A to, wiped once C has restored A from it when
+    /// another B is to save A, so the next image found there is that B's.
+    disk: Option<std::path::PathBuf>,
 }
 
 impl<'a> Hibernation<'a> {
@@ -235,6 +242,7 @@ impl<'a> Hibernation<'a> {
             restoring: false,
             c_jumped: false,
             carried: CheckpointRecord::default(),
+            disk: None,
         }
     }
 
@@ -473,6 +481,15 @@ impl<'a> Hibernation<'a> {
             (Kernel::A, Direction::Resume) => {
                 if restored {
                     self.restoring = false;
+                    // Another B is to save A here: the image C restored
+                    // from goes (after the last restore the disk keeps it).
+                    if let Some(disk) = self
+                        .disk
+                        .as_ref()
+                        .filter(|_| self.hibernations < self.cfg.cycles)
+                    {
+                        crate::scenario::disk::wipe(disk)?;
+                    }
                     log::info!(
                         "kernel a resumed in a new VM: {} pages of its view, its registers and devices as it left them",
                         j.pages_compared
