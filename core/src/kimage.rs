@@ -151,6 +151,14 @@ impl Kimage {
         {
             return Err(KimageError::Bad("peer region empty or misaligned"));
         }
+        // The VMM boots the restore kernel with `mem=` its end and checks
+        // the peer's pages there: it must be RAM.
+        if !in_ram(mem, peer_start, peer_end - peer_start) {
+            return Err(KimageError::OutsideRam {
+                what: "peer region",
+                addr: peer_start,
+            });
+        }
         let head = args[KimageArgs::HEAD];
         let head2 = args[KimageArgs::HEAD2];
         let moves = parked;
@@ -270,6 +278,26 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_region_outside_ram_is_refused() {
+        let m = mem();
+        let mut lm = M(&m, 0x90_0000);
+        let mut b = Builder::new();
+        b.add_page(&mut lm, 0x10_0000, 0xa0_0000).unwrap();
+        let (head, _) = b.finish(&mut lm).unwrap();
+        for end in [u64::MAX & !(PAGE_SIZE - 1), 1 << 40] {
+            let mut a = args(head);
+            a[KimageArgs::PEER_END] = end;
+            assert!(matches!(
+                Kimage::read(&m, &a),
+                Err(KimageError::OutsideRam {
+                    what: "peer region",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
     fn a_parked_list_is_read_where_it_is_parked() {
         let m = mem();
         let mut lm = M(&m, 0x90_0000);
@@ -311,6 +339,9 @@ mod tests {
         m.write_obj(kimage::IND_DONE, GuestAddress(0x7ff8)).unwrap();
         let mut a = args(kimage::IND_INDIRECTION);
         a[KimageArgs::CONTROL] = 0;
+        // The peer region in this RAM.
+        a[KimageArgs::PEER_START] = 0x1000;
+        a[KimageArgs::PEER_END] = 0x2000;
         assert!(Kimage::read(&m, &a).unwrap().parked.is_empty());
         // The last page links back to the first: refused after 4096
         // entries (not MAX_ENTRIES, seconds of walking).

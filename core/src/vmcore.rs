@@ -159,14 +159,16 @@ pub fn check_entry(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At) -
     })
 }
 
-/// Checks that every page the vmcore holds is one of kernel `k`'s pages
-/// it should hold (`ks`: a page of `k`'s view at its checkpoint, outside
-/// what the vmcore leaves out): a vmcore that holds pages the kernel never
-/// had (beyond its RAM, in the region reserved for the capture kernel)
-/// claims memory that was not there. One memory mismatch per run of such
-/// pages.
+/// Checks that every page the image (`what`: "vmcore", "image") holds is
+/// one of kernel `k`'s pages it should hold (`ks`: for a vmcore a page of
+/// `k`'s view at its checkpoint outside the reserved region; for a
+/// hibernation image RAM outside B's region): an image that holds pages
+/// the kernel never had (beyond its RAM, in the region reserved for the
+/// capture kernel, where the restore kernel runs) claims memory that was
+/// not there. One memory mismatch per run of such pages.
 pub fn check_claimed(
     image: &DiskImage,
+    what: &str,
     k: Kernel,
     ks: impl Fn(u64) -> bool,
     at: &At,
@@ -178,16 +180,20 @@ pub fn check_claimed(
         out.push(Mismatch {
             at: at.clone(),
             kind: MismatchKind::Memory,
-            name: Some(format!("{} page(s) not kernel {}'s in the vmcore, from", (e - s) / page, k.name())),
+            name: Some(format!(
+                "{} page(s) not kernel {}'s in the {what}, from",
+                (e - s) / page,
+                k.name()
+            )),
             address: Some(s),
             location: Some(s),
-            expected: "(not in the vmcore)".to_owned(),
+            expected: format!("(not in the {what})"),
             actual: format!("{} page(s)", (e - s) / page),
             ranges: Vec::new(),
             hexdump: None,
             symbol: None,
             note: Some(format!(
-                "the vmcore holds [{s:#x}..{e:#x}), which was not kernel {}'s memory (outside its RAM, or in the region the vmcore leaves out)",
+                "the {what} holds [{s:#x}..{e:#x}), which was not kernel {}'s memory (outside its RAM, or in a region the {what} leaves out)",
                 k.name()
             )),
         })
@@ -337,11 +343,11 @@ mod tests {
         let ks = |a: u64| a < 0x100_0000 && !(0x40_0000..0x80_0000).contains(&a);
         vmcore_of(&p, 0, &[(0x10_0000, 2), (0xff_e000, 2)], &note);
         let img = DiskImage::open_vmcore(&p).unwrap();
-        assert!(check_claimed(&img, Kernel::A, ks, &at()).is_empty());
+        assert!(check_claimed(&img, "vmcore", Kernel::A, ks, &at()).is_empty());
         // Two pages of the reserved region and one past the end of RAM.
         vmcore_of(&p, 0, &[(0x3f_f000, 3), (0xff_f000, 2)], &note);
         let img = DiskImage::open_vmcore(&p).unwrap();
-        let m = check_claimed(&img, Kernel::A, ks, &at());
+        let m = check_claimed(&img, "vmcore", Kernel::A, ks, &at());
         assert_eq!(m.len(), 2, "{m:?}");
         assert_eq!(m[0].address, Some(0x40_0000));
         assert_eq!(m[0].actual, "2 page(s)");

@@ -283,6 +283,7 @@ fn check_vmcore(
     let view = oracle.record(Kernel::A).view.as_ref();
     mismatches.extend(check_claimed(
         &image,
+        "vmcore",
         Kernel::A,
         |p| !layout.in_reserved(p) && view.is_some_and(|v| v.get(p).is_some()),
         at,

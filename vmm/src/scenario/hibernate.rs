@@ -549,13 +549,24 @@ impl<'a> Hibernation<'a> {
                 "b",
             )));
         }
-        let check = check_against_record(&image, &self.oracle, Kernel::A, vm.memory(), &at)
+        let mut check = check_against_record(&image, &self.oracle, Kernel::A, vm.memory(), &at)
             .map_err(|source| {
                 RunError::Disk(crate::scenario::disk::DiskError::Stat {
                     path: disk.to_owned(),
                     source,
                 })
             })?;
+        // Nothing in the image but A's RAM outside B's region (where C
+        // will run): C would refuse it, and B is the one to blame.
+        let b_region = self.peer_start_end()?;
+        let mem = self.cfg.mem;
+        check.mismatches.extend(kjump_core::vmcore::check_claimed(
+            &image,
+            "image",
+            Kernel::A,
+            |p| p < mem && !(b_region.0..b_region.1).contains(&p),
+            &at,
+        ));
         self.hibernations += 1;
         log::info!(
             "hibernation {}: the image on the disk: {} pages in {} ranges, entry {:#x}; {} pages of a's view checked",
@@ -580,9 +591,14 @@ impl<'a> Hibernation<'a> {
     /// The end of B's region, which the image does not cover: C keeps
     /// below it.
     fn peer_end(&self) -> Result<u64, RunError> {
+        Ok(self.peer_start_end()?.1)
+    }
+
+    /// B's region, as A's kimage says.
+    fn peer_start_end(&self) -> Result<(u64, u64), RunError> {
         self.oracle
             .kimage(Kernel::A)
-            .map(|k| k.peer_end)
+            .map(|k| (k.peer_start, k.peer_end))
             .ok_or(RunError::Protocol("kernel a jumped without a kimage"))
     }
 }
