@@ -236,6 +236,8 @@ fn vmm_read(data: &[u8]) -> Result<()> {
         || !peer_end.is_multiple_of(PAGE_SIZE)
     {
         Some("peer region")
+    } else if !Ram::contains(peer_start, peer_end - peer_start) {
+        Some("peer outside RAM")
     } else {
         None
     };
@@ -286,10 +288,10 @@ fn vmm_read(data: &[u8]) -> Result<()> {
                     ["role", "mode", "control pages", "peer region"].contains(&why)
                 }
                 KimageError::OutsideRam { what, .. } => {
-                    why == if *what == "control page" {
-                        "control outside RAM"
-                    } else {
-                        "page outside RAM"
+                    why == match *what {
+                        "control page" => "control outside RAM",
+                        "peer region" => "peer outside RAM",
+                        _ => "page outside RAM",
                     }
                 }
                 KimageError::Walk(_) => why == "walk",
