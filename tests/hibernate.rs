@@ -561,3 +561,53 @@ fn a_b_that_powers_off_without_writing_finds_no_image_of_an_earlier_hibernation(
         assert!(!out.contains("was not caught"), "{fault}: {out}");
     }
 }
+
+#[test]
+fn a_restore_kernel_that_leaves_an_msr_or_the_pit_changed_is_caught_at_a_s_resume() {
+    if !kvm_or_skip(
+        "a_restore_kernel_that_leaves_an_msr_or_the_pit_changed_is_caught_at_a_s_resume",
+    ) {
+        return;
+    }
+    // C restores every page right but leaves state A never set (so never
+    // restores) its own way: the new VM's resume checkpoint names it.
+    let dir = scratch("hibernate-c-leaves");
+    for (fault, first, also) in [
+        (
+            "c:leave-msr",
+            "register msr[0x00000175] SYSENTER_ESP: 0x0 -> 0x6b6a7000",
+            None,
+        ),
+        (
+            "c:leave-pit",
+            "device pic.master.irr: 0x0 -> 0x1",
+            Some(("pit.channel0.count", "0x10000", "0x1234")),
+        ),
+    ] {
+        let report = dir.join(format!("{fault}.json"));
+        let (out, err) = assert_exit(
+            &hibernate(&["--inject", fault, "--report", report.to_str().unwrap()]),
+            1,
+        );
+        assert!(
+            out.contains(&format!(
+                "at kernel a's resume in a new VM (restored from its image): first: checkpoint 2 (cycle 1, kernel a, resume): {first}"
+            )),
+            "{fault}: {out}\n{err}"
+        );
+        if let Some((name, expected, actual)) = also {
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+            assert!(
+                r["mismatches"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["name"] == name
+                        && m["expected"] == expected
+                        && m["actual"] == actual),
+                "{fault}: {r}"
+            );
+        }
+    }
+}

@@ -89,6 +89,12 @@ pub enum JumpFault {
     /// trampoline in the restored image), so A's pages of the region C
     /// ran in are never swapped back: `no-trampoline` (C, hibernate).
     NoTrampoline,
+    /// The restore kernel leaves an MSR A never set changed
+    /// (IA32_SYSENTER_ESP) when it jumps to A: `leave-msr` (C, hibernate).
+    LeaveMsr,
+    /// The restore kernel leaves the PIT (channel 0) programmed its own
+    /// way when it jumps to A: `leave-pit` (C, hibernate).
+    LeavePit,
     /// Crashing A jumps to the capture kernel without backing up low
     /// memory first: `no-backup` (A, crash).
     NoBackup,
@@ -216,6 +222,16 @@ pub const CATALOG: &[Entry] = &[
         what: "the restore kernel enters a's re-entry routine directly, skipping a's relocation code (the trampoline in the image that swaps back a's pages of the region c ran in)",
     },
     Entry {
+        name: "leave-msr",
+        who: Who::COnly,
+        what: "the restore kernel leaves IA32_SYSENTER_ESP (an MSR a never set, so never restores) changed when it jumps to a",
+    },
+    Entry {
+        name: "leave-pit",
+        who: Who::COnly,
+        what: "the restore kernel leaves the PIT's channel 0 programmed its own way (a device a never set, so never restores) when it jumps to a",
+    },
+    Entry {
         name: "no-backup",
         who: Who::AOnly,
         what: "crashing kernel a jumps to the capture kernel without backing up low memory",
@@ -315,6 +331,8 @@ impl Fault {
             "image-skip-page" => Self::Jump(J::ImageSkipPage),
             "no-device-resume" => Self::Jump(J::NoDeviceResume),
             "no-trampoline" => Self::Jump(J::NoTrampoline),
+            "leave-msr" => Self::Jump(J::LeaveMsr),
+            "leave-pit" => Self::Jump(J::LeavePit),
             "no-backup" => Self::Jump(J::NoBackup),
             "stale-crash-notes" => Self::Jump(J::StaleCrashNotes),
             "no-backup-read" => Self::Jump(J::NoBackupRead),
@@ -365,6 +383,8 @@ impl Fault {
             Self::Jump(J::ImageSkipPage) => "image-skip-page",
             Self::Jump(J::NoDeviceResume) => "no-device-resume",
             Self::Jump(J::NoTrampoline) => "no-trampoline",
+            Self::Jump(J::LeaveMsr) => "leave-msr",
+            Self::Jump(J::LeavePit) => "leave-pit",
             Self::Jump(J::NoBackup) => "no-backup",
             Self::Jump(J::StaleCrashNotes) => "stale-crash-notes",
             Self::Jump(J::NoBackupRead) => "no-backup-read",
@@ -399,6 +419,8 @@ impl JumpFault {
             Self::WriteOutside
             | Self::ImageSkipPage
             | Self::NoTrampoline
+            | Self::LeaveMsr
+            | Self::LeavePit
             | Self::NoBackup
             | Self::NoBackupRead
             | Self::VmcoreSkip

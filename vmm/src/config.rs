@@ -352,7 +352,11 @@ impl RunConfig {
                 }
                 (JumpFault::WriteOutside, _) => c,
                 (
-                    JumpFault::ImageSkipPage | JumpFault::NoDeviceResume | JumpFault::NoTrampoline,
+                    JumpFault::ImageSkipPage
+                    | JumpFault::NoDeviceResume
+                    | JumpFault::NoTrampoline
+                    | JumpFault::LeaveMsr
+                    | JumpFault::LeavePit,
                     _,
                 ) => {
                     return refuse("needs --scenario hibernate".into());

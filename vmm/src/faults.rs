@@ -206,7 +206,7 @@ impl Injection {
                         cycle,
                     }),
                     Some(_) => Err(FaultError::NotFor(format!(
-                        "fault {n} is not the restore kernel's (kernel c has no-trampoline)"
+                        "fault {n} is not the restore kernel's (kernel c has no-trampoline, leave-msr, leave-pit)"
                     ))),
                     None => Err(FaultError::Unknown(spec.to_owned())),
                 };

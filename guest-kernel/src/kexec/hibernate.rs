@@ -405,12 +405,34 @@ pub fn run_c(boot: &BootInfo) -> ! {
     // C leaves the disk as it drove it: A's device resume takes it back.
     syscore::init(Role::C);
     let img = load::jump_back_image(cp, control_pages, entry);
-    if Injected::from_cmdline(boot).jump(1) == Some(JumpFault::NoTrampoline) {
-        skip_trampoline(cp, entry);
+    match Injected::from_cmdline(boot).jump(1) {
+        Some(JumpFault::NoTrampoline) => skip_trampoline(cp, entry),
+        Some(JumpFault::LeaveMsr) => {
+            crate::println!("c: INJECTED FAULT: leaving IA32_SYSENTER_ESP changed for a");
+            // SAFETY: IA32_SYSENTER_ESP (architectural, no side effect
+            // until a sysenter, which no kjump kernel executes) takes any
+            // canonical address.
+            unsafe { crate::cpu::wrmsr(LEAVE_MSR, 0x6b6a_7000) };
+        }
+        Some(JumpFault::LeavePit) => {
+            crate::println!("c: INJECTED FAULT: leaving the PIT's channel 0 programmed for a");
+            // SAFETY: the PIT (ports 0x43, 0x40) is driven by no kjump
+            // kernel, and no kjump kernel sets rflags.IF (there is no
+            // `sti`), so the IRQ 0 it raises is never taken.
+            unsafe {
+                crate::cpu::outb(0x43, 0x34); // channel 0, lobyte/hibyte, mode 2
+                crate::cpu::outb(0x40, 0x34);
+                crate::cpu::outb(0x40, 0x12);
+            }
+        }
+        _ => {}
     }
     img.jump();
     fail(format_args!("c: a came back to me"))
 }
+
+/// IA32_SYSENTER_ESP: what `c:leave-msr` leaves changed.
+const LEAVE_MSR: u32 = 0x175;
 
 /// The `power-off-early` fault: B reports its verdict (pass) and powers
 /// off without writing a byte to the disk, so what the VMM finds there is
