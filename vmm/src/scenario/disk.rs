@@ -111,9 +111,10 @@ impl Disk {
         &self.path
     }
 
-    /// Zeroes the disk, keeping its size (a file cut to nothing and grown
-    /// back: sparse, so this costs no writes): what the VMM reads back
-    /// later was written since, never left from an earlier run or cycle.
+    /// Zeroes where an image's headers go (the start of the disk, up to
+    /// the largest header): an image the VMM reads back later was written
+    /// since, never left from an earlier run or cycle. The rest of the
+    /// file is left as it is.
     pub fn wipe(&self) -> Result<(), DiskError> {
         wipe(&self.path)
     }
@@ -121,14 +122,17 @@ impl Disk {
 
 /// [`Disk::wipe`] of the disk file at `path`.
 pub fn wipe(path: &Path) -> Result<(), DiskError> {
+    use std::os::unix::fs::FileExt;
     let stat = |source| DiskError::Stat {
         path: path.to_owned(),
         source,
     };
     let f = OpenOptions::new().write(true).open(path).map_err(stat)?;
     let len = f.metadata().map_err(stat)?.len();
-    f.set_len(0).map_err(stat)?;
-    f.set_len(len).map_err(stat)
+    let header = kjump_abi::hibimage::header_size(kjump_abi::hibimage::MAX_RANGES);
+    f.write_all_at(&vec![0u8; header.min(len) as usize], 0)
+        .map_err(stat)?;
+    f.sync_all().map_err(stat)
 }
 
 impl Drop for Disk {
@@ -169,10 +173,6 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192);
         // Used as it is the next time; too small for a bigger need.
         assert!(Disk::prepare(Some(&p), 1 << 20, 8192).is_ok());
-        // A wiped disk keeps its size and holds zeros only.
-        std::fs::write(&p, vec![0x5a; 8192]).unwrap();
-        Disk::prepare(Some(&p), 8192, 8192).unwrap().wipe().unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), vec![0; 8192]);
         assert!(matches!(
             Disk::prepare(Some(&p), 1 << 20, 1 << 20),
             Err(DiskError::TooSmall { size: 8192, .. })
@@ -187,5 +187,18 @@ mod tests {
             Disk::prepare(Some(&std::env::temp_dir()), 0, 0),
             Err(DiskError::NotAFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_wiped_disk_holds_no_header_and_keeps_the_rest() {
+        let p = std::env::temp_dir().join(format!("kjump-disk-wipe-{}.raw", std::process::id()));
+        // A wiped disk keeps its size and holds no header any more.
+        let header = kjump_abi::hibimage::header_size(kjump_abi::hibimage::MAX_RANGES) as usize;
+        std::fs::write(&p, vec![0x5a; header + 512]).unwrap();
+        Disk::prepare(Some(&p), 512, 512).unwrap().wipe().unwrap();
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b.len(), header + 512);
+        assert!(b[..header].iter().all(|&x| x == 0) && b[header..].iter().all(|&x| x == 0x5a));
+        std::fs::remove_file(&p).unwrap();
     }
 }
