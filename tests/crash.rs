@@ -454,3 +454,26 @@ fn a_b_that_powers_off_without_writing_finds_no_vmcore_of_an_earlier_run() {
     );
     assert!(!out.contains("was not caught"), "{out}");
 }
+
+#[test]
+fn a_capture_kernel_loaded_outside_the_reserved_region_is_caught_at_its_pages() {
+    if !kvm_or_skip("a_capture_kernel_loaded_outside_the_reserved_region_is_caught_at_its_pages") {
+        return;
+    }
+    // The oracle excuses a kimage's pages from A's memory; a kexec -p that
+    // puts them in A's own memory used to pass (and its vmcore held the
+    // staging as A's).
+    let (out, ms) = caught("crash-load-outside", "load-outside-reserved");
+    assert!(
+        out.contains("kjump: crash: FAIL (kernel a, ")
+            && out.contains("mismatch(es) in where kernel a loaded the capture kernel: first: checkpoint 0 (cycle 1, kernel a, vmcore): memory: ")
+            && out.contains("page(s) of a's kimage outside the reserved region, from 0x"),
+        "{out}"
+    );
+    assert!(!ms.is_empty());
+    for m in &ms {
+        // Every page named lies in A's memory above the reserved region.
+        assert!(m["address"].as_u64().unwrap() >= 24 * MIB, "{m}");
+        assert_eq!(m["expected"], "in [0x800000..0x1800000)", "{m}");
+    }
+}

@@ -112,6 +112,11 @@ pub enum JumpFault {
     /// The capture kernel writes one word just past its region, into A's
     /// memory: `write-outside-reserved` (B, crash).
     WriteOutsideReserved,
+    /// Crashing A's `kexec -p` loads the capture kernel (its staged image,
+    /// the backup region, the lists, the control pages) into A's own
+    /// memory instead of the reserved region: `load-outside-reserved` (A,
+    /// crash).
+    LoadOutsideReserved,
     /// The saving kernel powers off without writing anything to the disk
     /// (its vmcore or image of A): `power-off-early` (B, crash and
     /// hibernate).
@@ -257,6 +262,11 @@ pub const CATALOG: &[Entry] = &[
         what: "the capture kernel writes one word just past its region, into a's memory",
     },
     Entry {
+        name: "load-outside-reserved",
+        who: Who::AOnly,
+        what: "a's kexec -p loads the capture kernel into a's own memory, not the reserved region",
+    },
+    Entry {
         name: "power-off-early",
         who: Who::BOnly,
         what: "b powers off without writing a's vmcore or image to the disk",
@@ -339,6 +349,7 @@ impl Fault {
             "vmcore-skip" => Self::Jump(J::VmcoreSkip),
             "write-outside-reserved" => Self::Jump(J::WriteOutsideReserved),
             "power-off-early" => Self::Jump(J::PowerOffEarly),
+            "load-outside-reserved" => Self::Jump(J::LoadOutsideReserved),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -391,6 +402,7 @@ impl Fault {
             Self::Jump(J::VmcoreSkip) => "vmcore-skip",
             Self::Jump(J::WriteOutsideReserved) => "write-outside-reserved",
             Self::Jump(J::PowerOffEarly) => "power-off-early",
+            Self::Jump(J::LoadOutsideReserved) => "load-outside-reserved",
         };
         CATALOG
             .iter()
@@ -425,7 +437,8 @@ impl JumpFault {
             | Self::NoBackupRead
             | Self::VmcoreSkip
             | Self::WriteOutsideReserved
-            | Self::PowerOffEarly => 0,
+            | Self::PowerOffEarly
+            | Self::LoadOutsideReserved => 0,
         }
     }
 }

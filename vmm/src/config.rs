@@ -298,7 +298,8 @@ impl RunConfig {
                             | JumpFault::NoBackupRead
                             | JumpFault::VmcoreSkip
                             | JumpFault::WriteOutsideReserved
-                            | JumpFault::PowerOffEarly,
+                            | JumpFault::PowerOffEarly
+                            | JumpFault::LoadOutsideReserved,
                         ),
                     ..
                 } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
@@ -366,7 +367,8 @@ impl RunConfig {
                     | JumpFault::StaleCrashNotes
                     | JumpFault::NoBackupRead
                     | JumpFault::VmcoreSkip
-                    | JumpFault::WriteOutsideReserved,
+                    | JumpFault::WriteOutsideReserved
+                    | JumpFault::LoadOutsideReserved,
                     _,
                 ) => return refuse("needs --scenario crash".into()),
                 (JumpFault::PowerOffEarly, _) => {

@@ -112,13 +112,22 @@ pub fn run_a(boot: &BootInfo) -> ! {
     let hdr_size = hibimage::header_size(n);
     // `kexec -p`: everything the capture kernel needs, in the reserved
     // region only.
-    let (img, hdr) = mem::within(res_start, res_end, || {
+    let injected = Injected::from_cmdline(boot);
+    let mut load = || {
         let Some(hdr) = mem::alloc_pages(hdr_size / PAGE_SIZE + 1, u64::MAX, (0, 0)) else {
             fail(format_args!("a: no room for the ELF core header"))
         };
         cfg.elfcorehdr = Some(hdr);
         (load::load_b(boot, &cfg), hdr)
-    });
+    };
+    let (img, hdr) = if injected.jump(1) == Some(JumpFault::LoadOutsideReserved) {
+        crate::println!("a: INJECTED FAULT: loading the capture kernel into my own memory");
+        let loaded = load();
+        mem::reserve(res_start, res_end);
+        loaded
+    } else {
+        mem::within(res_start, res_end, load)
+    };
     // Nor does A use low memory from now on: it is B's once A crashes.
     mem::reserve(cfg.peer_start, cfg.peer_end);
     // A's rip as its checkpoint leaves it: past the one-byte `in eax, dx`.
@@ -153,7 +162,6 @@ pub fn run_a(boot: &BootInfo) -> ! {
         img.cp,
     );
     crate::println!("a: pattern over {} bytes", pattern.bytes());
-    let injected = Injected::from_cmdline(boot);
     injected.arm(img.cp, 1);
     if injected.jump(1) == Some(JumpFault::NoBackup) {
         // An empty save list: the relocation code backs up nothing.

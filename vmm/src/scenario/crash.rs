@@ -277,6 +277,18 @@ fn check_vmcore(
     let Some((_, machine, _)) = oracle.left(Kernel::A, vm.memory()) else {
         return Err(RunError::Protocol("kernel a panicked without a record"));
     };
+    // A's own doing, before B ran: blamed on A.
+    run.set_cycles(1);
+    let placed = check_kimage_placed(oracle, layout, at)?;
+    if !placed.is_empty() {
+        let n = placed.len();
+        run.report().push_mismatches(placed);
+        let why = first_line(
+            &format!("{n} mismatch(es) in where kernel a loaded the capture kernel"),
+            &first_mismatch(run),
+        );
+        return Ok(run.outcome(Verdict::Fail(why), "a"));
+    }
     mismatches.extend(check_entry(&image, machine.vcpu(), at));
     mismatches.extend(check_prstatus(&image, machine.vcpu(), at));
     // Nothing in the vmcore but A's memory outside the reserved region.
@@ -343,6 +355,80 @@ fn check_vmcore(
         None => Verdict::Pass,
     };
     Ok(run.outcome(verdict, "b"))
+}
+
+/// Checks where A's `kexec -p` put the capture kernel, as A's kimage
+/// reports it: B's region must be the low memory the VMM gave (`[1 MiB,
+/// --backup-size)`), and every page the kimage keeps (control pages,
+/// B's staged image, the backup region) must lie in the reserved region.
+/// The oracle excuses those pages from A's memory, so one outside the
+/// reserved region would be A's memory overwritten unseen (and the vmcore
+/// would hold the capture kernel's staging as A's). One memory mismatch
+/// per run of such pages.
+fn check_kimage_placed(
+    oracle: &Oracle,
+    layout: &Layout,
+    at: &At,
+) -> Result<Vec<Mismatch>, RunError> {
+    let k = oracle
+        .kimage(Kernel::A)
+        .ok_or(RunError::Protocol("kernel a panicked without a kimage"))?;
+    let mut out = Vec::new();
+    let b_region = (kjump_abi::layout::HIGH_RAM_START, layout.backup);
+    if (k.peer_start, k.peer_end) != b_region {
+        out.push(Mismatch {
+            at: at.clone(),
+            kind: MismatchKind::Memory,
+            name: Some("kernel b's region in a's kimage".to_owned()),
+            address: Some(k.peer_start),
+            location: None,
+            expected: format!("[{:#x}..{:#x})", b_region.0, b_region.1),
+            actual: format!("[{:#x}..{:#x})", k.peer_start, k.peer_end),
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: None,
+            note: Some(
+                "kernel a's kimage puts the capture kernel elsewhere than the low memory it backs up"
+                    .to_owned(),
+            ),
+        });
+    }
+    let (c0, c1) = k.control_range();
+    let mut pages: Vec<u64> = (c0..c1)
+        .step_by(kjump_abi::layout::PAGE_SIZE as usize)
+        .chain(k.parking_pages())
+        .filter(|&p| !layout.in_reserved(p))
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    let page = kjump_abi::layout::PAGE_SIZE;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some((_, end)) if *end == p => *end += page,
+            _ => runs.push((p, p + page)),
+        }
+    }
+    let (r0, r1) = layout.reserved;
+    out.extend(runs.into_iter().map(|(s, e)| Mismatch {
+        at: at.clone(),
+        kind: MismatchKind::Memory,
+        name: Some(format!(
+            "{} page(s) of a's kimage outside the reserved region, from",
+            (e - s) / page
+        )),
+        address: Some(s),
+        location: Some(s),
+        expected: format!("in [{r0:#x}..{r1:#x})"),
+        actual: format!("[{s:#x}..{e:#x})"),
+        ranges: Vec::new(),
+        hexdump: None,
+        symbol: oracle.symbols().and_then(|sy| sy.lookup(s)),
+        note: Some(format!(
+            "kernel a's kexec -p keeps [{s:#x}..{e:#x}) (control pages, b's staged image or the backup) outside the region reserved for it [{r0:#x}..{r1:#x}): a's memory there is the capture kernel's"
+        )),
+    }));
+    Ok(out)
 }
 
 #[cfg(test)]
