@@ -64,13 +64,15 @@ impl Layout {
                 format_size(min)
             ));
         }
-        // B's image and the backup region, page for page each; the lists,
-        // control pages and core header in the rest.
-        let size = (2 * (backup - high) + 2 * MIB).next_multiple_of(2 * MIB);
-        let start = backup.next_multiple_of(2 * MIB);
         let top = kjump_core::layout::initramfs_addr(mem, initramfs_len).unwrap_or(0);
-        if start + size + A_ROOM > top {
-            let max = top.saturating_sub(A_ROOM + 2 * MIB) / 3;
+        let end = |b: u64| b.next_multiple_of(2 * MIB) + Self::reserved_size(b) + A_ROOM;
+        if end(backup) > top {
+            // The largest whole MiB that fits, down from an estimate (the
+            // reserved region is about twice the backup).
+            let mut max = (top.saturating_sub(A_ROOM + 2 * MIB) / 3) & !(MIB - 1);
+            while max >= min && end(max) > top {
+                max -= MIB;
+            }
             if max < min {
                 return Err(format!(
                     "--mem {} is too small for --scenario crash: the reserved region takes twice --backup-size (at least {}), and kernel a needs room of its own",
@@ -79,16 +81,30 @@ impl Layout {
                 ));
             }
             return Err(format!(
-                "--backup-size {} does not fit in --mem {}: the reserved region takes twice it, and kernel a needs room of its own; at most about {} here",
+                "--backup-size {} does not fit in --mem {}: the reserved region takes twice it, and kernel a needs room of its own; at most {} here",
                 format_size(backup),
                 format_size(mem),
-                format_size(max & !(MIB - 1))
+                format_size(max)
             ));
         }
+        let start = backup.next_multiple_of(2 * MIB);
+        let size = Self::reserved_size(backup);
         Ok(Self {
             backup,
             reserved: (start, start + size),
         })
+    }
+
+    /// Bytes of the reserved region for a backup of `[1 MiB, backup)`:
+    /// B's image and the backup region, page for page each; the lists,
+    /// control pages and core header in the rest, 2 MiB, and more when the
+    /// two indirection lists (B's image, the backup; an entry a page, 511
+    /// a page) need more than 1 MiB of it; in 2 MiB pages.
+    fn reserved_size(backup: u64) -> u64 {
+        let low = backup - kjump_abi::layout::HIGH_RAM_START;
+        let lists =
+            2 * (low / kjump_abi::layout::PAGE_SIZE).div_ceil(511) * kjump_abi::layout::PAGE_SIZE;
+        (2 * low + 2 * MIB + lists.saturating_sub(MIB)).next_multiple_of(2 * MIB)
     }
 
     /// The words A's command line gets.
@@ -448,6 +464,21 @@ mod tests {
         for bad in [0, 16 * MIB + 1, 4 * MIB, 200 * MIB] {
             let e = Layout::new(256 * MIB, bad, 4 * MIB).unwrap_err();
             assert!(e.starts_with("--backup-size"), "{e}");
+        }
+        // A large backup: the lists take more than the 2 MiB's half.
+        let l = Layout::new(3 << 30, 900 * MIB, 4 * MIB).unwrap();
+        assert_eq!(l.reserved, (900 * MIB, 900 * MIB + 1804 * MIB));
+        // The most it names fits, a MiB more does not.
+        for mem in [256 * MIB, 3 << 30] {
+            let e = Layout::new(mem, 2000 * MIB, 4 * MIB).unwrap_err();
+            let max = e
+                .rsplit("at most ")
+                .next()
+                .unwrap()
+                .trim_end_matches(" here");
+            let max = crate::cli::parse_size(max).unwrap();
+            assert!(Layout::new(mem, max, 4 * MIB).is_ok(), "{e}");
+            assert!(Layout::new(mem, max + MIB, 4 * MIB).is_err(), "{e}");
         }
         // Where no backup size fits, --mem is what is wrong.
         for mem in [0, 32 * MIB] {
