@@ -236,6 +236,30 @@ pub struct Mismatch {
 }
 
 impl Mismatch {
+    /// A mismatch of `kind` named `name`, with no address, byte ranges or
+    /// hexdump (set them with struct update syntax where there are some).
+    pub fn named(
+        at: &At,
+        kind: MismatchKind,
+        name: String,
+        (expected, actual): (String, String),
+        note: String,
+    ) -> Self {
+        Self {
+            at: at.clone(),
+            kind,
+            name: Some(name),
+            address: None,
+            location: None,
+            expected,
+            actual,
+            ranges: Vec::new(),
+            hexdump: None,
+            symbol: None,
+            note: Some(note),
+        }
+    }
+
     pub fn register(at: &At, m: &RegisterMismatch) -> Self {
         Self {
             at: at.clone(),

@@ -76,63 +76,42 @@ pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At
     let expected = crate::dump::write::prstatus_regs(vcpu);
     let contract = prstatus(&expected, false);
     let note = image.prstatus().unwrap_or_default();
-    let fields = PRSTATUS_FIELDS
+    let fields: Vec<Mismatch> = PRSTATUS_FIELDS
         .iter()
         .filter(|(_, o, n)| note.len() >= o + n && note[*o..o + n] != contract[*o..o + n])
         .map(|&(name, o, n)| {
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
             let (e, f) = (hex(&contract[o..o + n]), hex(&note[o..o + n]));
-            Mismatch {
-                at: at.clone(),
-                kind: MismatchKind::Register,
-                name: Some(format!("NT_PRSTATUS.{name}")),
-                address: None,
-                location: None,
-                expected: e.clone(),
-                actual: f.clone(),
-                ranges: Vec::new(),
-                hexdump: None,
-                symbol: None,
-                note: Some(format!(
-                    "the vmcore's NT_PRSTATUS holds {name} = {f} (bytes {o}..{}, little-endian); the crashed kernel's is {e}",
-                    o + n
-                )),
-            }
-        });
-    let fields: Vec<Mismatch> = fields.collect();
+            let why = format!(
+                "the vmcore's NT_PRSTATUS holds {name} = {f} (bytes {o}..{}, little-endian); the crashed kernel's is {e}",
+                o + n
+            );
+            Mismatch::named(at, MismatchKind::Register, format!("NT_PRSTATUS.{name}"), (e, f), why)
+        })
+        .collect();
     let Some(found) = image.prstatus().and_then(prstatus_regs) else {
-        return vec![Mismatch {
-            at: at.clone(),
-            kind: MismatchKind::Register,
-            name: Some("NT_PRSTATUS".to_owned()),
-            address: None,
-            location: None,
-            expected: "a note".to_owned(),
-            actual: "(none)".to_owned(),
-            ranges: Vec::new(),
-            hexdump: None,
-            symbol: None,
-            note: Some("the vmcore has no NT_PRSTATUS note".to_owned()),
-        }];
+        return vec![Mismatch::named(
+            at,
+            MismatchKind::Register,
+            "NT_PRSTATUS".to_owned(),
+            ("a note".to_owned(), "(none)".to_owned()),
+            "the vmcore has no NT_PRSTATUS note".to_owned(),
+        )];
     };
     let regs = PRSTATUS_REG_NAMES
         .iter()
         .zip(expected.iter().zip(found.iter()))
         .filter(|(_, (e, f))| e != f)
-        .map(|(name, (e, f))| Mismatch {
-            at: at.clone(),
-            kind: MismatchKind::Register,
-            name: Some((*name).to_owned()),
-            address: None,
-            location: None,
-            expected: format!("{e:#x}"),
-            actual: format!("{f:#x}"),
-            ranges: Vec::new(),
-            hexdump: None,
-            symbol: None,
-            note: Some(format!(
-                "the vmcore's NT_PRSTATUS holds {name} {f:#x}; the kernel had {e:#x} at its checkpoint"
-            )),
+        .map(|(name, (e, f))| {
+            Mismatch::named(
+                at,
+                MismatchKind::Register,
+                (*name).to_owned(),
+                (format!("{e:#x}"), format!("{f:#x}")),
+                format!(
+                    "the vmcore's NT_PRSTATUS holds {name} {f:#x}; the kernel had {e:#x} at its checkpoint"
+                ),
+            )
         });
     regs.chain(fields).collect()
 }
@@ -142,21 +121,31 @@ pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At
 /// one register mismatch named `e_entry` when they differ.
 pub fn check_entry(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At) -> Option<Mismatch> {
     let (e, f) = (vcpu.regs.rip, image.entry());
-    (e != f).then(|| Mismatch {
-        at: at.clone(),
-        kind: MismatchKind::Register,
-        name: Some("e_entry".to_owned()),
-        address: None,
-        location: None,
-        expected: format!("{e:#x}"),
-        actual: format!("{f:#x}"),
-        ranges: Vec::new(),
-        hexdump: None,
-        symbol: None,
-        note: Some(format!(
-            "the vmcore's ELF entry (the crashed kernel's rip) is {f:#x}; the kernel was at {e:#x}"
-        )),
+    (e != f).then(|| {
+        Mismatch::named(
+            at,
+            MismatchKind::Register,
+            "e_entry".to_owned(),
+            (format!("{e:#x}"), format!("{f:#x}")),
+            format!(
+                "the vmcore's ELF entry (the crashed kernel's rip) is {f:#x}; the kernel was at {e:#x}"
+            ),
+        )
     })
+}
+
+/// The runs `[start, end)` of the pages `pages` (ascending page
+/// addresses), adjacent pages merged.
+pub fn page_runs(pages: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let page = PAGE_SIZE as u64;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some((_, end)) if *end == p => *end += page,
+            _ => runs.push((p, p + page)),
+        }
+    }
+    runs
 }
 
 /// Checks that every page the image (`what`: "vmcore", "image") holds is
@@ -173,45 +162,31 @@ pub fn check_claimed(
     ks: impl Fn(u64) -> bool,
     at: &At,
 ) -> Vec<Mismatch> {
-    let page = PAGE_SIZE as u64;
-    let not_k = |p: u64| !ks(p);
-    let mut out = Vec::new();
-    let mut push = |(s, e): (u64, u64)| {
-        out.push(Mismatch {
-            at: at.clone(),
-            kind: MismatchKind::Memory,
-            name: Some(format!(
-                "{} page(s) not kernel {}'s in the {what}, from",
-                (e - s) / page,
-                k.name()
-            )),
-            address: Some(s),
-            location: Some(s),
-            expected: format!("(not in the {what})"),
-            actual: format!("{} page(s)", (e - s) / page),
-            ranges: Vec::new(),
-            hexdump: None,
-            symbol: None,
-            note: Some(format!(
-                "the {what} holds [{s:#x}..{e:#x}), which was not kernel {}'s memory (outside its RAM, or in a region the {what} leaves out)",
-                k.name()
-            )),
-        })
-    };
-    for r in image.ranges() {
-        let mut run: Option<(u64, u64)> = None;
-        for p in (r.start..r.start.saturating_add(r.len)).step_by(PAGE_SIZE) {
-            if not_k(p) {
-                run = Some(run.map_or((p, p + page), |(s, _)| (s, p + page)));
-            } else if let Some(done) = run.take() {
-                push(done);
+    let pages = image
+        .ranges()
+        .iter()
+        .flat_map(|r| (r.start..r.start.saturating_add(r.len)).step_by(PAGE_SIZE))
+        .filter(|&p| !ks(p));
+    page_runs(pages)
+        .into_iter()
+        .map(|(s, e)| {
+            let n = (e - s) / PAGE_SIZE as u64;
+            Mismatch {
+                address: Some(s),
+                location: Some(s),
+                ..Mismatch::named(
+                    at,
+                    MismatchKind::Memory,
+                    format!("{n} page(s) not kernel {}'s in the {what}, from", k.name()),
+                    (format!("(not in the {what})"), format!("{n} page(s)")),
+                    format!(
+                        "the {what} holds [{s:#x}..{e:#x}), which was not kernel {}'s memory (outside its RAM, or in a region the {what} leaves out)",
+                        k.name()
+                    ),
+                )
             }
-        }
-        if let Some(done) = run {
-            push(done);
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 #[cfg(test)]

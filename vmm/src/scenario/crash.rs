@@ -26,9 +26,9 @@ use kjump_core::checkpoint::Kernel;
 use kjump_core::hibimage::{DiskImage, DiskImageError, check_pages};
 use kjump_core::oracle::Oracle;
 use kjump_core::report::{AllowedField, At, Mismatch, MismatchKind};
-use kjump_core::vmcore::{check_claimed, check_entry, check_prstatus, check_untouched};
+use kjump_core::vmcore::{check_claimed, check_entry, check_prstatus, check_untouched, page_runs};
 
-use super::hibernate::{Hibernation, disk_scenario_config, first_line, first_mismatch};
+use super::hibernate::{Hibernation, disk_scenario_config, fail};
 use crate::config::{RunConfig, format_size};
 use crate::scenario::disk::DiskError;
 use crate::scenario::{Outcome, RunError, RunOptions, RunState, Verdict, run_watched};
@@ -297,13 +297,11 @@ fn check_vmcore(
     run.set_cycles(1);
     let placed = check_kimage_placed(oracle, layout, at)?;
     if !placed.is_empty() {
-        let n = placed.len();
-        run.report().push_mismatches(placed);
-        let why = first_line(
-            &format!("{n} mismatch(es) in where kernel a loaded the capture kernel"),
-            &first_mismatch(run),
+        let what = format!(
+            "{} mismatch(es) in where kernel a loaded the capture kernel",
+            placed.len()
         );
-        return Ok(run.outcome(Verdict::Fail(why), "a"));
+        return Ok(fail(run, placed, &what, "a"));
     }
     mismatches.extend(check_entry(&image, machine.vcpu(), at));
     mismatches.extend(check_prstatus(&image, machine.vcpu(), at));
@@ -355,13 +353,11 @@ fn check_vmcore(
     );
     run.set_cycles(1);
     if !mismatches.is_empty() {
-        let n = mismatches.len();
-        run.report().push_mismatches(mismatches);
-        let why = first_line(
-            &format!("{n} mismatch(es) between kernel b's vmcore of a and a as it died"),
-            &first_mismatch(run),
+        let what = format!(
+            "{} mismatch(es) between kernel b's vmcore of a and a as it died",
+            mismatches.len()
         );
-        return Ok(run.outcome(Verdict::Fail(why), "b"));
+        return Ok(fail(run, mismatches, &what, "b"));
     }
     let verdict = match &args.inject {
         Some(inj) => Verdict::Fail(format!(
@@ -393,20 +389,18 @@ fn check_kimage_placed(
     let b_region = (kjump_abi::layout::HIGH_RAM_START, layout.backup);
     if (k.peer_start, k.peer_end) != b_region {
         out.push(Mismatch {
-            at: at.clone(),
-            kind: MismatchKind::Memory,
-            name: Some("kernel b's region in a's kimage".to_owned()),
             address: Some(k.peer_start),
-            location: None,
-            expected: format!("[{:#x}..{:#x})", b_region.0, b_region.1),
-            actual: format!("[{:#x}..{:#x})", k.peer_start, k.peer_end),
-            ranges: Vec::new(),
-            hexdump: None,
-            symbol: None,
-            note: Some(
+            ..Mismatch::named(
+                at,
+                MismatchKind::Memory,
+                "kernel b's region in a's kimage".to_owned(),
+                (
+                    format!("[{:#x}..{:#x})", b_region.0, b_region.1),
+                    format!("[{:#x}..{:#x})", k.peer_start, k.peer_end),
+                ),
                 "kernel a's kimage puts the capture kernel elsewhere than the low memory it backs up"
                     .to_owned(),
-            ),
+            )
         });
     }
     let (c0, c1) = k.control_range();
@@ -417,32 +411,23 @@ fn check_kimage_placed(
         .collect();
     pages.sort_unstable();
     pages.dedup();
-    let page = kjump_abi::layout::PAGE_SIZE;
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for p in pages {
-        match runs.last_mut() {
-            Some((_, end)) if *end == p => *end += page,
-            _ => runs.push((p, p + page)),
-        }
-    }
     let (r0, r1) = layout.reserved;
-    out.extend(runs.into_iter().map(|(s, e)| Mismatch {
-        at: at.clone(),
-        kind: MismatchKind::Memory,
-        name: Some(format!(
-            "{} page(s) of a's kimage outside the reserved region, from",
-            (e - s) / page
-        )),
+    out.extend(page_runs(pages).into_iter().map(|(s, e)| Mismatch {
         address: Some(s),
         location: Some(s),
-        expected: format!("in [{r0:#x}..{r1:#x})"),
-        actual: format!("[{s:#x}..{e:#x})"),
-        ranges: Vec::new(),
-        hexdump: None,
         symbol: oracle.symbols().and_then(|sy| sy.lookup(s)),
-        note: Some(format!(
-            "kernel a's kexec -p keeps [{s:#x}..{e:#x}) (control pages, b's staged image or the backup) outside the region reserved for it [{r0:#x}..{r1:#x}): a's memory there is the capture kernel's"
-        )),
+        ..Mismatch::named(
+            at,
+            MismatchKind::Memory,
+            format!(
+                "{} page(s) of a's kimage outside the reserved region, from",
+                (e - s) / kjump_abi::layout::PAGE_SIZE
+            ),
+            (format!("in [{r0:#x}..{r1:#x})"), format!("[{s:#x}..{e:#x})")),
+            format!(
+                "kernel a's kexec -p keeps [{s:#x}..{e:#x}) (control pages, b's staged image or the backup) outside the region reserved for it [{r0:#x}..{r1:#x}): a's memory there is the capture kernel's"
+            ),
+        )
     }));
     Ok(out)
 }

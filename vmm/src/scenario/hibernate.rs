@@ -772,7 +772,12 @@ fn restore_excuses(m: &Mismatch) -> bool {
 const NOT_ENTERED: &str = "kernel b ran without being entered where kernel a's jump said: its first delivery was not checked";
 
 /// The run fails with `mismatches` (`what` says where), blamed on `kernel`.
-fn fail(run: &mut RunState, mismatches: Vec<Mismatch>, what: &str, kernel: &str) -> Outcome {
+pub(crate) fn fail(
+    run: &mut RunState,
+    mismatches: Vec<Mismatch>,
+    what: &str,
+    kernel: &str,
+) -> Outcome {
     run.report().push_mismatches(mismatches);
     let why = first_line(what, &first_mismatch(run));
     run.outcome(Verdict::Fail(why), kernel)
