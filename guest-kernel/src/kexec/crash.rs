@@ -48,7 +48,9 @@ const MAX_RANGES: usize = 4;
 /// Kernel A: reserve, load B, fill the pattern, panic.
 pub fn run_a(boot: &BootInfo) -> ! {
     let Some(backup) = boot.arg(BACKUP_SIZE_KEY).and_then(cmdline::parse_size) else {
-        fail(format_args!("a: no valid {BACKUP_SIZE_KEY}= on the command line"))
+        fail(format_args!(
+            "a: no valid {BACKUP_SIZE_KEY}= on the command line"
+        ))
     };
     let Some((res_start, res_end)) = vmcore::crashkernel(boot.cmdline) else {
         fail(format_args!(
@@ -133,13 +135,9 @@ pub fn run_a(boot: &BootInfo) -> ! {
     // A's rip as its checkpoint leaves it: past the one-byte `in eax, dx`.
     let rip = &raw const crate::relocate::kjump_checkpoint as u64 + 1;
     let mut header = [0u8; PAGE_SIZE as usize];
-    let size = hibimage::write_vmcore_headers(
-        &mut header,
-        rip,
-        ranges,
-        &[0; vmcore::PRSTATUS_SIZE],
-    )
-    .unwrap_or_else(|e| fail(format_args!("a: ELF core header: {e}")));
+    let size =
+        hibimage::write_vmcore_headers(&mut header, rip, ranges, &[0; vmcore::PRSTATUS_SIZE])
+            .unwrap_or_else(|e| fail(format_args!("a: ELF core header: {e}")));
     phys_write(hdr, &header[..size as usize]);
     let info = CrashInfo {
         notes: img.cp + control::CONTEXT,
@@ -214,7 +212,9 @@ pub fn run_b(boot: &BootInfo) -> ! {
         w.copy_from_slice(&phys_read_u64(info_at + 8 * i as u64).to_le_bytes());
     }
     let Some(info) = CrashInfo::from_bytes(&info) else {
-        fail(format_args!("b: no crash information after a's core header"))
+        fail(format_args!(
+            "b: no crash information after a's core header"
+        ))
     };
     let backup_len = info.backup_end.saturating_sub(info.backup_start);
     if info.backup_at.saturating_add(backup_len) > map_top
@@ -278,7 +278,9 @@ pub fn run_b(boot: &BootInfo) -> ! {
         let r = h.range(i);
         let end = r.start + r.len;
         if end > map_top {
-            fail(format_args!("b: a's range ends at {end:#x}, beyond what I map"));
+            fail(format_args!(
+                "b: a's range ends at {end:#x}, beyond what I map"
+            ));
         }
         let backed_up = r.start >= info.backup_start && end <= info.backup_end;
         if !backed_up && r.start < info.backup_end && end > info.backup_start {
@@ -321,7 +323,9 @@ pub fn run_b(boot: &BootInfo) -> ! {
         // The first page of A's last range: A's memory, neither mine nor
         // the reserved region.
         let at = h.range(h.len() - 1).start;
-        crate::println!("b: INJECTED FAULT: writing a word at {at:#x}, a's memory outside my region");
+        crate::println!(
+            "b: INJECTED FAULT: writing a word at {at:#x}, a's memory outside my region"
+        );
         phys_write_u64(at, 0x6b6a_756d_7062_6164);
     }
     let mut msg = harness::TextBuf::new();

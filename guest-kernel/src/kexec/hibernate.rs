@@ -87,7 +87,10 @@ pub fn run_a(boot: &BootInfo) -> ! {
         injected.arm(img.cp, 0);
         check_cpu(Role::A, &before);
         pattern.check(Role::A);
-        crate::println!("a: restored from hibernation {cycle} of {}, state intact", cfg.cycles);
+        crate::println!(
+            "a: restored from hibernation {cycle} of {}, state intact",
+            cfg.cycles
+        );
         harness::progress(cycle);
         // B is gone and the kimage is stale: load B again, to hibernate
         // once more or, the last time, to jump back at once.
@@ -163,7 +166,13 @@ extern "sysv64" fn first_nonzero_ring3(job: u64) -> u64 {
         .map_or(NO_PAGE, |a| a & !(PAGE_SIZE - 1))
 }
 
-pub(super) fn in_ring3(cp: u64, f: extern "sysv64" fn(u64) -> u64, start: u64, len: u64, skip: u64) -> u64 {
+pub(super) fn in_ring3(
+    cp: u64,
+    f: extern "sysv64" fn(u64) -> u64,
+    start: u64,
+    len: u64,
+    skip: u64,
+) -> u64 {
     let job = Job { start, len, skip };
     // SAFETY: `cp` is B's control page, set up by `setup_control_pages`
     // (relocation code, user identity map of all RAM, ring-3 tables);
@@ -457,7 +466,10 @@ fn skip_trampoline(cp: u64, entry: u64) {
     crate::println!(
         "c: INJECTED FAULT: skipping the trampoline: entering a's re-entry routine {reentry:#x} directly"
     );
-    phys_write_u64(cp + control::DATA_PEER_ENTRY, &raw const kjump_enter_reentry as u64);
+    phys_write_u64(
+        cp + control::DATA_PEER_ENTRY,
+        &raw const kjump_enter_reentry as u64,
+    );
     phys_write_u64(cp + control::DATA_PEER_ARG, a_cp);
 }
 
