@@ -183,6 +183,15 @@ impl Symbols {
             .map(|s| (s.name.as_str(), addr - s.start))
     }
 
+    /// The first loaded section that overlaps `[start, end)` (the kernel's
+    /// own image: its PT_LOADs are made of these sections).
+    pub fn section_in(&self, start: u64, end: u64) -> Option<&str> {
+        self.sections
+            .iter()
+            .find(|s| s.start < end && start < s.end)
+            .map(|s| s.name.as_str())
+    }
+
     /// The address of the first symbol whose (demangled) path ends with
     /// `::suffix` (or is `suffix`), e.g. `kexec::pattern::STATIC_PATTERN`.
     pub fn address_of_suffix(&self, suffix: &str) -> Option<u64> {

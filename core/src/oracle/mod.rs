@@ -130,6 +130,12 @@ pub struct Oracle {
     allow: Allowlist,
     compare: CompareMode,
     excused_reported: [bool; 2],
+    /// A kernel loaded its peer afresh since its last suspend
+    /// ([`Oracle::peer_reloaded`]): its next kimage may keep pages its view
+    /// had (a fresh load allocates them from free memory).
+    reloaded: [bool; 2],
+    /// The peer region of A's kimage at A's last suspend (B's view).
+    peer_region: Option<(u64, u64)>,
     /// Guest RAM was all zero when the dirty logs began: the first shadow
     /// is built from the dirty list alone ([`Oracle::ram_starts_zero`]).
     zero_start: bool,
@@ -151,6 +157,8 @@ impl Oracle {
             allow,
             compare,
             excused_reported: [false; 2],
+            reloaded: [false; 2],
+            peer_region: None,
             zero_start: false,
             touched: Vec::new(),
             touched_count: 0,
@@ -213,6 +221,15 @@ impl Oracle {
         let r = &mut self.kernels[k.idx()];
         r.kimage = Some(kimage);
         r.kimage_args = Some(args);
+    }
+
+    /// Kernel A loaded kernel B afresh (hibernate: A restored from its
+    /// image loads B again; Linux user space runs `kexec -l` again): the
+    /// next kimages may keep pages the kernels' last views had, and B's
+    /// region may move. Everything else [`Oracle::record_suspend`] checks
+    /// of a kimage still holds.
+    pub fn peer_reloaded(&mut self) {
+        self.reloaded = [true, true];
     }
 
     /// The pages a kexec jump rewrites every time: A's kimage's
@@ -374,12 +391,33 @@ impl Oracle {
             j.mismatches.push(Mismatch::register(&at, &m));
         }
         j.mismatches.extend(self.check_peer_entry(mem, k, &at)?);
+        let (claims, kept) = self.check_claims(k, &at)?;
+        j.mismatches.extend(claims);
+        // A page the kimage may not keep stays in the view: damage there
+        // is caught too.
         let pages = self.view_pages(k)?;
+        let pages = if kept.is_empty() {
+            pages
+        } else {
+            PageSet::from_ranges(
+                pages
+                    .ranges()
+                    .iter()
+                    .copied()
+                    .chain(kept.iter().map(|&p| (p, p + PAGE))),
+            )
+            .map_err(OracleError::NotRam)?
+        };
         let view = View::record(k.name(), self.shadow()?, pages)?;
         let r = &mut self.kernels[k.idx()];
         r.suspended_at = Some(*id);
         r.machine = Some(machine.clone());
         r.view = Some(view);
+        self.reloaded[k.idx()] = false;
+        if k == Kernel::A {
+            let a = self.kimage_a()?;
+            self.peer_region = Some((a.peer_start, a.peer_end));
+        }
         j.excused = self.excused(k);
         Ok(j)
     }
@@ -551,6 +589,91 @@ impl Oracle {
             }
         };
         pages.map_err(OracleError::NotRam)
+    }
+
+    /// What `k`'s kimage keeps out of `k`'s view (its control pages, the
+    /// pages it parks pages in) must not hide `k`'s own memory: such a
+    /// page may not hold A's loaded image (a section of its ELF), lie in
+    /// B's region (A's kimage: those are the pages it moves), be kept twice
+    /// (a source page that is also a control page or another pair's), or
+    /// have been in `k`'s view at its last suspend (unless `k` reloaded its
+    /// peer since); and A's kimage may not move B's region between
+    /// suspends. One memory mismatch per such page, named with its
+    /// address and symbol; returns them and the pages of the last view the
+    /// kimage keeps (to stay in the view).
+    fn check_claims(&self, k: Kernel, at: &At) -> Result<(Vec<Mismatch>, Vec<u64>), OracleError> {
+        let ki = self.own_kimage(k)?;
+        let (c0, c1) = ki.control_range();
+        let kept = (c0..c1)
+            .step_by(PAGE_SIZE)
+            .map(|p| (p, "control page"))
+            .chain(ki.parked.values().map(|&p| (p, "source page")))
+            .chain(ki.peer_parked.values().map(|&p| (p, "peer save page")));
+        let last_view = self.kernels[k.idx()]
+            .view
+            .as_ref()
+            .filter(|_| !self.reloaded[k.idx()]);
+        let name = k.name();
+        let mut out = Vec::new();
+        let mut claimed = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (page, what) in kept {
+            let why = if !seen.insert(page) {
+                Some(
+                    "kept twice (a source page that is also a control page or another pair's)"
+                        .to_owned(),
+                )
+            } else if let Some(sec) = self
+                .symbols
+                .as_ref()
+                .filter(|_| k == Kernel::A)
+                .and_then(|s| s.section_in(page, page + PAGE))
+            {
+                Some(format!("in kernel a's own loaded image ({sec})"))
+            } else if k == Kernel::A && (ki.peer_start..ki.peer_end).contains(&page) {
+                Some("in b's region, the pages the kimage moves".to_owned())
+            } else if last_view.is_some_and(|v| v.get(page).is_some()) {
+                claimed.push(page);
+                Some(format!("in kernel {name}'s view at its last suspend"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                out.push(Mismatch {
+                    address: Some(page),
+                    location: Some(page),
+                    symbol: self.symbols.as_ref().and_then(|s| s.lookup(page)),
+                    ..Mismatch::named(
+                        at,
+                        MismatchKind::Memory,
+                        format!("page of kernel {name} kept by its kimage as a {what}"),
+                        (format!("not {why}"), format!("{what} {page:#x}")),
+                        format!(
+                            "kernel {name}'s kimage keeps page {page:#x} out of its view as a {what}, but it is {why}: damage there would go unseen"
+                        ),
+                    )
+                });
+            }
+        }
+        if let (Kernel::A, Some(was), false) = (k, self.peer_region, self.reloaded[0]) {
+            let now = (ki.peer_start, ki.peer_end);
+            if now != was {
+                out.push(Mismatch {
+                    address: Some(ki.peer_start),
+                    ..Mismatch::named(
+                        at,
+                        MismatchKind::Memory,
+                        "kernel b's region in a's kimage".to_owned(),
+                        (
+                            format!("[{:#x}..{:#x})", was.0, was.1),
+                            format!("[{:#x}..{:#x})", now.0, now.1),
+                        ),
+                        "kernel a's kimage moved b's region (b's view) since its last suspend without loading b afresh".to_owned(),
+                    )
+                });
+            }
+        }
+        Ok((out, claimed))
     }
 
     /// Home page -> where it is parked, for `k`'s pages while `k` is away.

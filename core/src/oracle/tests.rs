@@ -470,3 +470,114 @@ fn a_kernel_checked_in_a_new_machine_is_compared_page_for_page() {
     assert_eq!(found[0].kind, MismatchKind::Memory);
     assert_eq!(found[0].address, Some(0x30_0000));
 }
+
+/// A's kimage, re-reported at a later cycle, keeps `extra` out of A's view
+/// as a source page (a pair that parks `extra` at itself: nothing moves).
+fn claim(g: &mut Guest, extra: u64) {
+    let mut list = Alloc(&g.mem, 0xe0_0000);
+    let mut b = Builder::new();
+    for p in (PEER.0..PEER.1).step_by(PAGE_SIZE) {
+        b.add_page(&mut list, p, PARK + (p - PEER.0)).unwrap();
+    }
+    b.add_page(&mut list, extra, extra).unwrap();
+    let (head, _) = b.finish(&mut list).unwrap();
+    g.args[0][KimageArgs::HEAD] = head;
+    g.report_kimage(Kernel::A);
+    g.write(CONTROL_A + control::DATA_PEER_ENTRY, ENTRY_B);
+}
+
+#[test]
+fn a_page_of_the_view_a_later_kimage_claims_is_caught_and_stays_checked() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    // Cycle 2: A's kimage claims one of its live pages.
+    let live = 0x50_0000;
+    claim(&mut g, live);
+    let a = machine(0x20_1234, ANSWER_JUMP);
+    let found = g.checkpoint(&a);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].kind, MismatchKind::Memory);
+    assert_eq!(found[0].address, Some(live));
+    assert!(
+        found[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("view at its last suspend")),
+        "{:?}",
+        found[0].note
+    );
+    // The page stays in A's view: damage there while A is away is caught.
+    g.swap();
+    assert_eq!(g.checkpoint(&machine(0x10_4321, ANSWER_BACK)), vec![]);
+    g.report_kimage(Kernel::B);
+    assert_eq!(g.checkpoint(&machine(0x10_4321, ANSWER_JUMP)), vec![]);
+    g.write(live + 0x10, 0xdead);
+    g.swap();
+    let found = g.checkpoint(&machine(0x20_1234, ANSWER_BACK));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].address, Some(live));
+}
+
+#[test]
+fn a_reload_may_keep_pages_the_last_view_had() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    // The same kimage again passes; a fresh load of B may take free pages.
+    g.report_kimage(Kernel::A);
+    g.oracle.peer_reloaded();
+    claim(&mut g, 0x50_0000);
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_JUMP)), vec![]);
+}
+
+#[test]
+fn a_kimage_may_not_keep_a_own_image_b_region_or_a_page_twice() {
+    let mut g = Guest::new();
+    // A's image: .text at 0x30_0000, one page.
+    g.oracle.symbols = Some(Symbols::from_parts(
+        vec![("kernel_text".to_owned(), 0x30_0000, 0x1000)],
+        vec![(".text".to_owned(), 0x30_0000, 0x1000)],
+    ));
+    let mut list = Alloc(&g.mem, 0xe0_0000);
+    let mut b = Builder::new();
+    b.add_page(&mut list, PEER.0, 0x30_0000).unwrap();
+    b.add_page(&mut list, PEER.0 + PAGE, PEER.0 + 2 * PAGE)
+        .unwrap();
+    b.add_page(&mut list, PEER.0 + 3 * PAGE, CONTROL_A).unwrap();
+    let (head, _) = b.finish(&mut list).unwrap();
+    g.args[0][KimageArgs::HEAD] = head;
+    g.report_kimage(Kernel::A);
+    let found = g.checkpoint(&machine(0x20_1234, ANSWER_JUMP));
+    let text: Vec<String> = found
+        .iter()
+        .map(|m| m.note.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(found.len(), 3, "{text:#?}");
+    assert_eq!(found[0].address, Some(0x30_0000), "{text:#?}");
+    assert!(text[0].contains("own loaded image (.text)"), "{text:#?}");
+    assert_eq!(found[0].symbol.as_deref(), Some("kernel_text (.text)"));
+    assert_eq!(found[1].address, Some(PEER.0 + 2 * PAGE));
+    assert!(text[1].contains("b's region"), "{text:#?}");
+    assert_eq!(found[2].address, Some(CONTROL_A));
+    assert!(text[2].contains("kept twice"), "{text:#?}");
+}
+
+#[test]
+fn a_kimage_may_not_move_b_region_between_suspends() {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    g.args[0][KimageArgs::PEER_END] = PEER.1 - PAGE;
+    g.report_kimage(Kernel::A);
+    g.write(CONTROL_A + control::DATA_PEER_ENTRY, ENTRY_B);
+    let found = g.checkpoint(&machine(0x20_1234, ANSWER_JUMP));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        found[0].name.as_deref(),
+        Some("kernel b's region in a's kimage")
+    );
+}

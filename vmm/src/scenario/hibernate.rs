@@ -496,6 +496,7 @@ impl<'a> Hibernation<'a> {
                     );
                     // A loads B afresh now: B boots at A's next jump.
                     self.tracker.peer_reloaded();
+                    self.oracle.peer_reloaded();
                 }
                 run.set_cycles(self.tracker.cycles_completed().min(self.cfg.cycles));
                 vm.advanced();

@@ -280,6 +280,7 @@ fn run_restored(
                     );
                     // A loads B afresh now: B boots at A's next jump.
                     tracker.peer_reloaded();
+                    oracle.peer_reloaded();
                 }
                 vm.set_console_name(match (id.kernel, id.direction) {
                     (Kernel::A, Direction::Suspend) => "b",
