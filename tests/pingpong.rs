@@ -1191,3 +1191,46 @@ fn faults_the_run_could_not_catch_are_refused() {
         );
     }
 }
+
+/// A's kimage report claims the page just past B's region (A's memory) as
+/// a source page parked at itself, and B writes that page in the same
+/// cycle: before, the claim hid the write and the run passed. Now, from
+/// cycle 2 on, the claim of a page A's view had is a mismatch at the page
+/// (which stays in A's view); in any cycle, the pair delivers outside B's
+/// region.
+#[test]
+fn a_kimage_that_claims_a_live_page_of_its_kernel_is_caught_at_the_page() {
+    if !kvm_or_skip("a_kimage_that_claims_a_live_page_of_its_kernel_is_caught_at_the_page") {
+        return;
+    }
+    let view = "in kernel a's view at its last suspend";
+    let outside = "outside the region it gives b";
+    for (inject, mode, cycle, notes) in [
+        ("claim-live-page@2", "swap", 2, &[view, outside][..]),
+        ("claim-live-page@2", "backup", 2, &[view, outside][..]),
+        ("claim-live-page", "swap", 1, &[outside][..]),
+    ] {
+        let (_, _, r) = ping_pong(
+            &format!("gf-{}-{mode}", inject.replace('@', "-")),
+            &["--cycles", "3", "--mode", mode, "--inject", inject],
+            1,
+        );
+        assert_eq!(r.failed_kernel.as_deref(), Some("a"), "{inject} {mode}");
+        assert_eq!(r.mismatches.len(), notes.len(), "{:#?}", r.mismatches);
+        for (m, says) in r.mismatches.iter().zip(notes) {
+            assert_eq!(m.kind, MismatchKind::Memory, "{inject} {mode}");
+            assert_eq!(m.name.as_deref(), Some("page of kernel a"));
+            assert_eq!(m.address, Some(0x90_0000), "{inject} {mode}");
+            assert!(
+                m.note.as_deref().is_some_and(|n| n.contains(says)),
+                "{inject} {mode}: {:?}",
+                m.note
+            );
+            assert_eq!(
+                (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+                ("a", "suspend", cycle),
+                "{inject} {mode}"
+            );
+        }
+    }
+}

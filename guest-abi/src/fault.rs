@@ -117,6 +117,12 @@ pub enum JumpFault {
     /// memory instead of the reserved region: `load-outside-reserved` (A,
     /// crash).
     LoadOutsideReserved,
+    /// Kernel A's kimage report (not the list its relocation code walks)
+    /// also lists the first page past B's region, A's own memory, parked
+    /// at itself: a claim that keeps that page out of A's view; and B,
+    /// given `write-outside` in the same cycle, damages that page while A
+    /// is away: `claim-live-page` (A).
+    ClaimLivePage,
     /// The saving kernel powers off without writing anything to the disk
     /// (its vmcore or image of A): `power-off-early` (B, crash and
     /// hibernate).
@@ -267,6 +273,11 @@ pub const CATALOG: &[Entry] = &[
         what: "a's kexec -p loads the capture kernel into a's own memory, not the reserved region",
     },
     Entry {
+        name: "claim-live-page",
+        who: Who::AOnly,
+        what: "a's kimage report claims one of a's own live pages (the first past b's region) as a source page, hiding it from a's view, and b damages that page (write-outside) in the same cycle",
+    },
+    Entry {
         name: "power-off-early",
         who: Who::BOnly,
         what: "b powers off without writing a's vmcore or image to the disk",
@@ -350,6 +361,7 @@ impl Fault {
             "write-outside-reserved" => Self::Jump(J::WriteOutsideReserved),
             "power-off-early" => Self::Jump(J::PowerOffEarly),
             "load-outside-reserved" => Self::Jump(J::LoadOutsideReserved),
+            "claim-live-page" => Self::Jump(J::ClaimLivePage),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -403,6 +415,7 @@ impl Fault {
             Self::Jump(J::WriteOutsideReserved) => "write-outside-reserved",
             Self::Jump(J::PowerOffEarly) => "power-off-early",
             Self::Jump(J::LoadOutsideReserved) => "load-outside-reserved",
+            Self::Jump(J::ClaimLivePage) => "claim-live-page",
         };
         CATALOG
             .iter()
@@ -438,7 +451,8 @@ impl JumpFault {
             | Self::VmcoreSkip
             | Self::WriteOutsideReserved
             | Self::PowerOffEarly
-            | Self::LoadOutsideReserved => 0,
+            | Self::LoadOutsideReserved
+            | Self::ClaimLivePage => 0,
         }
     }
 }

@@ -597,8 +597,8 @@ impl Oracle {
     /// B's region (A's kimage: those are the pages it moves), be kept twice
     /// (a source page that is also a control page or another pair's), or
     /// have been in `k`'s view at its last suspend (unless `k` reloaded its
-    /// peer since); and A's kimage may not move B's region between
-    /// suspends. One memory mismatch per such page, named with its
+    /// peer since); A's kimage may deliver only into B's region, and may
+    /// not move it between suspends. One memory mismatch per such page, named with its
     /// address and symbol; returns them and the pages of the last view the
     /// kimage keeps (to stay in the view).
     fn check_claims(&self, k: Kernel, at: &At) -> Result<(Vec<Mismatch>, Vec<u64>), OracleError> {
@@ -646,10 +646,45 @@ impl Oracle {
                     ..Mismatch::named(
                         at,
                         MismatchKind::Memory,
-                        format!("page of kernel {name} kept by its kimage as a {what}"),
-                        (format!("not {why}"), format!("{what} {page:#x}")),
+                        format!("page of kernel {name}"),
+                        (
+                            "not kept by its kimage".to_owned(),
+                            format!("kept by its kimage as a {what}"),
+                        ),
                         format!(
                             "kernel {name}'s kimage keeps page {page:#x} out of its view as a {what}, but it is {why}: damage there would go unseen"
+                        ),
+                    )
+                });
+            }
+        }
+        // A's kimage gives B its region: a page it delivers elsewhere is
+        // A's memory (and a pair that parks a page at itself, which hides
+        // it from A's view and moves nothing, is one).
+        if k == Kernel::A {
+            let outside = ki
+                .parked
+                .keys()
+                .chain(ki.peer_parked.keys())
+                .filter(|&&d| !(ki.peer_start..ki.peer_end).contains(&d));
+            for &page in outside {
+                out.push(Mismatch {
+                    address: Some(page),
+                    location: Some(page),
+                    symbol: self.symbols.as_ref().and_then(|s| s.lookup(page)),
+                    ..Mismatch::named(
+                        at,
+                        MismatchKind::Memory,
+                        "page of kernel a".to_owned(),
+                        (
+                            format!(
+                                "not a destination of its kimage (b's region is [{:#x}..{:#x}))",
+                                ki.peer_start, ki.peer_end
+                            ),
+                            "a destination of its kimage".to_owned(),
+                        ),
+                        format!(
+                            "kernel a's kimage delivers to page {page:#x}, a's memory outside the region it gives b"
                         ),
                     )
                 });

@@ -35,6 +35,11 @@ impl Injected {
         Self { fault, cycle }
     }
 
+    /// The fault this kernel was given, armed or not.
+    pub(super) fn fault(&self) -> Option<Fault> {
+        self.fault
+    }
+
     fn armed(&self, cycle: u64) -> bool {
         self.cycle.is_none_or(|c| c == cycle)
     }

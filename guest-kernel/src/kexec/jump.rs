@@ -20,6 +20,7 @@ use crate::relocate::kjump_jump;
 use crate::{harness, mem, serial};
 
 /// A loaded jump image: the control pages and the list(s) they point to.
+#[derive(Clone, Copy)]
 pub(super) struct JumpImage {
     pub(super) role: Role,
     pub(super) cp: u64,
@@ -107,10 +108,26 @@ pub fn run_a(boot: &BootInfo) -> ! {
         pattern.bytes(),
         cfg.cycles
     );
+    // `claim-live-page`: the kimage A reports in that cycle claims the page
+    // just past B's region (A's memory) as a source page.
+    let claim = matches!(
+        injected.fault(),
+        Some(kjump_abi::fault::Fault::Jump(JumpFault::ClaimLivePage))
+    )
+    .then(|| JumpImage {
+        head: load::claim_list(img.head, img.peer_end, (img.peer_start, img.peer_end)),
+        ..img
+    });
     for cycle in 1..=cfg.cycles {
         let before = cpu_view();
         injected.arm(cp, cycle);
-        img.jump();
+        match (&claim, injected.jump(cycle)) {
+            (Some(c), Some(JumpFault::ClaimLivePage)) => {
+                crate::println!("a: my kimage claims page {:#x}", img.peer_end);
+                c.jump()
+            }
+            _ => img.jump(),
+        }
         injected.arm(cp, 0);
         check_cpu(Role::A, &before);
         pattern.check(Role::A);

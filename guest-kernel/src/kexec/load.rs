@@ -290,6 +290,14 @@ fn write_b_boot_pages(
     if let Some(c) = cmdline::get(boot.cmdline, fault::B_CYCLE_KEY) {
         let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
     }
+    // `claim-live-page`: the page A's report claims is damaged while A is
+    // away, by B writing it (B's `write-outside`) in the same cycle.
+    if cmdline::get(boot.cmdline, fault::KEY) == Some("claim-live-page") {
+        let _ = write!(cmd, " {}=write-outside", fault::KEY);
+        if let Some(c) = cmdline::get(boot.cmdline, fault::CYCLE_KEY) {
+            let _ = write!(cmd, " {}={c}", fault::CYCLE_KEY);
+        }
+    }
     // A hibernating B saves A's RAM: it needs to know where it ends, and
     // which of A's hibernations this is (for its faults).
     if scenario == "hibernate" {
@@ -440,6 +448,28 @@ extern "sysv64" fn build_lists_ring3(job: u64) -> u64 {
         }
         None => 0,
     }
+}
+
+/// The `claim-live-page` fault: a copy of the list at `head` with one more
+/// pair, `page` parked at itself, built outside `avoid` (B's region). A
+/// reports it instead of the list its relocation code walks, so nothing
+/// moves differently: the report alone claims `page`.
+pub(super) fn claim_list(head: u64, page: u64, avoid: (u64, u64)) -> u64 {
+    let mut frames = Frames { avoid };
+    let mut b = Builder::new();
+    let mut ok = true;
+    let walked = kjump_abi::kimage::walk(
+        head,
+        1 << 24,
+        |a| Some(phys_read_u64(a)),
+        |p| ok &= b.add_page(&mut frames, p.dest, p.src).is_ok(),
+    );
+    if walked.is_err() || !ok || b.add_page(&mut frames, page, page).is_err() {
+        fail(format_args!("a: cannot build the claim-live-page list"));
+    }
+    b.finish(&mut frames)
+        .unwrap_or_else(|_| fail(format_args!("a: out of memory")))
+        .0
 }
 
 // ---------------------------------------------------------------------------
