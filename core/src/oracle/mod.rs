@@ -598,9 +598,9 @@ impl Oracle {
     /// (a source page that is also a control page or another pair's), or
     /// have been in `k`'s view at its last suspend (unless `k` reloaded its
     /// peer since); A's kimage may deliver only into B's region, and may
-    /// not move it between suspends. One memory mismatch per such page, named with its
-    /// address and symbol; returns them and the pages of the last view the
-    /// kimage keeps (to stay in the view).
+    /// not move it between suspends. One memory mismatch per such page,
+    /// named with its address and symbol; returns them and the pages of
+    /// the last view the kimage keeps (to stay in the view).
     fn check_claims(&self, k: Kernel, at: &At) -> Result<(Vec<Mismatch>, Vec<u64>), OracleError> {
         let ki = self.own_kimage(k)?;
         let (c0, c1) = ki.control_range();
@@ -639,23 +639,18 @@ impl Oracle {
                 None
             };
             if let Some(why) = why {
-                out.push(Mismatch {
-                    address: Some(page),
-                    location: Some(page),
-                    symbol: self.symbols.as_ref().and_then(|s| s.lookup(page)),
-                    ..Mismatch::named(
-                        at,
-                        MismatchKind::Memory,
-                        format!("page of kernel {name}"),
-                        (
-                            "not kept by its kimage".to_owned(),
-                            format!("kept by its kimage as a {what}"),
-                        ),
-                        format!(
-                            "kernel {name}'s kimage keeps page {page:#x} out of its view as a {what}, but it is {why}: damage there would go unseen"
-                        ),
-                    )
-                });
+                out.push(self.page_mismatch(
+                    at,
+                    k,
+                    page,
+                    (
+                        "not kept by its kimage".to_owned(),
+                        format!("kept by its kimage as a {what}"),
+                    ),
+                    format!(
+                        "kernel {name}'s kimage keeps page {page:#x} out of its view as a {what}, but it is {why}: damage there would go unseen"
+                    ),
+                ));
             }
         }
         // A's kimage gives B its region: a page it delivers elsewhere is
@@ -668,26 +663,21 @@ impl Oracle {
                 .chain(ki.peer_parked.keys())
                 .filter(|&&d| !(ki.peer_start..ki.peer_end).contains(&d));
             for &page in outside {
-                out.push(Mismatch {
-                    address: Some(page),
-                    location: Some(page),
-                    symbol: self.symbols.as_ref().and_then(|s| s.lookup(page)),
-                    ..Mismatch::named(
-                        at,
-                        MismatchKind::Memory,
-                        "page of kernel a".to_owned(),
-                        (
-                            format!(
-                                "not a destination of its kimage (b's region is [{:#x}..{:#x}))",
-                                ki.peer_start, ki.peer_end
-                            ),
-                            "a destination of its kimage".to_owned(),
-                        ),
+                out.push(self.page_mismatch(
+                    at,
+                    k,
+                    page,
+                    (
                         format!(
-                            "kernel a's kimage delivers to page {page:#x}, a's memory outside the region it gives b"
+                            "not a destination of its kimage (b's region is [{:#x}..{:#x}))",
+                            ki.peer_start, ki.peer_end
                         ),
-                    )
-                });
+                        "a destination of its kimage".to_owned(),
+                    ),
+                    format!(
+                        "kernel a's kimage delivers to page {page:#x}, a's memory outside the region it gives b"
+                    ),
+                ));
             }
         }
         if let (Kernel::A, Some(was), false) = (k, self.peer_region, self.reloaded[0]) {
@@ -709,6 +699,30 @@ impl Oracle {
             }
         }
         Ok((out, claimed))
+    }
+
+    /// A memory mismatch of `k`'s page `page`, found by a check of its
+    /// kimage (not by comparing content), with the page's symbol.
+    fn page_mismatch(
+        &self,
+        at: &At,
+        k: Kernel,
+        page: u64,
+        expected_actual: (String, String),
+        note: String,
+    ) -> Mismatch {
+        Mismatch {
+            address: Some(page),
+            location: Some(page),
+            symbol: self.symbols.as_ref().and_then(|s| s.lookup(page)),
+            ..Mismatch::named(
+                at,
+                MismatchKind::Memory,
+                format!("page of kernel {}", k.name()),
+                expected_actual,
+                note,
+            )
+        }
     }
 
     /// Home page -> where it is parked, for `k`'s pages while `k` is away.

@@ -471,6 +471,15 @@ fn a_kernel_checked_in_a_new_machine_is_compared_page_for_page() {
     assert_eq!(found[0].address, Some(0x30_0000));
 }
 
+/// A guest after cycle 1 (A back from B, all clean).
+fn one_cycle_done() -> Guest {
+    let mut g = Guest::new();
+    first_cycle(&mut g);
+    g.swap();
+    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    g
+}
+
 /// A's kimage, re-reported at a later cycle, keeps `extra` out of A's view
 /// as a source page (a pair that parks `extra` at itself: nothing moves).
 fn claim(g: &mut Guest, extra: u64) {
@@ -488,10 +497,7 @@ fn claim(g: &mut Guest, extra: u64) {
 
 #[test]
 fn a_page_of_the_view_a_later_kimage_claims_is_caught_and_stays_checked() {
-    let mut g = Guest::new();
-    first_cycle(&mut g);
-    g.swap();
-    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    let mut g = one_cycle_done();
     // Cycle 2: A's kimage claims one of its live pages.
     let live = 0x50_0000;
     claim(&mut g, live);
@@ -526,10 +532,7 @@ fn a_page_of_the_view_a_later_kimage_claims_is_caught_and_stays_checked() {
 
 #[test]
 fn a_reload_may_keep_pages_the_last_view_had() {
-    let mut g = Guest::new();
-    first_cycle(&mut g);
-    g.swap();
-    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    let mut g = one_cycle_done();
     // The same kimage again passes; a fresh load of B may take free pages.
     g.report_kimage(Kernel::A);
     g.oracle.peer_reloaded();
@@ -580,10 +583,7 @@ fn a_kimage_may_not_keep_a_own_image_b_region_or_a_page_twice() {
 
 #[test]
 fn a_kimage_may_not_move_b_region_between_suspends() {
-    let mut g = Guest::new();
-    first_cycle(&mut g);
-    g.swap();
-    assert_eq!(g.checkpoint(&machine(0x20_1234, ANSWER_BACK)), vec![]);
+    let mut g = one_cycle_done();
     g.args[0][KimageArgs::PEER_END] = PEER.1 - PAGE;
     g.report_kimage(Kernel::A);
     g.write(CONTROL_A + control::DATA_PEER_ENTRY, ENTRY_B);
