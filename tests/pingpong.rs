@@ -1234,3 +1234,37 @@ fn a_kimage_that_claims_a_live_page_of_its_kernel_is_caught_at_the_page() {
         }
     }
 }
+
+/// A's kimage report claims a page of A's own text (`run_a`'s) as a source
+/// page: caught at A's first suspend, the page named with its symbol.
+#[test]
+fn a_kimage_that_claims_its_kernels_own_text_is_caught_with_the_symbol() {
+    if !kvm_or_skip("a_kimage_that_claims_its_kernels_own_text_is_caught_with_the_symbol") {
+        return;
+    }
+    let (out, _, r) = guest_fault("gf-claim-own-text", "kjump.fault=claim-own-text", 1);
+    let m = only_mismatch(&r);
+    assert_eq!(m.kind, MismatchKind::Memory);
+    assert_eq!(m.name.as_deref(), Some("page of kernel a"));
+    let page = m.address.expect("the page");
+    assert!(
+        out.contains(&format!("a: my kimage claims page {page:#x}")),
+        "{out}"
+    );
+    assert!(
+        m.symbol.as_deref().is_some_and(|s| s.ends_with("(.text)")),
+        "{:?}",
+        m.symbol
+    );
+    assert!(
+        m.note
+            .as_deref()
+            .is_some_and(|n| n.contains("in kernel a's own loaded image (.text)")),
+        "{:?}",
+        m.note
+    );
+    assert_eq!(
+        (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+        ("a", "suspend", 1)
+    );
+}

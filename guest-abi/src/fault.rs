@@ -123,6 +123,9 @@ pub enum JumpFault {
     /// given `write-outside` in the same cycle, damages that page while A
     /// is away: `claim-live-page` (A).
     ClaimLivePage,
+    /// Kernel A's kimage report (as for `claim-live-page`) lists a page of
+    /// A's own text (`run_a`'s), parked at itself: `claim-own-text` (A).
+    ClaimOwnText,
     /// The saving kernel powers off without writing anything to the disk
     /// (its vmcore or image of A): `power-off-early` (B, crash and
     /// hibernate).
@@ -278,6 +281,11 @@ pub const CATALOG: &[Entry] = &[
         what: "a's kimage report claims one of a's own live pages (the first past b's region) as a source page, hiding it from a's view, and b damages that page (write-outside) in the same cycle",
     },
     Entry {
+        name: "claim-own-text",
+        who: Who::AOnly,
+        what: "a's kimage report claims a page of a's own text as a source page, hiding it from a's view",
+    },
+    Entry {
         name: "power-off-early",
         who: Who::BOnly,
         what: "b powers off without writing a's vmcore or image to the disk",
@@ -362,6 +370,7 @@ impl Fault {
             "power-off-early" => Self::Jump(J::PowerOffEarly),
             "load-outside-reserved" => Self::Jump(J::LoadOutsideReserved),
             "claim-live-page" => Self::Jump(J::ClaimLivePage),
+            "claim-own-text" => Self::Jump(J::ClaimOwnText),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -416,6 +425,7 @@ impl Fault {
             Self::Jump(J::PowerOffEarly) => "power-off-early",
             Self::Jump(J::LoadOutsideReserved) => "load-outside-reserved",
             Self::Jump(J::ClaimLivePage) => "claim-live-page",
+            Self::Jump(J::ClaimOwnText) => "claim-own-text",
         };
         CATALOG
             .iter()
@@ -452,7 +462,8 @@ impl JumpFault {
             | Self::WriteOutsideReserved
             | Self::PowerOffEarly
             | Self::LoadOutsideReserved
-            | Self::ClaimLivePage => 0,
+            | Self::ClaimLivePage
+            | Self::ClaimOwnText => 0,
         }
     }
 }

@@ -8,7 +8,8 @@ use kjump_abi::abi::{KimageArgs, Role};
 use kjump_abi::bootparams::E820_RAM;
 use kjump_abi::cmdline;
 use kjump_abi::control::{self, Slot, slot_offset};
-use kjump_abi::fault::JumpFault;
+use kjump_abi::fault::{Fault, JumpFault};
+use kjump_abi::layout::PAGE_SIZE;
 
 use super::cpu_state::{check_cpu, cpu_view, load_sse_pattern, set_b_control_bits};
 use super::faults::Injected;
@@ -108,22 +109,28 @@ pub fn run_a(boot: &BootInfo) -> ! {
         pattern.bytes(),
         cfg.cycles
     );
-    // `claim-live-page`: the kimage A reports in that cycle claims the page
-    // just past B's region (A's memory) as a source page.
-    let claim = matches!(
-        injected.fault(),
-        Some(kjump_abi::fault::Fault::Jump(JumpFault::ClaimLivePage))
-    )
-    .then(|| JumpImage {
-        head: load::claim_list(img.head, img.peer_end, (img.peer_start, img.peer_end)),
+    // `claim-live-page`, `claim-own-text`: the kimage A reports in that
+    // cycle claims a page of its own as a source page: the page just past
+    // B's region (A's memory), or one of A's text.
+    let claimed = match injected.fault() {
+        Some(Fault::Jump(JumpFault::ClaimLivePage)) => Some(img.peer_end),
+        Some(Fault::Jump(JumpFault::ClaimOwnText)) => Some(run_a as usize as u64 & !(PAGE_SIZE - 1)),
+        _ => None,
+    };
+    let claim = claimed.map(|page| JumpImage {
+        head: load::claim_list(img.head, page, (img.peer_start, img.peer_end)),
         ..img
     });
     for cycle in 1..=cfg.cycles {
         let before = cpu_view();
         injected.arm(cp, cycle);
-        match (&claim, injected.jump(cycle)) {
-            (Some(c), Some(JumpFault::ClaimLivePage)) => {
-                crate::println!("a: my kimage claims page {:#x}", img.peer_end);
+        match (&claim, claimed, injected.jump(cycle)) {
+            (
+                Some(c),
+                Some(page),
+                Some(JumpFault::ClaimLivePage | JumpFault::ClaimOwnText),
+            ) => {
+                crate::println!("a: my kimage claims page {page:#x}");
                 c.jump()
             }
             _ => img.jump(),
