@@ -759,6 +759,8 @@ impl Oracle {
         mem: &GuestMem,
     ) -> Result<(), OracleError> {
         self.kernels = kernels;
+        // B's region as the run had it: A's kimage may not move it later.
+        self.peer_region = self.kimage(Kernel::A).map(|a| (a.peer_start, a.peer_end));
         self.shadow = Some(Shadow::build(mem, &mut self.store)?);
         let k = at.kernel;
         if at.direction == Direction::Suspend {
