@@ -114,7 +114,9 @@ pub fn run_a(boot: &BootInfo) -> ! {
     // B's region (A's memory), or one of A's text.
     let claimed = match injected.fault() {
         Some(Fault::Jump(JumpFault::ClaimLivePage)) => Some(img.peer_end),
-        Some(Fault::Jump(JumpFault::ClaimOwnText)) => Some(run_a as *const () as u64 & !(PAGE_SIZE - 1)),
+        Some(Fault::Jump(JumpFault::ClaimOwnText)) => {
+            Some(run_a as *const () as u64 & !(PAGE_SIZE - 1))
+        }
         _ => None,
     };
     let claim = claimed.map(|page| JumpImage {
