@@ -325,7 +325,10 @@ impl Mismatch {
     /// checkpoints), else the checkpoint's kernel.
     pub fn kernel(&self) -> &str {
         match (self.kind, self.name.as_deref()) {
-            (MismatchKind::Memory, Some(n)) => n.strip_prefix("page of kernel ").unwrap_or(n),
+            (MismatchKind::Memory, Some(n)) => match n.strip_prefix("page of kernel ") {
+                Some(k) if !k.is_empty() && !k.contains(char::is_whitespace) => k,
+                _ => &self.at.kernel,
+            },
             _ => &self.at.kernel,
         }
     }
@@ -732,6 +735,24 @@ mod tests {
             kernel: "a".into(),
             direction: "resume".into(),
         }
+    }
+
+    #[test]
+    fn a_memory_mismatch_blames_the_page_owner_or_else_the_checkpoint_kernel() {
+        let page = |name: &str| {
+            Mismatch::named(
+                &at(),
+                MismatchKind::Memory,
+                name.to_owned(),
+                (String::new(), String::new()),
+                String::new(),
+            )
+        };
+        assert_eq!(page("page of kernel b").kernel(), "b");
+        // A name that is not a page's owner never becomes the kernel.
+        assert_eq!(page("kernel b's region in a's kimage").kernel(), "a");
+        assert_eq!(page("page of kernel b's kimage list").kernel(), "a");
+        assert_eq!(page("page of kernel ").kernel(), "a");
     }
 
     fn failing_report() -> Report {
