@@ -238,36 +238,24 @@ impl RunConfig {
             // Its image faults (B's, A's, C's and the host's, in any of
             // the run's hibernations), B's first delivery in any cycle,
             // and A's stop faults at boot.
+            let of_a_hibernation = matches!(
+                &inj.kind,
+                InjectKind::Guest {
+                    fault: Fault::Jump(
+                        JumpFault::ImageSkipPage
+                            | JumpFault::NoDeviceResume
+                            | JumpFault::PowerOffEarly,
+                    ),
+                    ..
+                } | InjectKind::Host(HostFault::Image(_))
+                    | InjectKind::Restore { .. }
+            );
             return match &inj.kind {
-                InjectKind::Guest {
-                    fault:
-                        Fault::Jump(
-                            JumpFault::ImageSkipPage
-                            | JumpFault::NoDeviceResume
-                            | JumpFault::PowerOffEarly,
-                        ),
-                    ..
-                }
-                | InjectKind::Host(HostFault::Image(_))
-                | InjectKind::Restore { .. }
-                    if inj.cycle.unwrap_or(1) > cycles =>
-                {
-                    refuse(format!(
-                        "the run saves and restores kernel a {cycles} time(s) (use --cycles {} or more)",
-                        inj.cycle.unwrap_or(1)
-                    ))
-                }
-                InjectKind::Guest {
-                    fault:
-                        Fault::Jump(
-                            JumpFault::ImageSkipPage
-                            | JumpFault::NoDeviceResume
-                            | JumpFault::PowerOffEarly,
-                        ),
-                    ..
-                }
-                | InjectKind::Host(HostFault::Image(_))
-                | InjectKind::Restore { .. } => Ok(()),
+                _ if of_a_hibernation && inj.cycle.unwrap_or(1) > cycles => refuse(format!(
+                    "the run saves and restores kernel a {cycles} time(s) (use --cycles {} or more)",
+                    inj.cycle.unwrap_or(1)
+                )),
+                _ if of_a_hibernation => Ok(()),
                 // A fresh B boots in each cycle, the last one's included.
                 InjectKind::Host(HostFault::FlipBImage)
                     if inj.host_cycle() <= cycles.saturating_add(1) =>
