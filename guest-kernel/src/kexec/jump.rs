@@ -127,11 +127,7 @@ pub fn run_a(boot: &BootInfo) -> ! {
         let before = cpu_view();
         injected.arm(cp, cycle);
         match (&claim, claimed, injected.jump(cycle)) {
-            (
-                Some(c),
-                Some(page),
-                Some(JumpFault::ClaimLivePage | JumpFault::ClaimOwnText),
-            ) => {
+            (Some(c), Some(page), Some(JumpFault::ClaimLivePage | JumpFault::ClaimOwnText)) => {
                 crate::println!("a: my kimage claims page {page:#x}");
                 c.jump()
             }
