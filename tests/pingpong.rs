@@ -1168,6 +1168,15 @@ fn faults_the_run_could_not_catch_are_refused() {
         ),
         ("flip-b@3", "its effect shows in cycle 4, the run has 3"),
         ("flip-a@9", "its effect shows in cycle 9, the run has 3"),
+        (
+            "move-b-region",
+            "no earlier region of b to move (use @2 or later)",
+        ),
+        (
+            "move-b-region@1",
+            "no earlier region of b to move (use @2 or later)",
+        ),
+        ("b:move-b-region@2", "kernel a's only"),
     ] {
         let (_, err) = assert_exit(
             &kjump(&[
@@ -1267,4 +1276,119 @@ fn a_kimage_that_claims_its_kernels_own_text_is_caught_with_the_symbol() {
         (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
         ("a", "suspend", 1)
     );
+}
+
+/// A's kimage report lists B's first page a second time, parked in A's
+/// control page: the control page is then kept twice, as a control page
+/// and as a source page. Caught at A's suspend in the cycle of the report,
+/// at that page, first. In swap mode from cycle 2 on, B's page is also
+/// looked for where the report parks it (B's view, checked while A runs),
+/// and is not there; in backup mode B's pages are parked by the other
+/// list, and in cycle 1 B has no view yet.
+#[test]
+fn a_kimage_that_keeps_its_control_page_twice_is_caught_at_the_page() {
+    if !kvm_or_skip("a_kimage_that_keeps_its_control_page_twice_is_caught_at_the_page") {
+        return;
+    }
+    for (inject, mode, cycle, found) in [
+        ("claim-control-page@2", "swap", 2, 2),
+        ("claim-control-page@2", "backup", 2, 1),
+        ("claim-control-page", "swap", 1, 1),
+    ] {
+        let (out, _, r) = ping_pong(
+            &format!("gf-{}-{mode}", inject.replace('@', "-")),
+            &["--cycles", "3", "--mode", mode, "--inject", inject],
+            1,
+        );
+        assert_eq!(r.failed_kernel.as_deref(), Some("a"), "{inject} {mode}");
+        assert_eq!(r.mismatches.len(), found, "{:#?}", r.mismatches);
+        let m = &r.mismatches[0];
+        let cp = m.address.expect("the page");
+        // The page is A's control page, and the report claimed it.
+        assert!(out.contains(&format!("control page {cp:#x},")), "{out}");
+        assert!(
+            out.contains(&format!("a: my kimage claims page {cp:#x}")),
+            "{out}"
+        );
+        assert_eq!(m.kind, MismatchKind::Memory, "{inject} {mode}");
+        assert_eq!(m.name.as_deref(), Some("page of kernel a"));
+        assert_eq!(m.location, Some(cp));
+        assert_eq!(
+            (m.expected.as_str(), m.actual.as_str()),
+            (
+                "not kept by its kimage",
+                "kept by its kimage as a source page"
+            )
+        );
+        assert_eq!(
+            m.note.as_deref(),
+            Some(
+                format!(
+                    "kernel a's kimage keeps page {cp:#x} out of its view as a source page, but it is kept twice (a source page that is also a control page or another pair's): damage there would go unseen"
+                )
+                .as_str()
+            ),
+            "{inject} {mode}"
+        );
+        for m in &r.mismatches {
+            assert_eq!(
+                (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+                ("a", "suspend", cycle),
+                "{inject} {mode}"
+            );
+        }
+        if let Some(b) = r.mismatches.get(1) {
+            assert_eq!(b.kind, MismatchKind::Memory);
+            assert_eq!(b.name.as_deref(), Some("page of kernel b"));
+            assert_eq!((b.address, b.location), (Some(0x10_0000), Some(cp)));
+        }
+    }
+}
+
+/// A's kimage report of cycle 2 gives B's region one page more at its end
+/// than A's report of cycle 1 (B's view would take in a page of A's):
+/// caught at A's suspend in cycle 2, both regions named.
+#[test]
+fn a_kimage_that_moves_bs_region_between_suspends_is_caught() {
+    if !kvm_or_skip("a_kimage_that_moves_bs_region_between_suspends_is_caught") {
+        return;
+    }
+    for mode in ["swap", "backup"] {
+        let (out, _, r) = ping_pong(
+            &format!("gf-move-b-region-{mode}"),
+            &[
+                "--cycles",
+                "3",
+                "--mode",
+                mode,
+                "--inject",
+                "move-b-region@2",
+            ],
+            1,
+        );
+        assert!(
+            out.contains("a: my kimage gives b 0x100000..0x901000"),
+            "{out}"
+        );
+        let m = only_mismatch(&r);
+        assert_eq!(m.kind, MismatchKind::Memory, "{mode}");
+        assert_eq!(m.name.as_deref(), Some("kernel b's region in a's kimage"));
+        assert_eq!(m.address, Some(0x10_0000));
+        assert_eq!(
+            (m.expected.as_str(), m.actual.as_str()),
+            ("[0x100000..0x900000)", "[0x100000..0x901000)"),
+            "{mode}"
+        );
+        assert_eq!(
+            m.note.as_deref(),
+            Some(
+                "kernel a's kimage moved b's region (b's view) since its last suspend without loading b afresh"
+            )
+        );
+        assert_eq!(
+            (m.at.kernel.as_str(), m.at.direction.as_str(), m.at.cycle),
+            ("a", "suspend", 2),
+            "{mode}"
+        );
+    }
 }

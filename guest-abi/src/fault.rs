@@ -126,6 +126,16 @@ pub enum JumpFault {
     /// Kernel A's kimage report (as for `claim-live-page`) lists a page of
     /// A's own text (`run_a`'s), parked at itself: `claim-own-text` (A).
     ClaimOwnText,
+    /// Kernel A's kimage report (as for `claim-live-page`) lists the first
+    /// page of B's region a second time, parked in A's control page: a
+    /// source page that is also a control page, kept twice:
+    /// `claim-control-page` (A).
+    ClaimControlPage,
+    /// Kernel A's kimage report (not what A loaded) gives B's region one
+    /// page more at its end than the reports before it: a region moved
+    /// between suspends without loading B afresh: `move-b-region` (A,
+    /// `@N` with N >= 2).
+    MoveBRegion,
     /// The saving kernel powers off without writing anything to the disk
     /// (its vmcore or image of A): `power-off-early` (B, crash and
     /// hibernate).
@@ -286,6 +296,16 @@ pub const CATALOG: &[Entry] = &[
         what: "a's kimage report claims a page of a's own text as a source page, hiding it from a's view",
     },
     Entry {
+        name: "claim-control-page",
+        who: Who::AOnly,
+        what: "a's kimage report lists b's first page again, parked in a's control page: a page kept twice (source and control page)",
+    },
+    Entry {
+        name: "move-b-region",
+        who: Who::AOnly,
+        what: "a's kimage report of cycle N (N >= 2) gives b's region one page more at its end than the reports before it",
+    },
+    Entry {
         name: "power-off-early",
         who: Who::BOnly,
         what: "b powers off without writing a's vmcore or image to the disk",
@@ -371,6 +391,8 @@ impl Fault {
             "load-outside-reserved" => Self::Jump(J::LoadOutsideReserved),
             "claim-live-page" => Self::Jump(J::ClaimLivePage),
             "claim-own-text" => Self::Jump(J::ClaimOwnText),
+            "claim-control-page" => Self::Jump(J::ClaimControlPage),
+            "move-b-region" => Self::Jump(J::MoveBRegion),
             _ => {
                 let slot = control::slot_by_name(name.strip_prefix("forget-")?)?;
                 // rdi carries the control page into the re-entry path and
@@ -426,6 +448,8 @@ impl Fault {
             Self::Jump(J::LoadOutsideReserved) => "load-outside-reserved",
             Self::Jump(J::ClaimLivePage) => "claim-live-page",
             Self::Jump(J::ClaimOwnText) => "claim-own-text",
+            Self::Jump(J::ClaimControlPage) => "claim-control-page",
+            Self::Jump(J::MoveBRegion) => "move-b-region",
         };
         CATALOG
             .iter()
@@ -463,7 +487,9 @@ impl JumpFault {
             | Self::PowerOffEarly
             | Self::LoadOutsideReserved
             | Self::ClaimLivePage
-            | Self::ClaimOwnText => 0,
+            | Self::ClaimOwnText
+            | Self::ClaimControlPage
+            | Self::MoveBRegion => 0,
         }
     }
 }

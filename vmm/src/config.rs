@@ -362,6 +362,14 @@ impl RunConfig {
                 (JumpFault::PowerOffEarly, _) => {
                     return refuse("needs --scenario crash or hibernate".into());
                 }
+                // Caught against the region A's report of the cycle before
+                // gave: without `@N` every report gives the same.
+                (JumpFault::MoveBRegion, _) if c == 1 => {
+                    return refuse(
+                        "a's first kimage report has no earlier region of b to move (use @2 or later)"
+                            .into(),
+                    );
+                }
                 (_, Kernel::A) => c,
                 // B's jump in cycle c comes back in cycle c + 1.
                 (_, Kernel::B) => next_cycle(c)?,
@@ -566,5 +574,16 @@ mod tests {
         assert!(check("flip-b-image", Some(5), Scenario::Hibernate, u64::MAX).is_ok());
         assert!(check("flip-b-image", Some(3), Scenario::Hibernate, 1).is_err());
         assert!(check("b:forget-r12", Some(u64::MAX), Scenario::PingPong, u64::MAX).is_err());
+        // A region moved needs a region before it.
+        for cycle in [None, Some(1)] {
+            assert!(matches!(
+                check("move-b-region", cycle, Scenario::PingPong, 3),
+                Err(FaultError::NotFor(m)) if m.contains("use @2 or later")
+            ));
+        }
+        assert!(check("move-b-region", Some(2), Scenario::PingPong, 3).is_ok());
+        assert!(check("move-b-region", Some(4), Scenario::PingPong, 3).is_err());
+        assert!(check("claim-control-page", None, Scenario::PingPong, 1).is_ok());
+        assert!(check("claim-control-page", None, Scenario::Hibernate, 1).is_err());
     }
 }

@@ -109,27 +109,48 @@ pub fn run_a(boot: &BootInfo) -> ! {
         pattern.bytes(),
         cfg.cycles
     );
-    // `claim-live-page`, `claim-own-text`: the kimage A reports in that
-    // cycle claims a page of its own as a source page: the page just past
-    // B's region (A's memory), or one of A's text.
-    let claimed = match injected.fault() {
-        Some(Fault::Jump(JumpFault::ClaimLivePage)) => Some(img.peer_end),
+    // The kimage A reports in the armed cycle(s) instead of the one its
+    // relocation code walks (nothing moves differently), and the page it
+    // claims: `claim-live-page`, `claim-own-text` claim a page of A's own
+    // as a source page parked at itself (the page just past B's region,
+    // A's memory; one of A's text); `claim-control-page` lists B's first
+    // page again, parked in A's control page; `move-b-region` gives B's
+    // region one page more at its end.
+    let claim = |dest, src| {
+        let head = load::claim_list(img.head, dest, src, (img.peer_start, img.peer_end));
+        Some((JumpImage { head, ..img }, Some(src)))
+    };
+    let reported = match injected.fault() {
+        Some(Fault::Jump(JumpFault::ClaimLivePage)) => claim(img.peer_end, img.peer_end),
         Some(Fault::Jump(JumpFault::ClaimOwnText)) => {
-            Some(run_a as *const () as u64 & !(PAGE_SIZE - 1))
+            let page = run_a as *const () as u64 & !(PAGE_SIZE - 1);
+            claim(page, page)
         }
+        Some(Fault::Jump(JumpFault::ClaimControlPage)) => claim(img.peer_start, img.cp),
+        Some(Fault::Jump(JumpFault::MoveBRegion)) => Some((
+            JumpImage {
+                peer_end: img.peer_end + PAGE_SIZE,
+                ..img
+            },
+            None,
+        )),
         _ => None,
     };
-    let claim = claimed.map(|page| JumpImage {
-        head: load::claim_list(img.head, page, (img.peer_start, img.peer_end)),
-        ..img
-    });
     for cycle in 1..=cfg.cycles {
         let before = cpu_view();
         injected.arm(cp, cycle);
-        match (&claim, claimed, injected.jump(cycle)) {
-            (Some(c), Some(page), Some(JumpFault::ClaimLivePage | JumpFault::ClaimOwnText)) => {
-                crate::println!("a: my kimage claims page {page:#x}");
-                c.jump()
+        // Only these faults report another kimage, and only when armed.
+        match (&reported, injected.jump(cycle)) {
+            (Some((r, claimed)), Some(_)) => {
+                match claimed {
+                    Some(page) => crate::println!("a: my kimage claims page {page:#x}"),
+                    None => crate::println!(
+                        "a: my kimage gives b {:#x}..{:#x}",
+                        r.peer_start,
+                        r.peer_end
+                    ),
+                }
+                r.jump()
             }
             _ => img.jump(),
         }

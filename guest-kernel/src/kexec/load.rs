@@ -450,11 +450,12 @@ extern "sysv64" fn build_lists_ring3(job: u64) -> u64 {
     }
 }
 
-/// The `claim-live-page` fault: a copy of the list at `head` with one more
-/// pair, `page` parked at itself, built outside `avoid` (B's region). A
-/// reports it instead of the list its relocation code walks, so nothing
-/// moves differently: the report alone claims `page`.
-pub(super) fn claim_list(head: u64, page: u64, avoid: (u64, u64)) -> u64 {
+/// The claim faults (`claim-live-page`, `claim-own-text`,
+/// `claim-control-page`): a copy of the list at `head` with one more pair,
+/// `dest` parked at `src`, built outside `avoid` (B's region). A reports it
+/// instead of the list its relocation code walks, so nothing moves
+/// differently: the report alone claims `src`.
+pub(super) fn claim_list(head: u64, dest: u64, src: u64, avoid: (u64, u64)) -> u64 {
     let mut frames = Frames { avoid };
     let mut b = Builder::new();
     let mut ok = true;
@@ -464,8 +465,8 @@ pub(super) fn claim_list(head: u64, page: u64, avoid: (u64, u64)) -> u64 {
         |a| Some(phys_read_u64(a)),
         |p| ok &= b.add_page(&mut frames, p.dest, p.src).is_ok(),
     );
-    if walked.is_err() || !ok || b.add_page(&mut frames, page, page).is_err() {
-        fail(format_args!("a: cannot build the claim-live-page list"));
+    if walked.is_err() || !ok || b.add_page(&mut frames, dest, src).is_err() {
+        fail(format_args!("a: cannot build the claimed list"));
     }
     b.finish(&mut frames)
         .unwrap_or_else(|_| fail(format_args!("a: out of memory")))
