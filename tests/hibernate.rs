@@ -9,6 +9,7 @@ mod common;
 
 use common::{assert_exit, kjump, kvm_or_skip, scratch};
 use kjump_abi::hibimage::Header;
+use kjump_core::symbols::Symbols;
 
 fn hibernate(extra: &[&str]) -> std::process::Output {
     let mut args = vec!["--scenario", "hibernate", "--mem", "64M"];
@@ -496,6 +497,60 @@ fn a_restore_kernel_that_skips_the_trampoline_leaves_a_damaged_where_c_ran() {
     assert!(err.contains("needs --scenario hibernate"), "{err}");
     let (_, err) = assert_exit(&hibernate(&["--inject", "c:no-trampoline@2"]), 2);
     assert!(err.contains("use --cycles 2 or more"), "{err}");
+}
+
+/// `c:no-trampoline` with the restore kernel linked at 6 MiB: A's
+/// re-entry routine is not where C jumps (C's image is there, and the
+/// zeros it left of A's pages), so the vCPU runs on into C's own code and
+/// faults there. The run cannot go on: exit 2, the crash's rip named by
+/// C's symbols (A's have none there), A never restored.
+#[test]
+fn a_restore_kernel_elsewhere_that_skips_the_trampoline_crashes_in_its_own_code() {
+    if !kvm_or_skip("a_restore_kernel_elsewhere_that_skips_the_trampoline_crashes_in_its_own_code")
+    {
+        return;
+    }
+    let c = env!("KJUMP_GUEST_KERNEL_ALT");
+    if c.is_empty() {
+        eprintln!("skipped: a prebuilt kernel (KJUMP_GUEST_KERNEL_PREBUILT) has no second link");
+        return;
+    }
+    let (out, err) = assert_exit(
+        &hibernate(&["--restore-kernel", c, "--inject", "c:no-trampoline"]),
+        2,
+    );
+    assert!(out.contains("[c] c: kernel c at 0x600000.."), "{out}");
+    assert!(
+        out.contains(
+            "[c] c: INJECTED FAULT: skipping the trampoline: entering a's re-entry routine 0x"
+        ),
+        "{out}"
+    );
+    line(
+        &out,
+        &err,
+        "kjump: hibernate: ERROR (0 of 1 cycles, 1 checkpoints, ",
+    );
+    assert!(!out.contains("[a] a: restored"), "{out}");
+    // The error is the vCPU's exception (which one moves with C's layout),
+    // at a rip in C's text, named by C's symbols.
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("kjump: error: guest a: exception #"),
+        "{err}"
+    );
+    let rip = word_after(first, "at rip=");
+    let rip = u64::from_str_radix(rip.trim_start_matches("0x"), 16).unwrap();
+    let c_syms = Symbols::from_elf(&std::fs::read(c).unwrap()).unwrap();
+    let named = c_syms.lookup(rip).expect("the rip is in c's image");
+    assert!(named.ends_with(" (.text)"), "{named}");
+    assert!(
+        first.contains(&format!("at rip={rip:#x} ({named})")),
+        "{first}"
+    );
+    let a_syms = Symbols::from_elf(kjump::DEFAULT_KERNEL).unwrap();
+    assert_eq!(a_syms.lookup(rip), None, "{first}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
