@@ -321,19 +321,36 @@ fn no_backup_is_caught_at_a_s_pages_of_low_memory() {
     if !kvm_or_skip("no_backup_is_caught_at_a_s_pages_of_low_memory") {
         return;
     }
-    let (out, ms) = caught("crash-no-backup", "no-backup");
-    // A's kernel text is the first page found lost, named by its symbol.
+    let (out, ms, saved) = caught_with_files("crash-no-backup", "no-backup");
+    // A's doing, caught at B's entry (before B runs): A's kernel text is
+    // the first page found lost, named by its symbol, with the backup
+    // page it was looked for at.
     assert!(
-        out.contains("(cycle 1, kernel a, vmcore): memory: page 0x200000 in _start (.text)"),
+        out.contains("kjump: crash: FAIL (kernel a, ")
+            && out.contains("mismatch(es) in kernel a's hand-over to kernel b, found at b's entry"),
         "{out}"
     );
-    // Every page reported is in the low memory B ran in.
+    assert!(
+        out.contains("(cycle 1, kernel a, hand-over): memory: page 0x200000 (looked for at 0x")
+            && out.contains(") in _start (.text)"),
+        "{out}"
+    );
+    // Every page reported is in the low memory B ran in, looked for in
+    // the backup region (in the reserved region [8M, 24M)), page for page.
+    let offset = ms[0]["location"].as_u64().unwrap() - ms[0]["address"].as_u64().unwrap();
     for m in &ms {
         let a = m["address"].as_u64().unwrap();
+        let l = m["location"].as_u64().unwrap();
         assert!((MIB..8 * MIB).contains(&a), "{m}");
+        assert!((8 * MIB..24 * MIB).contains(&l), "{m}");
+        assert_eq!(l - a, offset, "{m}");
         assert_eq!(m["kind"], "memory", "{m}");
+        assert_eq!(m["kernel"], "a", "{m}");
+        assert_eq!(m["direction"], "hand-over", "{m}");
     }
     assert!(ms.len() > 10, "{ms:?}");
+    // B was not run on: the disk holds no vmcore.
+    assert!(Header::parse_vmcore(&std::fs::read(&saved.disk).unwrap()).is_err());
 }
 
 #[test]
@@ -343,7 +360,8 @@ fn b_reading_low_memory_in_place_is_caught_at_the_pages_b_changed() {
     }
     let (out, ms) = caught("crash-no-backup-read", "b:no-backup-read");
     assert!(
-        out.contains("memory: checksum of the vmcore's range at 0x100000"),
+        out.contains("kjump: crash: FAIL (kernel b, ")
+            && out.contains("memory: checksum of the vmcore's range at 0x100000"),
         "{out}"
     );
     // B's own boot data and kernel variables where A's were: pages of low
@@ -367,7 +385,8 @@ fn a_range_left_out_of_the_vmcore_is_named() {
     }
     let (out, ms) = caught("crash-vmcore-skip", "b:vmcore-skip");
     assert!(
-        out.contains("memory: 10240 page(s) missing from the vmcore, from 0x1800000"),
+        out.contains("kjump: crash: FAIL (kernel b, ")
+            && out.contains("memory: 10240 page(s) missing from the vmcore, from 0x1800000"),
         "{out}"
     );
     assert_eq!(ms.len(), 1, "{ms:?}");
@@ -389,8 +408,12 @@ fn stale_crash_notes_are_caught_at_the_register() {
     assert_eq!(ms.len(), 1, "{ms:?}");
     assert_eq!(ms[0]["kind"], "register");
     assert_eq!(ms[0]["name"], "rsp");
+    assert_eq!(ms[0]["direction"], "hand-over");
+    // A's doing, caught in its crash notes at B's entry.
     assert!(
-        out.contains("(cycle 1, kernel a, vmcore): register rsp: 0x"),
+        out.contains("kjump: crash: FAIL (kernel a, ")
+            && out.contains("(cycle 1, kernel a, hand-over): register rsp: 0x")
+            && out.contains("the crash notes at 0x"),
         "{out}"
     );
 }
@@ -406,7 +429,10 @@ fn b_writing_outside_its_region_is_caught_at_the_page() {
     assert_eq!(ms[0]["ranges"][0]["start"], 24 * MIB);
     assert_eq!(ms[0]["ranges"][0]["end"], 24 * MIB + 8);
     assert!(
-        out.contains("(cycle 1, kernel a, b's writes): memory: page written by kernel b 0x1800000"),
+        out.contains("kjump: crash: FAIL (kernel b, ")
+            && out.contains(
+                "(cycle 1, kernel a, b's writes): memory: page written by kernel b 0x1800000"
+            ),
         "{out}"
     );
 }
@@ -466,7 +492,7 @@ fn a_capture_kernel_loaded_outside_the_reserved_region_is_caught_at_its_pages() 
     let (out, ms) = caught("crash-load-outside", "load-outside-reserved");
     assert!(
         out.contains("kjump: crash: FAIL (kernel a, ")
-            && out.contains("mismatch(es) in where kernel a loaded the capture kernel: first: checkpoint 0 (cycle 1, kernel a, vmcore): memory: ")
+            && out.contains("mismatch(es) in kernel a's hand-over to kernel b, found at b's entry (b is not run: what it would save follows from them): first: checkpoint 0 (cycle 1, kernel a, hand-over): memory: ")
             && out.contains("page(s) of a's kimage outside the reserved region, from 0x"),
         "{out}"
     );

@@ -72,7 +72,7 @@ pub fn check_untouched(
 /// had is as wrong as a wrong register). One mismatch per register or
 /// field that differs, named.
 pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At) -> Vec<Mismatch> {
-    use kjump_abi::vmcore::{PRSTATUS_FIELDS, PRSTATUS_REG_NAMES, prstatus, prstatus_regs};
+    use kjump_abi::vmcore::{PRSTATUS_FIELDS, prstatus, prstatus_regs};
     let expected = crate::dump::write::prstatus_regs(vcpu);
     let contract = prstatus(&expected, false);
     let note = image.prstatus().unwrap_or_default();
@@ -98,7 +98,21 @@ pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At
             "the vmcore has no NT_PRSTATUS note".to_owned(),
         )];
     };
-    let regs = PRSTATUS_REG_NAMES
+    let mut out = compare_regs(&expected, &found, "the vmcore's NT_PRSTATUS holds", at);
+    out.extend(fields);
+    out
+}
+
+/// One register mismatch per register of `found` (what `holder`, "… holds", holds,
+/// in `PRSTATUS_REG_NAMES` order) that differs from `expected` (the
+/// kernel's at its checkpoint), named.
+fn compare_regs(
+    expected: &[u64; kjump_abi::vmcore::PRSTATUS_NREGS],
+    found: &[u64; kjump_abi::vmcore::PRSTATUS_NREGS],
+    holder: &str,
+    at: &At,
+) -> Vec<Mismatch> {
+    kjump_abi::vmcore::PRSTATUS_REG_NAMES
         .iter()
         .zip(expected.iter().zip(found.iter()))
         .filter(|(_, (e, f))| e != f)
@@ -108,12 +122,75 @@ pub fn check_prstatus(image: &DiskImage, vcpu: &crate::state::VcpuState, at: &At
                 MismatchKind::Register,
                 (*name).to_owned(),
                 (format!("{e:#x}"), format!("{f:#x}")),
-                format!(
-                    "the vmcore's NT_PRSTATUS holds {name} {f:#x}; the kernel had {e:#x} at its checkpoint"
-                ),
+                format!("{holder} {name} {f:#x}; the kernel had {e:#x} at its checkpoint"),
             )
-        });
-    regs.chain(fields).collect()
+        })
+        .collect()
+}
+
+/// Checks the crash notes a crashed kernel left for the capture kernel
+/// (`found`: its saved context read at `notes`, as
+/// [`kjump_abi::vmcore::notes_regs`] orders it, with the crash
+/// information's rip) against `vcpu`, the VMM's own capture at its panic
+/// checkpoint: one register mismatch per register that differs, named.
+pub fn check_crash_notes(
+    found: &[u64; kjump_abi::vmcore::PRSTATUS_NREGS],
+    notes: u64,
+    vcpu: &crate::state::VcpuState,
+    at: &At,
+) -> Vec<Mismatch> {
+    let expected = crate::dump::write::prstatus_regs(vcpu);
+    compare_regs(
+        &expected,
+        found,
+        &format!("the crash notes at {notes:#x} (rip: the crash information) hold"),
+        at,
+    )
+}
+
+/// Checks the backup of kernel `k`'s low memory `[start, end)` the
+/// crashed kernel made before entering the capture kernel: the page at
+/// `backup_at + (p - start)` of `found` must hold `k`'s page `p` as its
+/// checkpoint left it. A page that differs is a memory mismatch of `k`,
+/// named by `k`'s page (and symbol), looked for at its backup page.
+pub fn check_backup(
+    oracle: &Oracle,
+    k: Kernel,
+    found: &crate::GuestMem,
+    (start, end): (u64, u64),
+    backup_at: u64,
+    at: &At,
+) -> Result<Vec<Mismatch>, io::Error> {
+    use crate::dump::RamSource;
+    use vm_memory::Bytes;
+    let mut out = Vec::new();
+    let Some((_, _, left)) = oracle.left(k, found) else {
+        return Ok(out);
+    };
+    let mut expected = Box::new([0u8; PAGE_SIZE]);
+    let mut actual = Box::new([0u8; PAGE_SIZE]);
+    for p in (start..end).step_by(PAGE_SIZE) {
+        let b = backup_at + (p - start);
+        left.read_ram(p, &mut expected[..])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        found
+            .read_slice(&mut actual[..], vm_memory::GuestAddress(b))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if *actual != *expected {
+            out.push(page_mismatch(
+                at,
+                oracle.symbols(),
+                (p, b),
+                &expected,
+                &actual,
+                format!(
+                    "kernel {}'s page {p:#x} is not in its backup at {b:#x} when the capture kernel is entered",
+                    k.name()
+                ),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Checks the vmcore's ELF entry (`e_entry`: where the crashed kernel

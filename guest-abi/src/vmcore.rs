@@ -81,6 +81,49 @@ pub fn prstatus_regs(b: &[u8]) -> Option<[u64; PRSTATUS_NREGS]> {
     Some(regs)
 }
 
+/// The `pr_reg` registers (in [`PRSTATUS_REG_NAMES`] order) the crash
+/// notes hold: crashed kernel A's saved context (`control::CONTEXT` of
+/// its control page), each slot read by `read` at its byte offset from
+/// the notes; `rip` is the crash information's (the context has none),
+/// `orig_rax` -1 (not in a system call). The capture kernel builds its
+/// `NT_PRSTATUS` from it, the VMM checks the notes with it.
+pub fn notes_regs(read: impl Fn(u64) -> u64, rip: u64) -> [u64; PRSTATUS_NREGS] {
+    use crate::control::{CONTEXT, Slot, slot_offset};
+    let slot = |s: Slot| read(slot_offset(s) - CONTEXT);
+    [
+        slot(Slot::R15),
+        slot(Slot::R14),
+        slot(Slot::R13),
+        slot(Slot::R12),
+        slot(Slot::Rbp),
+        slot(Slot::Rbx),
+        slot(Slot::R11),
+        slot(Slot::R10),
+        slot(Slot::R9),
+        slot(Slot::R8),
+        slot(Slot::Rax),
+        slot(Slot::Rcx),
+        slot(Slot::Rdx),
+        slot(Slot::Rsi),
+        slot(Slot::Rdi),
+        u64::MAX, // orig_rax: not in a system call
+        rip,
+        slot(Slot::Cs),
+        slot(Slot::Rflags),
+        slot(Slot::Rsp),
+        slot(Slot::Ss),
+        slot(Slot::FsBase),
+        slot(Slot::GsBase),
+        slot(Slot::Ds),
+        slot(Slot::Es),
+        slot(Slot::Fs),
+        slot(Slot::Gs),
+    ]
+}
+
+/// Bytes of the crash notes (the saved context's slots).
+pub const NOTES_SIZE: u64 = 8 * crate::control::SLOTS;
+
 /// The key on crashed kernel A's command line with the region reserved
 /// for the capture kernel, `SIZE@ADDR` (Linux's `crashkernel=`).
 pub const CRASHKERNEL_KEY: &str = "crashkernel";
@@ -167,6 +210,26 @@ impl CrashInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crash_notes_give_each_register_its_slot() {
+        use crate::control::{CONTEXT, SLOT_NAMES, slot_offset};
+        // Each slot read as its own offset: every register but orig_rax
+        // and rip names the slot it came from.
+        let regs = notes_regs(|o| o, 0x20_1001);
+        for (name, v) in PRSTATUS_REG_NAMES.iter().zip(regs) {
+            match *name {
+                "orig_rax" => assert_eq!(v, u64::MAX),
+                "rip" => assert_eq!(v, 0x20_1001),
+                _ => {
+                    let i = SLOT_NAMES.iter().position(|s| s == name).unwrap();
+                    assert_eq!(v, 8 * i as u64, "{name}");
+                }
+            }
+        }
+        assert_eq!(slot_offset(crate::control::Slot::Rax) - CONTEXT, 0);
+        assert_eq!(NOTES_SIZE, 8 * SLOT_NAMES.len() as u64);
+    }
 
     #[test]
     fn prstatus_and_crash_info_round_trip() {

@@ -26,12 +26,12 @@ use core::fmt::Write;
 use kjump_abi::abi::Role;
 use kjump_abi::bootparams::E820_RAM;
 use kjump_abi::cmdline;
-use kjump_abi::control::{self, Slot, slot_offset};
+use kjump_abi::control;
 use kjump_abi::fault::JumpFault;
 use kjump_abi::hibimage::{self, Range};
 use kjump_abi::kimage::IND_DONE;
 use kjump_abi::layout::{HIGH_RAM_START, PAGE_SIZE};
-use kjump_abi::vmcore::{self, BACKUP_SIZE_KEY, CrashInfo, PRSTATUS_NREGS};
+use kjump_abi::vmcore::{self, BACKUP_SIZE_KEY, CrashInfo};
 
 use super::faults::Injected;
 use super::hibernate::{NO_PAGE, checksum_ring3, in_ring3, write_image};
@@ -218,42 +218,13 @@ pub fn run_b(boot: &BootInfo) -> ! {
     };
     let backup_len = info.backup_end.saturating_sub(info.backup_start);
     if info.backup_at.saturating_add(backup_len) > map_top
-        || info.notes + control::SLOTS * 8 > map_top
+        || info.notes + vmcore::NOTES_SIZE > map_top
     {
         fail(format_args!("b: a's crash information points beyond RAM"));
     }
 
     // A's registers from the crash notes (its saved context).
-    let slot = |s: Slot| phys_read_u64(info.notes - control::CONTEXT + slot_offset(s));
-    let regs: [u64; PRSTATUS_NREGS] = [
-        slot(Slot::R15),
-        slot(Slot::R14),
-        slot(Slot::R13),
-        slot(Slot::R12),
-        slot(Slot::Rbp),
-        slot(Slot::Rbx),
-        slot(Slot::R11),
-        slot(Slot::R10),
-        slot(Slot::R9),
-        slot(Slot::R8),
-        slot(Slot::Rax),
-        slot(Slot::Rcx),
-        slot(Slot::Rdx),
-        slot(Slot::Rsi),
-        slot(Slot::Rdi),
-        u64::MAX, // orig_rax: not in a system call
-        info.rip,
-        slot(Slot::Cs),
-        slot(Slot::Rflags),
-        slot(Slot::Rsp),
-        slot(Slot::Ss),
-        slot(Slot::FsBase),
-        slot(Slot::GsBase),
-        slot(Slot::Ds),
-        slot(Slot::Es),
-        slot(Slot::Fs),
-        slot(Slot::Gs),
-    ];
+    let regs = vmcore::notes_regs(|o| phys_read_u64(info.notes + o), info.rip);
     let prstatus = vmcore::prstatus(&regs, false);
 
     // Each range of A's memory, from where it is now: low memory from the

@@ -21,12 +21,21 @@
 use std::path::Path;
 use std::time::Instant;
 
+use kjump_abi::bootparams;
+use kjump_abi::cmdline;
+use kjump_abi::control;
+use kjump_abi::hibimage::Header;
 use kjump_abi::hibimage::ImageError;
+use kjump_abi::vmcore::{CRASH_INFO_SIZE, CrashInfo};
 use kjump_core::checkpoint::Kernel;
 use kjump_core::hibimage::{DiskImage, DiskImageError, check_pages};
 use kjump_core::oracle::Oracle;
 use kjump_core::report::{AllowedField, At, Mismatch, MismatchKind};
-use kjump_core::vmcore::{check_claimed, check_entry, check_prstatus, check_untouched, page_runs};
+use kjump_core::vmcore::{
+    check_backup, check_claimed, check_crash_notes, check_entry, check_prstatus, check_untouched,
+    page_runs,
+};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::hibernate::{Hibernation, disk_scenario_config, fail};
 use crate::config::{RunConfig, format_size};
@@ -123,6 +132,22 @@ impl Layout {
         (self.reserved.0..self.reserved.1).contains(&p)
     }
 
+    /// `Ok` when `[a, a + len)` lies in the reserved region; else `a` and
+    /// why not (`what` is there).
+    fn check_reserved(&self, what: &str, a: u64, len: u64) -> Result<(), (u64, String)> {
+        let (r0, r1) = self.reserved;
+        if a >= r0 && a.checked_add(len).is_some_and(|end| end <= r1) {
+            Ok(())
+        } else {
+            Err((
+                a,
+                format!(
+                    "{what} [{a:#x}..+{len:#x}) is not in the reserved region [{r0:#x}..{r1:#x})"
+                ),
+            ))
+        }
+    }
+
     fn in_b_region(&self, p: u64) -> bool {
         (kjump_abi::layout::HIGH_RAM_START..self.backup).contains(&p)
     }
@@ -172,6 +197,15 @@ pub fn run(args: &RunConfig, opts: &RunOptions) -> Result<Outcome, RunError> {
             // checked at its entry and runs until it powers off.
             let mut driver = Hibernation::new(&args, &cfg.kernel, &mut run);
             driver.new_vm(&mut vm, false);
+            driver.check_hand_over(Box::new(move |vm, oracle, panicked| {
+                let at = At {
+                    checkpoint: panicked.index,
+                    cycle: 1,
+                    kernel: Kernel::A.name().to_owned(),
+                    direction: "hand-over".to_owned(),
+                };
+                check_hand_over(vm, oracle, &layout, &at)
+            }));
             if let Some(done) = driver.drive(&mut vm, &mut run)? {
                 return Ok(done);
             }
@@ -293,16 +327,8 @@ fn check_vmcore(
     let Some((_, machine, _)) = oracle.left(Kernel::A, vm.memory()) else {
         return Err(RunError::Protocol("kernel a panicked without a record"));
     };
-    // A's own doing, before B ran: blamed on A.
-    run.set_cycles(1);
-    let placed = check_kimage_placed(oracle, layout, at)?;
-    if !placed.is_empty() {
-        let what = format!(
-            "{} mismatch(es) in where kernel a loaded the capture kernel",
-            placed.len()
-        );
-        return Ok(fail(run, placed, &what, "a"));
-    }
+    // A's own doing (where it loaded B, its backup, its crash notes) was
+    // checked at B's entry: what differs now is B's.
     mismatches.extend(check_entry(&image, machine.vcpu(), at));
     mismatches.extend(check_prstatus(&image, machine.vcpu(), at));
     // Nothing in the vmcore but A's memory outside the reserved region.
@@ -367,6 +393,176 @@ fn check_vmcore(
         None => Verdict::Pass,
     };
     Ok(run.outcome(verdict, "b"))
+}
+
+/// A's hand-over to the capture kernel, checked at B's entry (before B's
+/// first instruction, once its first delivery passed), against the
+/// oracle's record of A at its panic checkpoint: where A's kimage put
+/// things ([`check_kimage_placed`]); then, where A's crash information
+/// says (every address it gives validated first: it is the guest's),
+/// that the backup region holds A's low memory `[1 MiB, --backup-size)`
+/// page for page, and that the crash notes hold A's registers. Each
+/// difference is A's: at `at` (kernel a, "hand-over").
+fn check_hand_over(
+    vm: &Vm,
+    oracle: &Oracle,
+    layout: &Layout,
+    at: &At,
+) -> Result<Vec<Mismatch>, RunError> {
+    let started = Instant::now();
+    let placed = check_kimage_placed(oracle, layout, at)?;
+    if !placed.is_empty() {
+        return Ok(placed);
+    }
+    let mem = vm.memory();
+    let info = match crash_info(mem, oracle, layout) {
+        Ok(i) => i,
+        Err((addr, why)) => {
+            return Ok(vec![Mismatch {
+                address: Some(addr),
+                location: Some(addr),
+                ..Mismatch::named(
+                    at,
+                    MismatchKind::Memory,
+                    "kernel a's crash information, at".to_owned(),
+                    ("a valid one".to_owned(), "(not valid)".to_owned()),
+                    why,
+                )
+            }]);
+        }
+    };
+    let Some((_, machine, _)) = oracle.left(Kernel::A, mem) else {
+        return Err(RunError::Protocol("kernel a panicked without a record"));
+    };
+    let mut out = check_backup(
+        oracle,
+        Kernel::A,
+        mem,
+        (info.backup_start, info.backup_end),
+        info.backup_at,
+        at,
+    )
+    .map_err(|_| RunError::Protocol("the backup region is outside guest RAM"))?;
+    let read = |o: u64| {
+        mem.read_obj::<u64>(GuestAddress(info.notes + o))
+            .unwrap_or(0)
+    };
+    let notes = kjump_abi::vmcore::notes_regs(read, info.rip);
+    out.extend(check_crash_notes(&notes, info.notes, machine.vcpu(), at));
+    log::info!(
+        "kernel a's hand-over at b's entry: its backup of [{:#x}..{:#x}) at {:#x} and its crash notes at {:#x} checked in {} ms",
+        info.backup_start,
+        info.backup_end,
+        info.backup_at,
+        info.notes,
+        started.elapsed().as_millis()
+    );
+    Ok(out)
+}
+
+/// A's crash information, found as B finds it: B's zero page (A's
+/// control page's `DATA_PEER_ARG`), its command line's `elfcorehdr=`, the
+/// ELF core header there, the crash information after it. Every address
+/// is checked before it is read: the zero page and command line in B's
+/// region, the header, the crash information, the backup region and the
+/// crash notes in the reserved region; the backed-up memory must be
+/// `[1 MiB, --backup-size)`. Else the address and why it is not valid.
+fn crash_info(
+    mem: &kjump_core::GuestMem,
+    oracle: &Oracle,
+    layout: &Layout,
+) -> Result<CrashInfo, (u64, String)> {
+    let page = kjump_abi::layout::PAGE_SIZE;
+    let within = |(s, e): (u64, u64), a: u64, len: u64| {
+        a >= s && a.checked_add(len).is_some_and(|end| end <= e)
+    };
+    let b_region = (kjump_abi::layout::HIGH_RAM_START, layout.backup);
+    let read = |a: u64, buf: &mut [u8]| {
+        mem.read_slice(buf, GuestAddress(a))
+            .map_err(|_| (a, format!("{a:#x} is outside guest RAM")))
+    };
+    let zp = oracle
+        .read_control(mem, Kernel::A, control::DATA_PEER_ARG, false)
+        .map_err(|e| (0, format!("a's control page: {e}")))?;
+    if !within(b_region, zp, bootparams::SIZE as u64) {
+        return Err((
+            zp,
+            format!(
+                "kernel b's zero page {zp:#x} (a's DATA_PEER_ARG) is not in b's region [{:#x}..{:#x})",
+                b_region.0, b_region.1
+            ),
+        ));
+    }
+    let mut zero_page = [0u8; bootparams::SIZE];
+    read(zp, &mut zero_page)?;
+    let cmd_at = bootparams::ZeroPage(&zero_page).cmd_line_ptr();
+    let cmd_len = kjump_abi::layout::CMDLINE_MAX.min(b_region.1.saturating_sub(cmd_at));
+    if !within(b_region, cmd_at, 1) {
+        return Err((
+            cmd_at,
+            format!(
+                "kernel b's command line {cmd_at:#x} is not in b's region [{:#x}..{:#x})",
+                b_region.0, b_region.1
+            ),
+        ));
+    }
+    let mut cmd = vec![0u8; cmd_len as usize];
+    read(cmd_at, &mut cmd)?;
+    let cmd = cmd.split(|&c| c == 0).next().unwrap_or_default();
+    let hdr = std::str::from_utf8(cmd)
+        .ok()
+        .and_then(|c| cmdline::get(c, "elfcorehdr"))
+        .and_then(cmdline::parse_u64)
+        .ok_or((
+            cmd_at,
+            "kernel b's command line has no valid elfcorehdr=".to_owned(),
+        ))?;
+    let reserved = |what: &str, a: u64, len: u64| layout.check_reserved(what, a, len);
+    reserved("the ELF core header (elfcorehdr=)", hdr, page)?;
+    let mut header = vec![0u8; page as usize];
+    read(hdr, &mut header)?;
+    let (h, _) = Header::parse_vmcore(&header)
+        .map_err(|e| (hdr, format!("a's ELF core header at {hdr:#x}: {e}")))?;
+    let info_at = hdr.saturating_add(h.data_offset(0));
+    reserved("the crash information", info_at, CRASH_INFO_SIZE as u64)?;
+    let mut bytes = [0u8; CRASH_INFO_SIZE];
+    read(info_at, &mut bytes)?;
+    let info = CrashInfo::from_bytes(&bytes).ok_or((
+        info_at,
+        format!("no crash information at {info_at:#x} (no magic)"),
+    ))?;
+    check_crash_info(&info, info_at, layout)?;
+    Ok(info)
+}
+
+/// Checks the addresses A's crash information (found at `info_at`) gives:
+/// the memory it backs up must be B's region `[1 MiB, --backup-size)`,
+/// the backup region (page-aligned) and the crash notes must lie in the
+/// reserved region. Else the address and why not.
+fn check_crash_info(info: &CrashInfo, info_at: u64, layout: &Layout) -> Result<(), (u64, String)> {
+    let page = kjump_abi::layout::PAGE_SIZE;
+    let b_region = (kjump_abi::layout::HIGH_RAM_START, layout.backup);
+    if (info.backup_start, info.backup_end) != b_region {
+        return Err((
+            info_at,
+            format!(
+                "the crash information backs up [{:#x}..{:#x}), not b's region [{:#x}..{:#x})",
+                info.backup_start, info.backup_end, b_region.0, b_region.1
+            ),
+        ));
+    }
+    layout.check_reserved("the backup region", info.backup_at, b_region.1 - b_region.0)?;
+    if !info.backup_at.is_multiple_of(page) {
+        return Err((
+            info.backup_at,
+            format!(
+                "the backup region {:#x} is not page-aligned",
+                info.backup_at
+            ),
+        ));
+    }
+    layout.check_reserved("the crash notes", info.notes, kjump_abi::vmcore::NOTES_SIZE)?;
+    Ok(())
 }
 
 /// Checks where A's `kexec -p` put the capture kernel, as A's kimage
@@ -435,6 +631,58 @@ fn check_kimage_placed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_address_of_a_s_crash_information_is_checked() {
+        let l = Layout::new(64 * MIB, 8 * MIB, 4 * MIB).unwrap();
+        let good = CrashInfo {
+            notes: 20 * MIB + 0x700,
+            rip: 0x20_1001,
+            backup_start: MIB,
+            backup_end: 8 * MIB,
+            backup_at: 9 * MIB,
+        };
+        assert_eq!(check_crash_info(&good, 0, &l), Ok(()));
+        let bad = [
+            CrashInfo {
+                backup_end: 9 * MIB,
+                ..good
+            },
+            CrashInfo {
+                backup_at: 20 * MIB,
+                ..good
+            },
+            CrashInfo {
+                backup_at: u64::MAX - 0x1000,
+                ..good
+            },
+            CrashInfo {
+                backup_at: 9 * MIB + 8,
+                ..good
+            },
+            CrashInfo {
+                notes: 24 * MIB - 8,
+                ..good
+            },
+            CrashInfo {
+                notes: 0x200_0000_0000,
+                ..good
+            },
+            CrashInfo {
+                notes: 2 * MIB,
+                ..good
+            },
+        ];
+        for b in bad {
+            let (at, why) = check_crash_info(&b, 0x10, &l).unwrap_err();
+            assert!([0x10, b.notes, b.backup_at].contains(&at), "{why}");
+        }
+        assert!(
+            l.check_reserved("x", 8 * MIB, 16 * MIB).is_ok()
+                && l.check_reserved("x", 8 * MIB, 16 * MIB + 1).is_err()
+                && l.check_reserved("x", 8 * MIB - 1, 1).is_err()
+        );
+    }
 
     #[test]
     fn the_layout_refuses_bad_backup_sizes() {

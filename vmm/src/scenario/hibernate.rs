@@ -207,7 +207,16 @@ pub(crate) struct Hibernation<'a> {
     /// The disk B saves A to, wiped once C has restored A from it when
     /// another B is to save A, so the next image found there is that B's.
     disk: Option<std::path::PathBuf>,
+    /// Checked at B's entry once B's first delivery passed: A's hand-over
+    /// (the crash scenario's backup and crash notes). Its mismatches fail
+    /// the run there, blamed on kernel a.
+    hand_over: Option<HandOver<'a>>,
 }
+
+/// A check of kernel a's hand-over to B at B's entry (B's memory in `Vm`,
+/// A's record in the oracle, after A's suspend `CheckpointId`).
+pub(crate) type HandOver<'a> =
+    Box<dyn Fn(&Vm, &Oracle, &CheckpointId) -> Result<Vec<Mismatch>, RunError> + 'a>;
 
 impl<'a> Hibernation<'a> {
     pub(crate) fn new(cfg: &'a RunConfig, kernel: &[u8], run: &mut RunState) -> Self {
@@ -243,7 +252,14 @@ impl<'a> Hibernation<'a> {
             c_jumped: false,
             carried: CheckpointRecord::default(),
             disk: None,
+            hand_over: None,
         }
+    }
+
+    /// Checks A's hand-over with `check` at B's entry, after B's first
+    /// delivery.
+    pub(crate) fn check_hand_over(&mut self, check: HandOver<'a>) {
+        self.hand_over = Some(check);
     }
 
     /// A new VM runs (`restore`: one booting kernel C to restore A; else
@@ -314,6 +330,16 @@ impl<'a> Hibernation<'a> {
                             mismatches.len()
                         );
                         return Ok(Some(fail(run, mismatches, &what, "b")));
+                    }
+                    if let Some(check) = &self.hand_over {
+                        let mismatches = check(vm, &self.oracle, &after)?;
+                        if !mismatches.is_empty() {
+                            let what = format!(
+                                "{} mismatch(es) in kernel a's hand-over to kernel b, found at b's entry (b is not run: what it would save follows from them)",
+                                mismatches.len()
+                            );
+                            return Ok(Some(fail(run, mismatches, &what, "a")));
+                        }
                     }
                 }
                 VmEvent::Breakpoint { .. } => {
