@@ -8,7 +8,7 @@ use std::io;
 use crate::checkpoint::Kernel;
 use crate::hibimage::{DiskImage, page_mismatch};
 use crate::oracle::Oracle;
-use crate::pages::PAGE_SIZE;
+use crate::pages::{PAGE_SIZE, Page};
 use crate::report::{At, Mismatch, MismatchKind};
 
 /// Checks that the pages `written` (what the dirty log reported written
@@ -25,8 +25,6 @@ pub fn check_untouched(
     who: &str,
     at: &At,
 ) -> Result<Vec<Mismatch>, io::Error> {
-    use crate::dump::RamSource;
-    use vm_memory::Bytes;
     let mut out = Vec::new();
     let (Some((_, _, left)), Some(view)) = (oracle.left(k, found), oracle.record(k).view.as_ref())
     else {
@@ -38,12 +36,7 @@ pub fn check_untouched(
         if allowed(p) || view.get(p).is_none() {
             continue;
         }
-        left.read_ram(p, &mut expected[..])
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        found
-            .read_slice(&mut actual[..], vm_memory::GuestAddress(p))
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        if *actual != *expected {
+        if !same_page(&left, p, found, p, (&mut expected, &mut actual))? {
             out.push(Mismatch {
                 name: Some(format!("page written by {who}")),
                 ..page_mismatch(
@@ -61,6 +54,25 @@ pub fn check_untouched(
         }
     }
     Ok(out)
+}
+
+/// Reads kernel page `p` as `left` holds it into `expected` and `found`'s
+/// page `at` into `actual`: whether they are the same.
+fn same_page(
+    left: &crate::oracle::LeftRam<'_>,
+    p: u64,
+    found: &crate::GuestMem,
+    at: u64,
+    (expected, actual): (&mut Page, &mut Page),
+) -> Result<bool, io::Error> {
+    use crate::dump::RamSource;
+    use vm_memory::Bytes;
+    let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
+    left.read_ram(p, &mut expected[..]).map_err(|e| other(&e))?;
+    found
+        .read_slice(&mut actual[..], vm_memory::GuestAddress(at))
+        .map_err(|e| other(&e))?;
+    Ok(*actual == *expected)
 }
 
 /// Checks a vmcore's `NT_PRSTATUS` note against the vCPU state `vcpu` of
@@ -161,8 +173,6 @@ pub fn check_backup(
     backup_at: u64,
     at: &At,
 ) -> Result<Vec<Mismatch>, io::Error> {
-    use crate::dump::RamSource;
-    use vm_memory::Bytes;
     let mut out = Vec::new();
     let Some((_, _, left)) = oracle.left(k, found) else {
         return Ok(out);
@@ -171,12 +181,7 @@ pub fn check_backup(
     let mut actual = Box::new([0u8; PAGE_SIZE]);
     for p in (start..end).step_by(PAGE_SIZE) {
         let b = backup_at + (p - start);
-        left.read_ram(p, &mut expected[..])
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        found
-            .read_slice(&mut actual[..], vm_memory::GuestAddress(b))
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        if *actual != *expected {
+        if !same_page(&left, p, found, b, (&mut expected, &mut actual))? {
             out.push(page_mismatch(
                 at,
                 oracle.symbols(),
