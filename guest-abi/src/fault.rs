@@ -117,6 +117,10 @@ pub enum JumpFault {
     /// memory instead of the reserved region: `load-outside-reserved` (A,
     /// crash).
     LoadOutsideReserved,
+    /// Crashing A's crash information (after its ELF core header) points
+    /// its crash notes at the first page past the reserved region, A's own
+    /// memory: `bad-crash-info` (A, crash).
+    BadCrashInfo,
     /// Kernel A's kimage report (not the list its relocation code walks)
     /// also lists the first page past B's region, A's own memory, parked
     /// at itself: a claim that keeps that page out of A's view; and B,
@@ -286,6 +290,11 @@ pub const CATALOG: &[Entry] = &[
         what: "a's kexec -p loads the capture kernel into a's own memory, not the reserved region",
     },
     Entry {
+        name: "bad-crash-info",
+        who: Who::AOnly,
+        what: "a's crash information points its crash notes at a's own memory, outside the reserved region",
+    },
+    Entry {
         name: "claim-live-page",
         who: Who::AOnly,
         what: "a's kimage report claims one of a's own live pages (the first past b's region) as a source page, hiding it from a's view, and b damages that page (write-outside) in the same cycle",
@@ -389,6 +398,7 @@ impl Fault {
             "write-outside-reserved" => Self::Jump(J::WriteOutsideReserved),
             "power-off-early" => Self::Jump(J::PowerOffEarly),
             "load-outside-reserved" => Self::Jump(J::LoadOutsideReserved),
+            "bad-crash-info" => Self::Jump(J::BadCrashInfo),
             "claim-live-page" => Self::Jump(J::ClaimLivePage),
             "claim-own-text" => Self::Jump(J::ClaimOwnText),
             "claim-control-page" => Self::Jump(J::ClaimControlPage),
@@ -446,6 +456,7 @@ impl Fault {
             Self::Jump(J::WriteOutsideReserved) => "write-outside-reserved",
             Self::Jump(J::PowerOffEarly) => "power-off-early",
             Self::Jump(J::LoadOutsideReserved) => "load-outside-reserved",
+            Self::Jump(J::BadCrashInfo) => "bad-crash-info",
             Self::Jump(J::ClaimLivePage) => "claim-live-page",
             Self::Jump(J::ClaimOwnText) => "claim-own-text",
             Self::Jump(J::ClaimControlPage) => "claim-control-page",
@@ -486,6 +497,7 @@ impl JumpFault {
             | Self::WriteOutsideReserved
             | Self::PowerOffEarly
             | Self::LoadOutsideReserved
+            | Self::BadCrashInfo
             | Self::ClaimLivePage
             | Self::ClaimOwnText
             | Self::ClaimControlPage

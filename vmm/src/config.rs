@@ -287,7 +287,8 @@ impl RunConfig {
                             | JumpFault::VmcoreSkip
                             | JumpFault::WriteOutsideReserved
                             | JumpFault::PowerOffEarly
-                            | JumpFault::LoadOutsideReserved,
+                            | JumpFault::LoadOutsideReserved
+                            | JumpFault::BadCrashInfo,
                         ),
                     ..
                 } if inj.cycle.is_none_or(|c| c == 1) => Ok(()),
@@ -356,7 +357,8 @@ impl RunConfig {
                     | JumpFault::NoBackupRead
                     | JumpFault::VmcoreSkip
                     | JumpFault::WriteOutsideReserved
-                    | JumpFault::LoadOutsideReserved,
+                    | JumpFault::LoadOutsideReserved
+                    | JumpFault::BadCrashInfo,
                     _,
                 ) => return refuse("needs --scenario crash".into()),
                 (JumpFault::PowerOffEarly, _) => {

@@ -139,13 +139,21 @@ pub fn run_a(boot: &BootInfo) -> ! {
         hibimage::write_vmcore_headers(&mut header, rip, ranges, &[0; vmcore::PRSTATUS_SIZE])
             .unwrap_or_else(|e| fail(format_args!("a: ELF core header: {e}")));
     phys_write(hdr, &header[..size as usize]);
-    let info = CrashInfo {
+    let mut info = CrashInfo {
         notes: img.cp + control::CONTEXT,
         rip,
         backup_start: cfg.peer_start,
         backup_end: cfg.peer_end,
         backup_at: img.save,
     };
+    if injected.jump(1) == Some(JumpFault::BadCrashInfo) {
+        // The first page past the reserved region: A's own memory, not
+        // its saved context.
+        info.notes = res_end;
+        crate::println!(
+            "a: INJECTED FAULT: my crash information puts the crash notes at {res_end:#x}, my own memory"
+        );
+    }
     phys_write(hdr + size, &info.to_bytes());
     crate::println!(
         "a: crash kernel loaded in [{res_start:#x}..{res_end:#x}): elfcorehdr at {hdr:#x}, backup of [{:#x}..{backup:#x}) at {:#x}, crash notes at {:#x}",
@@ -218,7 +226,7 @@ pub fn run_b(boot: &BootInfo) -> ! {
     };
     let backup_len = info.backup_end.saturating_sub(info.backup_start);
     if info.backup_at.saturating_add(backup_len) > map_top
-        || info.notes + vmcore::NOTES_SIZE > map_top
+        || info.notes.saturating_add(vmcore::NOTES_SIZE) > map_top
     {
         fail(format_args!("b: a's crash information points beyond RAM"));
     }
