@@ -503,3 +503,46 @@ fn a_capture_kernel_loaded_outside_the_reserved_region_is_caught_at_its_pages() 
         assert_eq!(m["expected"], "in [0x800000..0x1800000)", "{m}");
     }
 }
+
+#[test]
+fn crash_information_pointing_outside_the_reserved_region_is_caught_before_b_runs() {
+    if !kvm_or_skip(
+        "crash_information_pointing_outside_the_reserved_region_is_caught_before_b_runs",
+    ) {
+        return;
+    }
+    // A's crash information puts its crash notes at 24M, the first page
+    // past the reserved region [8M, 24M): A's own memory. The VMM refuses
+    // the address before it reads there (a read would give registers that
+    // differ: more mismatches), and B is not run on it.
+    let (out, ms, saved) = caught_with_files("crash-bad-info", "bad-crash-info");
+    assert!(
+        out.contains("a: INJECTED FAULT: my crash information puts the crash notes at 0x1800000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kjump: crash: FAIL (kernel a, ")
+            && out.contains(
+                "(cycle 1, kernel a, hand-over): memory: kernel a's crash information, at 0x1800000"
+            ),
+        "{out}"
+    );
+    assert_eq!(ms.len(), 1, "{ms:?}");
+    assert_eq!(ms[0]["kind"], "memory", "{ms:?}");
+    assert_eq!(ms[0]["kernel"], "a", "{ms:?}");
+    assert_eq!(ms[0]["direction"], "hand-over", "{ms:?}");
+    assert_eq!(ms[0]["address"], 24 * MIB, "{ms:?}");
+    assert!(
+        ms[0]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("the crash notes [0x1800000..+0x")
+            && ms[0]["note"]
+                .as_str()
+                .unwrap()
+                .ends_with(") is not in the reserved region [0x800000..0x1800000)"),
+        "{ms:?}"
+    );
+    assert!(!out.contains("[b] "), "b ran:\n{out}");
+    assert!(Header::parse_vmcore(&std::fs::read(&saved.disk).unwrap()).is_err());
+}

@@ -685,6 +685,60 @@ mod tests {
     }
 
     #[test]
+    fn addresses_that_overflow_are_refused_without_a_panic() {
+        let l = Layout::new(64 * MIB, 8 * MIB, 4 * MIB).unwrap();
+        let good = CrashInfo {
+            notes: 20 * MIB + 0x700,
+            rip: 0x20_1001,
+            backup_start: MIB,
+            backup_end: 8 * MIB,
+            backup_at: 9 * MIB,
+        };
+        // Each address plus its length wraps past u64::MAX: refused, at
+        // the address the guest gave, naming the field.
+        for (bad, field) in [
+            (
+                CrashInfo {
+                    notes: u64::MAX - 8,
+                    ..good
+                },
+                "the crash notes",
+            ),
+            (
+                CrashInfo {
+                    notes: u64::MAX,
+                    ..good
+                },
+                "the crash notes",
+            ),
+            (
+                CrashInfo {
+                    backup_at: u64::MAX - 7 * MIB + 1,
+                    ..good
+                },
+                "the backup region",
+            ),
+            (
+                CrashInfo {
+                    backup_start: u64::MAX - 0xfff,
+                    backup_end: 0xfff,
+                    ..good
+                },
+                "backs up",
+            ),
+        ] {
+            let (at, why) = check_crash_info(&bad, 0x10, &l).unwrap_err();
+            assert!(why.contains(field), "{why}");
+            assert!([0x10, bad.notes, bad.backup_at].contains(&at), "{why}");
+        }
+        for (a, len) in [(u64::MAX, 1), (u64::MAX - 4, 8), (8 * MIB, u64::MAX)] {
+            let (at, why) = l.check_reserved("the ELF core header", a, len).unwrap_err();
+            assert_eq!(at, a);
+            assert!(why.contains("is not in the reserved region"), "{why}");
+        }
+    }
+
+    #[test]
     fn the_layout_refuses_bad_backup_sizes() {
         let l = Layout::new(256 * MIB, 16 * MIB, 4 * MIB).unwrap();
         assert_eq!(l.reserved, (16 * MIB, 48 * MIB));
