@@ -587,5 +587,18 @@ mod tests {
         assert!(check("move-b-region", Some(4), Scenario::PingPong, 3).is_err());
         assert!(check("claim-control-page", None, Scenario::PingPong, 1).is_ok());
         assert!(check("claim-control-page", None, Scenario::Hibernate, 1).is_err());
+        // A crash fault only where A crashes, once.
+        assert!(check("bad-crash-info", None, Scenario::Crash, 1).is_ok());
+        assert!(check("bad-crash-info", Some(2), Scenario::Crash, 1).is_err());
+        for scenario in [Scenario::PingPong, Scenario::Hibernate, Scenario::Boot] {
+            assert!(
+                check("bad-crash-info", None, scenario, 3).is_err(),
+                "{scenario}"
+            );
+        }
+        assert!(matches!(
+            check("bad-crash-info", None, Scenario::PingPong, 3),
+            Err(FaultError::NotFor(m)) if m.contains("needs --scenario crash")
+        ));
     }
 }
