@@ -632,8 +632,9 @@ fn check_kimage_placed(
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_address_of_a_s_crash_information_is_checked() {
+    /// The layout of a 64M VM backing up 8M (reserved [8M, 24M)), and a
+    /// crash information that is valid there.
+    fn layout_and_good_info() -> (Layout, CrashInfo) {
         let l = Layout::new(64 * MIB, 8 * MIB, 4 * MIB).unwrap();
         let good = CrashInfo {
             notes: 20 * MIB + 0x700,
@@ -642,6 +643,12 @@ mod tests {
             backup_end: 8 * MIB,
             backup_at: 9 * MIB,
         };
+        (l, good)
+    }
+
+    #[test]
+    fn every_address_of_a_s_crash_information_is_checked() {
+        let (l, good) = layout_and_good_info();
         assert_eq!(check_crash_info(&good, 0, &l), Ok(()));
         let bad = [
             CrashInfo {
@@ -686,14 +693,7 @@ mod tests {
 
     #[test]
     fn addresses_that_overflow_are_refused_without_a_panic() {
-        let l = Layout::new(64 * MIB, 8 * MIB, 4 * MIB).unwrap();
-        let good = CrashInfo {
-            notes: 20 * MIB + 0x700,
-            rip: 0x20_1001,
-            backup_start: MIB,
-            backup_end: 8 * MIB,
-            backup_at: 9 * MIB,
-        };
+        let (l, good) = layout_and_good_info();
         // Each address plus its length wraps past u64::MAX: refused, at
         // the address the guest gave, naming the field.
         for (bad, field) in [
