@@ -380,6 +380,15 @@ impl Mismatch {
                     let _ = write!(s, " in {sym}");
                 }
                 s.push('\n');
+                // A mismatch about memory that is not one page's bytes (a
+                // region, a kimage's claim, a guest's pointer) says why.
+                if let Some(n) = &self.note {
+                    let _ = writeln!(
+                        s,
+                        "    {n} (expected {}, found {})",
+                        self.expected, self.actual
+                    );
+                }
                 if self.actual == "(not guest RAM)" {
                     s.push_str("    the page's location is not guest RAM\n");
                 }
@@ -735,6 +744,27 @@ mod tests {
             kernel: "a".into(),
             direction: "resume".into(),
         }
+    }
+
+    #[test]
+    fn a_memory_mismatch_with_a_note_explains_it_on_the_console() {
+        let m = Mismatch::named(
+            &at(),
+            MismatchKind::Memory,
+            "kernel a's crash information, at 0x1800000".to_owned(),
+            (
+                "in [0x800000..0x1800000)".to_owned(),
+                "0x1800000".to_owned(),
+            ),
+            "the crash notes are not in the reserved region".to_owned(),
+        );
+        let text = m.explain();
+        assert!(
+            text.contains(
+                "\n    the crash notes are not in the reserved region (expected in [0x800000..0x1800000), found 0x1800000)\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
