@@ -197,7 +197,7 @@ pub fn run_b(boot: &BootInfo) -> ! {
     };
     let (own_start, own_end) = (own.addr, own.addr + own.size);
     let map_top = mem::ram_top().max(4 * GIB);
-    if !hdr.is_multiple_of(PAGE_SIZE) || hdr + PAGE_SIZE > map_top {
+    if !hdr.is_multiple_of(PAGE_SIZE) || hdr.checked_add(PAGE_SIZE).is_none_or(|e| e > map_top) {
         fail(format_args!("b: elfcorehdr={hdr:#x} is not a page I map"));
     }
     let (cp, _) = load::setup_control_pages(Role::B, map_top);
@@ -214,7 +214,12 @@ pub fn run_b(boot: &BootInfo) -> ! {
     }
     let (h, _) = hibimage::Header::parse_vmcore(&page)
         .unwrap_or_else(|e| fail(format_args!("b: a's ELF core header: {e}")));
-    let info_at = hdr + h.data_offset(0);
+    let info_at = hdr.saturating_add(h.data_offset(0));
+    if info_at.saturating_add(vmcore::CRASH_INFO_SIZE as u64) > map_top {
+        fail(format_args!(
+            "b: a's crash information at {info_at:#x} is beyond what I map"
+        ));
+    }
     let mut info = [0u8; vmcore::CRASH_INFO_SIZE];
     for (i, w) in info.chunks_exact_mut(8).enumerate() {
         w.copy_from_slice(&phys_read_u64(info_at + 8 * i as u64).to_le_bytes());
@@ -250,12 +255,12 @@ pub fn run_b(boot: &BootInfo) -> ! {
         crate::println!(
             "b: INJECTED FAULT: leaving a's range [{:#x}..{:#x}) out of the vmcore",
             r.start,
-            r.start + r.len
+            r.start.saturating_add(r.len)
         );
     }
     for i in 0..n {
         let r = h.range(i);
-        let end = r.start + r.len;
+        let end = r.start.saturating_add(r.len);
         if end > map_top {
             fail(format_args!(
                 "b: a's range ends at {end:#x}, beyond what I map"
