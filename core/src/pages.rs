@@ -713,6 +713,16 @@ pub(crate) mod tests {
     use std::time::Instant;
     use vm_memory::Bytes;
 
+    /// A xorshift generator for the randomised tests: `rnd(n)` is in `0..n`.
+    pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     /// A guest memory with two regions, like a VM with the 32-bit hole.
     pub(crate) fn mem(low: u64, high: u64) -> GuestMem {
         let mut ranges = vec![(GuestAddress(0), low as usize)];
@@ -1023,13 +1033,7 @@ pub(crate) mod tests {
     #[test]
     fn page_sets_agree_with_a_plain_set() {
         use std::collections::BTreeSet;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..200 {
             let ranges: Vec<(u64, u64)> = (0..rnd(6))
                 .map(|_| {

@@ -1414,13 +1414,8 @@ mod tests {
         let mut store = PageStore::new();
         let mut shadow = Shadow::build(&mem, &mut store).unwrap();
         let all: Vec<u64> = shadow.pages().collect();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = crate::pages::tests::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rnd = move |n: usize| next(n as u64) as usize;
         for round in 0..50 {
             for _ in 0..20 {
                 let p = all[rnd(all.len())];
@@ -1466,13 +1461,8 @@ mod tests {
         let mut store = PageStore::new();
         let mut shadow = Shadow::zeroed(&mem).unwrap();
         let all: Vec<u64> = shadow.pages().collect();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = crate::pages::tests::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rnd = move |n: usize| next(n as u64) as usize;
         let write = |mem: &crate::GuestMem, p: u64, v: u8, rnd: &mut dyn FnMut(usize) -> usize| {
             mem.write_obj(v, GuestAddress(p + rnd(4096) as u64))
                 .unwrap();
