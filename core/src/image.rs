@@ -111,9 +111,7 @@ pub struct KernelInfo {
 
 const ELF_HEADER_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
-const EM_X86_64: u16 = 62;
-const ET_EXEC: u16 = 2;
-const PT_LOAD: u32 = 1;
+use kjump_abi::elf::{EM_X86_64, ET_EXEC, PT_LOAD};
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])

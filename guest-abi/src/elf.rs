@@ -8,6 +8,10 @@ pub const PT_LOAD: u32 = 1;
 pub const EM_X86_64: u16 = 62;
 /// `e_type` of an executable.
 pub const ET_EXEC: u16 = 2;
+/// `p_type` of a note segment.
+pub const PT_NOTE: u32 = 4;
+/// `e_type` of a core file.
+pub const ET_CORE: u16 = 4;
 
 /// What is wrong with an image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,12 +26,8 @@
 //! bijective step, so any change confined to one word always changes it.
 
 use crate::elf::{EM_X86_64, PT_LOAD};
+pub use crate::elf::{ET_CORE, PT_NOTE};
 use crate::layout::PAGE_SIZE;
-
-/// `p_type` of a note segment.
-pub const PT_NOTE: u32 = 4;
-/// `e_type` of a core file.
-pub const ET_CORE: u16 = 4;
 /// Owner of the image note.
 pub const NOTE_NAME: &[u8; 6] = b"KJUMP\0";
 /// Type of the image note ("KJ" and note number 2; the dumps' note is 1).

@@ -49,15 +49,13 @@ use crate::symbols::{SymbolError, Symbols};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
-/// ELF constants (System V gABI; Linux `include/uapi/linux/elf.h`).
+/// ELF constants (System V gABI; Linux `include/uapi/linux/elf.h`); the
+/// segment and file types are kjump_abi's.
+use kjump_abi::elf::{EM_X86_64, ET_CORE, PT_LOAD, PT_NOTE};
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
 const EV_CURRENT: u8 = 1;
-const ET_CORE: u16 = 4;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
 const PF_RWX: u32 = 7;
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
